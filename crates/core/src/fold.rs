@@ -1,0 +1,607 @@
+//! The fold: one event in, state and effects out.
+
+use crate::deltas::ReceiptChange;
+use crate::state::{
+    AppState, DirtyKey, Group, HeldList, HeldRead, Mark, MessageState, MessageTarget,
+    PartitionState, ReadMark, Tracking, NOT_A_MEMBER,
+};
+use crate::stats::{FoldStats, Ignored, Outcome};
+use crate::SettingsTable;
+use receiptd_wire::{Conversation, Event, GroupMembers, MembersOp, MessageRead, MessageSent, Receipt};
+use rustc_hash::FxHashSet;
+
+const DAY_MS: u64 = 86_400_000;
+
+/// Bounds the fold keeps; both are deterministic functions of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a read waits for its message, in record time. Default 10 min.
+    pub hold_window_ms: u64,
+    /// Most reads held per partition; overflow is dropped and counted.
+    /// Default 100,000.
+    pub max_held_reads: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { hold_window_ms: 600_000, max_held_reads: 100_000 }
+    }
+}
+
+/// What folding produced besides state: counters by outcome and reason.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Counters since the caller last reset them.
+    pub stats: FoldStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadResult {
+    Revealed,
+    Hidden,
+    Unknown,
+    Ignored(Ignored),
+}
+
+impl PartitionState {
+    /// Folds one event. `record_time` is the Kafka record timestamp: the fold's
+    /// only clock (hold window, retention).
+    pub fn apply(
+        &mut self,
+        settings: &SettingsTable,
+        limits: &Limits,
+        event: &Event,
+        record_time: u64,
+        fx: &mut Effects,
+    ) {
+        self.watermark = self.watermark.max(record_time);
+        match event {
+            Event::GroupMembers(e) => {
+                let outcome = self.group_members(e, &mut fx.stats);
+                fx.stats.event(0, outcome);
+            }
+            Event::MessageSent(e) => {
+                let outcome = self.message_sent(settings, limits, e, &mut fx.stats);
+                fx.stats.event(1, outcome);
+            }
+            Event::MessageRead(e) => {
+                let outcome = self.message_read(settings, limits, e, record_time, &mut fx.stats);
+                fx.stats.event(2, outcome);
+            }
+            Event::ConversationRead(e) => {
+                let Conversation::C2c { peer } = &e.conversation else {
+                    // The wire crate rejects group conversation reads.
+                    fx.stats.event(3, Outcome::Ignored);
+                    return;
+                };
+                let outcome = self.conversation_read(settings, &e.app_id, &e.reader, peer, e.read_at, &mut fx.stats);
+                fx.stats.event(3, outcome);
+            }
+            Event::MessageRevoked(e) => {
+                let outcome = self.message_revoked(&e.app_id, &e.msg_id, &e.sender, &e.conversation, &mut fx.stats);
+                fx.stats.event(4, outcome);
+            }
+        }
+    }
+
+    /// Drops held reads whose hold window has passed (in record time). Only
+    /// frees memory: an expired read is never applied anyway.
+    pub fn expire_held(&mut self, limits: &Limits, fx: &mut Effects) {
+        let PartitionState { apps, watermark, held_count, dirty, .. } = self;
+        let cutoff = watermark.saturating_sub(limits.hold_window_ms);
+        for (app_id, app) in apps.iter_mut() {
+            app.held.retain(|msg_id, list| {
+                let before = list.reads.len();
+                list.reads.retain(|h| h.held_at >= cutoff);
+                let dropped = before - list.reads.len();
+                if dropped > 0 {
+                    *held_count -= dropped;
+                    fx.stats.ignored[Ignored::HoldExpired as usize] += dropped as u64;
+                    if !list.dirty {
+                        list.dirty = true;
+                        dirty.push(DirtyKey::Held { app: app_id.clone(), msg_id: msg_id.clone() });
+                    }
+                }
+                !list.reads.is_empty()
+            });
+        }
+    }
+
+    /// Takes the receipts of every message and read mark whose revealed state
+    /// changed since the last call: one per message, with its latest counts.
+    /// Receipts for users who may not receive them (reciprocal privacy) are
+    /// dropped here.
+    pub fn take_receipts(&mut self, settings: &SettingsTable) -> Vec<ReceiptChange> {
+        let pending = std::mem::take(&mut self.pending_receipts);
+        let mut out = Vec::with_capacity(pending.len());
+        for key in pending {
+            match key {
+                DirtyKey::Message { app, msg_id } => {
+                    let Some(app_state) = self.apps.get_mut(&app) else { continue };
+                    let Some(m) = app_state.messages.get_mut(&msg_id) else { continue };
+                    m.delta_pending = false;
+                    if m.tracking != Tracking::Tracked || !settings.may_receive(&app, &m.sender) {
+                        continue;
+                    }
+                    let m = &app_state.messages[&msg_id];
+                    let (read, unread) = counts(app_state, m);
+                    let mut receipt = Receipt {
+                        msg_id,
+                        group_id: None,
+                        user_id: None,
+                        read_count: None,
+                        unread_count: None,
+                        is_peer_read: None,
+                        timestamp: m.timestamp,
+                        version: Some(m.version),
+                    };
+                    match &m.target {
+                        MessageTarget::Group { group_id, .. } => {
+                            receipt.group_id = Some(group_id.clone());
+                            receipt.read_count = Some(read);
+                            receipt.unread_count = Some(unread);
+                        }
+                        MessageTarget::C2c { peer } => {
+                            receipt.user_id = Some(peer.clone());
+                            receipt.is_peer_read = Some(read > 0);
+                        }
+                    }
+                    out.push(ReceiptChange { app, to: m.sender.clone(), receipt });
+                }
+                DirtyKey::Mark { app, reader, peer } => {
+                    let Some(app_state) = self.apps.get_mut(&app) else { continue };
+                    let key = (reader, peer);
+                    let Some(mark) = app_state.marks.get_mut(&key) else { continue };
+                    mark.delta_pending = false;
+                    let (reader, peer) = key;
+                    if !settings.receipts_on(&app, &reader) || !settings.may_receive(&app, &peer) {
+                        continue;
+                    }
+                    let receipt = Receipt {
+                        msg_id: String::new(),
+                        group_id: None,
+                        user_id: Some(reader),
+                        read_count: None,
+                        unread_count: None,
+                        is_peer_read: None,
+                        timestamp: mark.read_at,
+                        version: None,
+                    };
+                    out.push(ReceiptChange { app, to: peer, receipt });
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn group_members(&mut self, e: &GroupMembers, stats: &mut FoldStats) -> Outcome {
+        let PartitionState { apps, dirty, .. } = self;
+        let app = app_entry(apps, &e.app_id);
+        if e.op == MembersOp::Dismiss {
+            let Some(group) = app.groups.remove(&e.group_id) else {
+                stats.ignore(Ignored::UnknownTarget);
+                return Outcome::Ignored;
+            };
+            drop(group);
+            // Absent group: storage drops the header and every member slot.
+            dirty.push(DirtyKey::Group { app: e.app_id.clone(), group_id: e.group_id.clone() });
+            app.messages.retain(|msg_id, m| {
+                let keep = !matches!(&m.target, MessageTarget::Group { group_id, .. } if *group_id == e.group_id);
+                if !keep {
+                    dirty.push(DirtyKey::Message { app: e.app_id.clone(), msg_id: msg_id.clone() });
+                }
+                keep
+            });
+            return Outcome::Applied;
+        }
+        if e.op == MembersOp::Leave && !app.groups.contains_key(&e.group_id) {
+            stats.ignore(Ignored::UnknownTarget);
+            return Outcome::Ignored;
+        }
+        let group = app.groups.entry(e.group_id.clone()).or_insert_with(|| Group::new(None));
+        // Every change opens a new epoch, so messages sent before it keep their
+        // audience and cached unread counts know to refresh.
+        group.meta.epoch += 1;
+        group.by_epoch.push(0);
+        let epoch = group.meta.epoch;
+        let mut touched: Vec<u32> = Vec::new();
+        match e.op {
+            MembersOp::Snapshot => {
+                group.meta.group_type = e.group_type;
+                let keep: FxHashSet<&str> = e.members.iter().map(String::as_str).collect();
+                for ordinal in 0..group.users.len() as u32 {
+                    if group.since[ordinal as usize] != NOT_A_MEMBER
+                        && !keep.contains(group.users[ordinal as usize].as_str())
+                    {
+                        leave(group, ordinal);
+                        touched.push(ordinal);
+                    }
+                }
+                for user in &e.members {
+                    touched.extend(join(group, user, epoch));
+                }
+            }
+            MembersOp::Join => {
+                for user in &e.members {
+                    touched.extend(join(group, user, epoch));
+                }
+            }
+            MembersOp::Leave => {
+                for user in &e.members {
+                    if let Some(ordinal) = group.ordinal(user) {
+                        if group.since[ordinal as usize] != NOT_A_MEMBER {
+                            leave(group, ordinal);
+                            touched.push(ordinal);
+                        }
+                    }
+                }
+            }
+            MembersOp::Dismiss => unreachable!("handled above"),
+        }
+        if !group.dirty {
+            group.dirty = true;
+            dirty.push(DirtyKey::Group { app: e.app_id.clone(), group_id: e.group_id.clone() });
+        }
+        for ordinal in touched {
+            if group.dirty_members.insert(ordinal) {
+                dirty.push(DirtyKey::Member { app: e.app_id.clone(), group_id: e.group_id.clone(), ordinal });
+            }
+        }
+        Outcome::Applied
+    }
+
+    fn message_sent(&mut self, settings: &SettingsTable, limits: &Limits, e: &MessageSent, stats: &mut FoldStats) -> Outcome {
+        let watermark = self.watermark;
+        let PartitionState { apps, dirty, held_count, pending_receipts, .. } = self;
+        let app = app_entry(apps, &e.app_id);
+        if app.messages.contains_key(&e.msg_id) {
+            stats.ignore(Ignored::DuplicateMessage);
+            return Outcome::Ignored;
+        }
+        let (target, tracking) = match &e.conversation {
+            Conversation::Group { group_id } => match app.groups.get(group_id) {
+                None => (MessageTarget::Group { group_id: group_id.clone(), audience_epoch: 0 }, Tracking::UnknownGroup),
+                Some(g) => {
+                    let tracking = if !e.need_read_receipt {
+                        Tracking::NoReceiptRequested
+                    } else if g.meta.group_type.is_some_and(|t| !settings.group_type_enabled(&e.app_id, t)) {
+                        Tracking::GroupTypeDisabled
+                    } else {
+                        Tracking::Tracked
+                    };
+                    (MessageTarget::Group { group_id: group_id.clone(), audience_epoch: g.meta.epoch }, tracking)
+                }
+            },
+            Conversation::C2c { peer } => {
+                let tracking = if !e.need_read_receipt {
+                    Tracking::NoReceiptRequested
+                } else if !settings.c2c_receipts(&e.app_id) {
+                    Tracking::C2cDisabled
+                } else {
+                    Tracking::Tracked
+                };
+                (MessageTarget::C2c { peer: peer.clone() }, tracking)
+            }
+        };
+        let mut message = MessageState::new(e.sender.clone(), target, e.sent_at, tracking);
+        message.dirty = true;
+        dirty.push(DirtyKey::Message { app: e.app_id.clone(), msg_id: e.msg_id.clone() });
+        app.messages.insert(e.msg_id.clone(), message);
+
+        // Reads that came first are applied now, in their arrival order.
+        if let Some(held) = app.held.remove(&e.msg_id) {
+            *held_count -= held.reads.len();
+            dirty.push(DirtyKey::Held { app: e.app_id.clone(), msg_id: e.msg_id.clone() });
+            let cutoff = watermark.saturating_sub(limits.hold_window_ms);
+            for h in held.reads {
+                if h.held_at < cutoff {
+                    stats.ignore(Ignored::HoldExpired);
+                    continue;
+                }
+                let ctx = ReadCtx { settings, app_id: &e.app_id, watermark, dirty, pending_receipts };
+                match read_one(ctx, app, &h.reader, &h.conversation, &e.msg_id, h.read_at, h.private) {
+                    ReadResult::Ignored(reason) => stats.ignore(reason),
+                    ReadResult::Hidden => stats.hidden_reads += 1,
+                    ReadResult::Revealed | ReadResult::Unknown => {}
+                }
+            }
+        }
+        Outcome::Applied
+    }
+
+    fn message_read(
+        &mut self,
+        settings: &SettingsTable,
+        limits: &Limits,
+        e: &MessageRead,
+        record_time: u64,
+        stats: &mut FoldStats,
+    ) -> Outcome {
+        let mut any_applied = false;
+        let mut any_held = false;
+        for msg_id in &e.msg_ids {
+            let watermark = self.watermark;
+            let PartitionState { apps, dirty, pending_receipts, .. } = self;
+            let app = app_entry(apps, &e.app_id);
+            let ctx = ReadCtx { settings, app_id: &e.app_id, watermark, dirty, pending_receipts };
+            match read_one(ctx, app, &e.reader, &e.conversation, msg_id, e.read_at, e.private) {
+                ReadResult::Revealed => any_applied = true,
+                ReadResult::Hidden => {
+                    stats.hidden_reads += 1;
+                    any_applied = true;
+                }
+                ReadResult::Ignored(reason) => stats.ignore(reason),
+                ReadResult::Unknown => {
+                    if self.hold(limits, e, msg_id, record_time, stats) {
+                        any_held = true;
+                    }
+                }
+            }
+        }
+        if any_applied {
+            Outcome::Applied
+        } else if any_held {
+            Outcome::Held
+        } else {
+            Outcome::Ignored
+        }
+    }
+
+    fn hold(&mut self, limits: &Limits, e: &MessageRead, msg_id: &str, record_time: u64, stats: &mut FoldStats) -> bool {
+        if self.held_count >= limits.max_held_reads {
+            // Free what has expired before refusing: the decision then depends
+            // only on live held reads, so a replay decides the same way.
+            let mut fx = Effects::default();
+            self.expire_held(limits, &mut fx);
+            stats.merge(&fx.stats);
+            if self.held_count >= limits.max_held_reads {
+                stats.ignore(Ignored::HoldOverflow);
+                return false;
+            }
+        }
+        let PartitionState { apps, dirty, held_count, .. } = self;
+        let app = app_entry(apps, &e.app_id);
+        let list: &mut HeldList = app.held.entry(msg_id.to_owned()).or_default();
+        list.reads.push(HeldRead {
+            reader: e.reader.clone(),
+            conversation: e.conversation.clone(),
+            read_at: e.read_at,
+            private: e.private,
+            held_at: record_time,
+        });
+        *held_count += 1;
+        if !list.dirty {
+            list.dirty = true;
+            dirty.push(DirtyKey::Held { app: e.app_id.clone(), msg_id: msg_id.to_owned() });
+        }
+        true
+    }
+
+    fn conversation_read(
+        &mut self,
+        settings: &SettingsTable,
+        app_id: &str,
+        reader: &str,
+        peer: &str,
+        read_at: u64,
+        stats: &mut FoldStats,
+    ) -> Outcome {
+        if !settings.c2c_receipts(app_id) {
+            stats.ignore(Ignored::C2cDisabled);
+            return Outcome::Ignored;
+        }
+        let PartitionState { apps, dirty, pending_receipts, .. } = self;
+        let app = app_entry(apps, app_id);
+        let mark = app
+            .marks
+            .entry((reader.to_owned(), peer.to_owned()))
+            .or_insert(Mark { read_at: 0, dirty: false, delta_pending: false });
+        if read_at <= mark.read_at {
+            stats.ignore(Ignored::StaleMark);
+            return Outcome::Ignored;
+        }
+        mark.read_at = read_at;
+        let key = || DirtyKey::Mark { app: app_id.to_owned(), reader: reader.to_owned(), peer: peer.to_owned() };
+        if !mark.dirty {
+            mark.dirty = true;
+            dirty.push(key());
+        }
+        if settings.receipts_on(app_id, reader) {
+            if !mark.delta_pending {
+                mark.delta_pending = true;
+                pending_receipts.push(key());
+            }
+        } else {
+            stats.hidden_reads += 1;
+        }
+        Outcome::Applied
+    }
+
+    fn message_revoked(
+        &mut self,
+        app_id: &str,
+        msg_id: &str,
+        sender: &str,
+        conversation: &Conversation,
+        stats: &mut FoldStats,
+    ) -> Outcome {
+        let PartitionState { apps, dirty, .. } = self;
+        let app = app_entry(apps, app_id);
+        let Some(m) = app.messages.get_mut(msg_id) else {
+            stats.ignore(Ignored::UnknownTarget);
+            return Outcome::Ignored;
+        };
+        let same_place = match (&m.target, conversation) {
+            (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => group_id == g,
+            (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => peer == p,
+            _ => false,
+        };
+        if m.sender != sender || !same_place || m.tracking == Tracking::Revoked {
+            stats.ignore(Ignored::UnknownTarget);
+            return Outcome::Ignored;
+        }
+        m.tracking = Tracking::Revoked;
+        m.readers = Vec::new();
+        m.visible_reads = 0;
+        if !m.dirty {
+            m.dirty = true;
+            dirty.push(DirtyKey::Message { app: app_id.to_owned(), msg_id: msg_id.to_owned() });
+        }
+        Outcome::Applied
+    }
+}
+
+fn app_entry<'a>(apps: &'a mut rustc_hash::FxHashMap<String, AppState>, app: &str) -> &'a mut AppState {
+    if !apps.contains_key(app) {
+        apps.insert(app.to_owned(), AppState::default());
+    }
+    apps.get_mut(app).expect("inserted above")
+}
+
+/// Adds `user` as a member from `epoch` on; returns its ordinal if it was not
+/// a member already.
+fn join(group: &mut Group, user: &str, epoch: u32) -> Option<u32> {
+    let ordinal = match group.ordinal(user) {
+        Some(o) if group.since[o as usize] != NOT_A_MEMBER => return None,
+        Some(o) => o,
+        None => {
+            let o = group.users.len() as u32;
+            group.users.push(user.to_owned());
+            group.since.push(NOT_A_MEMBER);
+            group.ordinal_of.insert(user.to_owned(), o);
+            o
+        }
+    };
+    group.since[ordinal as usize] = epoch;
+    group.by_epoch.add(epoch as usize, 1);
+    group.member_count += 1;
+    Some(ordinal)
+}
+
+fn leave(group: &mut Group, ordinal: u32) {
+    let since = std::mem::replace(&mut group.since[ordinal as usize], NOT_A_MEMBER);
+    group.by_epoch.add(since as usize, -1);
+    group.member_count -= 1;
+}
+
+/// What one read needs besides the app's state.
+struct ReadCtx<'a> {
+    settings: &'a SettingsTable,
+    app_id: &'a str,
+    watermark: u64,
+    dirty: &'a mut Vec<DirtyKey>,
+    pending_receipts: &'a mut Vec<DirtyKey>,
+}
+
+/// Folds one reader's read of one message.
+fn read_one(
+    ctx: ReadCtx<'_>,
+    app: &mut AppState,
+    reader: &str,
+    conversation: &Conversation,
+    msg_id: &str,
+    read_at: u64,
+    private: bool,
+) -> ReadResult {
+    let Some(m) = app.messages.get_mut(msg_id) else { return ReadResult::Unknown };
+    if m.sender == reader {
+        return ReadResult::Ignored(Ignored::Sender);
+    }
+    let ordinal = match (&m.target, conversation) {
+        (MessageTarget::Group { group_id, audience_epoch }, Conversation::Group { group_id: g }) if group_id == g => {
+            let Some(group) = app.groups.get(group_id) else {
+                return ReadResult::Ignored(Ignored::NotInAudience);
+            };
+            match group.ordinal(reader) {
+                Some(o) if group.member_since(o, *audience_epoch) => o,
+                _ => return untracked_reason(m.tracking).unwrap_or(ReadResult::Ignored(Ignored::NotInAudience)),
+            }
+        }
+        (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) if peer == reader && *p == m.sender => 0,
+        _ => return ReadResult::Ignored(Ignored::NotInAudience),
+    };
+    if let Some(reason) = untracked_reason(m.tracking) {
+        return reason;
+    }
+    let retention = u64::from(ctx.settings.retention_days(ctx.app_id)) * DAY_MS;
+    if m.sent_at.saturating_add(retention) < ctx.watermark {
+        return ReadResult::Ignored(Ignored::Expired);
+    }
+    let slot = match m.readers.binary_search_by_key(&ordinal, |r| r.ordinal) {
+        Ok(_) => return ReadResult::Ignored(Ignored::Duplicate),
+        Err(slot) => slot,
+    };
+    let hidden = private || !ctx.settings.receipts_on(ctx.app_id, reader);
+    m.readers.insert(slot, ReadMark { ordinal, read_at, hidden });
+    if !m.dirty {
+        m.dirty = true;
+        ctx.dirty.push(DirtyKey::Message { app: ctx.app_id.to_owned(), msg_id: msg_id.to_owned() });
+    }
+    if hidden {
+        return ReadResult::Hidden;
+    }
+    m.visible_reads += 1;
+    m.version += 1;
+    m.timestamp = m.timestamp.max(read_at);
+    if let MessageTarget::Group { group_id, .. } = &m.target {
+        if let Some(group) = app.groups.get(group_id) {
+            // The new reader was eligible and unread, so a fresh cache only
+            // moves by one; a stale one is recomputed from the readers.
+            if m.unread_cache.0 == group.meta.epoch {
+                m.unread_cache.1 = m.unread_cache.1.saturating_sub(1);
+            } else {
+                m.unread_cache = (group.meta.epoch, compute_unread(group, m));
+            }
+        }
+    }
+    if !m.delta_pending {
+        m.delta_pending = true;
+        ctx.pending_receipts.push(DirtyKey::Message { app: ctx.app_id.to_owned(), msg_id: msg_id.to_owned() });
+    }
+    ReadResult::Revealed
+}
+
+fn untracked_reason(tracking: Tracking) -> Option<ReadResult> {
+    let reason = match tracking {
+        Tracking::Tracked => return None,
+        Tracking::NoReceiptRequested => Ignored::NoReceiptRequested,
+        Tracking::GroupTypeDisabled => Ignored::GroupTypeDisabled,
+        Tracking::C2cDisabled => Ignored::C2cDisabled,
+        Tracking::UnknownGroup => Ignored::UnknownGroup,
+        Tracking::Revoked => Ignored::Revoked,
+    };
+    Some(ReadResult::Ignored(reason))
+}
+
+/// Eligible members who have not been revealed as readers: members since the
+/// audience epoch, minus the sender, minus revealed readers still members.
+fn compute_unread(group: &Group, m: &MessageState) -> u32 {
+    let MessageTarget::Group { audience_epoch, .. } = &m.target else { return 0 };
+    let epoch = *audience_epoch;
+    let mut unread = group.eligible(epoch);
+    if group.ordinal(&m.sender).is_some_and(|o| group.member_since(o, epoch)) {
+        unread -= 1;
+    }
+    let revealed_present = m
+        .readers
+        .iter()
+        .filter(|r| !r.hidden && group.member_since(r.ordinal, epoch))
+        .count() as u32;
+    unread - revealed_present
+}
+
+/// `(read, unread)` of a message as the sender may see them.
+pub(crate) fn counts(app: &AppState, m: &MessageState) -> (u32, u32) {
+    if m.tracking != Tracking::Tracked {
+        return (0, 0);
+    }
+    match &m.target {
+        MessageTarget::C2c { .. } => (m.visible_reads, 1 - m.visible_reads.min(1)),
+        MessageTarget::Group { group_id, .. } => match app.groups.get(group_id) {
+            None => (m.visible_reads, 0),
+            Some(group) if m.unread_cache.0 == group.meta.epoch => (m.visible_reads, m.unread_cache.1),
+            Some(group) => (m.visible_reads, compute_unread(group, m)),
+        },
+    }
+}

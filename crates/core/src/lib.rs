@@ -1,0 +1,43 @@
+//! The pure core of receiptd: `fold(state, event) -> effects`.
+//!
+//! A [`PartitionState`] is everything one Kafka partition of `receipts.events`
+//! has folded so far: group member tables, per-message read sets, C2C read
+//! marks, and reads held until their message arrives. [`PartitionState::apply`]
+//! folds one event into it and records the [`Effects`]: which entities changed
+//! (so storage writes each touched entity once per flush), which receipts
+//! changed (so the [`DeltaBuffer`] can coalesce them into one record per
+//! recipient), and counters by outcome and reason.
+//!
+//! There is no IO here: no Kafka, no RocksDB, no clock. Time is the record
+//! timestamp the caller passes in, so replaying the same log always yields the
+//! same state and the same receipts. That is what makes exactly-once state
+//! possible (the caller persists offsets with the fold) and what lets the fold
+//! be tested against a naive model.
+//!
+//! Group audiences are never copied per message. A group keeps a membership
+//! `epoch` that every membership change advances, and each member remembers the
+//! epoch since which it has been a member. A message remembers only the epoch
+//! at send time: its audience is every member whose membership began at or
+//! before that epoch, minus the sender. Per-message state therefore grows with
+//! the readers, not with the group.
+
+#![deny(missing_docs)]
+
+mod deltas;
+mod fenwick;
+mod fold;
+mod settings;
+mod state;
+mod stats;
+
+pub use deltas::{DeltaBuffer, ReceiptChange};
+pub use fold::{Effects, Limits};
+pub use settings::SettingsTable;
+pub use state::{
+    DirtyKey, EntityRef, GroupMeta, HeldRead, MessageState, MessageTarget, PartitionState,
+    ReadMark, Tracking, NOT_A_MEMBER,
+};
+pub use stats::{FoldStats, Ignored, Outcome, EVENT_KINDS};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,496 @@
+//! The folded state of one partition, and the narrow interface storage uses to
+//! persist and restore it (dirty keys out, entities in).
+
+use crate::fenwick::Fenwick;
+use receiptd_wire::GroupType;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+/// `since` of an ordinal that is not a member now.
+pub const NOT_A_MEMBER: u32 = u32::MAX;
+
+/// A group's header: type and membership epoch. Members are stored apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMeta {
+    /// The type from the latest snapshot; `None` until one arrives.
+    pub group_type: Option<GroupType>,
+    /// Advances by one with every membership change.
+    pub epoch: u32,
+}
+
+/// One group: header plus its member table, indexed by group-local ordinal.
+/// Ordinals are handed out on first join and never reused, so a message's
+/// read set can name members by ordinal for its whole life.
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub(crate) meta: GroupMeta,
+    pub(crate) ordinal_of: FxHashMap<String, u32>,
+    pub(crate) users: Vec<String>,
+    /// ordinal -> epoch the current membership began, or [`NOT_A_MEMBER`].
+    pub(crate) since: Vec<u32>,
+    /// Current members counted by their `since` epoch.
+    pub(crate) by_epoch: Fenwick,
+    pub(crate) member_count: u32,
+    pub(crate) dirty: bool,
+    pub(crate) dirty_members: rustc_hash::FxHashSet<u32>,
+}
+
+impl Group {
+    pub(crate) fn new(group_type: Option<GroupType>) -> Self {
+        let mut by_epoch = Fenwick::new();
+        by_epoch.push(0);
+        Group {
+            meta: GroupMeta { group_type, epoch: 0 },
+            ordinal_of: FxHashMap::default(),
+            users: Vec::new(),
+            since: Vec::new(),
+            by_epoch,
+            member_count: 0,
+            dirty: false,
+            dirty_members: Default::default(),
+        }
+    }
+
+    /// Whether `ordinal` has been a member continuously since `epoch` or earlier.
+    pub(crate) fn member_since(&self, ordinal: u32, epoch: u32) -> bool {
+        self.since.get(ordinal as usize).is_some_and(|&s| s <= epoch)
+    }
+
+    /// Members now present whose membership began at or before `epoch`.
+    pub(crate) fn eligible(&self, epoch: u32) -> u32 {
+        self.by_epoch.prefix(epoch as usize) as u32
+    }
+
+    pub(crate) fn ordinal(&self, user: &str) -> Option<u32> {
+        self.ordinal_of.get(user).copied()
+    }
+}
+
+/// One reader of a message. For C2C the only ordinal is 0 (the peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMark {
+    /// Group-local member ordinal (0 for the C2C peer).
+    pub ordinal: u32,
+    /// When the read happened, Unix ms.
+    pub read_at: u64,
+    /// A private read, or one made while the reader's receipts were off: kept,
+    /// never revealed.
+    pub hidden: bool,
+}
+
+/// Where a message lives and who its audience is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageTarget {
+    /// A group message; the audience is the members as of `audience_epoch`.
+    Group {
+        /// The group.
+        group_id: String,
+        /// The group's membership epoch at send time.
+        audience_epoch: u32,
+    },
+    /// A C2C message; the audience is the peer.
+    C2c {
+        /// The peer (the one who may read it).
+        peer: String,
+    },
+}
+
+/// Whether a known message collects receipts, and if not, why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tracking {
+    /// Reads are folded.
+    Tracked,
+    /// Sent without `need_read_receipt`.
+    NoReceiptRequested,
+    /// Its group's type has receipts disabled.
+    GroupTypeDisabled,
+    /// C2C receipts are disabled for the app.
+    C2cDisabled,
+    /// Sent to a group with no known membership.
+    UnknownGroup,
+    /// Revoked; its reads are gone.
+    Revoked,
+}
+
+/// The receipt state of one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageState {
+    /// Who sent it (the one who gets its receipts).
+    pub sender: String,
+    /// Group or C2C, with the audience.
+    pub target: MessageTarget,
+    /// Send time, Unix ms (retention counts from here).
+    pub sent_at: u64,
+    /// Whether reads are folded.
+    pub tracking: Tracking,
+    /// Grows by one with every revealed change.
+    pub version: u64,
+    /// Time of the latest revealed change (`sent_at` before any).
+    pub timestamp: u64,
+    /// Readers sorted by ordinal; hidden ones included.
+    pub readers: Vec<ReadMark>,
+    /// Readers that are revealed (not hidden).
+    pub visible_reads: u32,
+    /// (group epoch, unread) computed at that epoch; recomputed when the
+    /// group's membership moves on. Derived, so never persisted.
+    #[serde(skip, default = "no_cache")]
+    pub(crate) unread_cache: (u32, u32),
+    #[serde(skip)]
+    pub(crate) dirty: bool,
+    /// A revealed change not yet taken by `take_receipts`.
+    #[serde(skip)]
+    pub(crate) delta_pending: bool,
+}
+
+fn no_cache() -> (u32, u32) {
+    (NOT_A_MEMBER, 0)
+}
+
+impl MessageState {
+    pub(crate) fn new(sender: String, target: MessageTarget, sent_at: u64, tracking: Tracking) -> Self {
+        MessageState {
+            sender,
+            target,
+            sent_at,
+            tracking,
+            version: 0,
+            timestamp: sent_at,
+            readers: Vec::new(),
+            visible_reads: 0,
+            unread_cache: no_cache(),
+            dirty: false,
+            delta_pending: false,
+        }
+    }
+
+    /// The read mark of `ordinal`, if it read.
+    pub fn read_mark(&self, ordinal: u32) -> Option<&ReadMark> {
+        self.readers
+            .binary_search_by_key(&ordinal, |r| r.ordinal)
+            .ok()
+            .map(|i| &self.readers[i])
+    }
+}
+
+/// A read waiting for its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldRead {
+    /// Who read.
+    pub reader: String,
+    /// The read's conversation, relative to the reader.
+    pub conversation: receiptd_wire::Conversation,
+    /// When, Unix ms.
+    pub read_at: u64,
+    /// A private read.
+    pub private: bool,
+    /// The record timestamp it arrived with: the hold window counts from here.
+    pub held_at: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeldList {
+    pub(crate) reads: Vec<HeldRead>,
+    pub(crate) dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    pub(crate) read_at: u64,
+    pub(crate) dirty: bool,
+    pub(crate) delta_pending: bool,
+}
+
+/// Everything of one app in one partition.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AppState {
+    pub(crate) groups: FxHashMap<String, Group>,
+    pub(crate) messages: FxHashMap<String, MessageState>,
+    /// (reader, peer) -> the reader's conversation-read mark.
+    pub(crate) marks: FxHashMap<(String, String), Mark>,
+    pub(crate) held: FxHashMap<String, HeldList>,
+}
+
+/// The key of an entity that changed since the last [`PartitionState::take_dirty`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DirtyKey {
+    /// A group's header.
+    Group {
+        /// App.
+        app: String,
+        /// Group.
+        group_id: String,
+    },
+    /// One member slot of a group.
+    Member {
+        /// App.
+        app: String,
+        /// Group.
+        group_id: String,
+        /// The member's ordinal.
+        ordinal: u32,
+    },
+    /// A message.
+    Message {
+        /// App.
+        app: String,
+        /// Message.
+        msg_id: String,
+    },
+    /// A C2C conversation read mark.
+    Mark {
+        /// App.
+        app: String,
+        /// Who read.
+        reader: String,
+        /// The conversation's other party.
+        peer: String,
+    },
+    /// The reads held for a message not yet seen.
+    Held {
+        /// App.
+        app: String,
+        /// Message.
+        msg_id: String,
+    },
+}
+
+/// The current value of a dirty entity; `Absent` means delete it.
+#[derive(Debug)]
+pub enum EntityRef<'a> {
+    /// A group header.
+    Group(&'a GroupMeta),
+    /// A member slot: user id and `since` epoch.
+    Member(&'a str, u32),
+    /// A message.
+    Message(&'a MessageState),
+    /// A conversation read mark.
+    Mark(u64),
+    /// Held reads.
+    Held(&'a [HeldRead]),
+    /// Gone: delete it from storage.
+    Absent,
+}
+
+/// Everything one partition has folded.
+#[derive(Debug, Default)]
+pub struct PartitionState {
+    pub(crate) apps: FxHashMap<String, AppState>,
+    /// Highest record timestamp folded; the fold's only clock.
+    pub(crate) watermark: u64,
+    pub(crate) held_count: usize,
+    pub(crate) dirty: Vec<DirtyKey>,
+    /// Messages and marks with a revealed change not yet taken as receipts.
+    pub(crate) pending_receipts: Vec<DirtyKey>,
+}
+
+impl PartitionState {
+    /// An empty partition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The highest record timestamp folded so far.
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
+    /// Messages known (tracked or not).
+    pub fn message_count(&self) -> usize {
+        self.apps.values().map(|a| a.messages.len()).sum()
+    }
+
+    /// Reads waiting for their message.
+    pub fn held_count(&self) -> usize {
+        self.held_count
+    }
+
+    /// A message's state.
+    pub fn message(&self, app: &str, msg_id: &str) -> Option<&MessageState> {
+        self.apps.get(app)?.messages.get(msg_id)
+    }
+
+    /// Read and unread counts of a message: `(read, unread)`. For C2C,
+    /// `unread` is 1 until the peer's read is revealed.
+    pub fn counts(&self, app: &str, msg_id: &str) -> Option<(u32, u32)> {
+        let app_state = self.apps.get(app)?;
+        let m = app_state.messages.get(msg_id)?;
+        Some(crate::fold::counts(app_state, m))
+    }
+
+    /// Users who read a group message and are revealed, with `read_at`, in
+    /// ordinal order; and the members still counted unread, in ordinal order.
+    pub fn group_lists(&self, app: &str, msg_id: &str) -> Option<(Vec<(String, u64)>, Vec<String>)> {
+        let app_state = self.apps.get(app)?;
+        let m = app_state.messages.get(msg_id)?;
+        let MessageTarget::Group { group_id, audience_epoch } = &m.target else { return None };
+        let group = app_state.groups.get(group_id)?;
+        let read = m
+            .readers
+            .iter()
+            .filter(|r| !r.hidden)
+            .map(|r| (group.users[r.ordinal as usize].clone(), r.read_at))
+            .collect();
+        let sender = group.ordinal(&m.sender);
+        let unread = (0..group.users.len() as u32)
+            .filter(|&o| group.member_since(o, *audience_epoch) && Some(o) != sender)
+            .filter(|&o| m.read_mark(o).is_none_or(|r| r.hidden))
+            .map(|o| group.users[o as usize].clone())
+            .collect();
+        Some((read, unread))
+    }
+
+    /// A reader's conversation-read mark towards `peer`.
+    pub fn mark(&self, app: &str, reader: &str, peer: &str) -> Option<u64> {
+        let marks = &self.apps.get(app)?.marks;
+        marks.get(&(reader.to_owned(), peer.to_owned())).map(|m| m.read_at)
+    }
+
+    /// Every app with state here, sorted (for dumps and tests).
+    pub fn app_ids(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.apps.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Every message id of an app, sorted (for dumps and tests).
+    pub fn message_ids(&self, app: &str) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .apps
+            .get(app)
+            .map(|a| a.messages.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
+    // ---- persistence interface ----
+
+    /// Takes the keys of every entity changed since the last call, each once.
+    pub fn take_dirty(&mut self) -> Vec<DirtyKey> {
+        let keys = std::mem::take(&mut self.dirty);
+        for key in &keys {
+            match key {
+                DirtyKey::Group { app, group_id } | DirtyKey::Member { app, group_id, .. } => {
+                    if let Some(g) = self.apps.get_mut(app).and_then(|a| a.groups.get_mut(group_id)) {
+                        g.dirty = false;
+                        g.dirty_members.clear();
+                    }
+                }
+                DirtyKey::Message { app, msg_id } => {
+                    if let Some(m) = self.apps.get_mut(app).and_then(|a| a.messages.get_mut(msg_id)) {
+                        m.dirty = false;
+                    }
+                }
+                DirtyKey::Mark { app, reader, peer } => {
+                    let key = (reader.clone(), peer.clone());
+                    if let Some(m) = self.apps.get_mut(app).and_then(|a| a.marks.get_mut(&key)) {
+                        m.dirty = false;
+                    }
+                }
+                DirtyKey::Held { app, msg_id } => {
+                    if let Some(h) = self.apps.get_mut(app).and_then(|a| a.held.get_mut(msg_id)) {
+                        h.dirty = false;
+                    }
+                }
+            }
+        }
+        keys
+    }
+
+    /// The current value of a dirty entity.
+    pub fn entity(&self, key: &DirtyKey) -> EntityRef<'_> {
+        let app = |a: &String| self.apps.get(a);
+        let found = match key {
+            DirtyKey::Group { app: a, group_id } => {
+                app(a).and_then(|s| s.groups.get(group_id)).map(|g| EntityRef::Group(&g.meta))
+            }
+            DirtyKey::Member { app: a, group_id, ordinal } => app(a)
+                .and_then(|s| s.groups.get(group_id))
+                .and_then(|g| {
+                    let i = *ordinal as usize;
+                    Some(EntityRef::Member(g.users.get(i)?, g.since[i]))
+                }),
+            DirtyKey::Message { app: a, msg_id } => {
+                app(a).and_then(|s| s.messages.get(msg_id)).map(EntityRef::Message)
+            }
+            DirtyKey::Mark { app: a, reader, peer } => app(a)
+                .and_then(|s| s.marks.get(&(reader.clone(), peer.clone())))
+                .map(|m| EntityRef::Mark(m.read_at)),
+            DirtyKey::Held { app: a, msg_id } => {
+                app(a).and_then(|s| s.held.get(msg_id)).map(|h| EntityRef::Held(&h.reads))
+            }
+        };
+        found.unwrap_or(EntityRef::Absent)
+    }
+
+    /// Restores the watermark (from the checkpoint record).
+    pub fn restore_watermark(&mut self, watermark: u64) {
+        self.watermark = watermark;
+    }
+
+    /// Restores a group header. Members follow through [`Self::restore_member`],
+    /// then [`Self::finish_restore`] rebuilds the derived indexes.
+    pub fn restore_group(&mut self, app: &str, group_id: &str, meta: GroupMeta) {
+        let g = self.app_mut(app).groups.entry(group_id.to_owned()).or_insert_with(|| Group::new(None));
+        g.meta = meta;
+    }
+
+    /// Restores one member slot.
+    pub fn restore_member(&mut self, app: &str, group_id: &str, ordinal: u32, user: &str, since: u32) {
+        let g = self.app_mut(app).groups.entry(group_id.to_owned()).or_insert_with(|| Group::new(None));
+        let i = ordinal as usize;
+        if g.users.len() <= i {
+            g.users.resize(i + 1, String::new());
+            g.since.resize(i + 1, NOT_A_MEMBER);
+        }
+        g.users[i] = user.to_owned();
+        g.since[i] = since;
+        g.ordinal_of.insert(user.to_owned(), ordinal);
+    }
+
+    /// Restores a message.
+    pub fn restore_message(&mut self, app: &str, msg_id: &str, message: MessageState) {
+        self.app_mut(app).messages.insert(msg_id.to_owned(), message);
+    }
+
+    /// Restores a conversation read mark.
+    pub fn restore_mark(&mut self, app: &str, reader: &str, peer: &str, read_at: u64) {
+        self.app_mut(app)
+            .marks
+            .insert((reader.to_owned(), peer.to_owned()), Mark { read_at, dirty: false, delta_pending: false });
+    }
+
+    /// Restores the reads held for a message.
+    pub fn restore_held(&mut self, app: &str, msg_id: &str, reads: Vec<HeldRead>) {
+        self.held_count += reads.len();
+        self.app_mut(app).held.insert(msg_id.to_owned(), HeldList { reads, dirty: false });
+    }
+
+    /// Rebuilds what is derived from restored entities (member counts by epoch).
+    pub fn finish_restore(&mut self) {
+        for app in self.apps.values_mut() {
+            for g in app.groups.values_mut() {
+                let mut by_epoch = Fenwick::new();
+                for _ in 0..=g.meta.epoch {
+                    by_epoch.push(0);
+                }
+                let mut count = 0;
+                for &s in &g.since {
+                    if s != NOT_A_MEMBER {
+                        by_epoch.add(s as usize, 1);
+                        count += 1;
+                    }
+                }
+                g.by_epoch = by_epoch;
+                g.member_count = count;
+            }
+        }
+    }
+
+    pub(crate) fn app_mut(&mut self, app: &str) -> &mut AppState {
+        if !self.apps.contains_key(app) {
+            self.apps.insert(app.to_owned(), AppState::default());
+        }
+        self.apps.get_mut(app).expect("inserted above")
+    }
+}

@@ -1,0 +1,416 @@
+//! Unit tests of the fold, one per rule of the contract it implements.
+
+use crate::*;
+use receiptd_wire::*;
+
+const APP: &str = "a1";
+
+struct Harness {
+    state: PartitionState,
+    settings: SettingsTable,
+    limits: Limits,
+    fx: Effects,
+    clock: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            state: PartitionState::new(),
+            settings: SettingsTable::default(),
+            limits: Limits::default(),
+            fx: Effects::default(),
+            clock: 1_000_000,
+        }
+    }
+
+    fn apply(&mut self, e: Event) {
+        self.clock += 1;
+        self.state.apply(&self.settings, &self.limits, &e, self.clock, &mut self.fx);
+    }
+
+    fn members(&mut self, group: &str, op: MembersOp, members: &[&str]) {
+        self.apply(Event::GroupMembers(GroupMembers {
+            app_id: APP.into(),
+            group_id: group.into(),
+            op,
+            group_type: (op == MembersOp::Snapshot).then_some(GroupType::Work),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            at: self.clock,
+        }));
+    }
+
+    fn send_group(&mut self, msg: &str, sender: &str, group: &str) {
+        self.send(msg, sender, Conversation::Group { group_id: group.into() }, true);
+    }
+
+    fn send(&mut self, msg: &str, sender: &str, conversation: Conversation, need: bool) {
+        self.apply(Event::MessageSent(MessageSent {
+            app_id: APP.into(),
+            msg_id: msg.into(),
+            sender: sender.into(),
+            conversation,
+            need_read_receipt: need,
+            sent_at: self.clock,
+        }));
+    }
+
+    fn read_group(&mut self, reader: &str, group: &str, msgs: &[&str]) {
+        self.read(reader, Conversation::Group { group_id: group.into() }, msgs, false);
+    }
+
+    fn read(&mut self, reader: &str, conversation: Conversation, msgs: &[&str], private: bool) {
+        self.apply(Event::MessageRead(MessageRead {
+            app_id: APP.into(),
+            reader: reader.into(),
+            conversation,
+            msg_ids: msgs.iter().map(|m| m.to_string()).collect(),
+            read_at: self.clock + 5,
+            private,
+        }));
+    }
+
+    fn counts(&self, msg: &str) -> (u32, u32) {
+        self.state.counts(APP, msg).expect("message known")
+    }
+
+    fn ignored(&self, reason: Ignored) -> u64 {
+        self.fx.stats.ignored(reason)
+    }
+
+    fn receipts(&mut self) -> Vec<DeltaRecord> {
+        let mut buffer = DeltaBuffer::new();
+        for r in self.state.take_receipts(&self.settings) {
+            buffer.push(r);
+        }
+        buffer.drain()
+    }
+}
+
+fn c2c(peer: &str) -> Conversation {
+    Conversation::C2c { peer: peer.into() }
+}
+
+#[test]
+fn group_audience_is_send_time_members_minus_sender() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
+    h.send_group("m1", "alice", "g1");
+    assert_eq!(h.counts("m1"), (0, 3));
+    h.read_group("bob", "g1", &["m1"]);
+    assert_eq!(h.counts("m1"), (1, 2));
+}
+
+#[test]
+fn a_member_who_joins_later_is_not_in_the_audience() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob"]);
+    h.send_group("m1", "alice", "g1");
+    h.members("g1", MembersOp::Join, &["erin"]);
+    assert_eq!(h.counts("m1"), (0, 1));
+    h.read_group("erin", "g1", &["m1"]);
+    assert_eq!(h.counts("m1"), (0, 1));
+    assert_eq!(h.ignored(Ignored::NotInAudience), 1);
+    // A message sent after the join does include erin.
+    h.send_group("m2", "alice", "g1");
+    assert_eq!(h.counts("m2"), (0, 2));
+}
+
+#[test]
+fn a_member_who_leaves_before_reading_stops_counting_as_unread() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
+    h.send_group("m1", "alice", "g1");
+    h.read_group("bob", "g1", &["m1"]);
+    assert_eq!(h.counts("m1"), (1, 2));
+    h.members("g1", MembersOp::Leave, &["carol", "bob"]);
+    // carol (unread) is gone from the audience; bob's read stays a read.
+    assert_eq!(h.counts("m1"), (1, 1));
+    // Rejoining later does not put carol back into m1's audience.
+    h.members("g1", MembersOp::Join, &["carol"]);
+    assert_eq!(h.counts("m1"), (1, 1));
+    h.read_group("carol", "g1", &["m1"]);
+    assert_eq!(h.counts("m1"), (1, 1));
+    h.read_group("dave", "g1", &["m1"]);
+    assert_eq!(h.counts("m1"), (2, 0));
+}
+
+#[test]
+fn snapshot_replaces_the_member_set() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);
+    h.members("g1", MembersOp::Snapshot, &["alice", "carol", "zed"]);
+    h.send_group("m1", "alice", "g1");
+    assert_eq!(h.counts("m1"), (0, 2));
+    h.read_group("bob", "g1", &["m1"]);
+    assert_eq!(h.ignored(Ignored::NotInAudience), 1);
+    let (read, unread) = h.state.group_lists(APP, "m1").unwrap();
+    assert!(read.is_empty());
+    assert_eq!(unread, vec!["carol".to_string(), "zed".to_string()]);
+}
+
+#[test]
+fn reads_are_idempotent() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);
+    h.send_group("m1", "alice", "g1");
+    h.read_group("bob", "g1", &["m1"]);
+    h.read_group("bob", "g1", &["m1", "m1"]);
+    assert_eq!(h.counts("m1"), (1, 1));
+    assert_eq!(h.ignored(Ignored::Duplicate), 2);
+    assert_eq!(h.state.message(APP, "m1").unwrap().version, 1);
+}
+
+#[test]
+fn sender_outsider_and_unrequested_reads_change_nothing_and_are_counted() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob"]);
+    h.send_group("m1", "alice", "g1");
+    h.send("m2", "alice", Conversation::Group { group_id: "g1".into() }, false);
+    h.read_group("alice", "g1", &["m1"]);
+    h.read_group("mallory", "g1", &["m1"]);
+    h.read_group("bob", "g1", &["m2"]);
+    assert_eq!(h.counts("m1"), (0, 1));
+    assert_eq!(h.ignored(Ignored::Sender), 1);
+    assert_eq!(h.ignored(Ignored::NotInAudience), 1);
+    assert_eq!(h.ignored(Ignored::NoReceiptRequested), 1);
+    assert!(h.receipts().is_empty());
+    // A read naming the message under another conversation is not in its audience.
+    h.members("g2", MembersOp::Snapshot, &["alice", "bob"]);
+    h.read_group("bob", "g2", &["m1"]);
+    assert_eq!(h.ignored(Ignored::NotInAudience), 2);
+}
+
+#[test]
+fn a_read_before_its_message_is_held_and_applied_on_arrival() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);
+    h.read_group("bob", "g1", &["m1"]);
+    assert_eq!(h.state.held_count(), 1);
+    assert_eq!(h.fx.stats.events[2][Outcome::Held as usize], 1);
+    h.send_group("m1", "alice", "g1");
+    assert_eq!(h.state.held_count(), 0);
+    assert_eq!(h.counts("m1"), (1, 1));
+    let deltas = h.receipts();
+    assert_eq!(deltas.len(), 1);
+    assert_eq!(deltas[0].receipts[0].version, Some(1));
+}
+
+#[test]
+fn held_reads_expire_after_the_window_and_the_buffer_is_bounded() {
+    let mut h = Harness::new();
+    h.limits = Limits { hold_window_ms: 1_000, max_held_reads: 2 };
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
+    h.read_group("bob", "g1", &["m1"]);
+    h.read_group("carol", "g1", &["m2"]);
+    h.read_group("dave", "g1", &["m3"]);
+    assert_eq!(h.state.held_count(), 2);
+    assert_eq!(h.ignored(Ignored::HoldOverflow), 1);
+    // Past the window (record time), the held reads no longer apply.
+    h.clock += 5_000;
+    h.send_group("m1", "alice", "g1");
+    assert_eq!(h.counts("m1"), (0, 3));
+    assert_eq!(h.ignored(Ignored::HoldExpired), 1);
+    // The sweep frees the rest, and room returns.
+    h.state.expire_held(&h.limits, &mut h.fx);
+    assert_eq!(h.state.held_count(), 0);
+    assert_eq!(h.ignored(Ignored::HoldExpired), 2);
+    h.read_group("dave", "g1", &["m9"]);
+    assert_eq!(h.state.held_count(), 1);
+}
+
+#[test]
+fn conversation_read_is_a_monotonic_mark_sent_to_the_peer() {
+    let mut h = Harness::new();
+    h.apply(Event::ConversationRead(ConversationRead {
+        app_id: APP.into(),
+        reader: "bob".into(),
+        conversation: c2c("alice"),
+        read_at: 2_000,
+    }));
+    h.apply(Event::ConversationRead(ConversationRead {
+        app_id: APP.into(),
+        reader: "bob".into(),
+        conversation: c2c("alice"),
+        read_at: 1_500,
+    }));
+    assert_eq!(h.state.mark(APP, "bob", "alice"), Some(2_000));
+    assert_eq!(h.ignored(Ignored::StaleMark), 1);
+    let deltas = h.receipts();
+    assert_eq!(deltas.len(), 1);
+    assert_eq!(deltas[0].to, "alice");
+    assert_eq!(
+        deltas[0].receipts,
+        vec![Receipt {
+            msg_id: String::new(),
+            group_id: None,
+            user_id: Some("bob".into()),
+            read_count: None,
+            unread_count: None,
+            is_peer_read: None,
+            timestamp: 2_000,
+            version: None,
+        }]
+    );
+}
+
+#[test]
+fn c2c_message_read_by_the_peer() {
+    let mut h = Harness::new();
+    h.send("m1", "alice", c2c("bob"), true);
+    h.read("carol", c2c("alice"), &["m1"], false);
+    assert_eq!(h.ignored(Ignored::NotInAudience), 1);
+    h.read("bob", c2c("alice"), &["m1"], false);
+    assert_eq!(h.counts("m1"), (1, 0));
+    let deltas = h.receipts();
+    assert_eq!(deltas[0].to, "alice");
+    let r = &deltas[0].receipts[0];
+    assert_eq!((r.user_id.as_deref(), r.is_peer_read, r.version), (Some("bob"), Some(true), Some(1)));
+}
+
+#[test]
+fn versions_grow_per_change_and_receipts_coalesce_per_flush() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
+    h.send_group("m1", "alice", "g1");
+    h.send_group("m2", "alice", "g1");
+    h.read_group("bob", "g1", &["m1", "m2"]);
+    h.read_group("carol", "g1", &["m1"]);
+    let deltas = h.receipts();
+    // One record for alice, one receipt per message with the latest counts.
+    assert_eq!(deltas.len(), 1);
+    let r = &deltas[0].receipts;
+    assert_eq!(r.len(), 2);
+    assert_eq!((r[0].msg_id.as_str(), r[0].read_count, r[0].unread_count, r[0].version), ("m1", Some(2), Some(1), Some(2)));
+    assert_eq!((r[1].msg_id.as_str(), r[1].read_count, r[1].unread_count, r[1].version), ("m2", Some(1), Some(2), Some(1)));
+    h.read_group("dave", "g1", &["m1"]);
+    let next = h.receipts();
+    assert_eq!(next[0].receipts[0].version, Some(3));
+    assert_eq!(next[0].receipts[0].unread_count, Some(0));
+    assert!(h.receipts().is_empty());
+}
+
+#[test]
+fn apps_are_isolated() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob"]);
+    h.send_group("m1", "alice", "g1");
+    // The same ids in another app are another world.
+    h.apply(Event::MessageRead(MessageRead {
+        app_id: "a2".into(),
+        reader: "bob".into(),
+        conversation: Conversation::Group { group_id: "g1".into() },
+        msg_ids: vec!["m1".into()],
+        read_at: 1,
+        private: false,
+    }));
+    assert_eq!(h.counts("m1"), (0, 1));
+    assert_eq!(h.state.held_count(), 1);
+    assert!(h.state.counts("a2", "m1").is_none());
+}
+
+#[test]
+fn private_reads_are_kept_but_never_revealed() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);
+    h.send_group("m1", "alice", "g1");
+    h.read("bob", Conversation::Group { group_id: "g1".into() }, &["m1"], true);
+    assert_eq!(h.counts("m1"), (0, 2));
+    assert!(h.receipts().is_empty());
+    assert_eq!(h.fx.stats.hidden_reads, 1);
+    // Reading again in public does not reveal it: the read already happened.
+    h.read_group("bob", "g1", &["m1"]);
+    assert_eq!(h.counts("m1"), (0, 2));
+}
+
+#[test]
+fn revocation_and_dismissal_do_not_crash_and_drop_state() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob"]);
+    h.send_group("m1", "alice", "g1");
+    h.apply(Event::MessageRevoked(MessageRevoked {
+        app_id: APP.into(),
+        msg_id: "m1".into(),
+        sender: "alice".into(),
+        conversation: Conversation::Group { group_id: "g1".into() },
+        at: 1,
+    }));
+    h.read_group("bob", "g1", &["m1"]);
+    assert_eq!(h.ignored(Ignored::Revoked), 1);
+    h.members("g1", MembersOp::Dismiss, &[]);
+    assert!(h.state.message(APP, "m1").is_none());
+    h.members("g9", MembersOp::Leave, &["x"]);
+    assert_eq!(h.ignored(Ignored::UnknownTarget), 1);
+}
+
+/// What storage does: persist dirty entities, restore into a fresh state.
+#[test]
+fn persisted_entities_restore_to_the_same_state() {
+    use std::collections::BTreeMap;
+    #[derive(Debug, Clone, PartialEq)]
+    enum Stored {
+        Group(GroupMeta),
+        Member(String, u32),
+        Message(MessageState),
+        Mark(u64),
+        Held(Vec<HeldRead>),
+    }
+    let mut h = Harness::new();
+    let mut disk: BTreeMap<String, (DirtyKey, Stored)> = BTreeMap::new();
+    let flush = |h: &mut Harness, disk: &mut BTreeMap<String, (DirtyKey, Stored)>| {
+        for key in h.state.take_dirty() {
+            let id = format!("{key:?}");
+            let value = match h.state.entity(&key) {
+                EntityRef::Group(g) => Stored::Group(g.clone()),
+                EntityRef::Member(u, s) => Stored::Member(u.to_owned(), s),
+                EntityRef::Message(m) => Stored::Message(m.clone()),
+                EntityRef::Mark(t) => Stored::Mark(t),
+                EntityRef::Held(r) => Stored::Held(r.to_vec()),
+                EntityRef::Absent => {
+                    disk.remove(&id);
+                    continue;
+                }
+            };
+            disk.insert(id, (key, value));
+        }
+    };
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
+    h.send_group("m1", "alice", "g1");
+    h.read_group("bob", "g1", &["m1"]);
+    flush(&mut h, &mut disk);
+    h.members("g1", MembersOp::Leave, &["carol"]);
+    h.read_group("dave", "g1", &["m7"]);
+    h.apply(Event::ConversationRead(ConversationRead {
+        app_id: APP.into(),
+        reader: "bob".into(),
+        conversation: c2c("alice"),
+        read_at: 9,
+    }));
+    flush(&mut h, &mut disk);
+
+    let mut restored = PartitionState::new();
+    for (key, value) in disk.values() {
+        match (key, value.clone()) {
+            (DirtyKey::Group { app, group_id }, Stored::Group(g)) => restored.restore_group(app, group_id, g),
+            (DirtyKey::Member { app, group_id, ordinal }, Stored::Member(u, s)) => {
+                restored.restore_member(app, group_id, *ordinal, &u, s)
+            }
+            (DirtyKey::Message { app, msg_id }, Stored::Message(m)) => restored.restore_message(app, msg_id, m),
+            (DirtyKey::Mark { app, reader, peer }, Stored::Mark(t)) => restored.restore_mark(app, reader, peer, t),
+            (DirtyKey::Held { app, msg_id }, Stored::Held(r)) => restored.restore_held(app, msg_id, r),
+            other => panic!("mismatched {other:?}"),
+        }
+    }
+    restored.finish_restore();
+    assert_eq!(restored.counts(APP, "m1"), h.state.counts(APP, "m1"));
+    assert_eq!(restored.group_lists(APP, "m1"), h.state.group_lists(APP, "m1"));
+    assert_eq!(restored.held_count(), 1);
+    assert_eq!(restored.mark(APP, "bob", "alice"), Some(9));
+    // Folding on from the restored state behaves like the original.
+    let mut h2 = Harness { state: restored, ..Harness::new() };
+    h2.clock = h.clock;
+    h.send_group("m7", "alice", "g1");
+    h2.send_group("m7", "alice", "g1");
+    assert_eq!(h2.counts("m7"), h.counts("m7"));
+    assert_eq!(h2.counts("m7"), (1, 1));
+}

@@ -1,0 +1,349 @@
+//! Input events and settings, as in CONTRACT.md §2 and §3.
+//!
+//! JSON uses internally tagged objects (`{"type":"message_read",...}`). bincode
+//! cannot decode that form (it is not self-describing), so the same types
+//! encode positionally there: the enum variant index in declaration order,
+//! then the fields in declaration order. The switch is serde's
+//! `is_human_readable`, so one set of types serves both encodings.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Which conversation an event belongs to, relative to the event's actor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Conversation {
+    /// One-to-one: `peer` is the other party.
+    C2c {
+        /// The other party of the conversation.
+        peer: String,
+    },
+    /// A group conversation.
+    Group {
+        /// The group's id.
+        group_id: String,
+    },
+}
+
+/// The group types of Tencent IM. Receipts are enabled per type and app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GroupType {
+    /// Work group (private, invite only).
+    Work,
+    /// Public group.
+    Public,
+    /// Meeting group.
+    Meeting,
+    /// Community (very large groups).
+    Community,
+    /// Audio-video chat room.
+    AVChatRoom,
+}
+
+impl GroupType {
+    /// The contract's name of the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupType::Work => "Work",
+            GroupType::Public => "Public",
+            GroupType::Meeting => "Meeting",
+            GroupType::Community => "Community",
+            GroupType::AVChatRoom => "AVChatRoom",
+        }
+    }
+}
+
+/// What a `group_members` event does to the member set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembersOp {
+    /// Replace the member set (`group_type` required).
+    Snapshot,
+    /// Add members.
+    Join,
+    /// Remove members.
+    Leave,
+    /// The group and all its receipt state are gone.
+    Dismiss,
+}
+
+/// `group_members`: a change of a group's member set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupMembers {
+    /// The app (tenant).
+    pub app_id: String,
+    /// The group.
+    pub group_id: String,
+    /// What happens to the member set.
+    pub op: MembersOp,
+    /// The group's type; required with `snapshot`.
+    #[serde(default)]
+    pub group_type: Option<GroupType>,
+    /// The members the op names (empty for `dismiss`).
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// When the change happened, Unix ms.
+    pub at: u64,
+}
+
+/// `message_sent`: a message was sent and may want read receipts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageSent {
+    /// The app (tenant).
+    pub app_id: String,
+    /// The message id, unique within the app.
+    pub msg_id: String,
+    /// Who sent it.
+    pub sender: String,
+    /// Where, relative to the sender.
+    pub conversation: Conversation,
+    /// Whether the sender asked for read receipts.
+    #[serde(default)]
+    pub need_read_receipt: bool,
+    /// When it was sent, Unix ms.
+    pub sent_at: u64,
+}
+
+/// `message_read`: a user read up to 100 messages of one conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRead {
+    /// The app (tenant).
+    pub app_id: String,
+    /// Who read.
+    pub reader: String,
+    /// Where, relative to the reader.
+    pub conversation: Conversation,
+    /// The messages read (1 to 100).
+    pub msg_ids: Vec<String>,
+    /// When, Unix ms.
+    pub read_at: u64,
+    /// A private read is recorded but never revealed.
+    #[serde(default)]
+    pub private: bool,
+}
+
+/// `conversation_read`: a user marked a whole C2C conversation read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationRead {
+    /// The app (tenant).
+    pub app_id: String,
+    /// Who read.
+    pub reader: String,
+    /// The conversation, relative to the reader (C2C only).
+    pub conversation: Conversation,
+    /// The read mark, Unix ms.
+    pub read_at: u64,
+}
+
+/// `message_revoked`: the message was recalled; its receipt state is dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRevoked {
+    /// The app (tenant).
+    pub app_id: String,
+    /// The message.
+    pub msg_id: String,
+    /// Its sender.
+    pub sender: String,
+    /// Where, relative to the sender.
+    pub conversation: Conversation,
+    /// When, Unix ms.
+    pub at: u64,
+}
+
+/// One record of `receipts.events`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// See [`GroupMembers`].
+    GroupMembers(GroupMembers),
+    /// See [`MessageSent`].
+    MessageSent(MessageSent),
+    /// See [`MessageRead`].
+    MessageRead(MessageRead),
+    /// See [`ConversationRead`].
+    ConversationRead(ConversationRead),
+    /// See [`MessageRevoked`].
+    MessageRevoked(MessageRevoked),
+}
+
+impl Event {
+    /// The contract's `type` string, used as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::GroupMembers(_) => "group_members",
+            Event::MessageSent(_) => "message_sent",
+            Event::MessageRead(_) => "message_read",
+            Event::ConversationRead(_) => "conversation_read",
+            Event::MessageRevoked(_) => "message_revoked",
+        }
+    }
+
+    /// The app the event belongs to.
+    pub fn app_id(&self) -> &str {
+        match self {
+            Event::GroupMembers(e) => &e.app_id,
+            Event::MessageSent(e) => &e.app_id,
+            Event::MessageRead(e) => &e.app_id,
+            Event::ConversationRead(e) => &e.app_id,
+            Event::MessageRevoked(e) => &e.app_id,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_group_receipt_types() -> Vec<GroupType> {
+    vec![GroupType::Work, GroupType::Public, GroupType::Meeting]
+}
+fn default_retention_days() -> u32 {
+    30
+}
+
+/// `app_config`: an app's receipt settings. Missing fields take the defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppConfig {
+    /// The app (tenant).
+    pub app_id: String,
+    /// Receipts in C2C conversations. Default true.
+    #[serde(default = "default_true")]
+    pub c2c_receipts: bool,
+    /// Group types with receipts. Default Work, Public, Meeting.
+    #[serde(default = "default_group_receipt_types")]
+    pub group_receipt_types: Vec<GroupType>,
+    /// A user whose receipts are off also gets none. Default true.
+    #[serde(default = "default_true")]
+    pub reciprocal_privacy: bool,
+    /// Receipt state older than this (from `sent_at`) is gone. Default 30.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// When, Unix ms.
+    #[serde(default)]
+    pub at: u64,
+}
+
+impl AppConfig {
+    /// The values an app gets before any `app_config` arrives.
+    pub fn defaults(app_id: &str) -> Self {
+        AppConfig {
+            app_id: app_id.to_owned(),
+            c2c_receipts: true,
+            group_receipt_types: default_group_receipt_types(),
+            reciprocal_privacy: true,
+            retention_days: default_retention_days(),
+            at: 0,
+        }
+    }
+}
+
+/// `user_settings`: one user's receipt switch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserSettings {
+    /// The app (tenant).
+    pub app_id: String,
+    /// The user.
+    pub user: String,
+    /// Whether the user's reads may be revealed.
+    pub read_receipts: bool,
+    /// When, Unix ms.
+    #[serde(default)]
+    pub at: u64,
+}
+
+/// One record of `receipts.settings`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Setting {
+    /// See [`AppConfig`].
+    AppConfig(AppConfig),
+    /// See [`UserSettings`].
+    UserSettings(UserSettings),
+}
+
+// ---- serde: tagged objects for JSON, positional enums for bincode ----
+
+/// Writes `Serialize`/`Deserialize` for a public enum through two private
+/// mirrors: one internally tagged by `type` (JSON), one positional (bincode).
+macro_rules! dual_form {
+    ($public:ident, $tagged:ident, $compact:ident, { $($variant:ident($inner:ty) = $tag:literal),+ $(,)? }) => {
+        #[derive(Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        enum $tagged { $(#[serde(rename = $tag)] $variant($inner)),+ }
+
+        #[derive(Serialize, Deserialize)]
+        enum $compact { $($variant($inner)),+ }
+
+        impl Serialize for $public {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                // The mirrors own their data; a clone keeps this simple and
+                // encoding is off every hot path (tests, generators, tools).
+                if s.is_human_readable() {
+                    match self.clone() { $($public::$variant(v) => $tagged::$variant(v).serialize(s)),+ }
+                } else {
+                    match self.clone() { $($public::$variant(v) => $compact::$variant(v).serialize(s)),+ }
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $public {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    Ok(match $tagged::deserialize(d)? { $($tagged::$variant(v) => $public::$variant(v)),+ })
+                } else {
+                    Ok(match $compact::deserialize(d)? { $($compact::$variant(v) => $public::$variant(v)),+ })
+                }
+            }
+        }
+    };
+}
+
+dual_form!(Event, EventTagged, EventCompact, {
+    GroupMembers(GroupMembers) = "group_members",
+    MessageSent(MessageSent) = "message_sent",
+    MessageRead(MessageRead) = "message_read",
+    ConversationRead(ConversationRead) = "conversation_read",
+    MessageRevoked(MessageRevoked) = "message_revoked",
+});
+
+dual_form!(Setting, SettingTagged, SettingCompact, {
+    AppConfig(AppConfig) = "app_config",
+    UserSettings(UserSettings) = "user_settings",
+});
+
+#[derive(Clone, Serialize, Deserialize)]
+struct C2cFields {
+    peer: String,
+}
+#[derive(Clone, Serialize, Deserialize)]
+struct GroupFields {
+    group_id: String,
+}
+
+/// Private mirror of [`Conversation`] in the dual form.
+#[derive(Clone)]
+enum ConversationForm {
+    C2c(C2cFields),
+    Group(GroupFields),
+}
+
+dual_form!(ConversationForm, ConversationTagged, ConversationCompact, {
+    C2c(C2cFields) = "c2c",
+    Group(GroupFields) = "group",
+});
+
+impl Serialize for Conversation {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Conversation::C2c { peer } => ConversationForm::C2c(C2cFields { peer: peer.clone() }),
+            Conversation::Group { group_id } => {
+                ConversationForm::Group(GroupFields { group_id: group_id.clone() })
+            }
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Conversation {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match ConversationForm::deserialize(d)? {
+            ConversationForm::C2c(f) => Conversation::C2c { peer: f.peer },
+            ConversationForm::Group(f) => Conversation::Group { group_id: f.group_id },
+        })
+    }
+}
