@@ -299,6 +299,11 @@ impl PartitionState {
         self.apps.values().map(|a| a.messages.len()).sum()
     }
 
+    /// Whether any entity changed since the last [`Self::take_dirty`].
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
     /// Reads waiting for their message.
     pub fn held_count(&self) -> usize {
         self.held_count
@@ -343,6 +348,17 @@ impl PartitionState {
     pub fn mark(&self, app: &str, reader: &str, peer: &str) -> Option<u64> {
         let marks = &self.apps.get(app)?.marks;
         marks.get(&(reader.to_owned(), peer.to_owned())).map(|m| m.read_at)
+    }
+
+    /// Every conversation read mark of an app: (reader, peer, read_at), sorted.
+    pub fn marks(&self, app: &str) -> Vec<(&str, &str, u64)> {
+        let mut v: Vec<(&str, &str, u64)> = self
+            .apps
+            .get(app)
+            .map(|a| a.marks.iter().map(|((r, p), m)| (r.as_str(), p.as_str(), m.read_at)).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
     }
 
     /// Every app with state here, sorted (for dumps and tests).

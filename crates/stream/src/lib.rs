@@ -1,1 +1,58 @@
-//! placeholder
+//! The Kafka side of receiptd: consume events, fold them, persist state and
+//! offsets together, produce deltas.
+//!
+//! One worker is one thread running a `BaseConsumer` poll loop; nothing here
+//! touches the async runtime. Records are folded into the owned partitions'
+//! [`receiptd_core::PartitionState`]s as they arrive. Every flush interval
+//! (50 ms by default) the worker:
+//!
+//! 1. takes the receipts that changed, coalesced and grouped per recipient,
+//!    and produces them to the deltas topic;
+//! 2. waits until the broker has every delta (and every DLQ record);
+//! 3. writes each touched entity once, plus each partition's next offset, in
+//!    one RocksDB `WriteBatch`;
+//! 4. commits the same offsets to Kafka, only so that lag shows in tools.
+//!
+//! A crash between 2 and 3 replays the deltas with the same versions (the
+//! gateway drops them); a crash anywhere else replays nothing twice. On
+//! assignment the consumer starts each partition at the offset stored in
+//! RocksDB, not at Kafka's committed offset. On revocation the worker flushes
+//! and checkpoints before the rebalance callback returns.
+//!
+//! The settings topic is a global table: every worker reads all of it before
+//! it folds any event, then follows it live.
+
+#![deny(missing_docs)]
+
+mod engine;
+mod metrics;
+mod settings;
+mod worker;
+
+pub use metrics::{Metrics, DLQ_REASONS};
+pub use worker::{run, Shared, Topics, WorkerConfig};
+
+/// DLQ header naming why a record was not applied.
+pub const DLQ_REASON_HEADER: &str = "receiptd-dlq-reason";
+/// DLQ header with a human-readable detail.
+pub const DLQ_DETAIL_HEADER: &str = "receiptd-dlq-detail";
+/// DLQ header: where the record came from (`topic/partition/offset`).
+pub const DLQ_SOURCE_HEADER: &str = "receiptd-dlq-source";
+
+/// Errors that stop a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// A Kafka client call failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The state store failed; the worker stops so that no offset advances
+    /// past state that was not written.
+    #[error("state store: {0}")]
+    Store(#[from] receiptd_store::StoreError),
+    /// A configured topic does not exist.
+    #[error("topic `{0}` does not exist on the cluster (create it, e.g. with deploy/kafka.sh topics)")]
+    MissingTopic(String),
+    /// The broker could not be reached in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+}

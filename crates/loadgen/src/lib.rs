@@ -1,0 +1,318 @@
+//! Synthetic chat traffic for receiptd: the demo's generator, the tests'
+//! load, and the benchmarks' mix.
+//!
+//! [`Traffic`] is deterministic for a given [`TrafficShape`] (its seed
+//! included), so a test can replay exactly the same log. It produces group
+//! snapshots first ([`Traffic::setup`]), then an endless mix of sends, reads
+//! clustered on recent messages with a long tail, duplicate reads, reads that
+//! overtake their message, conversation reads, private reads, and optional
+//! membership churn. Every event is valid under the contract.
+
+#![deny(missing_docs)]
+
+use receiptd_wire::{
+    Conversation, ConversationRead, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent,
+};
+use std::collections::VecDeque;
+
+/// A small deterministic generator (xorshift64*).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded; any seed works.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+    /// True with the given percent chance.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// What the traffic looks like.
+#[derive(Debug, Clone)]
+pub struct TrafficShape {
+    /// The app id.
+    pub app_id: String,
+    /// Seed; the same shape and seed give the same events.
+    pub seed: u64,
+    /// Users are `u0..u{users}`.
+    pub users: u64,
+    /// One group per entry, with that many members.
+    pub group_sizes: Vec<usize>,
+    /// Percent of events that send a message.
+    pub send_percent: u64,
+    /// Percent of sends that go to a group (the rest are C2C).
+    pub group_percent: u64,
+    /// Percent of sends that want receipts.
+    pub receipt_percent: u64,
+    /// Percent of events that are conversation reads.
+    pub conversation_read_percent: u64,
+    /// Percent of reads repeated later (duplicates).
+    pub duplicate_percent: u64,
+    /// Percent of sends whose first read overtakes them.
+    pub early_read_percent: u64,
+    /// Percent of reads that are private.
+    pub private_percent: u64,
+    /// Percent of events that change a group's membership.
+    pub churn_percent: u64,
+    /// Percent of reads that go to any recent message rather than the newest 100.
+    pub long_tail_percent: u64,
+    /// Recent messages remembered as read targets.
+    pub recent: usize,
+}
+
+impl TrafficShape {
+    /// The demo's chat: 48 groups of 2 to 1000 members, 10,000 users.
+    pub fn demo() -> Self {
+        let sizes = [2usize, 3, 5, 8, 12, 20, 32, 50, 100, 200, 500, 1000];
+        TrafficShape {
+            app_id: "demo".into(),
+            seed: 0x5eed,
+            users: 10_000,
+            group_sizes: (0..48).map(|i| sizes[i % sizes.len()]).collect(),
+            send_percent: 20,
+            group_percent: 60,
+            receipt_percent: 90,
+            conversation_read_percent: 3,
+            duplicate_percent: 10,
+            early_read_percent: 2,
+            private_percent: 2,
+            churn_percent: 0,
+            long_tail_percent: 5,
+            recent: 2_000,
+        }
+    }
+
+    /// A small, busy chat for crash tests: few users, membership churn.
+    pub fn small(app_id: &str, seed: u64) -> Self {
+        TrafficShape {
+            app_id: app_id.into(),
+            seed,
+            users: 300,
+            group_sizes: vec![2, 3, 5, 8, 16, 32, 64, 100, 3, 40],
+            churn_percent: 1,
+            recent: 500,
+            ..Self::demo()
+        }
+    }
+}
+
+/// The generator.
+#[derive(Debug, Clone)]
+pub struct Traffic {
+    shape: TrafficShape,
+    rng: Rng,
+    groups: Vec<Vec<String>>,
+    recent: VecDeque<(String, String, Conversation)>,
+    early: VecDeque<Event>,
+    repeats: VecDeque<Event>,
+    next_msg: u64,
+    now: u64,
+}
+
+/// Timestamps start here (2024-11-21), one millisecond per event.
+const EPOCH_MS: u64 = 1_732_200_000_000;
+
+impl Traffic {
+    /// A generator for `shape`.
+    pub fn new(shape: TrafficShape) -> Self {
+        let mut rng = Rng::new(shape.seed);
+        let groups = shape
+            .group_sizes
+            .iter()
+            .map(|&size| {
+                let size = size.min(shape.users as usize).max(2);
+                let start = rng.below(shape.users - size as u64 + 1);
+                (0..size as u64).map(|k| format!("u{}", start + k)).collect()
+            })
+            .collect();
+        Traffic { shape, rng, groups, recent: VecDeque::new(), early: VecDeque::new(), repeats: VecDeque::new(), next_msg: 0, now: EPOCH_MS }
+    }
+
+    /// The membership snapshots that start the chat.
+    pub fn setup(&self) -> Vec<Event> {
+        self.groups
+            .iter()
+            .enumerate()
+            .map(|(i, members)| {
+                Event::GroupMembers(GroupMembers {
+                    app_id: self.shape.app_id.clone(),
+                    group_id: format!("g{i}"),
+                    op: MembersOp::Snapshot,
+                    group_type: Some(if i % 7 == 6 { GroupType::Meeting } else { GroupType::Work }),
+                    members: members.clone(),
+                    at: self.now,
+                })
+            })
+            .collect()
+    }
+
+    /// The setup followed by `n` events.
+    pub fn take(&mut self, n: usize) -> Vec<Event> {
+        let mut v = self.setup();
+        v.extend((0..n).map(|_| self.next_event()));
+        v
+    }
+
+    /// The next event.
+    pub fn next_event(&mut self) -> Event {
+        self.now += 1;
+        let roll = self.rng.below(100);
+        if roll < 3 {
+            if let Some(e) = self.early.pop_front() {
+                return e;
+            }
+        }
+        if roll < 3 + self.shape.duplicate_percent / 2 {
+            if let Some(e) = self.repeats.pop_front() {
+                return e;
+            }
+        }
+        let roll = self.rng.below(100);
+        if roll < self.shape.churn_percent {
+            return self.churn();
+        }
+        if roll < self.shape.churn_percent + self.shape.send_percent || self.recent.is_empty() {
+            return self.send();
+        }
+        if roll < self.shape.churn_percent + self.shape.send_percent + self.shape.conversation_read_percent {
+            let (a, b) = self.pair();
+            return Event::ConversationRead(ConversationRead {
+                app_id: self.shape.app_id.clone(),
+                reader: a,
+                conversation: Conversation::C2c { peer: b },
+                read_at: self.now,
+            });
+        }
+        let e = self.read();
+        if self.rng.chance(self.shape.duplicate_percent) {
+            self.repeats.push_back(e.clone());
+        }
+        e
+    }
+
+    fn pair(&mut self) -> (String, String) {
+        let a = self.rng.below(self.shape.users);
+        let b = (a + 1 + self.rng.below(50.min(self.shape.users - 1))) % self.shape.users;
+        (format!("u{a}"), format!("u{b}"))
+    }
+
+    fn churn(&mut self) -> Event {
+        let g = self.rng.below(self.groups.len() as u64) as usize;
+        let user = format!("u{}", self.rng.below(self.shape.users));
+        let members = &mut self.groups[g];
+        let op = match members.iter().position(|m| *m == user) {
+            Some(i) if members.len() > 2 => {
+                members.swap_remove(i);
+                MembersOp::Leave
+            }
+            Some(_) => MembersOp::Join,
+            None => {
+                members.push(user.clone());
+                MembersOp::Join
+            }
+        };
+        Event::GroupMembers(GroupMembers {
+            app_id: self.shape.app_id.clone(),
+            group_id: format!("g{g}"),
+            op,
+            group_type: None,
+            members: vec![user],
+            at: self.now,
+        })
+    }
+
+    fn send(&mut self) -> Event {
+        let msg_id = format!("m{}", self.next_msg);
+        self.next_msg += 1;
+        let (sender, conversation, first_reader) = if self.rng.chance(self.shape.group_percent) {
+            let g = self.rng.below(self.groups.len() as u64) as usize;
+            let members = &self.groups[g];
+            let sender = members[self.rng.below(members.len() as u64) as usize].clone();
+            let reader = members[self.rng.below(members.len() as u64) as usize].clone();
+            (sender, Conversation::Group { group_id: format!("g{g}") }, reader)
+        } else {
+            let (a, b) = self.pair();
+            (a, Conversation::C2c { peer: b.clone() }, b)
+        };
+        let event = Event::MessageSent(MessageSent {
+            app_id: self.shape.app_id.clone(),
+            msg_id: msg_id.clone(),
+            sender: sender.clone(),
+            conversation: conversation.clone(),
+            need_read_receipt: self.rng.chance(self.shape.receipt_percent),
+            sent_at: self.now,
+        });
+        self.recent.push_back((msg_id.clone(), sender.clone(), conversation.clone()));
+        if self.recent.len() > self.shape.recent {
+            self.recent.pop_front();
+        }
+        if self.rng.chance(self.shape.early_read_percent) {
+            // A read that overtakes its message: held, then applied.
+            self.early.push_back(event);
+            return self.read_of(&msg_id, &sender, &conversation, first_reader);
+        }
+        event
+    }
+
+    fn read(&mut self) -> Event {
+        let n = self.recent.len() as u64;
+        let back = if self.rng.chance(100 - self.shape.long_tail_percent) { self.rng.below(n.min(100)) } else { self.rng.below(n) };
+        let (msg_id, sender, conversation) = self.recent[(n - 1 - back) as usize].clone();
+        let reader = match &conversation {
+            Conversation::Group { group_id } => {
+                let g: usize = group_id[1..].parse().unwrap_or(0);
+                let members = &self.groups[g];
+                members[self.rng.below(members.len() as u64) as usize].clone()
+            }
+            Conversation::C2c { peer } => peer.clone(),
+        };
+        self.read_of(&msg_id, &sender, &conversation, reader)
+    }
+
+    fn read_of(&mut self, msg_id: &str, sender: &str, conversation: &Conversation, reader: String) -> Event {
+        let conversation = match conversation {
+            Conversation::Group { .. } => conversation.clone(),
+            Conversation::C2c { .. } => Conversation::C2c { peer: sender.to_owned() },
+        };
+        Event::MessageRead(MessageRead {
+            app_id: self.shape.app_id.clone(),
+            reader,
+            conversation,
+            msg_ids: vec![msg_id.to_owned()],
+            read_at: self.now,
+            private: self.rng.chance(self.shape.private_percent),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_shape_same_events_and_every_event_is_valid() {
+        let a = Traffic::new(TrafficShape::small("a1", 7)).take(20_000);
+        let b = Traffic::new(TrafficShape::small("a1", 7)).take(20_000);
+        assert_eq!(a, b);
+        for e in &a {
+            let key = receiptd_wire::conversation_key(e);
+            let json = serde_json::to_vec(e).unwrap();
+            receiptd_wire::decode_event(Some(key.as_bytes()), Some(&json), receiptd_wire::ContentType::Json)
+                .unwrap_or_else(|err| panic!("{e:?}: {err}"));
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Typed configuration: TOML file, then `RECEIPTD_<SECTION>__<KEY>`
+//! environment overrides. Unknown keys and invalid values stop start-up with
+//! a message that names the key (and the variable, if it came from one).
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Deserializer};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Prefix of environment overrides.
+const ENV_PREFIX: &str = "RECEIPTD_";
+
+/// The whole configuration. Every field has a default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka connection and consumer group.
+    pub kafka: KafkaConfig,
+    /// Topic names.
+    pub topics: TopicsConfig,
+    /// Local state (RocksDB).
+    pub state: StateConfig,
+    /// The HTTP server (queries and operations).
+    pub http: HttpConfig,
+    /// How often folded work is flushed.
+    pub flush: FlushConfig,
+    /// Reads that arrive before their message.
+    pub hold: HoldConfig,
+    /// Per-app API access. Default: none (no API access).
+    pub apps: BTreeMap<String, AppAccess>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers. Default `127.0.0.1:9092`.
+    #[serde(deserialize_with = "string")]
+    pub brokers: String,
+    /// Consumer group. Default `receiptd`.
+    #[serde(deserialize_with = "string")]
+    pub group_id: String,
+    /// Static membership id (e.g. the pod name); lets a restarted worker take
+    /// its partitions back at once. Default: none.
+    #[serde(deserialize_with = "opt_string")]
+    pub instance_id: Option<String>,
+    /// Consumer session timeout, ms. Default 10000.
+    pub session_timeout_ms: u64,
+    /// Extra librdkafka properties for every client (security, tuning).
+    /// Default: none.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "receiptd".into(),
+            instance_id: None,
+            session_timeout_ms: 10_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[topics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Input events. Default `receipts.events`.
+    #[serde(deserialize_with = "string")]
+    pub events: String,
+    /// Settings, compacted, read in full. Default `receipts.settings`.
+    #[serde(deserialize_with = "string")]
+    pub settings: String,
+    /// Output deltas. Default `receipts.deltas`.
+    #[serde(deserialize_with = "string")]
+    pub deltas: String,
+    /// Dead letters. Default `receipts.dlq`.
+    #[serde(deserialize_with = "string")]
+    pub dlq: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            events: "receipts.events".into(),
+            settings: "receipts.settings".into(),
+            deltas: "receipts.deltas".into(),
+            dlq: "receipts.dlq".into(),
+        }
+    }
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// RocksDB directory. Default `./data`.
+    pub dir: PathBuf,
+    /// Shared RocksDB block cache, MiB. Default 128.
+    pub block_cache_mb: usize,
+    /// Memtable budget, MiB. Default 128.
+    pub write_buffer_mb: usize,
+    /// How often the WAL is fsynced (a checkpoint boundary), ms. Default 1000.
+    pub sync_interval_ms: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { dir: "./data".into(), block_cache_mb: 128, write_buffer_mb: 128, sync_interval_ms: 1000 }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address. Default `127.0.0.1:8080`.
+    pub addr: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { addr: "127.0.0.1:8080".parse().expect("valid literal") }
+    }
+}
+
+/// `[flush]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlushConfig {
+    /// Flush window, ms (1 to 60000). Default 50.
+    pub interval_ms: u64,
+    /// Flush early once this many records are pending. Default 100000.
+    pub max_pending_records: u64,
+    /// Longest a rebalance or shutdown may spend flushing, ms. Default 10000.
+    pub revoke_timeout_ms: u64,
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        FlushConfig { interval_ms: 50, max_pending_records: 100_000, revoke_timeout_ms: 10_000 }
+    }
+}
+
+/// `[hold]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HoldConfig {
+    /// How long a read waits for its message, ms of record time. Default 600000.
+    pub window_ms: u64,
+    /// Most reads held per partition; overflow is dropped and counted.
+    /// Default 100000.
+    pub max_reads: usize,
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        HoldConfig { window_ms: 600_000, max_reads: 100_000 }
+    }
+}
+
+/// `[apps.<app_id>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppAccess {
+    /// Bearer token for the app's API calls. Required.
+    #[serde(deserialize_with = "string")]
+    pub token: String,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Filter, as in `RUST_LOG` (`RUST_LOG` wins when set). Default `info`.
+    #[serde(deserialize_with = "string")]
+    pub level: String,
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Accepts a string, or a number or bool (as env overrides parse them).
+fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::S(s) => s,
+        Scalar::I(i) => i.to_string(),
+        Scalar::F(f) => f.to_string(),
+        Scalar::B(b) => b.to_string(),
+    })
+}
+
+fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    string(d).map(Some)
+}
+
+impl Config {
+    /// Loads `path` (if any), applies environment overrides, validates.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        Self::load_from(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given.
+    pub fn load_from(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Config> {
+        let mut root = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
+                text.parse::<toml::Table>().with_context(|| format!("parsing config file {}", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        let mut from_env: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            // Only `SECTION__KEY` names are settings; other RECEIPTD_ variables
+            // (tools, tests) are not ours to judge.
+            if !rest.contains("__") {
+                continue;
+            }
+            let segments: Vec<String> = rest
+                .split("__")
+                .enumerate()
+                .map(|(i, s)| {
+                    // App ids are case-sensitive and taken as written.
+                    if i == 1 && rest.to_ascii_lowercase().starts_with("apps__") {
+                        s.to_owned()
+                    } else {
+                        s.to_ascii_lowercase()
+                    }
+                })
+                .collect();
+            if segments.iter().any(String::is_empty) {
+                bail!("environment variable {name}: empty segment in the key path");
+            }
+            set_path(&mut root, &segments, scalar(&value)).with_context(|| format!("environment variable {name}"))?;
+            from_env.insert(segments.join("."), name);
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
+            let path = e.path().to_string();
+            let source = from_env
+                .iter()
+                .find(|(k, _)| path == **k || path.starts_with(&format!("{k}.")) || k.starts_with(&format!("{path}.")))
+                .map(|(_, var)| format!(" (from {var})"))
+                .unwrap_or_default();
+            anyhow::anyhow!("invalid configuration at `{path}`{source}: {}", e.inner())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let problems: Vec<String> = [
+            (self.kafka.brokers.trim().is_empty(), "kafka.brokers: must not be empty"),
+            (self.kafka.group_id.trim().is_empty(), "kafka.group_id: must not be empty"),
+            (self.kafka.instance_id.as_ref().is_some_and(|s| s.is_empty()), "kafka.instance_id: must not be empty when set"),
+            (!(1_000..=600_000).contains(&self.kafka.session_timeout_ms), "kafka.session_timeout_ms: must be 1000 to 600000"),
+            (!(1..=60_000).contains(&self.flush.interval_ms), "flush.interval_ms: must be 1 to 60000"),
+            (self.flush.max_pending_records == 0, "flush.max_pending_records: must be at least 1"),
+            (self.flush.revoke_timeout_ms == 0, "flush.revoke_timeout_ms: must be at least 1"),
+            (self.hold.window_ms == 0, "hold.window_ms: must be at least 1"),
+            (self.hold.max_reads == 0, "hold.max_reads: must be at least 1"),
+            (self.state.block_cache_mb == 0, "state.block_cache_mb: must be at least 1"),
+            (self.state.write_buffer_mb == 0, "state.write_buffer_mb: must be at least 1"),
+            (self.state.sync_interval_ms == 0, "state.sync_interval_ms: must be at least 1"),
+        ]
+        .into_iter()
+        .filter(|(bad, _)| *bad)
+        .map(|(_, msg)| msg.to_owned())
+        .chain(self.apps.iter().filter(|(_, a)| a.token.len() < 16).map(|(id, _)| format!("apps.{id}.token: must be at least 16 characters")))
+        .chain(self.apps.keys().filter(|id| id.is_empty() || id.len() > 128).map(|id| format!("apps.{id}: app id must be 1 to 128 bytes")))
+        .chain(
+            self.topics_in_use()
+                .into_iter()
+                .filter(|(_, t)| t.trim().is_empty())
+                .map(|(k, _)| format!("topics.{k}: must not be empty")),
+        )
+        .collect();
+        let distinct: BTreeSet<&str> = self.topics_in_use().into_iter().map(|(_, t)| t).collect();
+        if distinct.len() != 4 {
+            bail!("invalid configuration at `topics`: events, settings, deltas and dlq must be four different topics");
+        }
+        if let Some(first) = problems.first() {
+            bail!("invalid configuration at `{}`", first.replacen(": ", "`: ", 1).trim_end_matches('`'));
+        }
+        Ok(())
+    }
+
+    fn topics_in_use(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("events", &self.topics.events),
+            ("settings", &self.topics.settings),
+            ("deltas", &self.topics.deltas),
+            ("dlq", &self.topics.dlq),
+        ]
+    }
+}
+
+/// Parses an environment value: integer, float or bool when it reads as one,
+/// otherwise a string.
+fn scalar(value: &str) -> toml::Value {
+    if let Ok(i) = value.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = value.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(value.to_owned())
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> anyhow::Result<()> {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut cur = table;
+    for p in parents {
+        let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("`{p}` is a value, not a section"),
+        };
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.kafka.group_id, "receiptd");
+        assert_eq!(c.topics.events, "receipts.events");
+        assert_eq!(c.topics.settings, "receipts.settings");
+        assert_eq!(c.topics.deltas, "receipts.deltas");
+        assert_eq!(c.topics.dlq, "receipts.dlq");
+        assert_eq!(c.state.dir, PathBuf::from("./data"));
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.flush.interval_ms, 50);
+        assert!(c.apps.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("receiptd.toml");
+        std::fs::write(&file, "[kafka]\nbrokers = \"k1:9092\"\ngroup_id = \"g\"\n[flush]\ninterval_ms = 20\n").unwrap();
+        let c = Config::load_from(
+            Some(&file),
+            env(&[
+                ("RECEIPTD_KAFKA__BROKERS", "k2:9092"),
+                ("RECEIPTD_FLUSH__INTERVAL_MS", "75"),
+                ("RECEIPTD_KAFKA__GROUP_ID", "123"),
+                ("RECEIPTD_APPS__MyApp__TOKEN", "0123456789abcdef"),
+                ("RECEIPTD_TEST_BROKERS", "ignored: not a SECTION__KEY"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "k2:9092");
+        assert_eq!(c.kafka.group_id, "123");
+        assert_eq!(c.flush.interval_ms, 75);
+        assert_eq!(c.apps["MyApp"].token, "0123456789abcdef");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_themselves() {
+        let err = |pairs: &[(&str, &str)]| Config::load_from(None, env(pairs)).unwrap_err().to_string();
+        let e = err(&[("RECEIPTD_KAFKA__BROKERZ", "x")]);
+        assert!(e.contains("kafka.brokerz") || e.contains("brokerz"), "{e}");
+        assert!(e.contains("RECEIPTD_KAFKA__BROKERZ"), "{e}");
+        let e = err(&[("RECEIPTD_FLUSH__INTERVAL_MS", "soon")]);
+        assert!(e.contains("flush.interval_ms"), "{e}");
+        let e = err(&[("RECEIPTD_FLUSH__INTERVAL_MS", "0")]);
+        assert!(e.contains("flush.interval_ms"), "{e}");
+        let e = err(&[("RECEIPTD_HTTP__ADDR", "not-an-address")]);
+        assert!(e.contains("http.addr"), "{e}");
+        let e = err(&[("RECEIPTD_APPS__a1__TOKEN", "short")]);
+        assert!(e.contains("apps.a1.token"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[stat]\ndir = \"x\"\n").unwrap();
+        let e = Config::load_from(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(e.contains("stat"), "{e}");
+    }
+}

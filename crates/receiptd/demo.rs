@@ -1,0 +1,178 @@
+//! `receiptd demo`: the real engine on rdkafka's in-process MockCluster, fed
+//! by a synthetic chat: groups of mixed sizes, C2C pairs, duplicate reads,
+//! reads that arrive before their message, and the odd poison record. Prints
+//! one line per second.
+
+use crate::config::Config;
+use crate::worker::{init_logging, open_store, spawn_worker, worker_config};
+use anyhow::Context;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use receiptd_loadgen::{Traffic, TrafficShape};
+use receiptd_wire::{conversation_key, encode_event_bincode, Event, BINCODE_CONTENT_TYPE, CONTENT_TYPE_HEADER};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `receiptd demo` options.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Synthetic events per second offered (0 = as fast as possible).
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Serve /healthz, /readyz and /metrics here (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    http_addr: SocketAddr,
+}
+
+const PARTITIONS: i32 = 4;
+
+fn produce(producer: &BaseProducer, topic: &str, event: &Event, bincode: bool) {
+    let key = conversation_key(event);
+    let payload = if bincode { encode_event_bincode(event) } else { serde_json::to_vec(event).expect("events serialize") };
+    let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(&payload[..]);
+    if bincode {
+        record = record.headers(OwnedHeaders::new().insert(Header { key: CONTENT_TYPE_HEADER, value: Some(BINCODE_CONTENT_TYPE) }));
+    }
+    send_retrying(producer, record);
+}
+
+fn send_retrying(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Runs the demo.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let mut config = Config::default();
+    init_logging(&config.log);
+    let cluster = MockCluster::new(1).context("starting the in-process Kafka (MockCluster)")?;
+    for (topic, partitions) in [
+        (config.topics.events.as_str(), PARTITIONS),
+        (config.topics.deltas.as_str(), PARTITIONS),
+        (config.topics.settings.as_str(), 1),
+        (config.topics.dlq.as_str(), 1),
+    ] {
+        cluster.create_topic(topic, partitions, 1).with_context(|| format!("creating topic {topic}"))?;
+    }
+    let brokers = cluster.bootstrap_servers();
+    let state_dir = tempfile::Builder::new().prefix("receiptd-demo-").tempdir().context("creating a state dir")?;
+    config.kafka.brokers = brokers.clone();
+    config.kafka.group_id = "receiptd-demo".into();
+    config.kafka.session_timeout_ms = 6_000;
+    config.state.dir = state_dir.path().to_owned();
+
+    println!("receiptd demo: in-process Kafka at {brokers}, state in {}", state_dir.path().display());
+    let store = open_store(&config)?;
+    let worker = spawn_worker(worker_config(&config), store)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    match runtime.block_on(tokio::net::TcpListener::bind(args.http_addr)) {
+        Ok(listener) => {
+            println!("receiptd demo: http on http://{}/metrics", listener.local_addr()?);
+            runtime.spawn(crate::http::serve(listener, worker.shared.clone()));
+        }
+        Err(e) => println!("receiptd demo: no http ({e})"),
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    runtime.spawn(async move {
+        crate::worker::wait_for_signal().await;
+        flag.store(true, Relaxed);
+    });
+
+    // The traffic generator: its own thread and producer.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.kbytes", "65536")
+        .create()
+        .context("creating the demo producer")?;
+    let events_topic = config.topics.events.clone();
+    let generating = Arc::new(AtomicBool::new(true));
+    let gen_flag = generating.clone();
+    let rate = args.rate;
+    let generator = std::thread::spawn(move || {
+        let mut traffic = Traffic::new(TrafficShape::demo());
+        for e in traffic.setup() {
+            produce(&producer, &events_topic, &e, false);
+        }
+        let started = Instant::now();
+        let mut sent: u64 = 0;
+        while gen_flag.load(Relaxed) {
+            for _ in 0..256 {
+                let e = traffic.next_event();
+                produce(&producer, &events_topic, &e, sent % 10 == 3);
+                sent += 1;
+                if sent % 50_000 == 25_000 {
+                    // A poison record now and then: the DLQ takes it, nothing stalls.
+                    let poison = BaseRecord::to(&events_topic).key(&b"demo/group/g0"[..]).payload(&b"{\"type\":\"message_read\",oops"[..]);
+                    send_retrying(&producer, poison);
+                }
+            }
+            producer.poll(Duration::ZERO);
+            if rate > 0 {
+                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(ahead.min(Duration::from_millis(100)));
+                }
+            }
+        }
+        let _ = producer.flush(Duration::from_secs(5));
+        sent
+    });
+
+    let started = Instant::now();
+    let m = &worker.shared.metrics;
+    let (mut last_in, mut last_deltas, mut last_receipts) = (0, 0, 0);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let records_in = m.records_in.load(Relaxed);
+        let deltas = m.delta_records.load(Relaxed);
+        let receipts = m.delta_receipts.load(Relaxed);
+        println!(
+            "t={:>4}s  events/s={:>7}  deltas/s={:>6}  receipts/s={:>6}  messages={:>8}  held={:>4}  lag={:>7}  dlq={}  ready={}",
+            started.elapsed().as_secs(),
+            records_in - last_in,
+            deltas - last_deltas,
+            receipts - last_receipts,
+            m.messages_tracked.load(Relaxed),
+            m.held_reads.load(Relaxed),
+            m.lag_total(),
+            m.dlq_total(),
+            worker.shared.ready(),
+        );
+        (last_in, last_deltas, last_receipts) = (records_in, deltas, receipts);
+        let timed_out = args.seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s));
+        if timed_out || interrupted.load(Relaxed) || worker.handle.is_finished() {
+            break;
+        }
+    }
+    generating.store(false, Relaxed);
+    let sent = generator.join().map_err(|_| anyhow::anyhow!("generator panicked"))?;
+    worker.stop.store(true, Relaxed);
+    let result = worker.handle.join().map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
+    println!(
+        "receiptd demo: generated {sent} events, folded {} in {:.1}s ({:.0} events/s), {} delta records",
+        m.records_in.load(Relaxed),
+        started.elapsed().as_secs_f64(),
+        m.records_in.load(Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        m.delta_records.load(Relaxed)
+    );
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(cluster);
+    result.context("worker failed")
+}

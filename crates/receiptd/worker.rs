@@ -1,0 +1,114 @@
+//! `receiptd run`: wires config, store, worker thread, HTTP and signals.
+
+use crate::config::{Config, LogConfig, LogFormat};
+use anyhow::Context;
+use receiptd_core::Limits;
+use receiptd_store::{Store, StoreOptions};
+use receiptd_stream::{Shared, Topics, WorkerConfig};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Installs the global tracing subscriber (`RUST_LOG` wins over config).
+pub fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The stream crate's view of the config.
+pub fn worker_config(c: &Config) -> WorkerConfig {
+    WorkerConfig {
+        brokers: c.kafka.brokers.clone(),
+        group_id: c.kafka.group_id.clone(),
+        instance_id: c.kafka.instance_id.clone(),
+        topics: Topics {
+            events: c.topics.events.clone(),
+            settings: c.topics.settings.clone(),
+            deltas: c.topics.deltas.clone(),
+            dlq: c.topics.dlq.clone(),
+        },
+        flush_interval: Duration::from_millis(c.flush.interval_ms),
+        max_pending_records: c.flush.max_pending_records,
+        sync_interval: Duration::from_millis(c.state.sync_interval_ms),
+        revoke_timeout: Duration::from_millis(c.flush.revoke_timeout_ms),
+        session_timeout: Duration::from_millis(c.kafka.session_timeout_ms),
+        limits: Limits { hold_window_ms: c.hold.window_ms, max_held_reads: c.hold.max_reads },
+        kafka_properties: c.kafka.properties.clone(),
+    }
+}
+
+/// Opens the store configured.
+pub fn open_store(c: &Config) -> anyhow::Result<Arc<Store>> {
+    std::fs::create_dir_all(&c.state.dir).with_context(|| format!("creating state.dir {}", c.state.dir.display()))?;
+    let options = StoreOptions {
+        block_cache_bytes: c.state.block_cache_mb << 20,
+        write_buffer_bytes: c.state.write_buffer_mb << 20,
+    };
+    Ok(Arc::new(Store::open(&c.state.dir, &options).context("opening state.dir")?))
+}
+
+/// A running worker thread.
+pub struct RunningWorker {
+    pub shared: Arc<Shared>,
+    pub stop: Arc<AtomicBool>,
+    pub handle: std::thread::JoinHandle<Result<(), receiptd_stream::StreamError>>,
+}
+
+/// Starts the worker on its own thread (never on the async runtime).
+pub fn spawn_worker(config: WorkerConfig, store: Arc<Store>) -> anyhow::Result<RunningWorker> {
+    let shared = Arc::new(Shared::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s, st) = (shared.clone(), stop.clone());
+    let handle = std::thread::Builder::new()
+        .name("receiptd-worker".into())
+        .spawn(move || receiptd_stream::run(config, store, s, st))
+        .context("spawning the worker thread")?;
+    Ok(RunningWorker { shared, stop, handle })
+}
+
+/// `receiptd run`.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let store = open_store(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("receiptd-http")
+        .build()
+        .context("starting the async runtime")?;
+    let worker = spawn_worker(worker_config(&config), store)?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(config.http.addr))
+        .with_context(|| format!("binding http.addr {}", config.http.addr))?;
+    tracing::info!(addr = %config.http.addr, brokers = %config.kafka.brokers, state_dir = %config.state.dir.display(), "receiptd running");
+    runtime.spawn(crate::http::serve(listener, worker.shared.clone()));
+    let stop = worker.stop.clone();
+    runtime.spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; flushing, checkpointing and leaving the group");
+        stop.store(true, Relaxed);
+    });
+    let result = worker.handle.join().map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+        Err(e) => Err(e).context("worker failed"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

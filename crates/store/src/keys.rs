@@ -1,0 +1,138 @@
+//! Key encoding: partition (u32 BE), kind byte, length-prefixed strings.
+
+use receiptd_core::DirtyKey;
+
+/// The kinds of record in a partition's key range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// The partition's checkpoint.
+    Checkpoint = b'c',
+    /// A group header.
+    Group = b'g',
+    /// A group member slot.
+    Member = b'u',
+    /// A message.
+    Message = b'm',
+    /// A conversation read mark.
+    Mark = b'k',
+    /// Held reads.
+    Held = b'h',
+}
+
+pub(crate) enum Parsed<'a> {
+    Checkpoint,
+    Group { app: &'a str, group: &'a str },
+    Member { app: &'a str, group: &'a str, ordinal: u32 },
+    Message { app: &'a str, msg: &'a str },
+    Mark { app: &'a str, reader: &'a str, peer: &'a str },
+    Held { app: &'a str, msg: &'a str },
+}
+
+pub(crate) fn partition_prefix(partition: i32) -> Vec<u8> {
+    (partition as u32).to_be_bytes().to_vec()
+}
+
+pub(crate) fn partition_of(key: &[u8]) -> Option<i32> {
+    Some(u32::from_be_bytes(key.get(..4)?.try_into().ok()?) as i32)
+}
+
+fn start(partition: i32, kind: Kind) -> Vec<u8> {
+    let mut k = Vec::with_capacity(48);
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k.push(kind as u8);
+    k
+}
+
+fn push_str(k: &mut Vec<u8>, s: &str) {
+    // Ids are validated to at most 128 bytes on the wire.
+    debug_assert!(s.len() <= u8::MAX as usize);
+    k.push(s.len() as u8);
+    k.extend_from_slice(s.as_bytes());
+}
+
+pub(crate) fn checkpoint(partition: i32) -> Vec<u8> {
+    start(partition, Kind::Checkpoint)
+}
+
+pub(crate) fn entity(partition: i32, key: &DirtyKey) -> Vec<u8> {
+    match key {
+        DirtyKey::Group { app, group_id } => {
+            let mut k = start(partition, Kind::Group);
+            push_str(&mut k, app);
+            push_str(&mut k, group_id);
+            k
+        }
+        DirtyKey::Member { app, group_id, ordinal } => {
+            let mut k = start(partition, Kind::Member);
+            push_str(&mut k, app);
+            push_str(&mut k, group_id);
+            k.extend_from_slice(&ordinal.to_be_bytes());
+            k
+        }
+        DirtyKey::Message { app, msg_id } => {
+            let mut k = start(partition, Kind::Message);
+            push_str(&mut k, app);
+            push_str(&mut k, msg_id);
+            k
+        }
+        DirtyKey::Mark { app, reader, peer } => {
+            let mut k = start(partition, Kind::Mark);
+            push_str(&mut k, app);
+            push_str(&mut k, reader);
+            push_str(&mut k, peer);
+            k
+        }
+        DirtyKey::Held { app, msg_id } => {
+            let mut k = start(partition, Kind::Held);
+            push_str(&mut k, app);
+            push_str(&mut k, msg_id);
+            k
+        }
+    }
+}
+
+/// `[from, to)` covering every member slot of one group.
+pub(crate) fn member_range(partition: i32, app: &str, group: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut from = start(partition, Kind::Member);
+    push_str(&mut from, app);
+    push_str(&mut from, group);
+    let mut to = from.clone();
+    to.extend_from_slice(&[0xff; 5]);
+    (from, to)
+}
+
+fn take_str<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+    let (&len, tail) = rest.split_first()?;
+    let len = len as usize;
+    if tail.len() < len {
+        return None;
+    }
+    let (s, tail) = tail.split_at(len);
+    *rest = tail;
+    std::str::from_utf8(s).ok()
+}
+
+pub(crate) fn parse(key: &[u8]) -> Option<Parsed<'_>> {
+    let (&kind, mut rest) = key.get(4..)?.split_first()?;
+    let parsed = match kind {
+        b'c' => Parsed::Checkpoint,
+        b'g' => Parsed::Group { app: take_str(&mut rest)?, group: take_str(&mut rest)? },
+        b'u' => {
+            let app = take_str(&mut rest)?;
+            let group = take_str(&mut rest)?;
+            let ordinal = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+            rest = &rest[4..];
+            Parsed::Member { app, group, ordinal }
+        }
+        b'm' => Parsed::Message { app: take_str(&mut rest)?, msg: take_str(&mut rest)? },
+        b'k' => Parsed::Mark { app: take_str(&mut rest)?, reader: take_str(&mut rest)?, peer: take_str(&mut rest)? },
+        b'h' => Parsed::Held { app: take_str(&mut rest)?, msg: take_str(&mut rest)? },
+        _ => return None,
+    };
+    rest.is_empty().then_some(parsed)
+}
+
+pub(crate) fn hex(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,195 @@
+//! The worker's metrics: plain atomics, rendered as Prometheus text. Each
+//! internal event bumps a counter here and writes a log line where it happens.
+
+use receiptd_core::{FoldStats, Ignored, EVENT_KINDS};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// Stable DLQ reasons, in metric order.
+pub const DLQ_REASONS: [&str; 6] =
+    ["empty_payload", "too_large", "unsupported_content_type", "malformed", "invalid_field", "key_mismatch"];
+
+const OUTCOMES: [&str; 3] = ["applied", "held", "ignored"];
+
+/// Upper bounds (seconds) of the flush-duration histogram.
+const FLUSH_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// Counters and gauges shared by the worker, the HTTP server and the demo.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    events: [[AtomicU64; 3]; 5],
+    ignored: [AtomicU64; 14],
+    hidden_reads: AtomicU64,
+    dlq: [AtomicU64; 6],
+    /// Records read from the events topic.
+    pub records_in: AtomicU64,
+    /// Records dropped because their partition was already revoked, or they
+    /// were below the stored offset (already folded).
+    pub records_skipped: AtomicU64,
+    /// Delta records produced.
+    pub delta_records: AtomicU64,
+    /// Receipts inside those records.
+    pub delta_receipts: AtomicU64,
+    /// Delta payload bytes.
+    pub delta_bytes: AtomicU64,
+    /// Deltas the broker refused for good (logged with the reason).
+    pub delta_failures: AtomicU64,
+    /// Flushes completed.
+    pub flushes: AtomicU64,
+    flush_buckets: [AtomicU64; 10],
+    flush_seconds_sum_us: AtomicU64,
+    /// Entities written to RocksDB.
+    pub store_puts: AtomicU64,
+    /// Events folded into those writes.
+    pub flushed_events: AtomicU64,
+    /// Flushes that failed and will be retried.
+    pub flush_errors: AtomicU64,
+    /// Settings records applied.
+    pub settings_records: AtomicU64,
+    /// Messages in owned partitions.
+    pub messages_tracked: AtomicI64,
+    /// Reads waiting for their message.
+    pub held_reads: AtomicI64,
+    /// Partitions owned.
+    pub partitions_assigned: AtomicI64,
+    /// RocksDB size estimate, bytes.
+    pub store_bytes: AtomicI64,
+    /// Set while the store refuses writes; the worker stops advancing.
+    pub store_failed: AtomicBool,
+    lag: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl Metrics {
+    /// Adds a fold's counters.
+    pub fn add_fold(&self, stats: &FoldStats) {
+        for (kind, row) in stats.events.iter().enumerate() {
+            for (outcome, n) in row.iter().enumerate() {
+                if *n > 0 {
+                    self.events[kind][outcome].fetch_add(*n, Relaxed);
+                }
+            }
+        }
+        for (i, n) in stats.ignored.iter().enumerate() {
+            if *n > 0 {
+                self.ignored[i].fetch_add(*n, Relaxed);
+            }
+        }
+        self.hidden_reads.fetch_add(stats.hidden_reads, Relaxed);
+    }
+
+    /// Counts one DLQ record.
+    pub fn dlq(&self, reason: &str) {
+        if let Some(i) = DLQ_REASONS.iter().position(|r| *r == reason) {
+            self.dlq[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// DLQ records so far, all reasons.
+    pub fn dlq_total(&self) -> u64 {
+        self.dlq.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Ignored reads or events for one reason.
+    pub fn ignored(&self, reason: Ignored) -> u64 {
+        self.ignored[reason as usize].load(Relaxed)
+    }
+
+    /// Events folded, all kinds and outcomes.
+    pub fn events_total(&self) -> u64 {
+        self.events.iter().flatten().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Records one flush's duration.
+    pub fn flush_took(&self, seconds: f64) {
+        self.flushes.fetch_add(1, Relaxed);
+        self.flush_seconds_sum_us.fetch_add((seconds * 1e6) as u64, Relaxed);
+        for (i, le) in FLUSH_BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                self.flush_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Replaces the lag of one partition (from librdkafka statistics).
+    pub fn set_lag(&self, partition: i32, lag: i64) {
+        self.lag.lock().expect("metrics lock").insert(partition, lag);
+    }
+
+    /// Forgets partitions no longer owned.
+    pub fn retain_lag(&self, owned: &[i32]) {
+        self.lag.lock().expect("metrics lock").retain(|p, _| owned.contains(p));
+    }
+
+    /// Total lag over owned partitions.
+    pub fn lag_total(&self) -> i64 {
+        self.lag.lock().expect("metrics lock").values().map(|l| (*l).max(0)).sum()
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        };
+        let gauge = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        };
+        counter(&mut out, "receiptd_events_total", "Events folded, by type and outcome.");
+        for (k, kind) in EVENT_KINDS.iter().enumerate() {
+            for (o, outcome) in OUTCOMES.iter().enumerate() {
+                let _ = writeln!(out, "receiptd_events_total{{type=\"{kind}\",outcome=\"{outcome}\"}} {}", self.events[k][o].load(Relaxed));
+            }
+        }
+        counter(&mut out, "receiptd_ignored_total", "Reads and events that changed nothing, by reason.");
+        for reason in Ignored::ALL {
+            let _ = writeln!(out, "receiptd_ignored_total{{reason=\"{}\"}} {}", reason.as_str(), self.ignored(reason));
+        }
+        counter(&mut out, "receiptd_hidden_reads_total", "Reads recorded but never revealed (private, or receipts off).");
+        let _ = writeln!(out, "receiptd_hidden_reads_total {}", self.hidden_reads.load(Relaxed));
+        counter(&mut out, "receiptd_dlq_records_total", "Records sent to the DLQ, by reason.");
+        for (i, reason) in DLQ_REASONS.iter().enumerate() {
+            let _ = writeln!(out, "receiptd_dlq_records_total{{reason=\"{reason}\"}} {}", self.dlq[i].load(Relaxed));
+        }
+        for (name, help, c) in [
+            ("receiptd_records_in_total", "Records read from the events topic.", &self.records_in),
+            ("receiptd_records_skipped_total", "Records of revoked partitions or below the stored offset.", &self.records_skipped),
+            ("receiptd_delta_records_total", "Delta records produced.", &self.delta_records),
+            ("receiptd_delta_receipts_total", "Receipts inside delta records.", &self.delta_receipts),
+            ("receiptd_delta_bytes_total", "Delta payload bytes produced.", &self.delta_bytes),
+            ("receiptd_delta_failures_total", "Delta records the broker refused for good.", &self.delta_failures),
+            ("receiptd_store_puts_total", "Entities written to RocksDB.", &self.store_puts),
+            ("receiptd_flushed_events_total", "Events covered by completed flushes.", &self.flushed_events),
+            ("receiptd_flush_errors_total", "Flushes that failed and were retried.", &self.flush_errors),
+            ("receiptd_settings_records_total", "Settings records applied.", &self.settings_records),
+        ] {
+            counter(&mut out, name, help);
+            let _ = writeln!(out, "{name} {}", c.load(Relaxed));
+        }
+        let _ = writeln!(out, "# HELP receiptd_flush_duration_seconds Time to produce deltas and commit one flush.\n# TYPE receiptd_flush_duration_seconds histogram");
+        for (i, le) in FLUSH_BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "receiptd_flush_duration_seconds_bucket{{le=\"{le}\"}} {}", self.flush_buckets[i].load(Relaxed));
+        }
+        let flushes = self.flushes.load(Relaxed);
+        let _ = writeln!(out, "receiptd_flush_duration_seconds_bucket{{le=\"+Inf\"}} {flushes}");
+        let _ = writeln!(out, "receiptd_flush_duration_seconds_sum {}", self.flush_seconds_sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "receiptd_flush_duration_seconds_count {flushes}");
+        for (name, help, g) in [
+            ("receiptd_messages_tracked", "Messages with receipt state in owned partitions.", &self.messages_tracked),
+            ("receiptd_held_reads", "Reads waiting for their message.", &self.held_reads),
+            ("receiptd_partitions_assigned", "Partitions this worker owns.", &self.partitions_assigned),
+            ("receiptd_store_bytes", "RocksDB size estimate (SST files plus memtables).", &self.store_bytes),
+        ] {
+            gauge(&mut out, name, help);
+            let _ = writeln!(out, "{name} {}", g.load(Relaxed));
+        }
+        gauge(&mut out, "receiptd_store_failed", "1 while the store refuses writes.");
+        let _ = writeln!(out, "receiptd_store_failed {}", self.store_failed.load(Relaxed) as u8);
+        gauge(&mut out, "receiptd_consumer_lag", "Records behind the partition's end, per owned partition.");
+        for (p, lag) in self.lag.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "receiptd_consumer_lag{{partition=\"{p}\"}} {lag}");
+        }
+        out
+    }
+}

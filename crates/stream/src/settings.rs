@@ -1,0 +1,114 @@
+//! The settings topic as a global table: every worker assigns itself all of
+//! its partitions (no consumer group), reads them to the end before folding
+//! any event, then follows them live.
+
+use crate::{Shared, StreamError, WorkerConfig};
+use receiptd_core::SettingsTable;
+use receiptd_wire::{decode_setting, ContentType, DecodeError, CONTENT_TYPE_HEADER};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+pub(crate) struct SettingsReader {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl SettingsReader {
+    /// Reads the whole settings topic into `table`.
+    pub(crate) fn bootstrap(
+        config: &WorkerConfig,
+        table: &mut SettingsTable,
+        shared: &Shared,
+        stop: &std::sync::atomic::AtomicBool,
+        dead_letter: &mut dyn FnMut(&BorrowedMessage<'_>, &DecodeError),
+    ) -> Result<Self, StreamError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        for (k, v) in &config.kafka_properties {
+            client.set(k, v);
+        }
+        let consumer: BaseConsumer = client.create()?;
+        let topic = config.topics.settings.clone();
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if partitions.is_empty() {
+            return Err(StreamError::MissingTopic(topic));
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining = Vec::new();
+        for &p in &partitions {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+            let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
+            if high > low {
+                remaining.push((p, high));
+            }
+        }
+        consumer.assign(&tpl)?;
+        let reader = SettingsReader { consumer, topic };
+        let started = Instant::now();
+        while !remaining.is_empty() && !stop.load(Relaxed) {
+            match reader.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    apply(table, &m, shared, dead_letter);
+                    let (p, o) = (m.partition(), m.offset());
+                    remaining.retain(|(rp, high)| !(*rp == p && o + 1 >= *high));
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "settings topic read failed; retrying"),
+                None => {}
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                return Err(StreamError::Timeout(format!("reading settings topic `{}` to its end", reader.topic)));
+            }
+        }
+        tracing::info!(topic = %reader.topic, records = shared.metrics.settings_records.load(Relaxed), "settings table loaded");
+        Ok(reader)
+    }
+
+    /// Applies whatever settings arrived since the last call.
+    pub(crate) fn follow(
+        &self,
+        table: &mut SettingsTable,
+        shared: &Shared,
+        dead_letter: &mut dyn FnMut(&BorrowedMessage<'_>, &DecodeError),
+    ) {
+        while let Some(result) = self.consumer.poll(Duration::ZERO) {
+            match result {
+                Ok(m) => apply(table, &m, shared, dead_letter),
+                Err(e) => tracing::warn!(error = %e, "settings topic read failed"),
+            }
+        }
+    }
+}
+
+fn apply(
+    table: &mut SettingsTable,
+    m: &BorrowedMessage<'_>,
+    shared: &Shared,
+    dead_letter: &mut dyn FnMut(&BorrowedMessage<'_>, &DecodeError),
+) {
+    let content_type = header(m, CONTENT_TYPE_HEADER);
+    match ContentType::from_header(content_type).and_then(|ct| decode_setting(m.key(), m.payload(), ct)) {
+        Ok(setting) => {
+            table.apply(setting);
+            shared.metrics.settings_records.fetch_add(1, Relaxed);
+        }
+        Err(e) => dead_letter(m, &e),
+    }
+}
+
+pub(crate) fn header<'a, M: Message>(m: &'a M, name: &str) -> Option<&'a [u8]> {
+    let headers = m.headers()?;
+    headers.iter().find(|h| h.key.eq_ignore_ascii_case(name)).and_then(|h| h.value)
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite: installs build prerequisites, starts a real Apache
+# Kafka broker (deploy/kafka.sh), runs every test in release mode against it,
+# and stops the broker, whatever happens.
+#
+#   deploy/test.sh [extra cargo test args]
+#
+# RECEIPTD_TEST_BROKERS: reuse a running broker instead of starting one.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here/.."
+
+"$here/setup.sh"
+
+broker_dir=""
+cleanup() { if [ -n "$broker_dir" ]; then "$here/kafka.sh" stop "$broker_dir" || true; fi; }
+trap cleanup EXIT
+
+if [ -z "${RECEIPTD_TEST_BROKERS:-}" ]; then
+  broker_dir="$(mktemp -d -t receiptd-test-kafka.XXXXXX)"
+  RECEIPTD_TEST_BROKERS="$("$here/kafka.sh" start "$broker_dir")" || {
+    echo "deploy/test.sh: could not start the Kafka broker; the integration tests need it" >&2
+    exit 1
+  }
+  export RECEIPTD_TEST_BROKERS
+fi
+echo "deploy/test.sh: Kafka broker at $RECEIPTD_TEST_BROKERS" >&2
+
+cargo test --release --workspace "$@"

@@ -1,0 +1,123 @@
+//! A scripted conversation, end to end: exactly the expected delta records.
+
+use crate::support::{ev::*, *};
+use receiptd_wire::{DeltaRecord, MembersOp, Receipt};
+use std::time::Duration;
+
+fn group_receipt(msg: &str, g: &str, read: u32, unread: u32, timestamp: u64, version: u64) -> Receipt {
+    Receipt {
+        msg_id: msg.into(),
+        group_id: Some(g.into()),
+        user_id: None,
+        read_count: Some(read),
+        unread_count: Some(unread),
+        is_peer_read: None,
+        timestamp,
+        version: Some(version),
+    }
+}
+
+fn sorted(mut r: DeltaRecord) -> DeltaRecord {
+    r.receipts.sort_by(|a, b| (&a.msg_id, &a.user_id).cmp(&(&b.msg_id, &b.user_id)));
+    r
+}
+
+#[test]
+fn scripted_conversation_yields_exactly_the_expected_deltas() {
+    let topics = Topics::create("pipeline");
+    let producer = producer();
+    let t = 1_732_200_000_000u64;
+    // Phase 1: nine events, flushed together (max_pending_records = 9).
+    produce_events(
+        &producer,
+        &topics.events,
+        &[
+            members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"], t),
+            sent("m1", "alice", group("g1"), true, t + 1),
+            sent("m2", "alice", c2c("bob"), true, t + 2),
+            read("bob", group("g1"), &["m1"], t + 10),
+            read("carol", group("g1"), &["m1"], t + 11),
+            read("bob", c2c("alice"), &["m2"], t + 12),
+            conversation_read("bob", "alice", t + 13),
+            read("alice", group("g1"), &["m1"], t + 14), // the sender: ignored
+            read("bob", group("g1"), &["m1"], t + 15),   // a duplicate: ignored
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"))
+        .env("RECEIPTD_FLUSH__INTERVAL_MS", "60000")
+        .env("RECEIPTD_FLUSH__MAX_PENDING_RECORDS", "9");
+    worker.start();
+    worker.wait_ready(Duration::from_secs(60));
+
+    let first = read_deltas(&topics.deltas, 1, Duration::from_secs(30));
+    assert_eq!(first.len(), 1, "one record for alice: {first:?}");
+    let expected = DeltaRecord {
+        app_id: "a1".into(),
+        to: "alice".into(),
+        receipts: vec![
+            Receipt {
+                msg_id: String::new(),
+                group_id: None,
+                user_id: Some("bob".into()),
+                read_count: None,
+                unread_count: None,
+                is_peer_read: None,
+                timestamp: t + 13,
+                version: None,
+            },
+            group_receipt("m1", "g1", 2, 1, t + 11, 2),
+            Receipt {
+                msg_id: "m2".into(),
+                group_id: None,
+                user_id: Some("bob".into()),
+                read_count: None,
+                unread_count: None,
+                is_peer_read: Some(true),
+                timestamp: t + 12,
+                version: Some(1),
+            },
+        ],
+    };
+    assert_eq!(sorted(first[0].clone()), expected);
+
+    // Phase 2: nine more; only dave's read changes anything revealed.
+    produce_events(
+        &producer,
+        &topics.events,
+        &[
+            members("g1", MembersOp::Join, &["erin"], t + 20),
+            read("erin", group("g1"), &["m1"], t + 21), // joined after m1: not in its audience
+            read("dave", group("g1"), &["m1"], t + 22),
+            read("bob", group("g1"), &["m1"], t + 23),
+            sent("m3", "carol", group("g1"), false, t + 24),
+            read("bob", group("g1"), &["m3"], t + 25), // m3 wants no receipts
+            read("erin", group("g1"), &["m9"], t + 26), // held: m9 never arrives
+            read("mallory", group("g1"), &["m1"], t + 27), // an outsider
+            conversation_read("bob", "alice", t + 5),  // older than the stored mark
+        ],
+    );
+    let all = read_deltas(&topics.deltas, 2, Duration::from_secs(30));
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        all[1],
+        DeltaRecord { app_id: "a1".into(), to: "alice".into(), receipts: vec![group_receipt("m1", "g1", 3, 0, t + 22, 3)] }
+    );
+    assert_eq!(worker.metric("receiptd_ignored_total{reason=\"sender\"}"), 1.0);
+    assert_eq!(worker.metric("receiptd_ignored_total{reason=\"duplicate\"}"), 2.0);
+    assert_eq!(worker.metric("receiptd_ignored_total{reason=\"not_in_audience\"}"), 2.0);
+    assert_eq!(worker.metric("receiptd_ignored_total{reason=\"no_receipt_requested\"}"), 1.0);
+    assert_eq!(worker.metric("receiptd_ignored_total{reason=\"stale_mark\"}"), 1.0);
+    assert_eq!(worker.metric("receiptd_held_reads"), 1.0);
+
+    assert_eq!(worker.terminate(), 0, "SIGTERM exits 0; log:\n{}", worker.log_tail());
+    // Delta records are keyed {app}/{recipient}.
+    let keys: Vec<_> = read_topic(&topics.deltas, Duration::from_secs(10), |r| r.len() >= 2)
+        .into_iter()
+        .map(|r| r.key.unwrap_or_default())
+        .collect();
+    assert_eq!(keys, vec!["a1/alice", "a1/alice"]);
+    let state = worker.inspect();
+    let m1 = state["messages"].as_array().unwrap().iter().find(|m| m["msg_id"] == "m1").unwrap();
+    assert_eq!((m1["read_count"].as_u64(), m1["unread_count"].as_u64(), m1["version"].as_u64()), (Some(3), Some(0), Some(3)));
+}

@@ -1,0 +1,419 @@
+//! Test support: topics on the real broker, the worker as a child process,
+//! producing events, reading topics back.
+
+#![allow(dead_code)]
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use receiptd_wire::{conversation_key, DeltaRecord, Event};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The real broker's address. Panics with instructions when unset.
+pub fn brokers() -> String {
+    match std::env::var("RECEIPTD_TEST_BROKERS") {
+        Ok(b) if !b.trim().is_empty() => b,
+        _ => panic!(
+            "RECEIPTD_TEST_BROKERS is not set: these tests need a real Kafka broker. \
+             Run the suite with deploy/test.sh, or start one with \
+             `deploy/kafka.sh start DIR` and export RECEIPTD_TEST_BROKERS=<the address it prints>."
+        ),
+    }
+}
+
+/// One test's own topics.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub events: String,
+    pub settings: String,
+    pub deltas: String,
+    pub dlq: String,
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("t{}-{}-{}", std::process::id(), nanos % 1_000_000_000, name)
+}
+
+impl Topics {
+    /// Creates events (4 partitions), settings (1, compacted), deltas (4), dlq (1).
+    pub fn create(name: &str) -> Topics {
+        let base = unique(name);
+        let t = Topics {
+            events: format!("{base}.events"),
+            settings: format!("{base}.settings"),
+            deltas: format!("{base}.deltas"),
+            dlq: format!("{base}.dlq"),
+        };
+        create_topics(&[(&t.events, 4, false), (&t.settings, 1, true), (&t.deltas, 4, false), (&t.dlq, 1, false)]);
+        t
+    }
+
+    /// Another deltas topic (for a second, independent run).
+    pub fn with_deltas(&self, suffix: &str) -> Topics {
+        let deltas = format!("{}-{suffix}", self.deltas);
+        create_topics(&[(&deltas, 4, false)]);
+        Topics { deltas, ..self.clone() }
+    }
+}
+
+pub fn create_topics(topics: &[(&str, i32, bool)]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, partitions, compacted)| {
+            let t = NewTopic::new(name, *partitions, TopicReplication::Fixed(1));
+            if *compacted { t.set("cleanup.policy", "compact") } else { t }
+        })
+        .collect();
+    let results = runtime
+        .block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))
+        .expect("create topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+pub fn producer() -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// Produces events as JSON, each under its conversation key, and waits for them.
+pub fn produce_events(producer: &BaseProducer, topic: &str, events: &[Event]) {
+    for e in events {
+        let payload = serde_json::to_vec(e).unwrap();
+        produce_raw(producer, topic, conversation_key(e).as_bytes(), &payload);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush events");
+}
+
+pub fn produce_raw(producer: &BaseProducer, topic: &str, key: &[u8], payload: &[u8]) {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// A record read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Reads every record of `topic` from the beginning until `done` says so or
+/// `timeout` passes (then returns what it has).
+pub fn read_topic(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && !done(&out) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let mut headers = BTreeMap::new();
+            if let Some(h) = m.headers() {
+                for h in h.iter() {
+                    headers.insert(h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned());
+                }
+            }
+            out.push(Record {
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+                partition: m.partition(),
+                offset: m.offset(),
+            });
+        }
+    }
+    out
+}
+
+/// Reads delta records until `count` have arrived (or the timeout).
+pub fn read_deltas(topic: &str, count: usize, timeout: Duration) -> Vec<DeltaRecord> {
+    read_topic(topic, timeout, |r| r.len() >= count)
+        .into_iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("delta records are JSON"))
+        .collect()
+}
+
+/// The sum of the high watermarks of a topic.
+pub fn end_offsets(topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).unwrap().1))
+        .collect()
+}
+
+/// Offsets a group has committed on a topic.
+pub fn committed(group: &str, topic: &str, partitions: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions.keys() {
+        tpl.add_partition(topic, *p);
+    }
+    let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    c.elements()
+        .iter()
+        .map(|e| (e.partition(), match e.offset() { Offset::Offset(o) => o, _ => 0 }))
+        .collect()
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// The worker binary, as a child process.
+pub struct Worker {
+    pub child: Option<Child>,
+    pub http: SocketAddr,
+    pub state_dir: PathBuf,
+    pub group: String,
+    env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    pub fn new(topics: &Topics, group: &str, state_dir: &Path) -> Worker {
+        let env = vec![
+            ("RECEIPTD_KAFKA__BROKERS".into(), brokers()),
+            ("RECEIPTD_KAFKA__GROUP_ID".into(), group.into()),
+            ("RECEIPTD_KAFKA__INSTANCE_ID".into(), format!("{group}-w1")),
+            ("RECEIPTD_KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()),
+            ("RECEIPTD_TOPICS__EVENTS".into(), topics.events.clone()),
+            ("RECEIPTD_TOPICS__SETTINGS".into(), topics.settings.clone()),
+            ("RECEIPTD_TOPICS__DELTAS".into(), topics.deltas.clone()),
+            ("RECEIPTD_TOPICS__DLQ".into(), topics.dlq.clone()),
+            ("RECEIPTD_STATE__DIR".into(), state_dir.display().to_string()),
+        ];
+        Worker {
+            child: None,
+            http: free_addr(),
+            state_dir: state_dir.to_owned(),
+            group: group.into(),
+            env,
+            log: state_dir.with_extension("log"),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Worker {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the process (appending its stderr to `self.log`).
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.http = free_addr();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_receiptd"))
+            .arg("run")
+            .envs(self.env.iter().cloned())
+            .env("RECEIPTD_HTTP__ADDR", self.http.to_string())
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn receiptd");
+        self.child = Some(child);
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("receiptd exited with {status} before ready; log:\n{}", self.log_tail());
+            }
+            if http_get(self.http, "/readyz").map(|(s, _)| s == 200).unwrap_or(false) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("receiptd not ready after {timeout:?}; log:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn terminate(&mut self) -> i32 {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("receiptd ignored SIGTERM for 60s; log:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the group has committed every offset up to the topic's end.
+    pub fn wait_caught_up(&mut self, topic: &str, timeout: Duration) {
+        let end = end_offsets(topic);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if committed(&self.group, topic, &end) == end {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("receiptd exited with {status}; log:\n{}", self.log_tail());
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "not caught up after {timeout:?}: end {end:?}, committed {:?}; log:\n{}",
+                    committed(&self.group, topic, &end),
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The worker's `/metrics` value for a series (summed over labels).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.http, "/metrics").expect("metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The folded state as `receiptd inspect` prints it (worker stopped).
+    pub fn inspect(&self) -> Value {
+        inspect(&self.state_dir)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn inspect(state_dir: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_receiptd"))
+        .args(["inspect", "--state-dir"])
+        .arg(state_dir)
+        .output()
+        .expect("run receiptd inspect");
+    assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Event builders for app `a1`.
+pub mod ev {
+    use receiptd_wire::*;
+
+    pub const APP: &str = "a1";
+
+    pub fn group(g: &str) -> Conversation {
+        Conversation::Group { group_id: g.into() }
+    }
+    pub fn c2c(peer: &str) -> Conversation {
+        Conversation::C2c { peer: peer.into() }
+    }
+    pub fn members(g: &str, op: MembersOp, users: &[&str], at: u64) -> Event {
+        Event::GroupMembers(GroupMembers {
+            app_id: APP.into(),
+            group_id: g.into(),
+            op,
+            group_type: (op == MembersOp::Snapshot).then_some(GroupType::Work),
+            members: users.iter().map(|u| u.to_string()).collect(),
+            at,
+        })
+    }
+    pub fn sent(msg: &str, sender: &str, conversation: Conversation, need: bool, at: u64) -> Event {
+        Event::MessageSent(MessageSent {
+            app_id: APP.into(),
+            msg_id: msg.into(),
+            sender: sender.into(),
+            conversation,
+            need_read_receipt: need,
+            sent_at: at,
+        })
+    }
+    pub fn read(reader: &str, conversation: Conversation, msgs: &[&str], at: u64) -> Event {
+        Event::MessageRead(MessageRead {
+            app_id: APP.into(),
+            reader: reader.into(),
+            conversation,
+            msg_ids: msgs.iter().map(|m| m.to_string()).collect(),
+            read_at: at,
+            private: false,
+        })
+    }
+    pub fn conversation_read(reader: &str, peer: &str, at: u64) -> Event {
+        Event::ConversationRead(ConversationRead { app_id: APP.into(), reader: reader.into(), conversation: c2c(peer), read_at: at })
+    }
+}

@@ -1,0 +1,21 @@
+//! receiptd's integration tests, against a real Apache Kafka broker.
+//!
+//! The broker's address comes from `RECEIPTD_TEST_BROKERS`; `deploy/test.sh`
+//! starts a broker with `deploy/kafka.sh` and sets it. A test that needs the
+//! broker and finds none fails, with a message saying how to start one.
+//!
+//! - `pipeline`: a scripted C2C and group conversation yields exactly the
+//!   expected delta records (counts, versions, batching per recipient).
+//! - `crash`: the worker, a real child process, is killed with SIGKILL
+//!   mid-stream several times; its final state and last deltas equal those of
+//!   an uninterrupted run. SIGTERM flushes and exits 0.
+//! - `dlq`: poison and key-mismatched records land in the DLQ with their
+//!   reason; everything after them is processed.
+//! - `config`: bad settings stop start-up, naming the key.
+
+mod support;
+
+mod config;
+mod crash;
+mod dlq;
+mod pipeline;
