@@ -74,7 +74,8 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
     assert_eq!(crashing.terminate(), 0, "SIGTERM exits 0; log:\n{}", crashing.log_tail());
 
     let started = Instant::now();
-    let mut steady = Worker::new(&uninterrupted_topics, &format!("{}-steady", topics.events), &dir.path().join("steady"));
+    let mut steady =
+        Worker::new(&uninterrupted_topics, &format!("{}-steady", topics.events), &dir.path().join("steady"));
     steady.start();
     steady.wait_ready(Duration::from_secs(60));
     steady.wait_caught_up(&topics.events, Duration::from_secs(120));
@@ -85,7 +86,10 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
     let steady_state = steady.inspect();
     let messages = steady_state["messages"].as_array().unwrap();
     assert!(messages.len() > 5_000, "the load should track thousands of messages");
-    assert!(messages.iter().any(|m| m["read_count"].as_u64() > Some(3)), "some group messages are read by many");
+    let most_read = messages.iter().filter_map(|m| m["read_count"].as_u64()).max().unwrap_or(0);
+    let unread_left = messages.iter().filter_map(|m| m["unread_count"].as_u64()).max().unwrap_or(0);
+    eprintln!("{} messages; most readers of one message: {most_read}; most unread: {unread_left}", messages.len());
+    assert!(most_read >= 2 && unread_left >= 10, "the load should have multi-reader group messages");
     assert!(crashed_state == steady_state, "state after kill -9 differs from an uninterrupted run");
 
     // The last delta of every message is the same; replays only repeat versions.

@@ -9,8 +9,12 @@ use std::time::Duration;
 fn poison_and_key_mismatched_records_land_in_the_dlq_and_the_rest_is_processed() {
     let topics = Topics::create("dlq");
     let producer = producer();
-    let t = 1_732_200_000_000u64;
-    produce_events(&producer, &topics.events, &[members("g1", MembersOp::Snapshot, &["alice", "bob"], t), sent("m1", "alice", group("g1"), true, t)]);
+    let t = now_ms();
+    produce_events(
+        &producer,
+        &topics.events,
+        &[members("g1", MembersOp::Snapshot, &["alice", "bob"], t), sent("m1", "alice", group("g1"), true, t)],
+    );
     // Not JSON at all.
     produce_raw(&producer, &topics.events, b"a1/group/g1", b"{\"type\":\"message_read\", garbage");
     // A valid event under another conversation's key.
@@ -31,7 +35,10 @@ fn poison_and_key_mismatched_records_land_in_the_dlq_and_the_rest_is_processed()
     reasons.sort();
     assert_eq!(reasons, ["key_mismatch", "malformed"]);
     for r in &dead {
-        assert_eq!(r.key.as_deref(), Some(if r.headers["receiptd-dlq-reason"] == "malformed" { "a1/group/g1" } else { "a1/group/g2" }));
+        assert_eq!(
+            r.key.as_deref(),
+            Some(if r.headers["receiptd-dlq-reason"] == "malformed" { "a1/group/g1" } else { "a1/group/g2" })
+        );
         assert!(r.headers["receiptd-dlq-source"].starts_with(&topics.events), "{:?}", r.headers);
         assert!(!r.headers["receiptd-dlq-detail"].is_empty());
     }

@@ -5,16 +5,7 @@ use receiptd_wire::{DeltaRecord, MembersOp, Receipt};
 use std::time::Duration;
 
 fn group_receipt(msg: &str, g: &str, read: u32, unread: u32, timestamp: u64, version: u64) -> Receipt {
-    Receipt {
-        msg_id: msg.into(),
-        group_id: Some(g.into()),
-        user_id: None,
-        read_count: Some(read),
-        unread_count: Some(unread),
-        is_peer_read: None,
-        timestamp,
-        version: Some(version),
-    }
+    Receipt::group(msg.into(), g.into(), read, unread, timestamp, version)
 }
 
 fn sorted(mut r: DeltaRecord) -> DeltaRecord {
@@ -26,7 +17,7 @@ fn sorted(mut r: DeltaRecord) -> DeltaRecord {
 fn scripted_conversation_yields_exactly_the_expected_deltas() {
     let topics = Topics::create("pipeline");
     let producer = producer();
-    let t = 1_732_200_000_000u64;
+    let t = now_ms();
     // Phase 1: nine events, flushed together (max_pending_records = 9).
     produce_events(
         &producer,
@@ -56,27 +47,9 @@ fn scripted_conversation_yields_exactly_the_expected_deltas() {
         app_id: "a1".into(),
         to: "alice".into(),
         receipts: vec![
-            Receipt {
-                msg_id: String::new(),
-                group_id: None,
-                user_id: Some("bob".into()),
-                read_count: None,
-                unread_count: None,
-                is_peer_read: None,
-                timestamp: t + 13,
-                version: None,
-            },
+            Receipt::conversation("bob".into(), t + 13),
             group_receipt("m1", "g1", 2, 1, t + 11, 2),
-            Receipt {
-                msg_id: "m2".into(),
-                group_id: None,
-                user_id: Some("bob".into()),
-                read_count: None,
-                unread_count: None,
-                is_peer_read: Some(true),
-                timestamp: t + 12,
-                version: Some(1),
-            },
+            Receipt::c2c("m2".into(), "bob".into(), true, t + 12, 1),
         ],
     };
     assert_eq!(sorted(first[0].clone()), expected);
@@ -91,17 +64,21 @@ fn scripted_conversation_yields_exactly_the_expected_deltas() {
             read("dave", group("g1"), &["m1"], t + 22),
             read("bob", group("g1"), &["m1"], t + 23),
             sent("m3", "carol", group("g1"), false, t + 24),
-            read("bob", group("g1"), &["m3"], t + 25), // m3 wants no receipts
+            read("bob", group("g1"), &["m3"], t + 25),  // m3 wants no receipts
             read("erin", group("g1"), &["m9"], t + 26), // held: m9 never arrives
             read("mallory", group("g1"), &["m1"], t + 27), // an outsider
-            conversation_read("bob", "alice", t + 5),  // older than the stored mark
+            conversation_read("bob", "alice", t + 5),   // older than the stored mark
         ],
     );
     let all = read_deltas(&topics.deltas, 2, Duration::from_secs(30));
     assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(
         all[1],
-        DeltaRecord { app_id: "a1".into(), to: "alice".into(), receipts: vec![group_receipt("m1", "g1", 3, 0, t + 22, 3)] }
+        DeltaRecord {
+            app_id: "a1".into(),
+            to: "alice".into(),
+            receipts: vec![group_receipt("m1", "g1", 3, 0, t + 22, 3)]
+        }
     );
     assert_eq!(worker.metric("receiptd_ignored_total{reason=\"sender\"}"), 1.0);
     assert_eq!(worker.metric("receiptd_ignored_total{reason=\"duplicate\"}"), 2.0);
@@ -119,5 +96,8 @@ fn scripted_conversation_yields_exactly_the_expected_deltas() {
     assert_eq!(keys, vec!["a1/alice", "a1/alice"]);
     let state = worker.inspect();
     let m1 = state["messages"].as_array().unwrap().iter().find(|m| m["msg_id"] == "m1").unwrap();
-    assert_eq!((m1["read_count"].as_u64(), m1["unread_count"].as_u64(), m1["version"].as_u64()), (Some(3), Some(0), Some(3)));
+    assert_eq!(
+        (m1["read_count"].as_u64(), m1["unread_count"].as_u64(), m1["version"].as_u64()),
+        (Some(3), Some(0), Some(3))
+    );
 }

@@ -74,7 +74,11 @@ pub fn create_topics(topics: &[(&str, i32, bool)]) {
         .iter()
         .map(|(name, partitions, compacted)| {
             let t = NewTopic::new(name, *partitions, TopicReplication::Fixed(1));
-            if *compacted { t.set("cleanup.policy", "compact") } else { t }
+            if *compacted {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
         })
         .collect();
     let results = runtime
@@ -131,6 +135,7 @@ pub struct Record {
 pub fn read_topic(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
+        .set("group.id", format!("{topic}.reader")) // librdkafka wants one even to assign
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
@@ -192,7 +197,15 @@ pub fn committed(group: &str, topic: &str, partitions: &BTreeMap<i32, i64>) -> B
     let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     c.elements()
         .iter()
-        .map(|e| (e.partition(), match e.offset() { Offset::Offset(o) => o, _ => 0 }))
+        .map(|e| {
+            (
+                e.partition(),
+                match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                },
+            )
+        })
         .collect()
 }
 
@@ -371,6 +384,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((status, body))
 }
 
+/// Now, Unix ms: event times near the record times, as in production (the
+/// fold measures retention against record time).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 /// Event builders for app `a1`.
 pub mod ev {
     use receiptd_wire::*;
@@ -414,6 +433,11 @@ pub mod ev {
         })
     }
     pub fn conversation_read(reader: &str, peer: &str, at: u64) -> Event {
-        Event::ConversationRead(ConversationRead { app_id: APP.into(), reader: reader.into(), conversation: c2c(peer), read_at: at })
+        Event::ConversationRead(ConversationRead {
+            app_id: APP.into(),
+            reader: reader.into(),
+            conversation: c2c(peer),
+            read_at: at,
+        })
     }
 }

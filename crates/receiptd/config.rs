@@ -232,7 +232,8 @@ impl Config {
     pub fn load_from(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Config> {
         let mut root = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
+                let text =
+                    std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
                 text.parse::<toml::Table>().with_context(|| format!("parsing config file {}", p.display()))?
             }
             None => toml::Table::new(),
@@ -280,8 +281,14 @@ impl Config {
         let problems: Vec<String> = [
             (self.kafka.brokers.trim().is_empty(), "kafka.brokers: must not be empty"),
             (self.kafka.group_id.trim().is_empty(), "kafka.group_id: must not be empty"),
-            (self.kafka.instance_id.as_ref().is_some_and(|s| s.is_empty()), "kafka.instance_id: must not be empty when set"),
-            (!(1_000..=600_000).contains(&self.kafka.session_timeout_ms), "kafka.session_timeout_ms: must be 1000 to 600000"),
+            (
+                self.kafka.instance_id.as_ref().is_some_and(|s| s.is_empty()),
+                "kafka.instance_id: must not be empty when set",
+            ),
+            (
+                !(1_000..=600_000).contains(&self.kafka.session_timeout_ms),
+                "kafka.session_timeout_ms: must be 1000 to 600000",
+            ),
             (!(1..=60_000).contains(&self.flush.interval_ms), "flush.interval_ms: must be 1 to 60000"),
             (self.flush.max_pending_records == 0, "flush.max_pending_records: must be at least 1"),
             (self.flush.revoke_timeout_ms == 0, "flush.revoke_timeout_ms: must be at least 1"),
@@ -294,8 +301,18 @@ impl Config {
         .into_iter()
         .filter(|(bad, _)| *bad)
         .map(|(_, msg)| msg.to_owned())
-        .chain(self.apps.iter().filter(|(_, a)| a.token.len() < 16).map(|(id, _)| format!("apps.{id}.token: must be at least 16 characters")))
-        .chain(self.apps.keys().filter(|id| id.is_empty() || id.len() > 128).map(|id| format!("apps.{id}: app id must be 1 to 128 bytes")))
+        .chain(
+            self.apps
+                .iter()
+                .filter(|(_, a)| a.token.len() < 16)
+                .map(|(id, _)| format!("apps.{id}.token: must be at least 16 characters")),
+        )
+        .chain(
+            self.apps
+                .keys()
+                .filter(|id| id.is_empty() || id.len() > 128)
+                .map(|id| format!("apps.{id}: app id must be 1 to 128 bytes")),
+        )
         .chain(
             self.topics_in_use()
                 .into_iter()

@@ -24,8 +24,13 @@ pub struct DemoArgs {
     #[arg(long)]
     seconds: Option<u64>,
     /// Synthetic events per second offered (0 = as fast as possible).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 50_000)]
     rate: u64,
+    /// Write this many events before the worker starts, then watch it drain
+    /// them (the drain rate on the in-process broker). MockCluster keeps only
+    /// about the last 5 MB per partition, so stay under ~100,000.
+    #[arg(long, default_value_t = 0)]
+    prefill: u64,
     /// Serve /healthz, /readyz and /metrics here (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     http_addr: SocketAddr,
@@ -35,10 +40,13 @@ const PARTITIONS: i32 = 4;
 
 fn produce(producer: &BaseProducer, topic: &str, event: &Event, bincode: bool) {
     let key = conversation_key(event);
-    let payload = if bincode { encode_event_bincode(event) } else { serde_json::to_vec(event).expect("events serialize") };
+    let payload =
+        if bincode { encode_event_bincode(event) } else { serde_json::to_vec(event).expect("events serialize") };
     let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(&payload[..]);
     if bincode {
-        record = record.headers(OwnedHeaders::new().insert(Header { key: CONTENT_TYPE_HEADER, value: Some(BINCODE_CONTENT_TYPE) }));
+        record = record.headers(
+            OwnedHeaders::new().insert(Header { key: CONTENT_TYPE_HEADER, value: Some(BINCODE_CONTENT_TYPE) }),
+        );
     }
     send_retrying(producer, record);
 }
@@ -51,6 +59,21 @@ fn send_retrying(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>
                 record = r;
                 producer.poll(Duration::from_millis(5));
             }
+        }
+    }
+}
+
+/// Produces 256 events: every tenth in bincode, and now and then a poison
+/// record (the DLQ takes it; nothing stalls).
+fn offer(producer: &BaseProducer, topic: &str, traffic: &mut Traffic, sent: &mut u64) {
+    for _ in 0..256 {
+        let e = traffic.next_event();
+        produce(producer, topic, &e, *sent % 10 == 3);
+        *sent += 1;
+        if *sent % 50_000 == 25_000 {
+            let poison =
+                BaseRecord::to(topic).key(&b"demo/group/g0"[..]).payload(&b"{\"type\":\"message_read\",oops"[..]);
+            send_retrying(producer, poison);
         }
     }
 }
@@ -76,6 +99,30 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.state.dir = state_dir.path().to_owned();
 
     println!("receiptd demo: in-process Kafka at {brokers}, state in {}", state_dir.path().display());
+
+    // The traffic: membership snapshots, then the prefill (if any), then a
+    // generator thread offering `rate` events per second.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.kbytes", "65536")
+        .create()
+        .context("creating the demo producer")?;
+    let events_topic = config.topics.events.clone();
+    let mut traffic = Traffic::new(TrafficShape::demo());
+    for e in traffic.setup() {
+        produce(&producer, &events_topic, &e, false);
+    }
+    let mut sent: u64 = 0;
+    if args.prefill > 0 {
+        let t = Instant::now();
+        while sent < args.prefill {
+            offer(&producer, &events_topic, &mut traffic, &mut sent);
+        }
+        producer.flush(Duration::from_secs(60)).context("writing the prefill")?;
+        println!("receiptd demo: prefilled {sent} events in {:.1}s; starting the worker", t.elapsed().as_secs_f64());
+    }
+
     let store = open_store(&config)?;
     let worker = spawn_worker(worker_config(&config), store)?;
 
@@ -94,38 +141,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         flag.store(true, Relaxed);
     });
 
-    // The traffic generator: its own thread and producer.
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.kbytes", "65536")
-        .create()
-        .context("creating the demo producer")?;
-    let events_topic = config.topics.events.clone();
     let generating = Arc::new(AtomicBool::new(true));
     let gen_flag = generating.clone();
     let rate = args.rate;
+    let shared = worker.shared.clone();
     let generator = std::thread::spawn(move || {
-        let mut traffic = Traffic::new(TrafficShape::demo());
-        for e in traffic.setup() {
-            produce(&producer, &events_topic, &e, false);
+        // MockCluster keeps only the newest ~5 MB per partition: offer traffic
+        // once the worker consumes, or the oldest records would be gone.
+        while !shared.ready() && gen_flag.load(Relaxed) && !shared.stopped.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
         }
         let started = Instant::now();
-        let mut sent: u64 = 0;
+        let base = sent;
         while gen_flag.load(Relaxed) {
-            for _ in 0..256 {
-                let e = traffic.next_event();
-                produce(&producer, &events_topic, &e, sent % 10 == 3);
-                sent += 1;
-                if sent % 50_000 == 25_000 {
-                    // A poison record now and then: the DLQ takes it, nothing stalls.
-                    let poison = BaseRecord::to(&events_topic).key(&b"demo/group/g0"[..]).payload(&b"{\"type\":\"message_read\",oops"[..]);
-                    send_retrying(&producer, poison);
-                }
-            }
+            offer(&producer, &events_topic, &mut traffic, &mut sent);
             producer.poll(Duration::ZERO);
             if rate > 0 {
-                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                let due = Duration::from_secs_f64((sent - base) as f64 / rate as f64);
                 if let Some(ahead) = due.checked_sub(started.elapsed()) {
                     std::thread::sleep(ahead.min(Duration::from_millis(100)));
                 }

@@ -27,7 +27,9 @@ pub fn dump(store: &Store) -> anyhow::Result<Value> {
         }));
         collect(&state, &mut messages, &mut marks);
     }
-    messages.sort_by(|a, b| (a["app_id"].as_str(), a["msg_id"].as_str()).cmp(&(b["app_id"].as_str(), b["msg_id"].as_str())));
+    messages.sort_by(|a, b| {
+        (a["app_id"].as_str(), a["msg_id"].as_str()).cmp(&(b["app_id"].as_str(), b["msg_id"].as_str()))
+    });
     marks.sort_by_key(|m| m.to_string());
     Ok(json!({"partitions": partitions, "messages": messages, "marks": marks}))
 }

@@ -2,8 +2,8 @@
 
 use crate::deltas::ReceiptChange;
 use crate::state::{
-    AppState, DirtyKey, Group, HeldList, HeldRead, Mark, MessageState, MessageTarget,
-    PartitionState, ReadMark, Tracking, NOT_A_MEMBER,
+    AppState, DirtyKey, Group, HeldList, HeldRead, Mark, MessageState, MessageTarget, PartitionState, ReadMark,
+    Tracking, NOT_A_MEMBER,
 };
 use crate::stats::{FoldStats, Ignored, Outcome};
 use crate::SettingsTable;
@@ -124,28 +124,15 @@ impl PartitionState {
                         continue;
                     }
                     let m = &app_state.messages[&msg_id];
-                    let (read, unread) = counts(app_state, m);
-                    let mut receipt = Receipt {
-                        msg_id,
-                        group_id: None,
-                        user_id: None,
-                        read_count: None,
-                        unread_count: None,
-                        is_peer_read: None,
-                        timestamp: m.timestamp,
-                        version: Some(m.version),
-                    };
-                    match &m.target {
+                    let (read, unread) = m.receipt_counts;
+                    let receipt = match &m.target {
                         MessageTarget::Group { group_id, .. } => {
-                            receipt.group_id = Some(group_id.clone());
-                            receipt.read_count = Some(read);
-                            receipt.unread_count = Some(unread);
+                            Receipt::group(msg_id, group_id.clone(), read, unread, m.timestamp, m.version)
                         }
                         MessageTarget::C2c { peer } => {
-                            receipt.user_id = Some(peer.clone());
-                            receipt.is_peer_read = Some(read > 0);
+                            Receipt::c2c(msg_id, peer.clone(), read > 0, m.timestamp, m.version)
                         }
-                    }
+                    };
                     out.push(ReceiptChange { app, to: m.sender.clone(), receipt });
                 }
                 DirtyKey::Mark { app, reader, peer } => {
@@ -157,16 +144,7 @@ impl PartitionState {
                     if !settings.receipts_on(&app, &reader) || !settings.may_receive(&app, &peer) {
                         continue;
                     }
-                    let receipt = Receipt {
-                        msg_id: String::new(),
-                        group_id: None,
-                        user_id: Some(reader),
-                        read_count: None,
-                        unread_count: None,
-                        is_peer_read: None,
-                        timestamp: mark.read_at,
-                        version: None,
-                    };
+                    let receipt = Receipt::conversation(reader, mark.read_at);
                     out.push(ReceiptChange { app, to: peer, receipt });
                 }
                 _ => {}
@@ -251,7 +229,13 @@ impl PartitionState {
         Outcome::Applied
     }
 
-    fn message_sent(&mut self, settings: &SettingsTable, limits: &Limits, e: &MessageSent, stats: &mut FoldStats) -> Outcome {
+    fn message_sent(
+        &mut self,
+        settings: &SettingsTable,
+        limits: &Limits,
+        e: &MessageSent,
+        stats: &mut FoldStats,
+    ) -> Outcome {
         let watermark = self.watermark;
         let PartitionState { apps, dirty, held_count, pending_receipts, .. } = self;
         let app = app_entry(apps, &e.app_id);
@@ -261,7 +245,9 @@ impl PartitionState {
         }
         let (target, tracking) = match &e.conversation {
             Conversation::Group { group_id } => match app.groups.get(group_id) {
-                None => (MessageTarget::Group { group_id: group_id.clone(), audience_epoch: 0 }, Tracking::UnknownGroup),
+                None => {
+                    (MessageTarget::Group { group_id: group_id.clone(), audience_epoch: 0 }, Tracking::UnknownGroup)
+                }
                 Some(g) => {
                     let tracking = if !e.need_read_receipt {
                         Tracking::NoReceiptRequested
@@ -348,7 +334,14 @@ impl PartitionState {
         }
     }
 
-    fn hold(&mut self, limits: &Limits, e: &MessageRead, msg_id: &str, record_time: u64, stats: &mut FoldStats) -> bool {
+    fn hold(
+        &mut self,
+        limits: &Limits,
+        e: &MessageRead,
+        msg_id: &str,
+        record_time: u64,
+        stats: &mut FoldStats,
+    ) -> bool {
         if self.held_count >= limits.max_held_reads {
             // Free what has expired before refusing: the decision then depends
             // only on live held reads, so a replay decides the same way.
@@ -393,10 +386,11 @@ impl PartitionState {
         }
         let PartitionState { apps, dirty, pending_receipts, .. } = self;
         let app = app_entry(apps, app_id);
-        let mark = app
-            .marks
-            .entry((reader.to_owned(), peer.to_owned()))
-            .or_insert(Mark { read_at: 0, dirty: false, delta_pending: false });
+        let mark = app.marks.entry((reader.to_owned(), peer.to_owned())).or_insert(Mark {
+            read_at: 0,
+            dirty: false,
+            delta_pending: false,
+        });
         if read_at <= mark.read_at {
             stats.ignore(Ignored::StaleMark);
             return Outcome::Ignored;
@@ -508,22 +502,30 @@ fn read_one(
     if m.sender == reader {
         return ReadResult::Ignored(Ignored::Sender);
     }
-    let ordinal = match (&m.target, conversation) {
-        (MessageTarget::Group { group_id, audience_epoch }, Conversation::Group { group_id: g }) if group_id == g => {
-            let Some(group) = app.groups.get(group_id) else {
-                return ReadResult::Ignored(Ignored::NotInAudience);
-            };
-            match group.ordinal(reader) {
-                Some(o) if group.member_since(o, *audience_epoch) => o,
-                _ => return untracked_reason(m.tracking).unwrap_or(ReadResult::Ignored(Ignored::NotInAudience)),
-            }
-        }
-        (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) if peer == reader && *p == m.sender => 0,
-        _ => return ReadResult::Ignored(Ignored::NotInAudience),
+    let same_conversation = match (&m.target, conversation) {
+        (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => group_id == g,
+        (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => peer == reader && *p == m.sender,
+        _ => false,
     };
+    if !same_conversation {
+        return ReadResult::Ignored(Ignored::NotInAudience);
+    }
     if let Some(reason) = untracked_reason(m.tracking) {
         return reason;
     }
+    let ordinal = match &m.target {
+        MessageTarget::Group { group_id, audience_epoch } => {
+            match app
+                .groups
+                .get(group_id)
+                .and_then(|g| g.ordinal(reader).filter(|&o| g.member_since(o, *audience_epoch)))
+            {
+                Some(o) => o,
+                None => return ReadResult::Ignored(Ignored::NotInAudience),
+            }
+        }
+        MessageTarget::C2c { .. } => 0,
+    };
     let retention = u64::from(ctx.settings.retention_days(ctx.app_id)) * DAY_MS;
     if m.sent_at.saturating_add(retention) < ctx.watermark {
         return ReadResult::Ignored(Ignored::Expired);
@@ -544,17 +546,23 @@ fn read_one(
     m.visible_reads += 1;
     m.version += 1;
     m.timestamp = m.timestamp.max(read_at);
-    if let MessageTarget::Group { group_id, .. } = &m.target {
-        if let Some(group) = app.groups.get(group_id) {
-            // The new reader was eligible and unread, so a fresh cache only
-            // moves by one; a stale one is recomputed from the readers.
-            if m.unread_cache.0 == group.meta.epoch {
-                m.unread_cache.1 = m.unread_cache.1.saturating_sub(1);
-            } else {
-                m.unread_cache = (group.meta.epoch, compute_unread(group, m));
+    let unread = match &m.target {
+        MessageTarget::Group { group_id, .. } => match app.groups.get(group_id) {
+            Some(group) => {
+                // The new reader was eligible and unread, so a fresh cache only
+                // moves by one; a stale one is recomputed from the readers.
+                if m.unread_cache.0 == group.meta.epoch {
+                    m.unread_cache.1 = m.unread_cache.1.saturating_sub(1);
+                } else {
+                    m.unread_cache = (group.meta.epoch, compute_unread(group, m));
+                }
+                m.unread_cache.1
             }
-        }
-    }
+            None => 0,
+        },
+        MessageTarget::C2c { .. } => 0,
+    };
+    m.receipt_counts = (m.visible_reads, unread);
     if !m.delta_pending {
         m.delta_pending = true;
         ctx.pending_receipts.push(DirtyKey::Message { app: ctx.app_id.to_owned(), msg_id: msg_id.to_owned() });
@@ -583,11 +591,8 @@ fn compute_unread(group: &Group, m: &MessageState) -> u32 {
     if group.ordinal(&m.sender).is_some_and(|o| group.member_since(o, epoch)) {
         unread -= 1;
     }
-    let revealed_present = m
-        .readers
-        .iter()
-        .filter(|r| !r.hidden && group.member_since(r.ordinal, epoch))
-        .count() as u32;
+    let revealed_present =
+        m.readers.iter().filter(|r| !r.hidden && group.member_since(r.ordinal, epoch)).count() as u32;
     unread - revealed_present
 }
 

@@ -34,8 +34,8 @@ pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};
 pub use settings::SettingsTable;
 pub use state::{
-    DirtyKey, EntityRef, GroupMeta, HeldRead, MessageState, MessageTarget, PartitionState,
-    ReadMark, Tracking, NOT_A_MEMBER,
+    DirtyKey, EntityRef, GroupMeta, HeldRead, MessageState, MessageTarget, PartitionState, ReadMark, Tracking,
+    NOT_A_MEMBER,
 };
 pub use stats::{FoldStats, Ignored, Outcome, EVENT_KINDS};
 

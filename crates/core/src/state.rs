@@ -131,6 +131,10 @@ pub struct MessageState {
     pub readers: Vec<ReadMark>,
     /// Readers that are revealed (not hidden).
     pub visible_reads: u32,
+    /// `(read, unread)` as of the latest revealed change: what the receipt of
+    /// `version` says, fixed so that a replayed receipt is identical to the
+    /// original whatever the flush windows were.
+    pub receipt_counts: (u32, u32),
     /// (group epoch, unread) computed at that epoch; recomputed when the
     /// group's membership moves on. Derived, so never persisted.
     #[serde(skip, default = "no_cache")]
@@ -157,6 +161,7 @@ impl MessageState {
             timestamp: sent_at,
             readers: Vec::new(),
             visible_reads: 0,
+            receipt_counts: (0, 0),
             unread_cache: no_cache(),
             dirty: false,
             delta_pending: false,
@@ -165,10 +170,7 @@ impl MessageState {
 
     /// The read mark of `ordinal`, if it read.
     pub fn read_mark(&self, ordinal: u32) -> Option<&ReadMark> {
-        self.readers
-            .binary_search_by_key(&ordinal, |r| r.ordinal)
-            .ok()
-            .map(|i| &self.readers[i])
+        self.readers.binary_search_by_key(&ordinal, |r| r.ordinal).ok().map(|i| &self.readers[i])
     }
 }
 
@@ -370,11 +372,8 @@ impl PartitionState {
 
     /// Every message id of an app, sorted (for dumps and tests).
     pub fn message_ids(&self, app: &str) -> Vec<&str> {
-        let mut v: Vec<&str> = self
-            .apps
-            .get(app)
-            .map(|a| a.messages.keys().map(String::as_str).collect())
-            .unwrap_or_default();
+        let mut v: Vec<&str> =
+            self.apps.get(app).map(|a| a.messages.keys().map(String::as_str).collect()).unwrap_or_default();
         v.sort_unstable();
         v
     }
@@ -420,18 +419,16 @@ impl PartitionState {
             DirtyKey::Group { app: a, group_id } => {
                 app(a).and_then(|s| s.groups.get(group_id)).map(|g| EntityRef::Group(&g.meta))
             }
-            DirtyKey::Member { app: a, group_id, ordinal } => app(a)
-                .and_then(|s| s.groups.get(group_id))
-                .and_then(|g| {
+            DirtyKey::Member { app: a, group_id, ordinal } => {
+                app(a).and_then(|s| s.groups.get(group_id)).and_then(|g| {
                     let i = *ordinal as usize;
                     Some(EntityRef::Member(g.users.get(i)?, g.since[i]))
-                }),
-            DirtyKey::Message { app: a, msg_id } => {
-                app(a).and_then(|s| s.messages.get(msg_id)).map(EntityRef::Message)
+                })
             }
-            DirtyKey::Mark { app: a, reader, peer } => app(a)
-                .and_then(|s| s.marks.get(&(reader.clone(), peer.clone())))
-                .map(|m| EntityRef::Mark(m.read_at)),
+            DirtyKey::Message { app: a, msg_id } => app(a).and_then(|s| s.messages.get(msg_id)).map(EntityRef::Message),
+            DirtyKey::Mark { app: a, reader, peer } => {
+                app(a).and_then(|s| s.marks.get(&(reader.clone(), peer.clone()))).map(|m| EntityRef::Mark(m.read_at))
+            }
             DirtyKey::Held { app: a, msg_id } => {
                 app(a).and_then(|s| s.held.get(msg_id)).map(|h| EntityRef::Held(&h.reads))
             }

@@ -33,7 +33,11 @@ impl Rng {
     }
     /// Uniform in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
     }
     /// True with the given percent chance.
     pub fn chance(&mut self, percent: u64) -> bool {
@@ -72,6 +76,10 @@ pub struct TrafficShape {
     pub long_tail_percent: u64,
     /// Recent messages remembered as read targets.
     pub recent: usize,
+    /// Time of the first event, Unix ms; each event is 1 ms later. Default:
+    /// now, so that event times sit near record times (retention is measured
+    /// against record time).
+    pub start_ms: u64,
 }
 
 impl TrafficShape {
@@ -93,6 +101,10 @@ impl TrafficShape {
             churn_percent: 0,
             long_tail_percent: 5,
             recent: 2_000,
+            start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
         }
     }
 
@@ -123,9 +135,6 @@ pub struct Traffic {
     now: u64,
 }
 
-/// Timestamps start here (2024-11-21), one millisecond per event.
-const EPOCH_MS: u64 = 1_732_200_000_000;
-
 impl Traffic {
     /// A generator for `shape`.
     pub fn new(shape: TrafficShape) -> Self {
@@ -139,7 +148,17 @@ impl Traffic {
                 (0..size as u64).map(|k| format!("u{}", start + k)).collect()
             })
             .collect();
-        Traffic { shape, rng, groups, recent: VecDeque::new(), early: VecDeque::new(), repeats: VecDeque::new(), next_msg: 0, now: EPOCH_MS }
+        let now = shape.start_ms;
+        Traffic {
+            shape,
+            rng,
+            groups,
+            recent: VecDeque::new(),
+            early: VecDeque::new(),
+            repeats: VecDeque::new(),
+            next_msg: 0,
+            now,
+        }
     }
 
     /// The membership snapshots that start the chat.
@@ -270,7 +289,11 @@ impl Traffic {
 
     fn read(&mut self) -> Event {
         let n = self.recent.len() as u64;
-        let back = if self.rng.chance(100 - self.shape.long_tail_percent) { self.rng.below(n.min(100)) } else { self.rng.below(n) };
+        let back = if self.rng.chance(100 - self.shape.long_tail_percent) {
+            self.rng.below(n.min(100))
+        } else {
+            self.rng.below(n)
+        };
         let (msg_id, sender, conversation) = self.recent[(n - 1 - back) as usize].clone();
         let reader = match &conversation {
             Conversation::Group { group_id } => {
@@ -305,8 +328,9 @@ mod tests {
 
     #[test]
     fn same_shape_same_events_and_every_event_is_valid() {
-        let a = Traffic::new(TrafficShape::small("a1", 7)).take(20_000);
-        let b = Traffic::new(TrafficShape::small("a1", 7)).take(20_000);
+        let shape = TrafficShape { start_ms: 1_732_200_000_000, ..TrafficShape::small("a1", 7) };
+        let a = Traffic::new(shape.clone()).take(20_000);
+        let b = Traffic::new(shape).take(20_000);
         assert_eq!(a, b);
         for e in &a {
             let key = receiptd_wire::conversation_key(e);

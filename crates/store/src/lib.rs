@@ -29,7 +29,7 @@
 mod keys;
 
 use receiptd_core::{DirtyKey, EntityRef, GroupMeta, HeldRead, MessageState, PartitionState};
-use rocksdb::{BlockBasedOptions, Cache, Options, WriteBatch, WriteBufferManager, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, Cache, Options, WriteBufferManager, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -238,7 +238,9 @@ impl Store {
         let mut out = Vec::new();
         let mut next = 0i32;
         loop {
-            let mut it = self.db.iterator(rocksdb::IteratorMode::From(&keys::partition_prefix(next), rocksdb::Direction::Forward));
+            let mut it = self
+                .db
+                .iterator(rocksdb::IteratorMode::From(&keys::partition_prefix(next), rocksdb::Direction::Forward));
             let Some(item) = it.next() else { break };
             let (key, _) = item.map_err(|e| self.rocks(e))?;
             let Some(p) = keys::partition_of(&key) else { break };
@@ -257,5 +259,74 @@ impl Store {
     pub fn size_bytes(&self) -> u64 {
         let prop = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
         prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use receiptd_core::{Effects, Limits, SettingsTable};
+    use receiptd_loadgen::{Traffic, TrafficShape};
+    use receiptd_wire::{Event, GroupMembers, MembersOp};
+
+    fn fold(state: &mut PartitionState, events: &[Event]) {
+        let (settings, limits, mut fx) = (SettingsTable::default(), Limits::default(), Effects::default());
+        for (i, e) in events.iter().enumerate() {
+            state.apply(&settings, &limits, e, 1_732_200_000_000 + i as u64, &mut fx);
+        }
+    }
+
+    fn counts(state: &PartitionState) -> Vec<(String, Option<(u32, u32)>)> {
+        let mut v = Vec::new();
+        for app in state.app_ids() {
+            for m in state.message_ids(app) {
+                v.push((format!("{app}/{m}"), state.counts(app, m)));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn staged_state_and_checkpoint_reload_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let shape = TrafficShape { start_ms: 1_732_200_000_000, ..TrafficShape::small("a1", 3) };
+        let events = Traffic::new(shape).take(20_000);
+        let mut state = PartitionState::new();
+        // Flush every 1,000 events, as the worker would.
+        for (i, chunk) in events.chunks(1_000).enumerate() {
+            fold(&mut state, chunk);
+            let mut batch = WriteBatch::default();
+            store.stage(&mut batch, 3, &mut state, (i as i64 + 1) * 1_000);
+            store.write(batch).unwrap();
+        }
+        store.sync().unwrap();
+        let (loaded, checkpoint) = store.load_partition(3).unwrap();
+        assert_eq!(checkpoint, Some(Checkpoint { next_offset: 20_000 + 1_000, watermark: state.watermark() }));
+        assert!(loaded.message_count() > 1_000);
+        assert_eq!(counts(&loaded), counts(&state));
+        assert_eq!(loaded.held_count(), state.held_count());
+        assert_eq!(store.partitions().unwrap(), vec![3]);
+        assert!(store.load_partition(4).unwrap().1.is_none());
+
+        // Dismissing a group removes its header, members and messages.
+        let dismiss = Event::GroupMembers(GroupMembers {
+            app_id: "a1".into(),
+            group_id: "g0".into(),
+            op: MembersOp::Dismiss,
+            group_type: None,
+            members: vec![],
+            at: 0,
+        });
+        fold(&mut state, &[dismiss]);
+        let mut batch = WriteBatch::default();
+        store.stage(&mut batch, 3, &mut state, 21_001);
+        store.write(batch).unwrap();
+        let (loaded, _) = store.load_partition(3).unwrap();
+        assert_eq!(counts(&loaded), counts(&state));
+        assert!(loaded.group_lists("a1", "nonexistent").is_none());
+
+        store.drop_partition(3).unwrap();
+        assert!(store.partitions().unwrap().is_empty());
     }
 }

@@ -4,13 +4,13 @@
 use crate::settings::header;
 use crate::worker::Shared;
 use crate::{StreamError, WorkerConfig, DLQ_DETAIL_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
-use receiptd_core::{DeltaBuffer, Effects, PartitionState, SettingsTable};
-use receiptd_store::Store;
-use receiptd_wire::{decode_event, delta_key, ContentType, DecodeError, CONTENT_TYPE_HEADER};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use receiptd_core::{DeltaBuffer, Effects, PartitionState, SettingsTable};
+use receiptd_store::Store;
+use receiptd_wire::{decode_event, delta_key, ContentType, DecodeError, CONTENT_TYPE_HEADER};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -173,7 +173,11 @@ impl Engine {
     /// `deadline` bounds the wait for the broker; past it the flush gives up
     /// without writing, which is safe: the records are folded again after a
     /// restart or by the next owner.
-    pub(crate) fn flush(&mut self, deadline: Option<Instant>, stop: &dyn Fn() -> bool) -> Result<Option<TopicPartitionList>, StreamError> {
+    pub(crate) fn flush(
+        &mut self,
+        deadline: Option<Instant>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<TopicPartitionList>, StreamError> {
         let started = Instant::now();
         if started.duration_since(self.last_sweep) >= HELD_SWEEP_EVERY {
             self.last_sweep = started;
@@ -242,6 +246,7 @@ impl Engine {
             }
             puts += self.store.stage(&mut batch, partition, &mut owned.state, owned.next_offset);
             offsets.add_partition_offset(&self.config.topics.events, partition, Offset::Offset(owned.next_offset))?;
+            self.shared.metrics.set_next_offset(partition, owned.next_offset);
             owned.unflushed = 0;
         }
         if let Err(e) = self.store.write(batch) {
@@ -296,6 +301,7 @@ impl Engine {
                 took_ms = loading.elapsed().as_millis() as u64,
                 "partition assigned; state restored"
             );
+            self.shared.metrics.set_next_offset(partition, next_offset);
             self.partitions.insert(partition, Owned { state, next_offset, unflushed: 0 });
         }
         self.publish_assignment();
@@ -328,7 +334,7 @@ impl Engine {
     fn publish_assignment(&self) {
         let owned: Vec<i32> = self.partitions.keys().copied().collect();
         self.shared.metrics.partitions_assigned.store(owned.len() as i64, Relaxed);
-        self.shared.metrics.retain_lag(&owned);
+        self.shared.metrics.retain_partitions(&owned);
         self.shared.metrics.store_bytes.store(self.store.size_bytes() as i64, Relaxed);
     }
 
@@ -342,4 +348,3 @@ impl Engine {
         self.shared.metrics.store_bytes.store(self.store.size_bytes() as i64, Relaxed);
     }
 }
-

@@ -58,7 +58,8 @@ pub struct Metrics {
     pub store_bytes: AtomicI64,
     /// Set while the store refuses writes; the worker stops advancing.
     pub store_failed: AtomicBool,
-    lag: Mutex<BTreeMap<i32, i64>>,
+    /// partition -> (high watermark from librdkafka statistics, next offset to fold).
+    positions: Mutex<BTreeMap<i32, (i64, i64)>>,
 }
 
 impl Metrics {
@@ -112,19 +113,39 @@ impl Metrics {
         }
     }
 
-    /// Replaces the lag of one partition (from librdkafka statistics).
-    pub fn set_lag(&self, partition: i32, lag: i64) {
-        self.lag.lock().expect("metrics lock").insert(partition, lag);
+    /// Records a partition's high watermark (from librdkafka statistics).
+    pub fn set_high_watermark(&self, partition: i32, high: i64) {
+        if let Some(p) = self.positions.lock().expect("metrics lock").get_mut(&partition) {
+            p.0 = p.0.max(high);
+        }
+    }
+
+    /// Records the next offset the worker will fold for an owned partition.
+    pub fn set_next_offset(&self, partition: i32, next: i64) {
+        let mut positions = self.positions.lock().expect("metrics lock");
+        let p = positions.entry(partition).or_insert((next, next));
+        p.1 = next;
+        p.0 = p.0.max(next);
     }
 
     /// Forgets partitions no longer owned.
-    pub fn retain_lag(&self, owned: &[i32]) {
-        self.lag.lock().expect("metrics lock").retain(|p, _| owned.contains(p));
+    pub fn retain_partitions(&self, owned: &[i32]) {
+        self.positions.lock().expect("metrics lock").retain(|p, _| owned.contains(p));
+    }
+
+    /// Records behind the end of each owned partition.
+    pub fn lag(&self) -> BTreeMap<i32, i64> {
+        self.positions
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|(p, (high, next))| (*p, (high - next).max(0)))
+            .collect()
     }
 
     /// Total lag over owned partitions.
     pub fn lag_total(&self) -> i64 {
-        self.lag.lock().expect("metrics lock").values().map(|l| (*l).max(0)).sum()
+        self.lag().values().sum()
     }
 
     /// Prometheus text exposition.
@@ -139,14 +160,22 @@ impl Metrics {
         counter(&mut out, "receiptd_events_total", "Events folded, by type and outcome.");
         for (k, kind) in EVENT_KINDS.iter().enumerate() {
             for (o, outcome) in OUTCOMES.iter().enumerate() {
-                let _ = writeln!(out, "receiptd_events_total{{type=\"{kind}\",outcome=\"{outcome}\"}} {}", self.events[k][o].load(Relaxed));
+                let _ = writeln!(
+                    out,
+                    "receiptd_events_total{{type=\"{kind}\",outcome=\"{outcome}\"}} {}",
+                    self.events[k][o].load(Relaxed)
+                );
             }
         }
         counter(&mut out, "receiptd_ignored_total", "Reads and events that changed nothing, by reason.");
         for reason in Ignored::ALL {
             let _ = writeln!(out, "receiptd_ignored_total{{reason=\"{}\"}} {}", reason.as_str(), self.ignored(reason));
         }
-        counter(&mut out, "receiptd_hidden_reads_total", "Reads recorded but never revealed (private, or receipts off).");
+        counter(
+            &mut out,
+            "receiptd_hidden_reads_total",
+            "Reads recorded but never revealed (private, or receipts off).",
+        );
         let _ = writeln!(out, "receiptd_hidden_reads_total {}", self.hidden_reads.load(Relaxed));
         counter(&mut out, "receiptd_dlq_records_total", "Records sent to the DLQ, by reason.");
         for (i, reason) in DLQ_REASONS.iter().enumerate() {
@@ -154,7 +183,11 @@ impl Metrics {
         }
         for (name, help, c) in [
             ("receiptd_records_in_total", "Records read from the events topic.", &self.records_in),
-            ("receiptd_records_skipped_total", "Records of revoked partitions or below the stored offset.", &self.records_skipped),
+            (
+                "receiptd_records_skipped_total",
+                "Records of revoked partitions or below the stored offset.",
+                &self.records_skipped,
+            ),
             ("receiptd_delta_records_total", "Delta records produced.", &self.delta_records),
             ("receiptd_delta_receipts_total", "Receipts inside delta records.", &self.delta_receipts),
             ("receiptd_delta_bytes_total", "Delta payload bytes produced.", &self.delta_bytes),
@@ -169,11 +202,19 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP receiptd_flush_duration_seconds Time to produce deltas and commit one flush.\n# TYPE receiptd_flush_duration_seconds histogram");
         for (i, le) in FLUSH_BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "receiptd_flush_duration_seconds_bucket{{le=\"{le}\"}} {}", self.flush_buckets[i].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "receiptd_flush_duration_seconds_bucket{{le=\"{le}\"}} {}",
+                self.flush_buckets[i].load(Relaxed)
+            );
         }
         let flushes = self.flushes.load(Relaxed);
         let _ = writeln!(out, "receiptd_flush_duration_seconds_bucket{{le=\"+Inf\"}} {flushes}");
-        let _ = writeln!(out, "receiptd_flush_duration_seconds_sum {}", self.flush_seconds_sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "receiptd_flush_duration_seconds_sum {}",
+            self.flush_seconds_sum_us.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "receiptd_flush_duration_seconds_count {flushes}");
         for (name, help, g) in [
             ("receiptd_messages_tracked", "Messages with receipt state in owned partitions.", &self.messages_tracked),
@@ -187,7 +228,7 @@ impl Metrics {
         gauge(&mut out, "receiptd_store_failed", "1 while the store refuses writes.");
         let _ = writeln!(out, "receiptd_store_failed {}", self.store_failed.load(Relaxed) as u8);
         gauge(&mut out, "receiptd_consumer_lag", "Records behind the partition's end, per owned partition.");
-        for (p, lag) in self.lag.lock().expect("metrics lock").iter() {
+        for (p, lag) in self.lag() {
             let _ = writeln!(out, "receiptd_consumer_lag{{partition=\"{p}\"}} {lag}");
         }
         out

@@ -3,11 +3,11 @@
 //! any event, then follows them live.
 
 use crate::{Shared, StreamError, WorkerConfig};
-use receiptd_core::SettingsTable;
-use receiptd_wire::{decode_setting, ContentType, DecodeError, CONTENT_TYPE_HEADER};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use receiptd_core::SettingsTable;
+use receiptd_wire::{decode_setting, ContentType, DecodeError, CONTENT_TYPE_HEADER};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,9 @@ impl SettingsReader {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.brokers)
+            // librdkafka wants a group even for manual assignment; this one
+            // never subscribes and never commits.
+            .set("group.id", format!("{}.settings-reader", config.group_id))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false");

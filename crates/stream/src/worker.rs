@@ -4,13 +4,13 @@
 use crate::engine::{DeliveryContext, Engine};
 use crate::settings::SettingsReader;
 use crate::{Metrics, StreamError};
-use receiptd_core::{Limits, SettingsTable};
-use receiptd_store::Store;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::producer::BaseProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use receiptd_core::{Limits, SettingsTable};
+use receiptd_store::Store;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -103,8 +103,8 @@ impl ClientContext for WorkerContext {
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.config.topics.events) {
             for (p, s) in &topic.partitions {
-                if *p >= 0 && s.consumer_lag >= 0 {
-                    self.shared.metrics.set_lag(*p, s.consumer_lag);
+                if *p >= 0 && s.hi_offset >= 0 {
+                    self.shared.metrics.set_high_watermark(*p, s.hi_offset);
                 }
             }
         }
@@ -114,7 +114,7 @@ impl ClientContext for WorkerContext {
 impl ConsumerContext for WorkerContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         self.shared.rebalances.fetch_add(1, Relaxed);
-        let cooperative = consumer.rebalance_protocol() == RebalanceProtocol::Cooperative;
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let mut guard = self.engine.lock().expect("engine lock");
         let Some(engine) = guard.as_mut() else { return };
         match err {
@@ -166,13 +166,23 @@ fn client_config(config: &WorkerConfig) -> ClientConfig {
 
 /// Runs a worker on the calling thread until `stop` is set (then flushes,
 /// checkpoints and closes the consumer) or a fatal error occurs.
-pub fn run(config: WorkerConfig, store: Arc<Store>, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Result<(), StreamError> {
+pub fn run(
+    config: WorkerConfig,
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), StreamError> {
     let result = run_inner(config, store, &shared, &stop);
     shared.stopped.store(true, Relaxed);
     result
 }
 
-fn run_inner(config: WorkerConfig, store: Arc<Store>, shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Result<(), StreamError> {
+fn run_inner(
+    config: WorkerConfig,
+    store: Arc<Store>,
+    shared: &Arc<Shared>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), StreamError> {
     let config = Arc::new(config);
     let producer: BaseProducer<DeliveryContext> = client_config(&config)
         .set("enable.idempotence", "true")
@@ -189,7 +199,12 @@ fn run_inner(config: WorkerConfig, store: Arc<Store>, shared: &Arc<Shared>, stop
     shared.settings_loaded.store(true, Relaxed);
 
     let engine = Arc::new(Mutex::new(Some(engine)));
-    let context = WorkerContext { engine: engine.clone(), shared: shared.clone(), config: config.clone(), fatal: Mutex::new(None) };
+    let context = WorkerContext {
+        engine: engine.clone(),
+        shared: shared.clone(),
+        config: config.clone(),
+        fatal: Mutex::new(None),
+    };
     let mut consumer_config = client_config(&config);
     consumer_config
         .set("group.id", &config.group_id)
@@ -300,7 +315,8 @@ fn close(consumer: &BaseConsumer<WorkerContext>) {
 
 fn ensure_topic<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Result<(), StreamError> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-    let exists = metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    let exists =
+        metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
     if exists {
         Ok(())
     } else {

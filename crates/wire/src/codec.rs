@@ -1,8 +1,8 @@
 //! Record bytes to contract types, with validation and stable reason codes.
 
 use crate::{
-    conversation_key, settings_key, Conversation, Event, MembersOp, Setting, MAX_ID_BYTES,
-    MAX_MEMBERS_PER_EVENT, MAX_MSG_IDS_PER_READ, MAX_RECORD_BYTES,
+    conversation_key, settings_key, Conversation, Event, MembersOp, Setting, MAX_ID_BYTES, MAX_MEMBERS_PER_EVENT,
+    MAX_MSG_IDS_PER_READ, MAX_RECORD_BYTES,
 };
 
 /// The record header that selects the encoding.
@@ -102,18 +102,13 @@ fn decode_bytes<T: serde::de::DeserializeOwned>(
         return Err(DecodeError::TooLarge(payload.len()));
     }
     match content_type {
-        ContentType::Json => {
-            serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))
-        }
+        ContentType::Json => serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string())),
         ContentType::Bincode => {
             let config = bincode::config::standard().with_limit::<BINCODE_LIMIT>();
             let (value, used) = bincode::serde::decode_from_slice(payload, config)
                 .map_err(|e| DecodeError::Malformed(e.to_string()))?;
             if used != payload.len() {
-                return Err(DecodeError::Malformed(format!(
-                    "{} trailing bytes after the event",
-                    payload.len() - used
-                )));
+                return Err(DecodeError::Malformed(format!("{} trailing bytes after the event", payload.len() - used)));
             }
             Ok(value)
         }
@@ -211,10 +206,7 @@ fn validate_event(event: &Event) -> Result<(), DecodeError> {
             if e.members.len() > MAX_MEMBERS_PER_EVENT {
                 return Err(DecodeError::InvalidField {
                     field: "members",
-                    problem: format!(
-                        "{} members, more than {MAX_MEMBERS_PER_EVENT} in one record",
-                        e.members.len()
-                    ),
+                    problem: format!("{} members, more than {MAX_MEMBERS_PER_EVENT} in one record", e.members.len()),
                 });
             }
             for m in &e.members {
@@ -238,10 +230,7 @@ fn validate_event(event: &Event) -> Result<(), DecodeError> {
             if e.msg_ids.is_empty() || e.msg_ids.len() > MAX_MSG_IDS_PER_READ {
                 return Err(DecodeError::InvalidField {
                     field: "msg_ids",
-                    problem: format!(
-                        "{} ids; one report names 1 to {MAX_MSG_IDS_PER_READ}",
-                        e.msg_ids.len()
-                    ),
+                    problem: format!("{} ids; one report names 1 to {MAX_MSG_IDS_PER_READ}", e.msg_ids.len()),
                 });
             }
             for m in &e.msg_ids {
@@ -300,15 +289,9 @@ mod tests {
                 .unwrap_or_else(|err| panic!("{json}: {err}"));
             // JSON round trip and bincode round trip give the same event.
             let again = serde_json::to_vec(&e).unwrap();
-            assert_eq!(
-                decode_event(Some(key.as_bytes()), Some(&again), ContentType::Json).unwrap(),
-                e
-            );
+            assert_eq!(decode_event(Some(key.as_bytes()), Some(&again), ContentType::Json).unwrap(), e);
             let bin = encode_event_bincode(&e);
-            assert_eq!(
-                decode_event(Some(key.as_bytes()), Some(&bin), ContentType::Bincode).unwrap(),
-                e
-            );
+            assert_eq!(decode_event(Some(key.as_bytes()), Some(&bin), ContentType::Bincode).unwrap(), e);
         }
         for (key, json) in [
             (
@@ -320,24 +303,16 @@ mod tests {
                 r#"{"type":"user_settings","app_id":"a1","user":"bob","read_receipts":false,"at":1732200000000}"#,
             ),
         ] {
-            let s = decode_setting(Some(key.as_bytes()), Some(json.as_bytes()), ContentType::Json)
-                .unwrap();
+            let s = decode_setting(Some(key.as_bytes()), Some(json.as_bytes()), ContentType::Json).unwrap();
             let bin = encode_setting_bincode(&s);
-            assert_eq!(
-                decode_setting(Some(key.as_bytes()), Some(&bin), ContentType::Bincode).unwrap(),
-                s
-            );
+            assert_eq!(decode_setting(Some(key.as_bytes()), Some(&bin), ContentType::Bincode).unwrap(), s);
         }
     }
 
     #[test]
     fn app_config_fields_default() {
-        let s = decode_setting(
-            Some(b"a1/config"),
-            Some(br#"{"type":"app_config","app_id":"a1"}"#),
-            ContentType::Json,
-        )
-        .unwrap();
+        let s = decode_setting(Some(b"a1/config"), Some(br#"{"type":"app_config","app_id":"a1"}"#), ContentType::Json)
+            .unwrap();
         assert_eq!(s, Setting::AppConfig(crate::AppConfig::defaults("a1")));
     }
 
@@ -361,12 +336,10 @@ mod tests {
             serde_json::to_string(&ids).unwrap()
         );
         assert_eq!(reason(k, too_many.as_bytes(), ContentType::Json), "invalid_field");
-        let snapshot_without_type = r#"{"type":"group_members","app_id":"a1","group_id":"g1","op":"snapshot","members":[],"at":1}"#;
+        let snapshot_without_type =
+            r#"{"type":"group_members","app_id":"a1","group_id":"g1","op":"snapshot","members":[],"at":1}"#;
         assert_eq!(reason(k, snapshot_without_type.as_bytes(), ContentType::Json), "invalid_field");
-        assert_eq!(
-            ContentType::from_header(Some(b"text/xml")).unwrap_err().reason(),
-            "unsupported_content_type"
-        );
+        assert_eq!(ContentType::from_header(Some(b"text/xml")).unwrap_err().reason(), "unsupported_content_type");
         assert_eq!(ContentType::from_header(Some(b"application/bincode")).unwrap(), ContentType::Bincode);
     }
 

@@ -44,3 +44,48 @@ pub struct Receipt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
 }
+
+impl Receipt {
+    /// A group message's receipt: absolute counts and version.
+    pub fn group(msg_id: String, group_id: String, read: u32, unread: u32, timestamp: u64, version: u64) -> Self {
+        Receipt {
+            msg_id,
+            group_id: Some(group_id),
+            user_id: None,
+            read_count: Some(read),
+            unread_count: Some(unread),
+            is_peer_read: None,
+            timestamp,
+            version: Some(version),
+        }
+    }
+
+    /// A C2C message's receipt: whether the peer read it, and version.
+    pub fn c2c(msg_id: String, peer: String, is_peer_read: bool, timestamp: u64, version: u64) -> Self {
+        Receipt {
+            msg_id,
+            group_id: None,
+            user_id: Some(peer),
+            read_count: None,
+            unread_count: None,
+            is_peer_read: Some(is_peer_read),
+            timestamp,
+            version: Some(version),
+        }
+    }
+
+    /// A C2C conversation-level receipt (`markC2CMessageAsRead`): `msg_id`
+    /// empty, the reader and the read mark.
+    pub fn conversation(reader: String, timestamp: u64) -> Self {
+        Receipt {
+            msg_id: String::new(),
+            group_id: None,
+            user_id: Some(reader),
+            read_count: None,
+            unread_count: None,
+            is_peer_read: None,
+            timestamp,
+            version: None,
+        }
+    }
+}

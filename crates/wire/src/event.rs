@@ -331,9 +331,7 @@ impl Serialize for Conversation {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Conversation::C2c { peer } => ConversationForm::C2c(C2cFields { peer: peer.clone() }),
-            Conversation::Group { group_id } => {
-                ConversationForm::Group(GroupFields { group_id: group_id.clone() })
-            }
+            Conversation::Group { group_id } => ConversationForm::Group(GroupFields { group_id: group_id.clone() }),
         }
         .serialize(s)
     }

@@ -16,11 +16,7 @@ pub fn conversation_key(event: &Event) -> String {
     match conversation {
         Conversation::Group { group_id } => group_key(app, group_id),
         Conversation::C2c { peer } => {
-            let (low, high) = if actor.as_bytes() <= peer.as_bytes() {
-                (actor, peer)
-            } else {
-                (peer, actor)
-            };
+            let (low, high) = if actor.as_bytes() <= peer.as_bytes() { (actor, peer) } else { (peer, actor) };
             format!("{app}/c2c/{low}/{high}")
         }
     }

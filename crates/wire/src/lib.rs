@@ -24,13 +24,13 @@ mod event;
 mod keys;
 
 pub use codec::{
-    decode_event, decode_setting, encode_event_bincode, encode_setting_bincode, ContentType,
-    DecodeError, BINCODE_CONTENT_TYPE, CONTENT_TYPE_HEADER,
+    decode_event, decode_setting, encode_event_bincode, encode_setting_bincode, ContentType, DecodeError,
+    BINCODE_CONTENT_TYPE, CONTENT_TYPE_HEADER,
 };
 pub use delta::{DeltaRecord, Receipt};
 pub use event::{
-    AppConfig, Conversation, ConversationRead, Event, GroupMembers, GroupType, MembersOp,
-    MessageRead, MessageRevoked, MessageSent, Setting, UserSettings,
+    AppConfig, Conversation, ConversationRead, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageRevoked,
+    MessageSent, Setting, UserSettings,
 };
 pub use keys::{conversation_key, delta_key, settings_key};
 
