@@ -1,7 +1,7 @@
 //! `receiptd inspect`: the folded state of a store as canonical JSON (sorted,
 //! stable), so two stores can be compared with `diff`.
 
-use receiptd_core::{MessageTarget, PartitionState};
+use receiptd_core::{MessageTarget, PartitionState, SettingsTable};
 use receiptd_store::Store;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -35,13 +35,16 @@ pub fn dump(store: &Store) -> anyhow::Result<Value> {
 }
 
 fn collect(state: &PartitionState, messages: &mut Vec<Value>, marks: &mut Vec<Value>) {
+    // The state as folded: privacy settings of today are applied by queries,
+    // not by this dump.
+    let settings = SettingsTable::default();
     for app in state.app_ids() {
         for msg_id in state.message_ids(app) {
             let m = state.message(app, msg_id).expect("listed");
-            let (read, unread) = state.counts(app, msg_id).unwrap_or((0, 0));
+            let (read, unread) = state.counts(&settings, app, msg_id).unwrap_or((0, 0));
             let (conversation, readers) = match &m.target {
                 MessageTarget::Group { group_id, .. } => {
-                    let (r, _) = state.group_lists(app, msg_id).unwrap_or_default();
+                    let (r, _) = state.group_lists(&settings, app, msg_id).unwrap_or_default();
                     let mut readers: Vec<String> = r.into_iter().map(|(u, _)| u).collect();
                     readers.sort();
                     (json!({"type": "group", "group_id": group_id}), readers)

@@ -107,6 +107,27 @@ impl PartitionState {
         }
     }
 
+    /// Drops messages past their app's retention (counted from `sent_at`, in
+    /// record time), oldest first, without scanning: each app keeps its
+    /// messages in a heap by send time. Storage deletes what this drops.
+    pub fn expire_messages(&mut self, settings: &SettingsTable, fx: &mut Effects) {
+        let PartitionState { apps, watermark, dirty, .. } = self;
+        for (app_id, app) in apps.iter_mut() {
+            let retention = retention_ms(settings, app_id);
+            while let Some(std::cmp::Reverse((sent_at, _))) = app.by_sent_at.peek() {
+                if sent_at.saturating_add(retention) >= *watermark {
+                    break;
+                }
+                let std::cmp::Reverse((sent_at, msg_id)) = app.by_sent_at.pop().expect("peeked");
+                if app.messages.get(&msg_id).is_some_and(|m| m.sent_at == sent_at) {
+                    app.messages.remove(&msg_id);
+                    fx.stats.expired_messages += 1;
+                    dirty.push(DirtyKey::Message { app: app_id.clone(), msg_id });
+                }
+            }
+        }
+    }
+
     /// Takes the receipts of every message and read mark whose revealed state
     /// changed since the last call: one per message, with its latest counts.
     /// Receipts for users who may not receive them (reciprocal privacy) are
@@ -243,6 +264,11 @@ impl PartitionState {
             stats.ignore(Ignored::DuplicateMessage);
             return Outcome::Ignored;
         }
+        if e.sent_at.saturating_add(retention_ms(settings, &e.app_id)) < watermark {
+            // Already past retention when it arrives: never tracked.
+            stats.ignore(Ignored::Expired);
+            return Outcome::Ignored;
+        }
         let (target, tracking) = match &e.conversation {
             Conversation::Group { group_id } => match app.groups.get(group_id) {
                 None => {
@@ -273,6 +299,7 @@ impl PartitionState {
         let mut message = MessageState::new(e.sender.clone(), target, e.sent_at, tracking);
         message.dirty = true;
         dirty.push(DirtyKey::Message { app: e.app_id.clone(), msg_id: e.msg_id.clone() });
+        app.by_sent_at.push(std::cmp::Reverse((e.sent_at, e.msg_id.clone())));
         app.messages.insert(e.msg_id.clone(), message);
 
         // Reads that came first are applied now, in their arrival order.
@@ -446,6 +473,10 @@ impl PartitionState {
     }
 }
 
+fn retention_ms(settings: &SettingsTable, app_id: &str) -> u64 {
+    u64::from(settings.retention_days(app_id)) * DAY_MS
+}
+
 fn app_entry<'a>(apps: &'a mut rustc_hash::FxHashMap<String, AppState>, app: &str) -> &'a mut AppState {
     if !apps.contains_key(app) {
         apps.insert(app.to_owned(), AppState::default());
@@ -526,8 +557,7 @@ fn read_one(
         }
         MessageTarget::C2c { .. } => 0,
     };
-    let retention = u64::from(ctx.settings.retention_days(ctx.app_id)) * DAY_MS;
-    if m.sent_at.saturating_add(retention) < ctx.watermark {
+    if m.sent_at.saturating_add(retention_ms(ctx.settings, ctx.app_id)) < ctx.watermark {
         return ReadResult::Ignored(Ignored::Expired);
     }
     let slot = match m.readers.binary_search_by_key(&ordinal, |r| r.ordinal) {
@@ -546,7 +576,7 @@ fn read_one(
     m.visible_reads += 1;
     m.version += 1;
     m.timestamp = m.timestamp.max(read_at);
-    let unread = match &m.target {
+    m.receipt_counts = match &m.target {
         MessageTarget::Group { group_id, .. } => match app.groups.get(group_id) {
             Some(group) => {
                 // The new reader was eligible and unread, so a fresh cache only
@@ -554,15 +584,14 @@ fn read_one(
                 if m.unread_cache.0 == group.meta.epoch {
                     m.unread_cache.1 = m.unread_cache.1.saturating_sub(1);
                 } else {
-                    m.unread_cache = (group.meta.epoch, compute_unread(group, m));
+                    m.unread_cache = (group.meta.epoch, compute_unread(ctx.settings, ctx.app_id, group, m));
                 }
-                m.unread_cache.1
+                group_counts(ctx.settings, ctx.app_id, group, m)
             }
-            None => 0,
+            None => (m.visible_reads, 0),
         },
-        MessageTarget::C2c { .. } => 0,
+        MessageTarget::C2c { .. } => (1, 0),
     };
-    m.receipt_counts = (m.visible_reads, unread);
     if !m.delta_pending {
         m.delta_pending = true;
         ctx.pending_receipts.push(DirtyKey::Message { app: ctx.app_id.to_owned(), msg_id: msg_id.to_owned() });
@@ -582,31 +611,57 @@ fn untracked_reason(tracking: Tracking) -> Option<ReadResult> {
     Some(ReadResult::Ignored(reason))
 }
 
-/// Eligible members who have not been revealed as readers: members since the
-/// audience epoch, minus the sender, minus revealed readers still members.
-fn compute_unread(group: &Group, m: &MessageState) -> u32 {
+/// Whether a reader is revealed now: not hidden at read time, and the reader's
+/// receipts are on today (a user with receipts off is never revealed).
+fn revealed_now(settings: &SettingsTable, app_id: &str, group: &Group, r: &ReadMark) -> bool {
+    !r.hidden && settings.receipts_on(app_id, &group.users[r.ordinal as usize])
+}
+
+/// Eligible members not revealed as readers: members since the audience
+/// epoch, minus the sender, minus revealed readers still members.
+fn compute_unread(settings: &SettingsTable, app_id: &str, group: &Group, m: &MessageState) -> u32 {
     let MessageTarget::Group { audience_epoch, .. } = &m.target else { return 0 };
     let epoch = *audience_epoch;
     let mut unread = group.eligible(epoch);
     if group.ordinal(&m.sender).is_some_and(|o| group.member_since(o, epoch)) {
         unread -= 1;
     }
-    let revealed_present =
-        m.readers.iter().filter(|r| !r.hidden && group.member_since(r.ordinal, epoch)).count() as u32;
+    let revealed_present = m
+        .readers
+        .iter()
+        .filter(|r| group.member_since(r.ordinal, epoch) && revealed_now(settings, app_id, group, r))
+        .count() as u32;
     unread - revealed_present
 }
 
-/// `(read, unread)` of a message as the sender may see them.
-pub(crate) fn counts(app: &AppState, m: &MessageState) -> (u32, u32) {
+/// `(read, unread)` of a message as its sender may see them now.
+pub(crate) fn counts(settings: &SettingsTable, app_id: &str, app: &AppState, m: &MessageState) -> (u32, u32) {
     if m.tracking != Tracking::Tracked {
         return (0, 0);
     }
     match &m.target {
-        MessageTarget::C2c { .. } => (m.visible_reads, 1 - m.visible_reads.min(1)),
+        MessageTarget::C2c { peer } => {
+            let read = u32::from(m.visible_reads > 0 && settings.receipts_on(app_id, peer));
+            (read, 1 - read)
+        }
         MessageTarget::Group { group_id, .. } => match app.groups.get(group_id) {
-            None => (m.visible_reads, 0),
-            Some(group) if m.unread_cache.0 == group.meta.epoch => (m.visible_reads, m.unread_cache.1),
-            Some(group) => (m.visible_reads, compute_unread(group, m)),
+            None => (0, 0),
+            Some(group) => group_counts(settings, app_id, group, m),
         },
     }
+}
+
+fn group_counts(settings: &SettingsTable, app_id: &str, group: &Group, m: &MessageState) -> (u32, u32) {
+    if !settings.anyone_off(app_id) {
+        // The common case: every revealed read counts, and the unread count
+        // is cached per membership epoch.
+        let unread = if m.unread_cache.0 == group.meta.epoch {
+            m.unread_cache.1
+        } else {
+            compute_unread(settings, app_id, group, m)
+        };
+        return (m.visible_reads, unread);
+    }
+    let read = m.readers.iter().filter(|r| revealed_now(settings, app_id, group, r)).count() as u32;
+    (read, compute_unread(settings, app_id, group, m))
 }

@@ -54,6 +54,12 @@ impl SettingsTable {
         self.apps.get(app).map_or(30, |c| c.retention_days)
     }
 
+    /// Whether any user of the app has receipts off (the fold's fast path
+    /// needs none to be).
+    pub fn anyone_off(&self, app: &str) -> bool {
+        self.receipts_off.get(app).is_some_and(|off| !off.is_empty())
+    }
+
     /// Whether the user's reads may be revealed.
     pub fn receipts_on(&self, app: &str, user: &str) -> bool {
         self.receipts_off.get(app).is_none_or(|off| !off.contains(user))

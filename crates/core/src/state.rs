@@ -210,6 +210,9 @@ pub(crate) struct AppState {
     /// (reader, peer) -> the reader's conversation-read mark.
     pub(crate) marks: FxHashMap<(String, String), Mark>,
     pub(crate) held: FxHashMap<String, HeldList>,
+    /// Messages by send time, oldest first: retention pops from the top
+    /// instead of scanning. Entries of messages gone already are skipped.
+    pub(crate) by_sent_at: std::collections::BinaryHeap<std::cmp::Reverse<(u64, String)>>,
 }
 
 /// The key of an entity that changed since the last [`PartitionState::take_dirty`].
@@ -318,29 +321,39 @@ impl PartitionState {
 
     /// Read and unread counts of a message: `(read, unread)`. For C2C,
     /// `unread` is 1 until the peer's read is revealed.
-    pub fn counts(&self, app: &str, msg_id: &str) -> Option<(u32, u32)> {
+    pub fn counts(&self, settings: &crate::SettingsTable, app: &str, msg_id: &str) -> Option<(u32, u32)> {
         let app_state = self.apps.get(app)?;
         let m = app_state.messages.get(msg_id)?;
-        Some(crate::fold::counts(app_state, m))
+        Some(crate::fold::counts(settings, app, app_state, m))
     }
 
     /// Users who read a group message and are revealed, with `read_at`, in
     /// ordinal order; and the members still counted unread, in ordinal order.
-    pub fn group_lists(&self, app: &str, msg_id: &str) -> Option<(Vec<(String, u64)>, Vec<String>)> {
+    /// A reader whose receipts are off now is listed unread.
+    pub fn group_lists(
+        &self,
+        settings: &crate::SettingsTable,
+        app: &str,
+        msg_id: &str,
+    ) -> Option<(Vec<(String, u64)>, Vec<String>)> {
         let app_state = self.apps.get(app)?;
         let m = app_state.messages.get(msg_id)?;
         let MessageTarget::Group { group_id, audience_epoch } = &m.target else { return None };
         let group = app_state.groups.get(group_id)?;
+        if m.tracking != Tracking::Tracked {
+            return None;
+        }
+        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, &group.users[r.ordinal as usize]);
         let read = m
             .readers
             .iter()
-            .filter(|r| !r.hidden)
+            .filter(|r| revealed(r))
             .map(|r| (group.users[r.ordinal as usize].clone(), r.read_at))
             .collect();
         let sender = group.ordinal(&m.sender);
         let unread = (0..group.users.len() as u32)
             .filter(|&o| group.member_since(o, *audience_epoch) && Some(o) != sender)
-            .filter(|&o| m.read_mark(o).is_none_or(|r| r.hidden))
+            .filter(|&o| m.read_mark(o).is_none_or(|r| !revealed(r)))
             .map(|o| group.users[o as usize].clone())
             .collect();
         Some((read, unread))
@@ -463,7 +476,9 @@ impl PartitionState {
 
     /// Restores a message.
     pub fn restore_message(&mut self, app: &str, msg_id: &str, message: MessageState) {
-        self.app_mut(app).messages.insert(msg_id.to_owned(), message);
+        let app = self.app_mut(app);
+        app.by_sent_at.push(std::cmp::Reverse((message.sent_at, msg_id.to_owned())));
+        app.messages.insert(msg_id.to_owned(), message);
     }
 
     /// Restores a conversation read mark.

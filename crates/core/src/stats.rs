@@ -98,6 +98,8 @@ pub struct FoldStats {
     pub ignored: [u64; 14],
     /// Reads that were recorded but hidden (private, or receipts off).
     pub hidden_reads: u64,
+    /// Messages dropped by retention.
+    pub expired_messages: u64,
 }
 
 impl FoldStats {
@@ -125,5 +127,6 @@ impl FoldStats {
             *x += y;
         }
         self.hidden_reads += other.hidden_reads;
+        self.expired_messages += other.expired_messages;
     }
 }

@@ -20,7 +20,7 @@ impl Harness {
             settings: SettingsTable::default(),
             limits: Limits::default(),
             fx: Effects::default(),
-            clock: 1_000_000,
+            clock: 1_732_200_000_000,
         }
     }
 
@@ -71,7 +71,7 @@ impl Harness {
     }
 
     fn counts(&self, msg: &str) -> (u32, u32) {
-        self.state.counts(APP, msg).expect("message known")
+        self.state.counts(&self.settings, APP, msg).expect("message known")
     }
 
     fn ignored(&self, reason: Ignored) -> u64 {
@@ -144,7 +144,7 @@ fn snapshot_replaces_the_member_set() {
     assert_eq!(h.counts("m1"), (0, 2));
     h.read_group("bob", "g1", &["m1"]);
     assert_eq!(h.ignored(Ignored::NotInAudience), 1);
-    let (read, unread) = h.state.group_lists(APP, "m1").unwrap();
+    let (read, unread) = h.state.group_lists(&h.settings, APP, "m1").unwrap();
     assert!(read.is_empty());
     assert_eq!(unread, vec!["carol".to_string(), "zed".to_string()]);
 }
@@ -300,7 +300,7 @@ fn apps_are_isolated() {
     }));
     assert_eq!(h.counts("m1"), (0, 1));
     assert_eq!(h.state.held_count(), 1);
-    assert!(h.state.counts("a2", "m1").is_none());
+    assert!(h.state.counts(&h.settings, "a2", "m1").is_none());
 }
 
 #[test]
@@ -405,8 +405,8 @@ fn persisted_entities_restore_to_the_same_state() {
         }
     }
     restored.finish_restore();
-    assert_eq!(restored.counts(APP, "m1"), h.state.counts(APP, "m1"));
-    assert_eq!(restored.group_lists(APP, "m1"), h.state.group_lists(APP, "m1"));
+    assert_eq!(restored.counts(&h.settings, APP, "m1"), h.state.counts(&h.settings, APP, "m1"));
+    assert_eq!(restored.group_lists(&h.settings, APP, "m1"), h.state.group_lists(&h.settings, APP, "m1"));
     assert_eq!(restored.held_count(), 1);
     assert_eq!(restored.mark(APP, "bob", "alice"), Some(9));
     // Folding on from the restored state behaves like the original.
@@ -447,4 +447,106 @@ fn a_receipt_is_fixed_by_its_version_whatever_the_flush_window() {
     };
     assert_eq!(run(true), run(false));
     assert_eq!(run(true)[0].receipts[0].unread_count, Some(2));
+}
+
+#[test]
+fn retention_drops_old_messages_and_never_tracks_late_ones() {
+    let mut h = Harness::new();
+    h.settings.apply(Setting::AppConfig(AppConfig { retention_days: 1, ..AppConfig::defaults(APP) }));
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);
+    h.send_group("m1", "alice", "g1");
+    h.clock += 2 * 86_400_000;
+    // A read two days later: past retention, changes nothing.
+    h.read_group("bob", "g1", &["m1"]);
+    assert_eq!(h.ignored(Ignored::Expired), 1);
+    // A message arriving with a send time already past retention.
+    h.apply(Event::MessageSent(MessageSent {
+        app_id: APP.into(),
+        msg_id: "m2".into(),
+        sender: "alice".into(),
+        conversation: Conversation::Group { group_id: "g1".into() },
+        need_read_receipt: true,
+        sent_at: h.clock - 3 * 86_400_000,
+    }));
+    assert!(h.state.message(APP, "m2").is_none());
+    assert_eq!(h.ignored(Ignored::Expired), 2);
+    h.send_group("m3", "alice", "g1");
+    h.state.take_dirty();
+    h.state.expire_messages(&h.settings, &mut h.fx);
+    assert!(h.state.message(APP, "m1").is_none());
+    assert!(h.state.message(APP, "m3").is_some());
+    assert_eq!(h.fx.stats.expired_messages, 1);
+    assert_eq!(h.state.take_dirty(), vec![DirtyKey::Message { app: APP.into(), msg_id: "m1".into() }]);
+}
+
+fn receipts_switch(h: &mut Harness, user: &str, on: bool) {
+    h.settings.apply(Setting::UserSettings(UserSettings {
+        app_id: APP.into(),
+        user: user.into(),
+        read_receipts: on,
+        at: 0,
+    }));
+}
+
+#[test]
+fn a_user_with_receipts_off_is_never_revealed_and_such_reads_stay_hidden() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
+    h.send_group("m1", "alice", "g1");
+    h.read_group("carol", "g1", &["m1"]);
+    receipts_switch(&mut h, "bob", false);
+    h.read_group("bob", "g1", &["m1"]);
+    assert_eq!(h.counts("m1"), (1, 2), "bob's read is hidden: he counts as unread");
+    let deltas = h.receipts();
+    assert_eq!(deltas[0].receipts[0].read_count, Some(1));
+    // Turned back on: the read made while off stays hidden.
+    receipts_switch(&mut h, "bob", true);
+    assert_eq!(h.counts("m1"), (1, 2));
+    let (read, unread) = h.state.group_lists(&h.settings, APP, "m1").unwrap();
+    assert_eq!(read.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), ["carol"]);
+    assert_eq!(unread, ["bob", "dave"]);
+    // A read made in public is hidden while its reader has receipts off.
+    receipts_switch(&mut h, "carol", false);
+    assert_eq!(h.counts("m1"), (0, 3));
+    assert_eq!(h.state.group_lists(&h.settings, APP, "m1").unwrap().0, vec![]);
+}
+
+#[test]
+fn with_reciprocal_privacy_a_user_with_receipts_off_gets_no_receipts() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob"]);
+    h.send_group("m1", "alice", "g1");
+    receipts_switch(&mut h, "alice", false);
+    h.read_group("bob", "g1", &["m1"]);
+    assert!(h.receipts().is_empty());
+    // Without reciprocity, she would get them.
+    h.settings.apply(Setting::AppConfig(AppConfig { reciprocal_privacy: false, ..AppConfig::defaults(APP) }));
+    h.send_group("m2", "alice", "g1");
+    h.read_group("bob", "g1", &["m2"]);
+    assert_eq!(h.receipts().len(), 1);
+}
+
+#[test]
+fn group_types_without_receipts_are_not_tracked() {
+    let mut h = Harness::new();
+    h.apply(Event::GroupMembers(GroupMembers {
+        app_id: APP.into(),
+        group_id: "room".into(),
+        op: MembersOp::Snapshot,
+        group_type: Some(GroupType::AVChatRoom),
+        members: vec!["alice".into(), "bob".into()],
+        at: 0,
+    }));
+    h.send_group("m1", "alice", "room");
+    h.read_group("bob", "room", &["m1"]);
+    assert_eq!(h.ignored(Ignored::GroupTypeDisabled), 1);
+    assert_eq!(h.counts("m1"), (0, 0));
+    // Every type may be enabled.
+    h.settings.apply(Setting::AppConfig(AppConfig {
+        group_receipt_types: vec![GroupType::AVChatRoom],
+        ..AppConfig::defaults(APP)
+    }));
+    h.send_group("m2", "alice", "room");
+    h.read_group("bob", "room", &["m2"]);
+    assert_eq!(h.counts("m2"), (1, 0));
 }

@@ -280,7 +280,7 @@ mod tests {
         let mut v = Vec::new();
         for app in state.app_ids() {
             for m in state.message_ids(app) {
-                v.push((format!("{app}/{m}"), state.counts(app, m)));
+                v.push((format!("{app}/{m}"), state.counts(&SettingsTable::default(), app, m)));
             }
         }
         v
@@ -324,7 +324,7 @@ mod tests {
         store.write(batch).unwrap();
         let (loaded, _) = store.load_partition(3).unwrap();
         assert_eq!(counts(&loaded), counts(&state));
-        assert!(loaded.group_lists("a1", "nonexistent").is_none());
+        assert!(loaded.group_lists(&SettingsTable::default(), "a1", "nonexistent").is_none());
 
         store.drop_partition(3).unwrap();
         assert!(store.partitions().unwrap().is_empty());

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 /// Most receipts in one delta record; a recipient with more in one flush gets
 /// several records, so no record nears the broker's size limit.
 const MAX_RECEIPTS_PER_RECORD: usize = 500;
-/// How often held reads past their window are swept.
+/// How often held reads past their window, and messages past retention, are swept.
 const HELD_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Counts deliveries the broker refused for good.
@@ -183,6 +183,7 @@ impl Engine {
             self.last_sweep = started;
             for owned in self.partitions.values_mut() {
                 owned.state.expire_held(&self.config.limits, &mut self.fx);
+                owned.state.expire_messages(&self.settings, &mut self.fx);
             }
         }
         self.shared.metrics.add_fold(&std::mem::take(&mut self.fx).stats);

@@ -22,6 +22,7 @@ pub struct Metrics {
     events: [[AtomicU64; 3]; 5],
     ignored: [AtomicU64; 14],
     hidden_reads: AtomicU64,
+    expired_messages: AtomicU64,
     dlq: [AtomicU64; 6],
     /// Records read from the events topic.
     pub records_in: AtomicU64,
@@ -78,6 +79,7 @@ impl Metrics {
             }
         }
         self.hidden_reads.fetch_add(stats.hidden_reads, Relaxed);
+        self.expired_messages.fetch_add(stats.expired_messages, Relaxed);
     }
 
     /// Counts one DLQ record.
@@ -177,6 +179,8 @@ impl Metrics {
             "Reads recorded but never revealed (private, or receipts off).",
         );
         let _ = writeln!(out, "receiptd_hidden_reads_total {}", self.hidden_reads.load(Relaxed));
+        counter(&mut out, "receiptd_expired_messages_total", "Messages dropped by retention.");
+        let _ = writeln!(out, "receiptd_expired_messages_total {}", self.expired_messages.load(Relaxed));
         counter(&mut out, "receiptd_dlq_records_total", "Records sent to the DLQ, by reason.");
         for (i, reason) in DLQ_REASONS.iter().enumerate() {
             let _ = writeln!(out, "receiptd_dlq_records_total{{reason=\"{reason}\"}} {}", self.dlq[i].load(Relaxed));
