@@ -140,7 +140,11 @@ impl PartitionState {
                 DirtyKey::Message { app, msg_id } => {
                     let Some(app_state) = self.apps.get_mut(&app) else { continue };
                     let Some(m) = app_state.messages.get_mut(&msg_id) else { continue };
-                    m.delta_pending = false;
+                    // The key may outlive its message (expired, dismissed) and
+                    // name a newer one of the same id: only the flag counts.
+                    if !std::mem::take(&mut m.delta_pending) {
+                        continue;
+                    }
                     if m.tracking != Tracking::Tracked || !settings.may_receive(&app, &m.sender) {
                         continue;
                     }
@@ -160,7 +164,9 @@ impl PartitionState {
                     let Some(app_state) = self.apps.get_mut(&app) else { continue };
                     let key = (reader, peer);
                     let Some(mark) = app_state.marks.get_mut(&key) else { continue };
-                    mark.delta_pending = false;
+                    if !std::mem::take(&mut mark.delta_pending) {
+                        continue;
+                    }
                     let (reader, peer) = key;
                     if !settings.receipts_on(&app, &reader) || !settings.may_receive(&app, &peer) {
                         continue;
