@@ -11,6 +11,8 @@
 //!   an uninterrupted run. SIGTERM flushes and exits 0.
 //! - `dlq`: poison and key-mismatched records land in the DLQ with their
 //!   reason; everything after them is processed.
+//! - `semantics`: privacy, reciprocity, revocation, expiry, group-type gating
+//!   and a 100,000-member group, end to end.
 //! - `config`: bad settings stop start-up, naming the key.
 
 mod support;
@@ -19,3 +21,4 @@ mod config;
 mod crash;
 mod dlq;
 mod pipeline;
+mod semantics;

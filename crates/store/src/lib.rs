@@ -329,4 +329,74 @@ mod tests {
         store.drop_partition(3).unwrap();
         assert!(store.partitions().unwrap().is_empty());
     }
+
+    /// Bytes of one message's state, persisted (RocksDB value) and in memory
+    /// (struct plus reader vector), for a group of `members` with `readers`.
+    fn message_bytes(members: usize, readers: usize) -> (usize, usize) {
+        use receiptd_wire::{Conversation, MessageRead, MessageSent};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let users: Vec<String> = (0..members).map(|i| format!("user{i:06}")).collect();
+        let mut events: Vec<Event> = users
+            .chunks(10_000)
+            .enumerate()
+            .map(|(i, chunk)| {
+                Event::GroupMembers(GroupMembers {
+                    app_id: "a1".into(),
+                    group_id: "g".into(),
+                    op: if i == 0 { MembersOp::Snapshot } else { MembersOp::Join },
+                    group_type: Some(receiptd_wire::GroupType::Work),
+                    members: chunk.to_vec(),
+                    at: 0,
+                })
+            })
+            .collect();
+        let group = Conversation::Group { group_id: "g".into() };
+        events.push(Event::MessageSent(MessageSent {
+            app_id: "a1".into(),
+            msg_id: "m".into(),
+            sender: users[0].clone(),
+            conversation: group.clone(),
+            need_read_receipt: true,
+            sent_at: 1_732_200_000_000,
+        }));
+        for (i, u) in users[1..=readers].iter().enumerate() {
+            events.push(Event::MessageRead(MessageRead {
+                app_id: "a1".into(),
+                reader: u.clone(),
+                conversation: group.clone(),
+                msg_ids: vec!["m".into()],
+                read_at: 1_732_200_000_000 + 1_000 * i as u64,
+                private: false,
+            }));
+        }
+        let mut state = PartitionState::new();
+        fold(&mut state, &events);
+        let mut batch = WriteBatch::default();
+        store.stage(&mut batch, 0, &mut state, 1);
+        store.write(batch).unwrap();
+        let key = keys::entity(0, &DirtyKey::Message { app: "a1".into(), msg_id: "m".into() });
+        let persisted = store.db.get(&key).unwrap().unwrap().len();
+        let m = state.message("a1", "m").unwrap();
+        let in_memory = std::mem::size_of::<MessageState>()
+            + m.readers.capacity() * std::mem::size_of::<receiptd_core::ReadMark>()
+            + m.sender.capacity();
+        (persisted, in_memory)
+    }
+
+    #[test]
+    fn message_state_grows_with_readers_not_with_the_group() {
+        let small_group = message_bytes(1_000, 10);
+        let huge_10 = message_bytes(100_000, 10);
+        let huge_10k = message_bytes(100_000, 10_000);
+        eprintln!("bytes per message (persisted, in memory): 1k members/10 readers {small_group:?}, 100k members/10 readers {huge_10:?}, 100k members/10k readers {huge_10k:?}");
+        // The group's size does not show in a message's state.
+        assert!(huge_10.0 <= small_group.0 + 4, "{huge_10:?} vs {small_group:?}");
+        assert!(huge_10.0 < 256);
+        // Readers do: a bounded number of bytes each.
+        assert!(huge_10k.0 < 10_000 * 16, "{huge_10k:?}");
+        // In memory a reader is 16 bytes, up to twice that while the vector's
+        // capacity has doubled past its length.
+        assert!(huge_10k.1 < 10_000 * 32 + 512, "{huge_10k:?}");
+    }
 }
