@@ -93,16 +93,8 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
     assert!(crashed_state == steady_state, "state after kill -9 differs from an uninterrupted run");
 
     // The last delta of every message is the same; replays only repeat versions.
-    let read_all = |topic: &str| {
-        let ends = end_offsets(topic);
-        let total: i64 = ends.values().sum();
-        read_topic(topic, Duration::from_secs(60), |r| r.len() as i64 >= total)
-            .into_iter()
-            .map(|r| serde_json::from_slice::<DeltaRecord>(&r.payload).unwrap())
-            .collect::<Vec<_>>()
-    };
-    let crashed_last = last_receipts(&read_all(&topics.deltas));
-    let steady_last = last_receipts(&read_all(&uninterrupted_topics.deltas));
+    let crashed_last = last_receipts(&all_deltas(&topics.deltas));
+    let steady_last = last_receipts(&all_deltas(&uninterrupted_topics.deltas));
     assert!(steady_last.len() > 1_000);
     assert_eq!(crashed_last.len(), steady_last.len());
     for (key, value) in &steady_last {

@@ -4,9 +4,7 @@
 //! group's exact counts.
 
 use crate::support::{ev::*, *};
-use receiptd_wire::{
-    AppConfig, DeltaRecord, Event, GroupMembers, GroupType, MembersOp, MessageRevoked, Setting, UserSettings,
-};
+use receiptd_wire::{AppConfig, Event, GroupMembers, GroupType, MembersOp, MessageRevoked, Setting, UserSettings};
 use std::time::{Duration, Instant};
 
 fn produce_settings(producer: &rdkafka::producer::BaseProducer, topic: &str, settings: &[Setting]) {
@@ -108,10 +106,7 @@ fn privacy_reciprocity_revocation_expiry_and_group_type_gating() {
     worker.wait_caught_up(&topics.events, Duration::from_secs(60));
     assert_eq!(worker.terminate(), 0);
 
-    let deltas: Vec<DeltaRecord> = read_topic(&topics.deltas, Duration::from_secs(10), |_| false)
-        .into_iter()
-        .map(|r| serde_json::from_slice(&r.payload).unwrap())
-        .collect();
+    let deltas = all_deltas(&topics.deltas);
     assert!(deltas.iter().all(|d| d.to == "alice"), "only alice gets receipts (frank's are off): {deltas:?}");
     let m1: Vec<_> = deltas.iter().flat_map(|d| &d.receipts).filter(|r| r.msg_id == "m1").collect();
     let counts: Vec<_> =
@@ -181,10 +176,7 @@ fn a_100k_member_group_has_exact_counts() {
     worker.wait_caught_up(&topics.events, Duration::from_secs(120));
     assert_eq!(worker.terminate(), 0);
 
-    let deltas: Vec<DeltaRecord> = read_topic(&topics.deltas, Duration::from_secs(10), |_| false)
-        .into_iter()
-        .map(|r| serde_json::from_slice(&r.payload).unwrap())
-        .collect();
+    let deltas = all_deltas(&topics.deltas);
     let last = deltas.iter().flat_map(|d| &d.receipts).max_by_key(|r| r.version).unwrap();
     // 99,999 in the audience; 1,001 read; 500 non-readers left.
     assert_eq!(

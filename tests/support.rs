@@ -175,7 +175,16 @@ pub fn read_deltas(topic: &str, count: usize, timeout: Duration) -> Vec<DeltaRec
         .collect()
 }
 
-/// The sum of the high watermarks of a topic.
+/// Every delta record of a topic, up to its current end.
+pub fn all_deltas(topic: &str) -> Vec<DeltaRecord> {
+    let total: i64 = end_offsets(topic).values().sum();
+    read_topic(topic, Duration::from_secs(60), |r| r.len() as i64 >= total)
+        .into_iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("delta records are JSON"))
+        .collect()
+}
+
+/// The high watermark of each partition of a topic.
 pub fn end_offsets(topic: &str) -> BTreeMap<i32, i64> {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
