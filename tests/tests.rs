@@ -13,9 +13,13 @@
 //!   reason; everything after them is processed.
 //! - `semantics`: privacy, reciprocity, revocation, expiry, group-type gating
 //!   and a 100,000-member group, end to end.
+//! - `api`: the query API over real HTTP: auth, sender-only access, bad input,
+//!   paging a 10,000-member list while reads arrive, operations endpoints.
 //! - `config`: bad settings stop start-up, naming the key.
 
 mod support;
+
+mod api;
 
 mod config;
 mod crash;

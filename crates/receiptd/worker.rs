@@ -85,7 +85,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .block_on(tokio::net::TcpListener::bind(config.http.addr))
         .with_context(|| format!("binding http.addr {}", config.http.addr))?;
     tracing::info!(addr = %config.http.addr, brokers = %config.kafka.brokers, state_dir = %config.state.dir.display(), "receiptd running");
-    runtime.spawn(crate::http::serve(listener, worker.shared.clone()));
+    let tokens = config.apps.iter().map(|(app, a)| (app.clone(), a.token.clone())).collect();
+    runtime.spawn(crate::http::serve(listener, worker.shared.clone(), tokens));
     let stop = worker.stop.clone();
     runtime.spawn(async move {
         wait_for_signal().await;

@@ -26,12 +26,14 @@
 mod deltas;
 mod fenwick;
 mod fold;
+mod query;
 mod settings;
 mod state;
 mod stats;
 
 pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};
+pub use query::{MemberFilter, MemberPage, QueryRefusal};
 pub use settings::SettingsTable;
 pub use state::{
     DirtyKey, EntityRef, GroupMeta, HeldRead, MessageState, MessageTarget, PartitionState, ReadMark, Tracking,

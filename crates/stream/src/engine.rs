@@ -339,6 +339,11 @@ impl Engine {
         self.shared.metrics.store_bytes.store(self.store.size_bytes() as i64, Relaxed);
     }
 
+    /// The state of every owned partition.
+    pub(crate) fn states(&self) -> Vec<&PartitionState> {
+        self.partitions.values().map(|o| &o.state).collect()
+    }
+
     /// Owned partitions.
     pub(crate) fn owned(&self) -> Vec<i32> {
         self.partitions.keys().copied().collect()

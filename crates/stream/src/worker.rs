@@ -9,7 +9,7 @@ use rdkafka::producer::BaseProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
-use receiptd_core::{Limits, SettingsTable};
+use receiptd_core::{Limits, PartitionState, SettingsTable};
 use receiptd_store::Store;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -73,6 +73,17 @@ pub struct Shared {
     pub stopped: AtomicBool,
     /// Rebalances seen.
     pub rebalances: AtomicU64,
+    engine: EngineSlot,
+}
+
+/// The running engine, for read-only queries.
+#[derive(Default)]
+struct EngineSlot(std::sync::OnceLock<Arc<Mutex<Option<Engine>>>>);
+
+impl std::fmt::Debug for EngineSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "EngineSlot(running)" } else { "EngineSlot(empty)" })
+    }
 }
 
 impl Shared {
@@ -84,6 +95,17 @@ impl Shared {
             && !self.producer_blocked.load(Relaxed)
             && !self.metrics.store_failed.load(Relaxed)
             && !self.stopped.load(Relaxed)
+    }
+
+    /// Runs `f` on the settings table and the state of every owned partition,
+    /// holding the worker still: the answer never sees half a fold. `None`
+    /// until the worker has started.
+    pub fn query<R>(&self, f: impl FnOnce(&SettingsTable, &[&PartitionState]) -> R) -> Option<R> {
+        let engine = self.engine.0.get()?;
+        let guard = engine.lock().expect("engine lock");
+        let e = guard.as_ref()?;
+        let states = e.states();
+        Some(f(&e.settings, &states))
     }
 
     /// Healthy: the worker runs and its store accepts writes.
@@ -199,6 +221,7 @@ fn run_inner(
     shared.settings_loaded.store(true, Relaxed);
 
     let engine = Arc::new(Mutex::new(Some(engine)));
+    let _ = shared.engine.0.set(engine.clone());
     let context = WorkerContext {
         engine: engine.clone(),
         shared: shared.clone(),

@@ -1,0 +1,171 @@
+//! Read-only questions the query API asks of a partition's state. The
+//! caller holds the state still (the worker's lock), so an answer never sees
+//! half a fold, and a count never contradicts the list it summarizes.
+
+use crate::state::{MessageTarget, PartitionState, ReadMark, Tracking};
+use crate::SettingsTable;
+use receiptd_wire::{Conversation, Receipt};
+
+/// Why a message's receipt cannot be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryRefusal {
+    /// Unknown here, revoked, untracked, past retention, or in another
+    /// conversation than the one named.
+    NotFound,
+    /// The requester is not the message's sender.
+    Forbidden,
+    /// The requester's receipts are off and the app is reciprocal.
+    ReceiptsDisabled,
+}
+
+impl QueryRefusal {
+    /// The contract's error code.
+    pub fn code(self) -> &'static str {
+        match self {
+            QueryRefusal::NotFound => "not_found",
+            QueryRefusal::Forbidden => "forbidden",
+            QueryRefusal::ReceiptsDisabled => "receipts_disabled",
+        }
+    }
+}
+
+/// Which members a page lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberFilter {
+    /// Revealed readers, with `read_at`.
+    Read,
+    /// Eligible members not revealed as readers.
+    Unread,
+}
+
+/// One page of a member list, in ordinal order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberPage {
+    /// `(user, read_at)`; `read_at` only for [`MemberFilter::Read`].
+    pub members: Vec<(String, Option<u64>)>,
+    /// The ordinal to continue after, or `None` when finished.
+    pub next: Option<u32>,
+}
+
+impl PartitionState {
+    /// The message, if known here and asked about under its own conversation
+    /// (relative to the requester, who must be its sender).
+    fn located(
+        &self,
+        app: &str,
+        msg_id: &str,
+        requester: &str,
+        conversation: &Conversation,
+    ) -> Result<&crate::MessageState, QueryRefusal> {
+        let m = self.message(app, msg_id).ok_or(QueryRefusal::NotFound)?;
+        let same = match (&m.target, conversation) {
+            (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => group_id == g,
+            (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => {
+                peer == p || (*p == m.sender && peer == requester)
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(QueryRefusal::NotFound);
+        }
+        Ok(m)
+    }
+
+    fn queryable(
+        &self,
+        settings: &SettingsTable,
+        app: &str,
+        msg_id: &str,
+        requester: &str,
+        conversation: &Conversation,
+    ) -> Result<&crate::MessageState, QueryRefusal> {
+        let m = self.located(app, msg_id, requester, conversation)?;
+        let retention = u64::from(settings.retention_days(app)) * 86_400_000;
+        if m.tracking != Tracking::Tracked || m.sent_at.saturating_add(retention) < self.watermark {
+            return Err(QueryRefusal::NotFound);
+        }
+        if m.sender != requester {
+            return Err(QueryRefusal::Forbidden);
+        }
+        if !settings.may_receive(app, requester) {
+            return Err(QueryRefusal::ReceiptsDisabled);
+        }
+        Ok(m)
+    }
+
+    /// The receipt of a message as its sender may see it now.
+    pub fn receipt(
+        &self,
+        settings: &SettingsTable,
+        app: &str,
+        msg_id: &str,
+        requester: &str,
+        conversation: &Conversation,
+    ) -> Result<Receipt, QueryRefusal> {
+        let m = self.queryable(settings, app, msg_id, requester, conversation)?;
+        let (read, unread) = self.counts(settings, app, msg_id).ok_or(QueryRefusal::NotFound)?;
+        Ok(match &m.target {
+            MessageTarget::Group { group_id, .. } => {
+                Receipt::group(msg_id.to_owned(), group_id.clone(), read, unread, m.timestamp, m.version)
+            }
+            MessageTarget::C2c { peer } => {
+                Receipt::c2c(msg_id.to_owned(), peer.clone(), read > 0, m.timestamp, m.version)
+            }
+        })
+    }
+
+    /// A page of a group message's read or unread members, after ordinal
+    /// `after` (exclusive), at most `count` long.
+    pub fn member_page(
+        &self,
+        settings: &SettingsTable,
+        app: &str,
+        group_id: &str,
+        msg_id: &str,
+        requester: &str,
+        filter: MemberFilter,
+        after: Option<u32>,
+        count: usize,
+    ) -> Result<MemberPage, QueryRefusal> {
+        let conversation = Conversation::Group { group_id: group_id.to_owned() };
+        let m = self.queryable(settings, app, msg_id, requester, &conversation)?;
+        let MessageTarget::Group { audience_epoch, .. } = &m.target else { return Err(QueryRefusal::NotFound) };
+        let group = self.apps.get(app).and_then(|a| a.groups.get(group_id)).ok_or(QueryRefusal::NotFound)?;
+        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, &group.users[r.ordinal as usize]);
+        let start = after.map_or(0, |a| a as usize + 1);
+        let mut members = Vec::with_capacity(count.min(1024));
+        let mut last = None;
+        let mut finished = true;
+        match filter {
+            MemberFilter::Read => {
+                let from = m.readers.partition_point(|r| (r.ordinal as usize) < start);
+                for r in m.readers[from..].iter().filter(|r| revealed(r)) {
+                    if members.len() == count {
+                        finished = false;
+                        break;
+                    }
+                    members.push((group.users[r.ordinal as usize].clone(), Some(r.read_at)));
+                    last = Some(r.ordinal);
+                }
+            }
+            MemberFilter::Unread => {
+                let sender = group.ordinal(&m.sender);
+                for o in start as u32..group.users.len() as u32 {
+                    if !group.member_since(o, *audience_epoch) || Some(o) == sender {
+                        continue;
+                    }
+                    if m.read_mark(o).is_some_and(|r| revealed(r)) {
+                        continue;
+                    }
+                    if members.len() == count {
+                        finished = false;
+                        break;
+                    }
+                    members.push((group.users[o as usize].clone(), None));
+                    last = Some(o);
+                }
+            }
+        }
+        Ok(MemberPage { members, next: if finished { None } else { last } })
+    }
+}

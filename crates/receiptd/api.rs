@@ -1,0 +1,355 @@
+//! The query API (CONTRACT.md §5): receipts, member lists and read marks,
+//! answered from the worker's own state. Every error is a 4xx (or 503 while
+//! not ready) with `{"error":{"code":..,"message":..}}`.
+
+use crate::http::error;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use receiptd_core::{MemberFilter, PartitionState, QueryRefusal};
+use receiptd_stream::Shared;
+use receiptd_wire::{Conversation, MAX_ID_BYTES};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// Most messages in one `receipts/query`.
+const MAX_QUERY_MESSAGES: usize = 100;
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct Api {
+    /// The worker.
+    pub shared: Arc<Shared>,
+    /// app id -> bearer token.
+    pub tokens: Arc<BTreeMap<String, String>>,
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, "invalid_request", &message.into())
+}
+
+/// An extractor's rejection, as the contract's JSON error.
+fn rejected(status: StatusCode, text: String) -> Response {
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "invalid_request",
+    };
+    let status = if status.is_client_error() { status } else { StatusCode::BAD_REQUEST };
+    error(status, code, &text)
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), Response> {
+    if value.is_empty() || value.len() > MAX_ID_BYTES {
+        return Err(bad_request(format!("`{field}` must be 1 to {MAX_ID_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// Equal-time comparison: the time taken does not depend on where the
+/// inputs differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+/// 401 without a valid token, 403 with another app's token.
+fn authorize(api: &Api, headers: &HeaderMap, app_id: &str) -> Result<(), Response> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token"));
+    };
+    // Compare against every token, so timing says nothing about which matched.
+    let mut owner = None;
+    for (app, token) in api.tokens.iter() {
+        if same_secret(presented.as_bytes(), token.as_bytes()) {
+            owner = Some(app.as_str());
+        }
+    }
+    match owner {
+        Some(app) if app == app_id => Ok(()),
+        Some(_) => Err(error(StatusCode::FORBIDDEN, "forbidden", "the token belongs to another app")),
+        None => Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "invalid bearer token")),
+    }
+}
+
+fn query<R>(api: &Api, f: impl FnOnce(&receiptd_core::SettingsTable, &[&PartitionState]) -> R) -> Result<R, Response> {
+    if !api.shared.ready() {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "state is not restored yet"));
+    }
+    api.shared.query(f).ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the worker is not running"))
+}
+
+fn refusal(r: QueryRefusal) -> Response {
+    let status = match r {
+        QueryRefusal::NotFound => StatusCode::NOT_FOUND,
+        QueryRefusal::Forbidden | QueryRefusal::ReceiptsDisabled => StatusCode::FORBIDDEN,
+    };
+    let message = match r {
+        QueryRefusal::NotFound => "no such message with receipts here",
+        QueryRefusal::Forbidden => "only the message's sender sees its receipts",
+        QueryRefusal::ReceiptsDisabled => "the requester's read receipts are off",
+    };
+    error(status, r.code(), message)
+}
+
+fn check_conversation(c: &Conversation) -> Result<(), Response> {
+    match c {
+        Conversation::C2c { peer } => check_id("conversation.peer", peer),
+        Conversation::Group { group_id } => check_id("conversation.group_id", group_id),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptsQuery {
+    requester: String,
+    messages: Vec<MessageRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageRef {
+    msg_id: String,
+    conversation: Conversation,
+}
+
+/// `POST /v1/apps/{app_id}/receipts/query`
+pub async fn receipts(
+    State(api): State<Api>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Json<ReceiptsQuery>, JsonRejection>,
+) -> Response {
+    let Path(app_id) = match path {
+        Ok(p) => p,
+        Err(r) => return rejected(r.status(), r.body_text()),
+    };
+    if let Err(r) = authorize(&api, &headers, &app_id) {
+        return r;
+    }
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(r) => return rejected(r.status(), r.body_text()),
+    };
+    if let Err(r) = check_id("requester", &body.requester) {
+        return r;
+    }
+    if body.messages.is_empty() || body.messages.len() > MAX_QUERY_MESSAGES {
+        return bad_request(format!("`messages` must name 1 to {MAX_QUERY_MESSAGES} messages"));
+    }
+    for m in &body.messages {
+        if let Err(r) = check_id("messages[].msg_id", &m.msg_id).and_then(|_| check_conversation(&m.conversation)) {
+            return r;
+        }
+    }
+    let answer = query(&api, |settings, states| {
+        let mut receipts = Vec::new();
+        let mut errors = Vec::new();
+        for m in &body.messages {
+            let found = states.iter().find(|s| s.message(&app_id, &m.msg_id).is_some());
+            let result = match found {
+                Some(s) => s.receipt(settings, &app_id, &m.msg_id, &body.requester, &m.conversation),
+                None => Err(QueryRefusal::NotFound),
+            };
+            match result {
+                Ok(r) => receipts.push(r),
+                Err(e) => errors.push(json!({"msg_id": m.msg_id, "code": e.code()})),
+            }
+        }
+        json!({"receipts": receipts, "errors": errors})
+    });
+    match answer {
+        Ok(a) => Json(a).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersParams {
+    filter: Option<String>,
+    cursor: Option<String>,
+    count: Option<String>,
+    requester: Option<String>,
+}
+
+/// The opaque cursor: the last ordinal listed, bound by a checksum to the
+/// list it belongs to, so that a forged or foreign cursor is refused.
+fn cursor_check(app: &str, group: &str, msg: &str, filter: MemberFilter, ordinal: u32) -> u32 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ("receiptd-cursor-v1", app, group, msg, filter == MemberFilter::Read, ordinal).hash(&mut h);
+    h.finish() as u32
+}
+
+fn encode_cursor(app: &str, group: &str, msg: &str, filter: MemberFilter, ordinal: u32) -> String {
+    format!("{ordinal:08x}{:08x}", cursor_check(app, group, msg, filter, ordinal))
+}
+
+fn decode_cursor(cursor: &str, app: &str, group: &str, msg: &str, filter: MemberFilter) -> Option<u32> {
+    if cursor.len() != 16 || !cursor.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let ordinal = u32::from_str_radix(&cursor[..8], 16).ok()?;
+    let check = u32::from_str_radix(&cursor[8..], 16).ok()?;
+    (check == cursor_check(app, group, msg, filter, ordinal)).then_some(ordinal)
+}
+
+/// `GET /v1/apps/{app_id}/groups/{group_id}/messages/{msg_id}/members`
+pub async fn members(
+    State(api): State<Api>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    params: Result<Query<MembersParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let Path((app_id, group_id, msg_id)) = match path {
+        Ok(p) => p,
+        Err(r) => return rejected(r.status(), r.body_text()),
+    };
+    if let Err(r) = authorize(&api, &headers, &app_id) {
+        return r;
+    }
+    let Query(params) = match params {
+        Ok(q) => q,
+        Err(r) => return rejected(r.status(), r.body_text()),
+    };
+    for (field, value) in [("group_id", &group_id), ("msg_id", &msg_id)] {
+        if let Err(r) = check_id(field, value) {
+            return r;
+        }
+    }
+    let Some(requester) = params.requester.filter(|r| !r.is_empty()) else {
+        return bad_request("`requester` is required");
+    };
+    if let Err(r) = check_id("requester", &requester) {
+        return r;
+    }
+    let filter = match params.filter.as_deref() {
+        Some("read") => MemberFilter::Read,
+        Some("unread") => MemberFilter::Unread,
+        Some(other) => return bad_request(format!("`filter` must be read or unread, not {other:?}")),
+        None => return bad_request("`filter` is required: read or unread"),
+    };
+    let count = match params.count.as_deref() {
+        None | Some("") => 100,
+        Some(c) => match c.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => return bad_request("`count` must be a whole number from 1 to 1000"),
+        },
+    };
+    let after = match params.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => match decode_cursor(c, &app_id, &group_id, &msg_id, filter) {
+            Some(o) => Some(o),
+            None => {
+                return error(StatusCode::BAD_REQUEST, "invalid_cursor", "the cursor is not one this list gave out")
+            }
+        },
+    };
+    let answer = query(&api, |settings, states| {
+        let state = states.iter().find(|s| s.message(&app_id, &msg_id).is_some()).ok_or(QueryRefusal::NotFound)?;
+        state.member_page(settings, &app_id, &group_id, &msg_id, &requester, filter, after, count)
+    });
+    let page = match answer {
+        Ok(Ok(page)) => page,
+        Ok(Err(e)) => return refusal(e),
+        Err(r) => return r,
+    };
+    let members: Vec<_> = page
+        .members
+        .into_iter()
+        .map(|(user, read_at)| match read_at {
+            Some(t) => json!({"user_id": user, "read_at": t}),
+            None => json!({"user_id": user}),
+        })
+        .collect();
+    let next_cursor = page.next.map(|o| encode_cursor(&app_id, &group_id, &msg_id, filter, o)).unwrap_or_default();
+    Json(json!({"members": members, "next_cursor": next_cursor, "is_finished": page.next.is_none()})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadMarkParams {
+    requester: Option<String>,
+}
+
+/// `GET /v1/apps/{app_id}/c2c/{user}/peers/{peer}/read`: the peer's
+/// conversation-read mark towards `user` (0 if none is revealed).
+pub async fn read_mark(
+    State(api): State<Api>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    params: Result<Query<ReadMarkParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let Path((app_id, user, peer)) = match path {
+        Ok(p) => p,
+        Err(r) => return rejected(r.status(), r.body_text()),
+    };
+    if let Err(r) = authorize(&api, &headers, &app_id) {
+        return r;
+    }
+    let Query(params) = match params {
+        Ok(q) => q,
+        Err(r) => return rejected(r.status(), r.body_text()),
+    };
+    for (field, value) in [("user", &user), ("peer", &peer)] {
+        if let Err(r) = check_id(field, value) {
+            return r;
+        }
+    }
+    match params.requester.as_deref() {
+        None | Some("") => return bad_request("`requester` is required"),
+        Some(r) if r != user => return refusal(QueryRefusal::Forbidden),
+        Some(_) => {}
+    }
+    let answer = query(&api, |settings, states| {
+        if !settings.may_receive(&app_id, &user) {
+            return Err(QueryRefusal::ReceiptsDisabled);
+        }
+        let mark = states.iter().find_map(|s| s.mark(&app_id, &peer, &user));
+        // A peer whose receipts are off never reveals a read mark.
+        let revealed = mark.filter(|_| settings.receipts_on(&app_id, &peer) && settings.c2c_receipts(&app_id));
+        Ok(revealed.unwrap_or(0))
+    });
+    match answer {
+        Ok(Ok(timestamp)) => Json(json!({"peer": peer, "timestamp": timestamp})).into_response(),
+        Ok(Err(e)) => refusal(e),
+        Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_forgeries_are_refused() {
+        let c = encode_cursor("a1", "g", "m", MemberFilter::Unread, 4242);
+        assert_eq!(decode_cursor(&c, "a1", "g", "m", MemberFilter::Unread), Some(4242));
+        assert_eq!(decode_cursor(&c, "a1", "g", "m", MemberFilter::Read), None);
+        assert_eq!(decode_cursor(&c, "a1", "g", "m2", MemberFilter::Unread), None);
+        let forged = format!("{:08x}{}", 4243, &c[8..]);
+        assert_eq!(decode_cursor(&forged, "a1", "g", "m", MemberFilter::Unread), None);
+        assert_eq!(decode_cursor("zz", "a1", "g", "m", MemberFilter::Unread), None);
+    }
+
+    #[test]
+    fn secrets_compare_equal_only_when_equal() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcdeg"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcde"));
+        assert!(!same_secret(b"", b"x"));
+    }
+}
