@@ -267,7 +267,7 @@ impl Engine {
         m.delta_bytes.fetch_add(bytes, Relaxed);
         m.messages_tracked.store(self.partitions.values().map(|o| o.state.message_count() as i64).sum(), Relaxed);
         m.held_reads.store(self.partitions.values().map(|o| o.state.held_count() as i64).sum(), Relaxed);
-        m.flush_took(started.elapsed().as_secs_f64());
+        m.flush_took(started.elapsed().as_secs_f64(), self.pending);
         tracing::debug!(events = self.pending, puts, records, receipts, "flushed");
         self.pending = 0;
         Ok(Some(offsets))

@@ -16,6 +16,9 @@ const OUTCOMES: [&str; 3] = ["applied", "held", "ignored"];
 /// Upper bounds (seconds) of the flush-duration histogram.
 const FLUSH_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0];
 
+/// Upper bounds (records) of the flush-size histogram.
+const FLUSH_SIZE_BUCKETS: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+
 /// Counters and gauges shared by the worker, the HTTP server and the demo.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -41,6 +44,7 @@ pub struct Metrics {
     pub flushes: AtomicU64,
     flush_buckets: [AtomicU64; 10],
     flush_seconds_sum_us: AtomicU64,
+    flush_size_buckets: [AtomicU64; 8],
     /// Entities written to RocksDB.
     pub store_puts: AtomicU64,
     /// Events folded into those writes.
@@ -104,8 +108,13 @@ impl Metrics {
         self.events.iter().flatten().map(|c| c.load(Relaxed)).sum()
     }
 
-    /// Records one flush's duration.
-    pub fn flush_took(&self, seconds: f64) {
+    /// Records one flush's duration and how many records it covered.
+    pub fn flush_took(&self, seconds: f64, records: u64) {
+        for (i, le) in FLUSH_SIZE_BUCKETS.iter().enumerate() {
+            if records <= *le {
+                self.flush_size_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
         self.flushes.fetch_add(1, Relaxed);
         self.flush_seconds_sum_us.fetch_add((seconds * 1e6) as u64, Relaxed);
         for (i, le) in FLUSH_BUCKETS.iter().enumerate() {
@@ -220,6 +229,20 @@ impl Metrics {
             self.flush_seconds_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "receiptd_flush_duration_seconds_count {flushes}");
+        let _ = writeln!(
+            out,
+            "# HELP receiptd_flush_records Records covered by one flush.\n# TYPE receiptd_flush_records histogram"
+        );
+        for (i, le) in FLUSH_SIZE_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "receiptd_flush_records_bucket{{le=\"{le}\"}} {}",
+                self.flush_size_buckets[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "receiptd_flush_records_bucket{{le=\"+Inf\"}} {flushes}");
+        let _ = writeln!(out, "receiptd_flush_records_sum {}", self.flushed_events.load(Relaxed));
+        let _ = writeln!(out, "receiptd_flush_records_count {flushes}");
         for (name, help, g) in [
             ("receiptd_messages_tracked", "Messages with receipt state in owned partitions.", &self.messages_tracked),
             ("receiptd_held_reads", "Reads waiting for their message.", &self.held_reads),
