@@ -231,6 +231,10 @@ fn query_api_auth_access_bad_input_paging_and_ops() {
     ] {
         assert!(metrics.contains(series), "{series} missing from /metrics");
     }
+    let (s, doc) = http_get(addr, "/openapi.json").unwrap();
+    assert_eq!(s, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert!(doc["paths"]["/v1/apps/{app_id}/receipts/query"]["post"].is_object(), "{doc}");
     // Tokens never reach the logs.
     assert_eq!(worker.terminate(), 0);
     let log = std::fs::read_to_string(&worker.log).unwrap();

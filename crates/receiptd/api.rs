@@ -10,12 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use receiptd_core::{MemberFilter, PartitionState, QueryRefusal};
 use receiptd_stream::Shared;
+use receiptd_wire::Receipt;
 use receiptd_wire::{Conversation, MAX_ID_BYTES};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 /// Most messages in one `receipts/query`.
 const MAX_QUERY_MESSAGES: usize = 100;
@@ -112,21 +114,107 @@ fn check_conversation(c: &Conversation) -> Result<(), Response> {
     }
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /v1/apps/{app_id}/receipts/query`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptsQuery {
+    /// The user on whose behalf the chat backend asks; must be the sender.
     requester: String,
+    /// 1 to 100 messages.
     messages: Vec<MessageRef>,
 }
 
-#[derive(Deserialize)]
+/// One message asked about.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MessageRef {
+pub struct MessageRef {
     msg_id: String,
+    /// The message's conversation, relative to the requester.
+    #[schema(value_type = ConversationDoc)]
     conversation: Conversation,
 }
 
-/// `POST /v1/apps/{app_id}/receipts/query`
+/// The schema of [`Conversation`] (whose serde form is written by hand).
+#[derive(ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ConversationDoc {
+    /// One-to-one; `peer` is the other party.
+    C2c { peer: String },
+    /// A group.
+    Group { group_id: String },
+}
+
+/// Answer of `receipts/query`.
+#[derive(Serialize, ToSchema)]
+pub struct ReceiptsAnswer {
+    receipts: Vec<Receipt>,
+    errors: Vec<MessageError>,
+}
+
+/// A message that has no receipt for the requester.
+#[derive(Serialize, ToSchema)]
+pub struct MessageError {
+    msg_id: String,
+    /// `not_found`, `forbidden` or `receipts_disabled`.
+    code: String,
+}
+
+/// One member of a list.
+#[derive(Serialize, ToSchema)]
+pub struct Member {
+    user_id: String,
+    /// When the member read the message (read lists only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_at: Option<u64>,
+}
+
+/// A page of a member list.
+#[derive(Serialize, ToSchema)]
+pub struct MemberPageAnswer {
+    members: Vec<Member>,
+    /// Pass back as `cursor` for the next page; empty when finished.
+    next_cursor: String,
+    is_finished: bool,
+}
+
+/// A peer's conversation-read mark.
+#[derive(Serialize, ToSchema)]
+pub struct ReadMarkAnswer {
+    peer: String,
+    /// Unix ms; 0 when the peer has no revealed mark.
+    timestamp: u64,
+}
+
+/// Every error body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// The error's code and message.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+/// Receipts of up to 100 messages, as their sender may see them.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app_id}/receipts/query",
+    params(("app_id" = String, Path, description = "The app")),
+    request_body = ReceiptsQuery,
+    responses(
+        (status = 200, description = "Receipts, and an error per message without one", body = ReceiptsAnswer),
+        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Another app's token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "Not ready", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn receipts(
     State(api): State<Api>,
     path: Result<Path<String>, PathRejection>,
@@ -156,8 +244,7 @@ pub async fn receipts(
         }
     }
     let answer = query(&api, |settings, states| {
-        let mut receipts = Vec::new();
-        let mut errors = Vec::new();
+        let mut answer = ReceiptsAnswer { receipts: Vec::new(), errors: Vec::new() };
         for m in &body.messages {
             let found = states.iter().find(|s| s.message(&app_id, &m.msg_id).is_some());
             let result = match found {
@@ -165,11 +252,11 @@ pub async fn receipts(
                 None => Err(QueryRefusal::NotFound),
             };
             match result {
-                Ok(r) => receipts.push(r),
-                Err(e) => errors.push(json!({"msg_id": m.msg_id, "code": e.code()})),
+                Ok(r) => answer.receipts.push(r),
+                Err(e) => answer.errors.push(MessageError { msg_id: m.msg_id.clone(), code: e.code().into() }),
             }
         }
-        json!({"receipts": receipts, "errors": errors})
+        answer
     });
     match answer {
         Ok(a) => Json(a).into_response(),
@@ -177,12 +264,18 @@ pub async fn receipts(
     }
 }
 
-#[derive(Deserialize)]
+/// Query parameters of a member list.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MembersParams {
+    /// `read` or `unread` (required).
     filter: Option<String>,
+    /// Opaque; from the previous page's `next_cursor`.
     cursor: Option<String>,
+    /// 1 to 1000; default 100.
     count: Option<String>,
+    /// The message's sender (required).
     requester: Option<String>,
 }
 
@@ -207,7 +300,26 @@ fn decode_cursor(cursor: &str, app: &str, group: &str, msg: &str, filter: Member
     (check == cursor_check(app, group, msg, filter, ordinal)).then_some(ordinal)
 }
 
-/// `GET /v1/apps/{app_id}/groups/{group_id}/messages/{msg_id}/members`
+/// A page of a group message's read or unread members, in a stable order.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app_id}/groups/{group_id}/messages/{msg_id}/members",
+    params(
+        ("app_id" = String, Path, description = "The app"),
+        ("group_id" = String, Path, description = "The group"),
+        ("msg_id" = String, Path, description = "The message"),
+        MembersParams,
+    ),
+    responses(
+        (status = 200, description = "One page", body = MemberPageAnswer),
+        (status = 400, description = "Bad filter, count, cursor or id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Another app's token, not the sender, or receipts disabled", body = ErrorBody),
+        (status = 404, description = "No such message with receipts", body = ErrorBody),
+        (status = 503, description = "Not ready", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn members(
     State(api): State<Api>,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -267,26 +379,39 @@ pub async fn members(
         Ok(Err(e)) => return refusal(e),
         Err(r) => return r,
     };
-    let members: Vec<_> = page
-        .members
-        .into_iter()
-        .map(|(user, read_at)| match read_at {
-            Some(t) => json!({"user_id": user, "read_at": t}),
-            None => json!({"user_id": user}),
-        })
-        .collect();
+    let members = page.members.into_iter().map(|(user_id, read_at)| Member { user_id, read_at }).collect();
     let next_cursor = page.next.map(|o| encode_cursor(&app_id, &group_id, &msg_id, filter, o)).unwrap_or_default();
-    Json(json!({"members": members, "next_cursor": next_cursor, "is_finished": page.next.is_none()})).into_response()
+    Json(MemberPageAnswer { members, next_cursor, is_finished: page.next.is_none() }).into_response()
 }
 
-#[derive(Deserialize)]
+/// Query parameters of a read mark.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadMarkParams {
+    /// Must be `user` (required).
     requester: Option<String>,
 }
 
-/// `GET /v1/apps/{app_id}/c2c/{user}/peers/{peer}/read`: the peer's
-/// conversation-read mark towards `user` (0 if none is revealed).
+/// The peer's conversation-read mark towards `user` (0 if none is revealed).
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app_id}/c2c/{user}/peers/{peer}/read",
+    params(
+        ("app_id" = String, Path, description = "The app"),
+        ("user" = String, Path, description = "The user asking"),
+        ("peer" = String, Path, description = "The other party"),
+        ReadMarkParams,
+    ),
+    responses(
+        (status = 200, description = "The mark", body = ReadMarkAnswer),
+        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Another app's token, another user's mark, or receipts disabled", body = ErrorBody),
+        (status = 503, description = "Not ready", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn read_mark(
     State(api): State<Api>,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -324,15 +449,61 @@ pub async fn read_mark(
         Ok(revealed.unwrap_or(0))
     });
     match answer {
-        Ok(Ok(timestamp)) => Json(json!({"peer": peer, "timestamp": timestamp})).into_response(),
+        Ok(Ok(timestamp)) => Json(ReadMarkAnswer { peer, timestamp }).into_response(),
         Ok(Err(e)) => refusal(e),
         Err(r) => r,
     }
 }
 
+/// The OpenAPI document, generated from the handlers and types above.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "receiptd query API", description = "Read receipts, member lists and read marks (CONTRACT.md §5)."),
+    paths(receipts, members, read_mark),
+    components(schemas(ReceiptsQuery, MessageRef, ConversationDoc, ReceiptsAnswer, MessageError, Receipt, Member, MemberPageAnswer, ReadMarkAnswer, ErrorBody, ErrorDetail)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `GET /openapi.json`
+pub async fn openapi() -> Response {
+    Json(ApiDoc::openapi()).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_document_covers_the_contract() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for path in [
+            "/v1/apps/{app_id}/receipts/query",
+            "/v1/apps/{app_id}/groups/{group_id}/messages/{msg_id}/members",
+            "/v1/apps/{app_id}/c2c/{user}/peers/{peer}/read",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+        let receipt = &doc["components"]["schemas"]["Receipt"]["properties"];
+        for field in
+            ["msg_id", "group_id", "user_id", "read_count", "unread_count", "is_peer_read", "timestamp", "version"]
+        {
+            assert!(receipt[field].is_object(), "Receipt.{field} missing");
+        }
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
 
     #[test]
     fn cursors_round_trip_and_forgeries_are_refused() {

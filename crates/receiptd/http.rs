@@ -27,6 +27,7 @@ pub fn router(shared: Arc<Shared>, tokens: BTreeMap<String, String>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(crate::api::openapi))
         .with_state(shared.clone());
     let api = Router::new()
         .route("/v1/apps/{app_id}/receipts/query", post(crate::api::receipts))

@@ -19,6 +19,7 @@ pub struct DeltaRecord {
 /// C2C message (`user_id`, `is_peer_read`, `version`), and
 /// C2C conversation read (`msg_id` empty, `user_id`, `timestamp` only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipt {
     /// The message; empty for a conversation-level receipt.
     pub msg_id: String,
