@@ -87,6 +87,19 @@ fn authorize(api: &Api, headers: &HeaderMap, app_id: &str) -> Result<(), Respons
     }
 }
 
+/// The common start of the GET handlers: path, token, then parameters.
+fn admit<Q>(
+    api: &Api,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    params: Result<Query<Q>, QueryRejection>,
+    headers: &HeaderMap,
+) -> Result<((String, String, String), Q), Response> {
+    let Path(path) = path.map_err(|r| rejected(r.status(), r.body_text()))?;
+    authorize(api, headers, &path.0)?;
+    let Query(params) = params.map_err(|r| rejected(r.status(), r.body_text()))?;
+    Ok((path, params))
+}
+
 fn query<R>(api: &Api, f: impl FnOnce(&receiptd_core::SettingsTable, &[&PartitionState]) -> R) -> Result<R, Response> {
     if !api.shared.ready() {
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "state is not restored yet"));
@@ -326,16 +339,9 @@ pub async fn members(
     params: Result<Query<MembersParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let Path((app_id, group_id, msg_id)) = match path {
-        Ok(p) => p,
-        Err(r) => return rejected(r.status(), r.body_text()),
-    };
-    if let Err(r) = authorize(&api, &headers, &app_id) {
-        return r;
-    }
-    let Query(params) = match params {
-        Ok(q) => q,
-        Err(r) => return rejected(r.status(), r.body_text()),
+    let ((app_id, group_id, msg_id), params) = match admit(&api, path, params, &headers) {
+        Ok(admitted) => admitted,
+        Err(r) => return r,
     };
     for (field, value) in [("group_id", &group_id), ("msg_id", &msg_id)] {
         if let Err(r) = check_id(field, value) {
@@ -418,16 +424,9 @@ pub async fn read_mark(
     params: Result<Query<ReadMarkParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let Path((app_id, user, peer)) = match path {
-        Ok(p) => p,
-        Err(r) => return rejected(r.status(), r.body_text()),
-    };
-    if let Err(r) = authorize(&api, &headers, &app_id) {
-        return r;
-    }
-    let Query(params) = match params {
-        Ok(q) => q,
-        Err(r) => return rejected(r.status(), r.body_text()),
+    let ((app_id, user, peer), params) = match admit(&api, path, params, &headers) {
+        Ok(admitted) => admitted,
+        Err(r) => return r,
     };
     for (field, value) in [("user", &user), ("peer", &peer)] {
         if let Err(r) = check_id(field, value) {

@@ -132,40 +132,30 @@ impl PartitionState {
         let MessageTarget::Group { audience_epoch, .. } = &m.target else { return Err(QueryRefusal::NotFound) };
         let group = self.apps.get(app).and_then(|a| a.groups.get(group_id)).ok_or(QueryRefusal::NotFound)?;
         let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, &group.users[r.ordinal as usize]);
-        let start = after.map_or(0, |a| a as usize + 1);
-        let mut members = Vec::with_capacity(count.min(1024));
-        let mut last = None;
-        let mut finished = true;
-        match filter {
+        let start = after.map_or(0, |a| a + 1);
+        let candidates: Box<dyn Iterator<Item = (u32, Option<u64>)> + '_> = match filter {
             MemberFilter::Read => {
-                let from = m.readers.partition_point(|r| (r.ordinal as usize) < start);
-                for r in m.readers[from..].iter().filter(|r| revealed(r)) {
-                    if members.len() == count {
-                        finished = false;
-                        break;
-                    }
-                    members.push((group.users[r.ordinal as usize].clone(), Some(r.read_at)));
-                    last = Some(r.ordinal);
-                }
+                let from = m.readers.partition_point(|r| r.ordinal < start);
+                Box::new(m.readers[from..].iter().filter(move |r| revealed(r)).map(|r| (r.ordinal, Some(r.read_at))))
             }
             MemberFilter::Unread => {
                 let sender = group.ordinal(&m.sender);
-                for o in start as u32..group.users.len() as u32 {
-                    if !group.member_since(o, *audience_epoch) || Some(o) == sender {
-                        continue;
-                    }
-                    if m.read_mark(o).is_some_and(|r| revealed(r)) {
-                        continue;
-                    }
-                    if members.len() == count {
-                        finished = false;
-                        break;
-                    }
-                    members.push((group.users[o as usize].clone(), None));
-                    last = Some(o);
-                }
+                Box::new(
+                    (start..group.users.len() as u32)
+                        .filter(move |&o| group.member_since(o, *audience_epoch) && Some(o) != sender)
+                        .filter(move |&o| !m.read_mark(o).is_some_and(|r| revealed(r)))
+                        .map(|o| (o, None)),
+                )
             }
+        };
+        let mut candidates = candidates.peekable();
+        let mut members = Vec::with_capacity(count.min(1024));
+        let mut last = None;
+        for (ordinal, read_at) in candidates.by_ref().take(count) {
+            members.push((group.users[ordinal as usize].clone(), read_at));
+            last = Some(ordinal);
         }
+        let finished = candidates.peek().is_none();
         Ok(MemberPage { members, next: if finished { None } else { last } })
     }
 }
