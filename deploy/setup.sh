@@ -5,7 +5,9 @@
 set -euo pipefail
 
 need=()
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
+# Ask dpkg: a machine may carry libclang-cpp (which bindgen cannot use)
+# without libclang itself.
+if ! dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q "install ok installed"; then
   need+=(libclang-dev)
 fi
 for tool in cc c++ make cmake; do
