@@ -1,0 +1,197 @@
+//! Query latency over HTTP while the worker folds a load, on a real Kafka
+//! broker: a 100-member page of a 100,000-member group's unread and read
+//! lists, and a 100-message `receipts/query`, measured idle and under load in
+//! the same run, over one keep-alive connection.
+//!
+//! `cargo bench --bench api_load` (uses RECEIPTD_TEST_BROKERS, or starts a
+//! broker with deploy/kafka.sh and stops it after).
+
+#[path = "../tests/support.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
+
+use receiptd_loadgen::{Traffic, TrafficShape};
+use receiptd_wire::{Event, GroupMembers, GroupType, MembersOp};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{ev::*, *};
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+const OFFERED: u64 = 100_000;
+
+/// One keep-alive HTTP/1.1 connection.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn new(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client { writer: s.try_clone().unwrap(), reader: BufReader::new(s) }
+    }
+
+    fn call(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.writer.write_all(head.as_bytes()).unwrap();
+        self.writer.write_all(body).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status = line.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).unwrap();
+        (status, body)
+    }
+}
+
+fn percentiles(label: &str, mut samples: Vec<u128>) {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)] as f64 / 1000.0;
+    println!(
+        "{label:<58} p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ({} requests)",
+        at(0.5) / 1000.0,
+        at(0.99) / 1000.0,
+        at(0.999) / 1000.0,
+        samples.len()
+    );
+}
+
+fn measure(client: &mut Client, label: &str, rounds: usize) {
+    let receipts_body = serde_json::to_vec(&json!({
+        "requester": "user000000",
+        "messages": (0..100).map(|m| json!({"msg_id": format!("m{m}"), "conversation": {"type":"group","group_id":"huge"}})).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    for filter in ["unread", "read"] {
+        let mut samples = Vec::with_capacity(rounds);
+        let mut cursor = String::new();
+        for _ in 0..rounds {
+            let path = format!("/v1/apps/a1/groups/huge/messages/m0/members?filter={filter}&count=100&requester=user000000&cursor={cursor}");
+            let t = Instant::now();
+            let (status, body) = client.call("GET", &path, b"");
+            samples.push(t.elapsed().as_nanos());
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let page: Value = serde_json::from_slice(&body).unwrap();
+            cursor = if page["is_finished"] == json!(true) {
+                String::new()
+            } else {
+                page["next_cursor"].as_str().unwrap().to_owned()
+            };
+        }
+        percentiles(&format!("{label}: 100-member page, {filter} list, 100k group"), samples);
+    }
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let (status, body) = client.call("POST", "/v1/apps/a1/receipts/query", &receipts_body);
+        samples.push(t.elapsed().as_nanos());
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    percentiles(&format!("{label}: 100-message receipts/query"), samples);
+}
+
+fn main() {
+    let mut broker_dir = None;
+    if std::env::var("RECEIPTD_TEST_BROKERS").is_err() {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let out =
+            std::process::Command::new("deploy/kafka.sh").arg("start").arg(&dir).output().expect("run deploy/kafka.sh");
+        assert!(out.status.success(), "deploy/kafka.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::env::set_var("RECEIPTD_TEST_BROKERS", String::from_utf8_lossy(&out.stdout).trim());
+        broker_dir = Some(dir);
+    }
+    let topics = Topics::create("apiload");
+    let producer = producer();
+    let t = now_ms();
+    let users: Vec<String> = (0..100_000).map(|i| format!("user{i:06}")).collect();
+    let mut events: Vec<Event> = users
+        .chunks(10_000)
+        .enumerate()
+        .map(|(i, chunk)| {
+            Event::GroupMembers(GroupMembers {
+                app_id: APP.into(),
+                group_id: "huge".into(),
+                op: if i == 0 { MembersOp::Snapshot } else { MembersOp::Join },
+                group_type: (i == 0).then_some(GroupType::Work),
+                members: chunk.to_vec(),
+                at: t,
+            })
+        })
+        .collect();
+    events.extend((0..100).map(|m| sent(&format!("m{m}"), "user000000", group("huge"), true, t)));
+    // m0 is read by every 10th member; the others by a few.
+    for (i, u) in users.iter().enumerate().skip(1).filter(|(i, _)| i % 10 == 0) {
+        let msgs: Vec<String> =
+            if i % 1000 == 0 { (0..100).map(|m| format!("m{m}")).collect() } else { vec!["m0".into()] };
+        let refs: Vec<&str> = msgs.iter().map(String::as_str).collect();
+        events.push(read(u, group("huge"), &refs, t + 1));
+    }
+    produce_events(&producer, &topics.events, &events);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker =
+        Worker::new(&topics, "apiload-g", &dir.path().join("state")).env("RECEIPTD_APPS__a1__TOKEN", TOKEN);
+    worker.start();
+    worker.wait_ready(Duration::from_secs(120));
+    worker.wait_caught_up(&topics.events, Duration::from_secs(120));
+    let mut client = Client::new(worker.http);
+    measure(&mut client, "idle", 2_000);
+
+    // The load: another app's synthetic chat, offered at OFFERED events/s.
+    let running = Arc::new(AtomicBool::new(true));
+    let flag = running.clone();
+    let events_topic = topics.events.clone();
+    let load = std::thread::spawn(move || {
+        let producer = support::producer();
+        let mut traffic = Traffic::new(TrafficShape { app_id: "load".into(), ..TrafficShape::demo() });
+        let batch: Vec<Event> = traffic.take(0);
+        produce_events(&producer, &events_topic, &batch);
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while flag.load(Relaxed) {
+            let chunk: Vec<Event> = (0..1_000).map(|_| traffic.next_event()).collect();
+            for e in &chunk {
+                let payload = serde_json::to_vec(e).unwrap();
+                produce_raw(&producer, &events_topic, receiptd_wire::conversation_key(e).as_bytes(), &payload);
+            }
+            producer.poll(Duration::ZERO);
+            sent += 1_000;
+            let due = Duration::from_secs_f64(sent as f64 / OFFERED as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+        sent as f64 / started.elapsed().as_secs_f64()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let folded_before = worker.metric("receiptd_records_in_total");
+    let window = Instant::now();
+    measure(&mut client, "under load", 2_000);
+    let folded = (worker.metric("receiptd_records_in_total") - folded_before) / window.elapsed().as_secs_f64();
+    running.store(false, Relaxed);
+    let offered = load.join().unwrap();
+    println!("load during the measurement: offered {offered:.0} events/s, folded {folded:.0} events/s");
+    assert_eq!(worker.terminate(), 0);
+    if let Some(dir) = broker_dir {
+        let _ = std::process::Command::new("deploy/kafka.sh").arg("stop").arg(&dir).status();
+    }
+}
