@@ -40,6 +40,47 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// What step 1 of a flush queued, for the metrics of step 3.
+pub(crate) struct FlushBegun {
+    started: Instant,
+    receipts: u64,
+    records: u64,
+    bytes: u64,
+}
+
+/// Step 2 of a flush: waits until the broker has every queued delta and DLQ
+/// record, so that the offsets which produced them may be stored. Needs no
+/// engine lock.
+pub(crate) fn await_delivery(
+    producer: &BaseProducer<DeliveryContext>,
+    shared: &Shared,
+    deadline: Option<Instant>,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), StreamError> {
+    let mut waited = false;
+    loop {
+        match producer.flush(Duration::from_millis(500)) {
+            Ok(()) => break,
+            Err(e) => {
+                if !waited {
+                    tracing::warn!(error = %e, "waiting for the broker to take deltas");
+                    waited = true;
+                }
+                shared.producer_blocked.store(true, Relaxed);
+                shared.metrics.flush_errors.fetch_add(1, Relaxed);
+                if stop() || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(StreamError::Timeout("delivering deltas to the broker".into()));
+                }
+            }
+        }
+    }
+    if waited {
+        tracing::info!("broker took the pending deltas; resuming");
+    }
+    shared.producer_blocked.store(false, Relaxed);
+    Ok(())
+}
+
 /// A partition this worker owns.
 struct Owned {
     state: PartitionState,
@@ -51,7 +92,7 @@ struct Owned {
 pub(crate) struct Engine {
     config: Arc<WorkerConfig>,
     store: Arc<Store>,
-    producer: BaseProducer<DeliveryContext>,
+    producer: Arc<BaseProducer<DeliveryContext>>,
     pub(crate) settings: SettingsTable,
     partitions: BTreeMap<i32, Owned>,
     deltas: DeltaBuffer,
@@ -66,7 +107,7 @@ impl Engine {
     pub(crate) fn new(
         config: Arc<WorkerConfig>,
         store: Arc<Store>,
-        producer: BaseProducer<DeliveryContext>,
+        producer: Arc<BaseProducer<DeliveryContext>>,
         settings: SettingsTable,
         shared: Arc<Shared>,
     ) -> Self {
@@ -172,12 +213,21 @@ impl Engine {
     ///
     /// `deadline` bounds the wait for the broker; past it the flush gives up
     /// without writing, which is safe: the records are folded again after a
-    /// restart or by the next owner.
+    /// restart or by the next owner. The poll loop runs the three steps
+    /// itself, so that queries are not held up during the wait.
     pub(crate) fn flush(
         &mut self,
         deadline: Option<Instant>,
         stop: &dyn Fn() -> bool,
     ) -> Result<Option<TopicPartitionList>, StreamError> {
+        let Some(begun) = self.flush_begin() else { return Ok(None) };
+        await_delivery(&self.producer, &self.shared, deadline, stop)?;
+        self.flush_finish(begun).map(Some)
+    }
+
+    /// Step 1 of a flush: sweeps, then queues the changed receipts, one record
+    /// per recipient (chunked if huge). `None` when there is nothing to flush.
+    pub(crate) fn flush_begin(&mut self) -> Option<FlushBegun> {
         let started = Instant::now();
         if started.duration_since(self.last_sweep) >= HELD_SWEEP_EVERY {
             self.last_sweep = started;
@@ -189,55 +239,32 @@ impl Engine {
         self.shared.metrics.add_fold(&std::mem::take(&mut self.fx).stats);
         if self.pending == 0 && !self.partitions.values().any(|o| o.state.has_dirty()) {
             self.producer.poll(Duration::ZERO);
-            return Ok(None);
+            return None;
         }
-
-        // 1. Deltas, one record per recipient (chunked if huge).
         for owned in self.partitions.values_mut() {
             for change in owned.state.take_receipts(&self.settings) {
                 self.deltas.push(change);
             }
         }
-        let receipts = self.deltas.len() as u64;
-        let mut records = 0u64;
-        let mut bytes = 0u64;
+        let mut begun = FlushBegun { started, receipts: self.deltas.len() as u64, records: 0, bytes: 0 };
         for mut record in self.deltas.drain() {
             let key = delta_key(&record.app_id, &record.to);
             let all = std::mem::take(&mut record.receipts);
             for chunk in all.chunks(MAX_RECEIPTS_PER_RECORD) {
                 record.receipts = chunk.to_vec();
                 let payload = serde_json::to_vec(&record).expect("delta records always serialize");
-                bytes += payload.len() as u64;
-                records += 1;
+                begun.bytes += payload.len() as u64;
+                begun.records += 1;
                 self.send(BaseRecord::to(&self.config.topics.deltas).key(key.as_bytes()).payload(&payload[..]));
             }
         }
+        Some(begun)
+    }
 
-        // 2. The broker must have every delta and DLQ record before the
-        // offsets that produced them are stored.
-        let mut waited = false;
-        loop {
-            match self.producer.flush(Duration::from_millis(500)) {
-                Ok(()) => break,
-                Err(e) => {
-                    if !waited {
-                        tracing::warn!(error = %e, "waiting for the broker to take deltas");
-                        waited = true;
-                    }
-                    self.shared.producer_blocked.store(true, Relaxed);
-                    self.shared.metrics.flush_errors.fetch_add(1, Relaxed);
-                    if stop() || deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(StreamError::Timeout("delivering deltas to the broker".into()));
-                    }
-                }
-            }
-        }
-        if waited {
-            tracing::info!("broker took the pending deltas; resuming");
-        }
-        self.shared.producer_blocked.store(false, Relaxed);
-
-        // 3. State and offsets, one batch, one write per touched entity.
+    /// Step 3 of a flush, once the broker has every delta and DLQ record:
+    /// state and offsets in one batch, one write per touched entity.
+    pub(crate) fn flush_finish(&mut self, begun: FlushBegun) -> Result<TopicPartitionList, StreamError> {
+        let FlushBegun { started, receipts, records, bytes } = begun;
         let mut batch = receiptd_store::WriteBatch::default();
         let mut puts = 0usize;
         let mut offsets = TopicPartitionList::new();
@@ -270,7 +297,7 @@ impl Engine {
         m.flush_took(started.elapsed().as_secs_f64(), self.pending);
         tracing::debug!(events = self.pending, puts, records, receipts, "flushed");
         self.pending = 0;
-        Ok(Some(offsets))
+        Ok(offsets)
     }
 
     /// fsyncs the store: a checkpoint boundary.

@@ -1,7 +1,7 @@
 //! The worker thread: a `BaseConsumer` poll loop, its rebalance handling, and
 //! shutdown.
 
-use crate::engine::{DeliveryContext, Engine};
+use crate::engine::{await_delivery, DeliveryContext, Engine};
 use crate::settings::SettingsReader;
 use crate::{Metrics, StreamError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -206,15 +206,17 @@ fn run_inner(
     stop: &Arc<AtomicBool>,
 ) -> Result<(), StreamError> {
     let config = Arc::new(config);
-    let producer: BaseProducer<DeliveryContext> = client_config(&config)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "2")
-        // Never give up on a delta: the flush waits, and offsets stay put.
-        .set("message.timeout.ms", "0")
-        .set("queue.buffering.max.kbytes", "65536")
-        .create_with_context(DeliveryContext { shared: shared.clone() })?;
+    let producer: Arc<BaseProducer<DeliveryContext>> = Arc::new(
+        client_config(&config)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "2")
+            // Never give up on a delta: the flush waits, and offsets stay put.
+            .set("message.timeout.ms", "0")
+            .set("queue.buffering.max.kbytes", "65536")
+            .create_with_context(DeliveryContext { shared: shared.clone() })?,
+    );
 
-    let mut engine = Engine::new(config.clone(), store, producer, SettingsTable::default(), shared.clone());
+    let mut engine = Engine::new(config.clone(), store, producer.clone(), SettingsTable::default(), shared.clone());
     let mut table = SettingsTable::default();
     let settings = SettingsReader::bootstrap(&config, &mut table, shared, stop, &mut |m, e| engine.dead_letter(m, e))?;
     engine.settings = table;
@@ -272,26 +274,37 @@ fn run_inner(
         }
         let now = Instant::now();
         if due || now >= next_flush {
-            let mut guard = engine.lock().expect("engine lock");
-            let e = guard.as_mut().expect("engine present while running");
-            let mut dead = Vec::new();
-            settings.follow(&mut e.settings, shared, &mut |m, err| dead.push((m.detach(), err.clone())));
-            for (m, err) in dead {
-                e.dead_letter(&m, &err);
-            }
-            match e.flush(None, &|| stop.load(Relaxed)) {
-                Ok(Some(offsets)) => {
-                    if offsets.count() > 0 {
+            // The flush's three steps; the lock is let go while the broker
+            // confirms the deltas, so queries are not held up by the wait.
+            let begun = {
+                let mut guard = engine.lock().expect("engine lock");
+                let e = guard.as_mut().expect("engine present while running");
+                let mut dead = Vec::new();
+                settings.follow(&mut e.settings, shared, &mut |m, err| dead.push((m.detach(), err.clone())));
+                for (m, err) in dead {
+                    e.dead_letter(&m, &err);
+                }
+                if now >= next_gauges {
+                    e.refresh_gauges();
+                    next_gauges = now + Duration::from_secs(5);
+                }
+                e.flush_begin()
+            };
+            if let Some(begun) = begun {
+                match await_delivery(&producer, shared, None, &|| stop.load(Relaxed)) {
+                    Ok(()) => {}
+                    Err(StreamError::Timeout(_)) if stop.load(Relaxed) => break Ok(()),
+                    Err(err) => break Err(err),
+                }
+                let finished =
+                    engine.lock().expect("engine lock").as_mut().expect("engine present").flush_finish(begun);
+                match finished {
+                    Ok(offsets) if offsets.count() > 0 => {
                         let _ = consumer.commit(&offsets, CommitMode::Async);
                     }
+                    Ok(_) => {}
+                    Err(err) => break Err(err),
                 }
-                Ok(None) => {}
-                Err(StreamError::Timeout(_)) if stop.load(Relaxed) => break Ok(()),
-                Err(err) => break Err(err),
-            }
-            if now >= next_gauges {
-                e.refresh_gauges();
-                next_gauges = now + Duration::from_secs(5);
             }
             next_flush = Instant::now() + config.flush_interval;
         }
