@@ -10,8 +10,6 @@ use crate::SettingsTable;
 use receiptd_wire::{Conversation, Event, GroupMembers, MembersOp, MessageRead, MessageSent, Receipt};
 use rustc_hash::FxHashSet;
 
-const DAY_MS: u64 = 86_400_000;
-
 /// Bounds the fold keeps; both are deterministic functions of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -113,7 +111,7 @@ impl PartitionState {
     pub fn expire_messages(&mut self, settings: &SettingsTable, fx: &mut Effects) {
         let PartitionState { apps, watermark, dirty, .. } = self;
         for (app_id, app) in apps.iter_mut() {
-            let retention = retention_ms(settings, app_id);
+            let retention = settings.retention_ms(app_id);
             while let Some(std::cmp::Reverse((sent_at, _))) = app.by_sent_at.peek() {
                 if sent_at.saturating_add(retention) >= *watermark {
                     break;
@@ -270,7 +268,7 @@ impl PartitionState {
             stats.ignore(Ignored::DuplicateMessage);
             return Outcome::Ignored;
         }
-        if e.sent_at.saturating_add(retention_ms(settings, &e.app_id)) < watermark {
+        if e.sent_at.saturating_add(settings.retention_ms(&e.app_id)) < watermark {
             // Already past retention when it arrives: never tracked.
             stats.ignore(Ignored::Expired);
             return Outcome::Ignored;
@@ -479,10 +477,6 @@ impl PartitionState {
     }
 }
 
-fn retention_ms(settings: &SettingsTable, app_id: &str) -> u64 {
-    u64::from(settings.retention_days(app_id)) * DAY_MS
-}
-
 fn app_entry<'a>(apps: &'a mut rustc_hash::FxHashMap<String, AppState>, app: &str) -> &'a mut AppState {
     if !apps.contains_key(app) {
         apps.insert(app.to_owned(), AppState::default());
@@ -563,7 +557,7 @@ fn read_one(
         }
         MessageTarget::C2c { .. } => 0,
     };
-    if m.sent_at.saturating_add(retention_ms(ctx.settings, ctx.app_id)) < ctx.watermark {
+    if m.sent_at.saturating_add(ctx.settings.retention_ms(ctx.app_id)) < ctx.watermark {
         return ReadResult::Ignored(Ignored::Expired);
     }
     let slot = match m.readers.binary_search_by_key(&ordinal, |r| r.ordinal) {

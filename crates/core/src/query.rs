@@ -80,8 +80,7 @@ impl PartitionState {
         conversation: &Conversation,
     ) -> Result<&crate::MessageState, QueryRefusal> {
         let m = self.located(app, msg_id, requester, conversation)?;
-        let retention = u64::from(settings.retention_days(app)) * 86_400_000;
-        if m.tracking != Tracking::Tracked || m.sent_at.saturating_add(retention) < self.watermark {
+        if m.tracking != Tracking::Tracked || m.sent_at.saturating_add(settings.retention_ms(app)) < self.watermark {
             return Err(QueryRefusal::NotFound);
         }
         if m.sender != requester {

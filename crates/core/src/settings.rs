@@ -60,6 +60,11 @@ impl SettingsTable {
         self.receipts_off.get(app).is_some_and(|off| !off.is_empty())
     }
 
+    /// Retention in milliseconds, the unit the fold's clock counts in.
+    pub fn retention_ms(&self, app: &str) -> u64 {
+        u64::from(self.retention_days(app)) * 86_400_000
+    }
+
     /// Whether the user's reads may be revealed.
     pub fn receipts_on(&self, app: &str, user: &str) -> bool {
         self.receipts_off.get(app).is_none_or(|off| !off.contains(user))
