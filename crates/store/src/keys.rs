@@ -115,19 +115,25 @@ fn take_str<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
 
 pub(crate) fn parse(key: &[u8]) -> Option<Parsed<'_>> {
     let (&kind, mut rest) = key.get(4..)?.split_first()?;
+    const CHECKPOINT: u8 = Kind::Checkpoint as u8;
+    const GROUP: u8 = Kind::Group as u8;
+    const MEMBER: u8 = Kind::Member as u8;
+    const MESSAGE: u8 = Kind::Message as u8;
+    const MARK: u8 = Kind::Mark as u8;
+    const HELD: u8 = Kind::Held as u8;
     let parsed = match kind {
-        b'c' => Parsed::Checkpoint,
-        b'g' => Parsed::Group { app: take_str(&mut rest)?, group: take_str(&mut rest)? },
-        b'u' => {
+        CHECKPOINT => Parsed::Checkpoint,
+        GROUP => Parsed::Group { app: take_str(&mut rest)?, group: take_str(&mut rest)? },
+        MEMBER => {
             let app = take_str(&mut rest)?;
             let group = take_str(&mut rest)?;
             let ordinal = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
             rest = &rest[4..];
             Parsed::Member { app, group, ordinal }
         }
-        b'm' => Parsed::Message { app: take_str(&mut rest)?, msg: take_str(&mut rest)? },
-        b'k' => Parsed::Mark { app: take_str(&mut rest)?, reader: take_str(&mut rest)?, peer: take_str(&mut rest)? },
-        b'h' => Parsed::Held { app: take_str(&mut rest)?, msg: take_str(&mut rest)? },
+        MESSAGE => Parsed::Message { app: take_str(&mut rest)?, msg: take_str(&mut rest)? },
+        MARK => Parsed::Mark { app: take_str(&mut rest)?, reader: take_str(&mut rest)?, peer: take_str(&mut rest)? },
+        HELD => Parsed::Held { app: take_str(&mut rest)?, msg: take_str(&mut rest)? },
         _ => return None,
     };
     rest.is_empty().then_some(parsed)

@@ -145,6 +145,10 @@ impl Engine {
             self.shared.metrics.records_skipped.fetch_add(1, Relaxed);
             return;
         }
+        // Folded or dead-lettered, the record is consumed either way.
+        owned.next_offset = offset + 1;
+        owned.unflushed += 1;
+        self.pending += 1;
         let decoded = ContentType::from_header(header(m, CONTENT_TYPE_HEADER))
             .and_then(|ct| decode_event(m.key(), m.payload(), ct));
         match decoded {
@@ -152,17 +156,8 @@ impl Engine {
                 let record_time = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
                 owned.state.apply(&self.settings, &self.config.limits, &event, record_time, &mut self.fx);
             }
-            Err(e) => {
-                owned.next_offset = offset + 1;
-                owned.unflushed += 1;
-                self.pending += 1;
-                self.dead_letter(m, &e);
-                return;
-            }
+            Err(e) => self.dead_letter(m, &e),
         }
-        owned.next_offset = offset + 1;
-        owned.unflushed += 1;
-        self.pending += 1;
     }
 
     /// Sends a record that cannot be applied to the DLQ, with the reason in a

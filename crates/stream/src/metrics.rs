@@ -53,6 +53,8 @@ pub struct Metrics {
     pub flush_errors: AtomicU64,
     /// Settings records applied.
     pub settings_records: AtomicU64,
+    /// Rebalance callbacks (assign, revoke, error) the worker handled.
+    pub rebalances: AtomicU64,
     /// Messages in owned partitions.
     pub messages_tracked: AtomicI64,
     /// Reads waiting for their message.
@@ -209,6 +211,7 @@ impl Metrics {
             ("receiptd_flushed_events_total", "Events covered by completed flushes.", &self.flushed_events),
             ("receiptd_flush_errors_total", "Flushes that failed and were retried.", &self.flush_errors),
             ("receiptd_settings_records_total", "Settings records applied.", &self.settings_records),
+            ("receiptd_rebalances_total", "Rebalance callbacks handled (assign, revoke, error).", &self.rebalances),
         ] {
             counter(&mut out, name, help);
             let _ = writeln!(out, "{name} {}", c.load(Relaxed));

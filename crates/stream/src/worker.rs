@@ -12,8 +12,8 @@ use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use receiptd_core::{Limits, PartitionState, SettingsTable};
 use receiptd_store::Store;
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,8 +71,6 @@ pub struct Shared {
     pub producer_blocked: AtomicBool,
     /// The worker has stopped (cleanly or not).
     pub stopped: AtomicBool,
-    /// Rebalances seen.
-    pub rebalances: AtomicU64,
     engine: EngineSlot,
 }
 
@@ -135,7 +133,7 @@ impl ClientContext for WorkerContext {
 
 impl ConsumerContext for WorkerContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        self.shared.rebalances.fetch_add(1, Relaxed);
+        self.shared.metrics.rebalances.fetch_add(1, Relaxed);
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let mut guard = self.engine.lock().expect("engine lock");
         let Some(engine) = guard.as_mut() else { return };
