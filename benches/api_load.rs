@@ -22,6 +22,8 @@ use support::{ev::*, *};
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const OFFERED: u64 = 100_000;
+/// Enough for the warm-up and the measurement at OFFERED events/s.
+const LOAD_EVENTS: usize = 3_000_000;
 
 /// One keep-alive HTTP/1.1 connection.
 struct Client {
@@ -110,15 +112,7 @@ fn measure(client: &mut Client, label: &str, rounds: usize) {
 }
 
 fn main() {
-    let mut broker_dir = None;
-    if std::env::var("RECEIPTD_TEST_BROKERS").is_err() {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let out =
-            std::process::Command::new("deploy/kafka.sh").arg("start").arg(&dir).output().expect("run deploy/kafka.sh");
-        assert!(out.status.success(), "deploy/kafka.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
-        std::env::set_var("RECEIPTD_TEST_BROKERS", String::from_utf8_lossy(&out.stdout).trim());
-        broker_dir = Some(dir);
-    }
+    let _broker = BenchBroker::ensure();
     let topics = Topics::create("apiload");
     let producer = producer();
     let t = now_ms();
@@ -148,8 +142,8 @@ fn main() {
     produce_events(&producer, &topics.events, &events);
 
     let dir = tempfile::tempdir().unwrap();
-    let mut worker =
-        Worker::new(&topics, "apiload-g", &dir.path().join("state")).env("RECEIPTD_APPS__a1__TOKEN", TOKEN);
+    let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"))
+        .env("RECEIPTD_APPS__a1__TOKEN", TOKEN);
     worker.start();
     worker.wait_ready(Duration::from_secs(120));
     worker.wait_caught_up(&topics.events, Duration::from_secs(120));
@@ -157,29 +151,39 @@ fn main() {
     measure(&mut client, "idle", 2_000);
 
     // The load: another app's synthetic chat, offered at OFFERED events/s.
+    // Serialized up front, so that the generator's own JSON work does not
+    // compete with the worker for the 2 cores.
+    let mut traffic = Traffic::new(TrafficShape { app_id: "load".into(), ..TrafficShape::demo() });
+    let setup = traffic.take(0);
+    let payloads: Vec<(String, Vec<u8>)> = (0..LOAD_EVENTS)
+        .map(|_| {
+            let e = traffic.next_event();
+            (receiptd_wire::conversation_key(&e), serde_json::to_vec(&e).unwrap())
+        })
+        .collect();
     let running = Arc::new(AtomicBool::new(true));
     let flag = running.clone();
     let events_topic = topics.events.clone();
     let load = std::thread::spawn(move || {
         let producer = support::producer();
-        let mut traffic = Traffic::new(TrafficShape { app_id: "load".into(), ..TrafficShape::demo() });
-        let batch: Vec<Event> = traffic.take(0);
-        produce_events(&producer, &events_topic, &batch);
+        produce_events(&producer, &events_topic, &setup);
         let started = Instant::now();
         let mut sent = 0u64;
-        while flag.load(Relaxed) {
-            let chunk: Vec<Event> = (0..1_000).map(|_| traffic.next_event()).collect();
-            for e in &chunk {
-                let payload = serde_json::to_vec(e).unwrap();
-                produce_raw(&producer, &events_topic, receiptd_wire::conversation_key(e).as_bytes(), &payload);
+        for chunk in payloads.chunks(1_000) {
+            if !flag.load(Relaxed) {
+                break;
+            }
+            for (key, payload) in chunk {
+                produce_raw(&producer, &events_topic, key.as_bytes(), payload);
             }
             producer.poll(Duration::ZERO);
-            sent += 1_000;
+            sent += chunk.len() as u64;
             let due = Duration::from_secs_f64(sent as f64 / OFFERED as f64);
             if let Some(ahead) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(ahead);
             }
         }
+        assert!(!flag.load(Relaxed), "the load ran out before the measurement ended; raise LOAD_EVENTS");
         sent as f64 / started.elapsed().as_secs_f64()
     });
     std::thread::sleep(Duration::from_secs(3));
@@ -191,7 +195,4 @@ fn main() {
     let offered = load.join().unwrap();
     println!("load during the measurement: offered {offered:.0} events/s, folded {folded:.0} events/s");
     assert_eq!(worker.terminate(), 0);
-    if let Some(dir) = broker_dir {
-        let _ = std::process::Command::new("deploy/kafka.sh").arg("stop").arg(&dir).status();
-    }
 }

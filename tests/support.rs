@@ -30,6 +30,31 @@ pub fn brokers() -> String {
     }
 }
 
+/// For benches: uses RECEIPTD_TEST_BROKERS, or starts a broker with
+/// deploy/kafka.sh (and stops it when dropped).
+pub struct BenchBroker(Option<PathBuf>);
+
+impl BenchBroker {
+    pub fn ensure() -> BenchBroker {
+        if std::env::var("RECEIPTD_TEST_BROKERS").is_ok_and(|b| !b.trim().is_empty()) {
+            return BenchBroker(None);
+        }
+        let dir = tempfile::tempdir().unwrap().keep();
+        let out = Command::new("deploy/kafka.sh").arg("start").arg(&dir).output().expect("run deploy/kafka.sh");
+        assert!(out.status.success(), "deploy/kafka.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::env::set_var("RECEIPTD_TEST_BROKERS", String::from_utf8_lossy(&out.stdout).trim());
+        BenchBroker(Some(dir))
+    }
+}
+
+impl Drop for BenchBroker {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = Command::new("deploy/kafka.sh").arg("stop").arg(dir).status();
+        }
+    }
+}
+
 /// One test's own topics.
 #[derive(Clone, Debug)]
 pub struct Topics {

@@ -18,6 +18,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// The fold allocates many small strings; glibc's malloc spent a quarter of
+// the worker's CPU under load (perf), mimalloc a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "receiptd", version, about = "Read-receipt engine for chat backends")]
 struct Cli {

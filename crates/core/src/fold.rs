@@ -112,17 +112,15 @@ impl PartitionState {
         let PartitionState { apps, watermark, dirty, .. } = self;
         for (app_id, app) in apps.iter_mut() {
             let retention = settings.retention_ms(app_id);
-            while let Some(std::cmp::Reverse((sent_at, _))) = app.by_sent_at.peek() {
-                if sent_at.saturating_add(retention) >= *watermark {
-                    break;
-                }
-                let std::cmp::Reverse((sent_at, msg_id)) = app.by_sent_at.pop().expect("peeked");
-                if app.messages.get(&msg_id).is_some_and(|m| m.sent_at == sent_at) {
-                    app.messages.remove(&msg_id);
+            // Expired: sent_at + retention < watermark.
+            let messages = &mut app.messages;
+            app.by_sent_at.pop_before(watermark.saturating_sub(retention), |sent_at, msg_id| {
+                if messages.get(&msg_id).is_some_and(|m| m.sent_at == sent_at) {
+                    messages.remove(&msg_id);
                     fx.stats.expired_messages += 1;
                     dirty.push(DirtyKey::Message { app: app_id.clone(), msg_id });
                 }
-            }
+            });
         }
     }
 
@@ -303,7 +301,7 @@ impl PartitionState {
         let mut message = MessageState::new(e.sender.clone(), target, e.sent_at, tracking);
         message.dirty = true;
         dirty.push(DirtyKey::Message { app: e.app_id.clone(), msg_id: e.msg_id.clone() });
-        app.by_sent_at.push(std::cmp::Reverse((e.sent_at, e.msg_id.clone())));
+        app.by_sent_at.push(e.sent_at, e.msg_id.clone());
         app.messages.insert(e.msg_id.clone(), message);
 
         // Reads that came first are applied now, in their arrival order.

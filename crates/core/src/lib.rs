@@ -28,6 +28,7 @@ mod fenwick;
 mod fold;
 mod query;
 mod settings;
+mod sharded;
 mod state;
 mod stats;
 
@@ -35,6 +36,7 @@ pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};
 pub use query::{MemberFilter, MemberPage, QueryRefusal};
 pub use settings::SettingsTable;
+pub use sharded::ShardedMap;
 pub use state::{
     DirtyKey, EntityRef, GroupMeta, HeldRead, MessageState, MessageTarget, PartitionState, ReadMark, Tracking,
     NOT_A_MEMBER,

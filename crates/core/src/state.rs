@@ -206,13 +206,46 @@ pub(crate) struct Mark {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AppState {
     pub(crate) groups: FxHashMap<String, Group>,
-    pub(crate) messages: FxHashMap<String, MessageState>,
+    pub(crate) messages: crate::ShardedMap<String, MessageState>,
     /// (reader, peer) -> the reader's conversation-read mark.
-    pub(crate) marks: FxHashMap<(String, String), Mark>,
+    pub(crate) marks: crate::ShardedMap<(String, String), Mark>,
     pub(crate) held: FxHashMap<String, HeldList>,
     /// Messages by send time, oldest first: retention pops from the top
     /// instead of scanning. Entries of messages gone already are skipped.
-    pub(crate) by_sent_at: std::collections::BinaryHeap<std::cmp::Reverse<(u64, String)>>,
+    pub(crate) by_sent_at: SendTimeIndex,
+}
+
+/// Message ids by send time, in one-second buckets. A push moves at most one
+/// small vector (a binary heap of a million ids is one buffer, and each time
+/// it doubles the fold stalls while it is copied); expiry pops whole buckets.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SendTimeIndex {
+    buckets: std::collections::BTreeMap<u64, Vec<(u64, String)>>,
+}
+
+impl SendTimeIndex {
+    pub(crate) fn push(&mut self, sent_at: u64, msg_id: String) {
+        self.buckets.entry(sent_at / 1000).or_default().push((sent_at, msg_id));
+    }
+
+    /// Removes every entry sent before `cutoff`, handing each to `expire`.
+    pub(crate) fn pop_before(&mut self, cutoff: u64, mut expire: impl FnMut(u64, String)) {
+        while let Some(mut first) = self.buckets.first_entry() {
+            let second = *first.key();
+            if second.saturating_mul(1000) >= cutoff {
+                break;
+            }
+            if second.saturating_add(1).saturating_mul(1000) <= cutoff {
+                first.remove().into_iter().for_each(|(t, id)| expire(t, id));
+                continue;
+            }
+            // The bucket straddles the cutoff: only some of it goes.
+            let (gone, kept): (Vec<_>, Vec<_>) = first.get_mut().drain(..).partition(|(t, _)| *t < cutoff);
+            *first.get_mut() = kept;
+            gone.into_iter().for_each(|(t, id)| expire(t, id));
+            break;
+        }
+    }
 }
 
 /// The key of an entity that changed since the last [`PartitionState::take_dirty`].
@@ -477,7 +510,7 @@ impl PartitionState {
     /// Restores a message.
     pub fn restore_message(&mut self, app: &str, msg_id: &str, message: MessageState) {
         let app = self.app_mut(app);
-        app.by_sent_at.push(std::cmp::Reverse((message.sent_at, msg_id.to_owned())));
+        app.by_sent_at.push(message.sent_at, msg_id.to_owned());
         app.messages.insert(msg_id.to_owned(), message);
     }
 

@@ -108,6 +108,18 @@ impl TrafficShape {
         }
     }
 
+    /// The benchmarks' mix: 100,000 users, 1,600 groups of 2 to 1,024 members
+    /// (mean about 33: most are 2 to 40, one in 80 has 1,024), 10% duplicate
+    /// reads, reads clustered on the newest 100 messages with a 5% long tail.
+    pub fn bench() -> Self {
+        TrafficShape {
+            app_id: "bench".into(),
+            users: 100_000,
+            group_sizes: (0..1_600).map(|i| if i % 80 == 79 { 1_024 } else { 2 + (i * 37) % 39 }).collect(),
+            ..Self::demo()
+        }
+    }
+
     /// A small, busy chat for crash tests: few users, membership churn.
     pub fn small(app_id: &str, seed: u64) -> Self {
         TrafficShape {

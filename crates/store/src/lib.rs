@@ -191,7 +191,16 @@ impl Store {
     /// however many events touched it. Returns how many entities were staged.
     pub fn stage(&self, batch: &mut WriteBatch, partition: i32, state: &mut PartitionState, next_offset: i64) -> usize {
         let dirty = state.take_dirty();
-        for key in &dirty {
+        self.stage_entities(batch, partition, state, &dirty);
+        self.stage_checkpoint(batch, partition, state, next_offset);
+        dirty.len()
+    }
+
+    /// Stages the current value of each of `keys` (taken from
+    /// [`PartitionState::take_dirty`]); lets a caller stage a large flush in
+    /// slices.
+    pub fn stage_entities(&self, batch: &mut WriteBatch, partition: i32, state: &PartitionState, keys: &[DirtyKey]) {
+        for key in keys {
             let k = keys::entity(partition, key);
             match state.entity(key) {
                 EntityRef::Group(meta) => batch.put(&k, encode(meta)),
@@ -209,9 +218,13 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Stages the partition's checkpoint: the next offset to fold, and the
+    /// state's watermark.
+    pub fn stage_checkpoint(&self, batch: &mut WriteBatch, partition: i32, state: &PartitionState, next_offset: i64) {
         let checkpoint = Checkpoint { next_offset, watermark: state.watermark() };
         batch.put(keys::checkpoint(partition), encode(&checkpoint));
-        dirty.len()
     }
 
     /// Writes a batch atomically. Not fsynced: see [`Store::sync`].

@@ -3,49 +3,135 @@
 
 use crate::settings::header;
 use crate::worker::Shared;
-use crate::{StreamError, WorkerConfig, DLQ_DETAIL_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
+use crate::{Metrics, StreamError, WorkerConfig, DLQ_DETAIL_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use receiptd_core::{DeltaBuffer, Effects, PartitionState, SettingsTable};
 use receiptd_store::Store;
-use receiptd_wire::{decode_event, delta_key, ContentType, DecodeError, CONTENT_TYPE_HEADER};
+use receiptd_wire::{decode_event, delta_key, ContentType, DecodeError, Event, CONTENT_TYPE_HEADER};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Most receipts in one delta record; a recipient with more in one flush gets
 /// several records, so no record nears the broker's size limit.
 const MAX_RECEIPTS_PER_RECORD: usize = 500;
+/// Most entities staged under one lock hold.
+const STAGE_SLICE: usize = 256;
 /// How often held reads past their window, and messages past retention, are swept.
 const HELD_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Counts deliveries the broker refused for good.
+/// Tracks which produced records the broker has confirmed, by flush
+/// generation, and counts the ones it refused for good.
 pub(crate) struct DeliveryContext {
     pub(crate) shared: Arc<Shared>,
+    /// Records not yet confirmed, per generation.
+    outstanding: Mutex<BTreeMap<u64, u64>>,
+}
+
+impl DeliveryContext {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        DeliveryContext { shared, outstanding: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn sent(&self, generation: u64) {
+        *self.outstanding.lock().expect("delivery lock").entry(generation).or_default() += 1;
+    }
+
+    fn settled(&self, generation: u64) {
+        let mut outstanding = self.outstanding.lock().expect("delivery lock");
+        if let Some(n) = outstanding.get_mut(&generation) {
+            *n -= 1;
+            if *n == 0 {
+                outstanding.remove(&generation);
+            }
+        }
+    }
+
+    /// Every record of `generation` and earlier is settled.
+    fn settled_through(&self, generation: u64) -> bool {
+        self.outstanding.lock().expect("delivery lock").range(..=generation).next().is_none()
+    }
 }
 
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
+    /// The flush generation the record belongs to.
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, generation: usize) {
         if let Err((e, m)) = result {
             self.shared.metrics.delta_failures.fetch_add(1, Relaxed);
             tracing::error!(topic = m.topic(), error = %e, "record not delivered");
         }
+        self.settled(generation as u64);
     }
 }
 
-/// What step 1 of a flush queued, for the metrics of step 3.
-pub(crate) struct FlushBegun {
+/// A flush whose deltas are on their way to the broker: the state and
+/// offsets it will write once they are all confirmed, staged at the moment
+/// the deltas were taken. Folding goes on meanwhile; what it changes is
+/// staged by the next flush.
+pub(crate) struct StagedFlush {
+    generation: u64,
+    batch: receiptd_store::WriteBatch,
+    /// (partition, next offset) written in `batch`.
+    offsets: Vec<(i32, i64)>,
+    sync: bool,
     started: Instant,
-    receipts: u64,
-    records: u64,
-    bytes: u64,
+    events: u64,
+    puts: u64,
+}
+
+impl StagedFlush {
+    /// Step 3 of a flush, once the broker has every delta and DLQ record it
+    /// depends on: state and offsets in one batch (fsynced at checkpoint
+    /// boundaries). Needs no engine lock. Returns the offsets written.
+    pub(crate) fn commit(self, store: &Store, metrics: &Metrics) -> Result<Vec<(i32, i64)>, StreamError> {
+        let fail = |e: receiptd_store::StoreError| {
+            metrics.store_failed.store(true, Relaxed);
+            tracing::error!(error = %e, "state write failed; stopping before any offset moves past it");
+            StreamError::from(e)
+        };
+        store.write(self.batch).map_err(fail)?;
+        metrics.store_writes.fetch_add(1, Relaxed);
+        if self.sync {
+            store.sync().map_err(fail)?;
+            metrics.store_syncs.fetch_add(1, Relaxed);
+        }
+        for &(partition, next) in &self.offsets {
+            metrics.set_next_offset(partition, next);
+        }
+        metrics.flushed_events.fetch_add(self.events, Relaxed);
+        metrics.store_puts.fetch_add(self.puts, Relaxed);
+        metrics.flush_took(self.started.elapsed().as_secs_f64(), self.events);
+        tracing::debug!(events = self.events, puts = self.puts, "flushed");
+        Ok(self.offsets)
+    }
+
+    /// When its deltas were taken.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+}
+
+/// Offsets as a list for `commit` to Kafka.
+pub(crate) fn offset_list(topic: &str, offsets: &[(i32, i64)]) -> Result<TopicPartitionList, StreamError> {
+    let mut tpl = TopicPartitionList::new();
+    for &(partition, next) in offsets {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
+    }
+    Ok(tpl)
+}
+
+/// Decodes one record of the events topic (no engine state needed, so the
+/// worker does it outside the engine lock).
+pub(crate) fn decode(m: &BorrowedMessage<'_>) -> Result<Event, DecodeError> {
+    ContentType::from_header(header(m, CONTENT_TYPE_HEADER)).and_then(|ct| decode_event(m.key(), m.payload(), ct))
 }
 
 /// Step 2 of a flush: waits until the broker has every queued delta and DLQ
@@ -81,6 +167,60 @@ pub(crate) fn await_delivery(
     Ok(())
 }
 
+/// Queues one record, waiting while librdkafka's queue is full. The record's
+/// opaque is its flush generation.
+fn send(producer: &BaseProducer<DeliveryContext>, metrics: &Metrics, mut record: BaseRecord<'_, [u8], [u8], usize>) {
+    let generation = record.delivery_opaque as u64;
+    loop {
+        match producer.send(record) {
+            Ok(()) => {
+                producer.context().sent(generation);
+                return;
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, r)) => {
+                metrics.delta_failures.fetch_add(1, Relaxed);
+                tracing::error!(topic = r.topic, error = %e, "record could not be queued");
+                return;
+            }
+        }
+    }
+}
+
+/// The delta records a flush took, to be serialized and queued without the
+/// engine lock, before anything else of the flush is checked.
+#[must_use = "a flush's deltas must be sent before it can be confirmed"]
+pub(crate) struct DeltaBatch {
+    generation: u64,
+    records: Vec<receiptd_wire::DeltaRecord>,
+}
+
+impl DeltaBatch {
+    /// Serializes and queues the records, one per recipient (chunked if huge).
+    pub(crate) fn send(self, producer: &BaseProducer<DeliveryContext>, topic: &str, metrics: &Metrics) {
+        let (mut receipts, mut records, mut bytes) = (0, 0, 0);
+        for mut record in self.records {
+            let key = delta_key(&record.app_id, &record.to);
+            let all = std::mem::take(&mut record.receipts);
+            receipts += all.len() as u64;
+            for chunk in all.chunks(MAX_RECEIPTS_PER_RECORD) {
+                record.receipts = chunk.to_vec();
+                let payload = serde_json::to_vec(&record).expect("delta records always serialize");
+                bytes += payload.len() as u64;
+                records += 1;
+                let to = BaseRecord::with_opaque_to(topic, self.generation as usize);
+                send(producer, metrics, to.key(key.as_bytes()).payload(&payload[..]));
+            }
+        }
+        metrics.delta_records.fetch_add(records, Relaxed);
+        metrics.delta_receipts.fetch_add(receipts, Relaxed);
+        metrics.delta_bytes.fetch_add(bytes, Relaxed);
+    }
+}
+
 /// A partition this worker owns.
 struct Owned {
     state: PartitionState,
@@ -101,6 +241,21 @@ pub(crate) struct Engine {
     last_sweep: Instant,
     last_sync: Instant,
     pending: u64,
+    /// Generation of the records sent now; a flush takes it and moves it on.
+    generation: u64,
+    in_flight: Option<StagedFlush>,
+    staging: Option<Staging>,
+}
+
+/// A flush being staged, slice by slice.
+struct Staging {
+    flush: StagedFlush,
+    /// Partitions still to stage; the last one is being staged.
+    partitions: Vec<i32>,
+    /// Its dirty keys not yet staged, once taken.
+    dirty: Option<Vec<receiptd_core::DirtyKey>>,
+    /// Whether any of its entities were staged.
+    staged_any: bool,
 }
 
 impl Engine {
@@ -123,6 +278,9 @@ impl Engine {
             last_sweep: Instant::now(),
             last_sync: Instant::now(),
             pending: 0,
+            generation: 0,
+            in_flight: None,
+            staging: None,
         }
     }
 
@@ -131,8 +289,8 @@ impl Engine {
         self.pending
     }
 
-    /// Folds one record of the events topic.
-    pub(crate) fn ingest(&mut self, m: &BorrowedMessage<'_>) {
+    /// Folds one record of the events topic, decoded by [`decode`].
+    pub(crate) fn ingest(&mut self, m: &BorrowedMessage<'_>, decoded: Result<Event, DecodeError>) {
         self.shared.metrics.records_in.fetch_add(1, Relaxed);
         let partition = m.partition();
         let offset = m.offset();
@@ -149,8 +307,6 @@ impl Engine {
         owned.next_offset = offset + 1;
         owned.unflushed += 1;
         self.pending += 1;
-        let decoded = ContentType::from_header(header(m, CONTENT_TYPE_HEADER))
-            .and_then(|ct| decode_event(m.key(), m.payload(), ct));
         match decoded {
             Ok(event) => {
                 let record_time = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
@@ -175,7 +331,8 @@ impl Engine {
         if let Some(ct) = header(m, CONTENT_TYPE_HEADER) {
             headers = headers.insert(Header { key: CONTENT_TYPE_HEADER, value: Some(ct) });
         }
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.config.topics.dlq).headers(headers);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&self.config.topics.dlq, self.generation as usize).headers(headers);
         if let Some(k) = m.key() {
             record = record.key(k);
         }
@@ -185,44 +342,58 @@ impl Engine {
         self.send(record);
     }
 
-    fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(10));
-                }
-                Err((e, r)) => {
-                    self.shared.metrics.delta_failures.fetch_add(1, Relaxed);
-                    tracing::error!(topic = r.topic, error = %e, "record could not be queued");
-                    return;
-                }
-            }
-        }
+    fn send(&self, record: BaseRecord<'_, [u8], [u8], usize>) {
+        send(&self.producer, &self.shared.metrics, record);
     }
 
-    /// Produces pending deltas, waits for the broker to have them, then
-    /// writes state and offsets in one batch. Returns the offsets to commit to
-    /// Kafka (for lag), or `None` when there was nothing to flush.
+    /// Completes the flush in flight, if any, then flushes everything folded
+    /// since, waiting for the broker each time. Returns the offsets written,
+    /// or `None` when there was nothing to flush.
     ///
-    /// `deadline` bounds the wait for the broker; past it the flush gives up
-    /// without writing, which is safe: the records are folded again after a
-    /// restart or by the next owner. The poll loop runs the three steps
-    /// itself, so that queries are not held up during the wait.
+    /// `deadline` bounds each wait for the broker; past it the flush gives
+    /// up without writing, which is safe for partitions about to be given up
+    /// or a process about to exit: their records are folded again from the
+    /// last checkpoint. The poll loop runs the steps itself, without waiting.
     pub(crate) fn flush(
         &mut self,
         deadline: Option<Instant>,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Option<TopicPartitionList>, StreamError> {
-        let Some(begun) = self.flush_begin() else { return Ok(None) };
-        await_delivery(&self.producer, &self.shared, deadline, stop)?;
-        self.flush_finish(begun).map(Some)
+    ) -> Result<Option<Vec<(i32, i64)>>, StreamError> {
+        let mut written: BTreeMap<i32, i64> = BTreeMap::new();
+        for _ in 0..2 {
+            if self.in_flight.is_none() {
+                let Some(deltas) = self.flush_begin() else { break };
+                deltas.send(&self.producer, &self.config.topics.deltas, &self.shared.metrics);
+            }
+            let staged = self.in_flight.take().expect("a flush in flight");
+            await_delivery(&self.producer, &self.shared, deadline, stop)?;
+            written.extend(staged.commit(&self.store, &self.shared.metrics)?);
+        }
+        Ok((!written.is_empty()).then(|| written.into_iter().collect()))
     }
 
-    /// Step 1 of a flush: sweeps, then queues the changed receipts, one record
-    /// per recipient (chunked if huge). `None` when there is nothing to flush.
-    pub(crate) fn flush_begin(&mut self) -> Option<FlushBegun> {
+    /// Step 1 of a flush, in one go: see [`Engine::flush_open`].
+    pub(crate) fn flush_begin(&mut self) -> Option<DeltaBatch> {
+        if !self.flush_open() {
+            return None;
+        }
+        while self.flush_stage_one() {}
+        self.flush_close()
+    }
+
+    /// Step 1 of a flush opens it: sweeps, and returns whether anything
+    /// changed. Then [`Engine::flush_stage_one`], once per partition, takes
+    /// the changed receipts and stages every touched entity plus the next
+    /// offset in one batch; the poll loop lets go of the lock between
+    /// partitions so that queries are not held up. [`Engine::flush_close`]
+    /// sets the flush in flight and returns its deltas, which the caller
+    /// sends (without the lock) before it checks for confirmation. Nothing
+    /// is folded between open and close. Does nothing while another flush is
+    /// in flight.
+    pub(crate) fn flush_open(&mut self) -> bool {
+        if self.in_flight.is_some() || self.staging.is_some() {
+            return false;
+        }
         let started = Instant::now();
         if started.duration_since(self.last_sweep) >= HELD_SWEEP_EVERY {
             self.last_sweep = started;
@@ -234,65 +405,89 @@ impl Engine {
         self.shared.metrics.add_fold(&std::mem::take(&mut self.fx).stats);
         if self.pending == 0 && !self.partitions.values().any(|o| o.state.has_dirty()) {
             self.producer.poll(Duration::ZERO);
-            return None;
+            return false;
         }
-        for owned in self.partitions.values_mut() {
+        let sync = started.duration_since(self.last_sync) >= self.config.sync_interval;
+        if sync {
+            self.last_sync = started;
+        }
+        let flush = StagedFlush {
+            generation: self.generation,
+            batch: receiptd_store::WriteBatch::default(),
+            offsets: Vec::new(),
+            sync,
+            started,
+            events: self.pending,
+            puts: 0,
+        };
+        self.staging = Some(Staging {
+            flush,
+            partitions: self.partitions.keys().copied().collect(),
+            dirty: None,
+            staged_any: false,
+        });
+        true
+    }
+
+    /// Stages a slice of the open flush: a partition's receipts and dirty
+    /// keys, or up to [`STAGE_SLICE`] of its entities, or its checkpoint.
+    /// False when everything is staged.
+    pub(crate) fn flush_stage_one(&mut self) -> bool {
+        let Some(staging) = self.staging.as_mut() else { return false };
+        let Some(&partition) = staging.partitions.last() else { return false };
+        let Some(owned) = self.partitions.get_mut(&partition) else {
+            staging.partitions.pop();
+            return true;
+        };
+        let Some(dirty) = staging.dirty.as_mut() else {
             for change in owned.state.take_receipts(&self.settings) {
                 self.deltas.push(change);
             }
-        }
-        let mut begun = FlushBegun { started, receipts: self.deltas.len() as u64, records: 0, bytes: 0 };
-        for mut record in self.deltas.drain() {
-            let key = delta_key(&record.app_id, &record.to);
-            let all = std::mem::take(&mut record.receipts);
-            for chunk in all.chunks(MAX_RECEIPTS_PER_RECORD) {
-                record.receipts = chunk.to_vec();
-                let payload = serde_json::to_vec(&record).expect("delta records always serialize");
-                begun.bytes += payload.len() as u64;
-                begun.records += 1;
-                self.send(BaseRecord::to(&self.config.topics.deltas).key(key.as_bytes()).payload(&payload[..]));
+            staging.dirty = Some(owned.state.take_dirty());
+            return true;
+        };
+        if dirty.is_empty() {
+            staging.dirty = None;
+            staging.partitions.pop();
+            if owned.unflushed > 0 || staging.staged_any {
+                self.store.stage_checkpoint(&mut staging.flush.batch, partition, &owned.state, owned.next_offset);
+                staging.flush.offsets.push((partition, owned.next_offset));
+                owned.unflushed = 0;
             }
+            staging.staged_any = false;
+            return true;
         }
-        Some(begun)
+        let slice = dirty.split_off(dirty.len().saturating_sub(STAGE_SLICE));
+        self.store.stage_entities(&mut staging.flush.batch, partition, &owned.state, &slice);
+        staging.flush.puts += slice.len() as u64;
+        staging.staged_any = true;
+        true
     }
 
-    /// Step 3 of a flush, once the broker has every delta and DLQ record:
-    /// state and offsets in one batch, one write per touched entity.
-    pub(crate) fn flush_finish(&mut self, begun: FlushBegun) -> Result<TopicPartitionList, StreamError> {
-        let FlushBegun { started, receipts, records, bytes } = begun;
-        let mut batch = receiptd_store::WriteBatch::default();
-        let mut puts = 0usize;
-        let mut offsets = TopicPartitionList::new();
-        for (&partition, owned) in self.partitions.iter_mut() {
-            if owned.unflushed == 0 && !owned.state.has_dirty() {
-                continue;
-            }
-            puts += self.store.stage(&mut batch, partition, &mut owned.state, owned.next_offset);
-            offsets.add_partition_offset(&self.config.topics.events, partition, Offset::Offset(owned.next_offset))?;
-            self.shared.metrics.set_next_offset(partition, owned.next_offset);
-            owned.unflushed = 0;
-        }
-        if let Err(e) = self.store.write(batch) {
-            self.shared.metrics.store_failed.store(true, Relaxed);
-            tracing::error!(error = %e, "state write failed; stopping before any offset moves past it");
-            return Err(e.into());
-        }
-        if started.duration_since(self.last_sync) >= self.config.sync_interval {
-            self.sync()?;
-        }
-
+    /// Sets the staged flush in flight and returns its deltas.
+    pub(crate) fn flush_close(&mut self) -> Option<DeltaBatch> {
+        let Staging { flush, partitions, .. } = self.staging.take()?;
+        debug_assert!(partitions.is_empty(), "every partition staged");
         let m = &self.shared.metrics;
-        m.flushed_events.fetch_add(self.pending, Relaxed);
-        m.store_puts.fetch_add(puts as u64, Relaxed);
-        m.delta_records.fetch_add(records, Relaxed);
-        m.delta_receipts.fetch_add(receipts, Relaxed);
-        m.delta_bytes.fetch_add(bytes, Relaxed);
         m.messages_tracked.store(self.partitions.values().map(|o| o.state.message_count() as i64).sum(), Relaxed);
         m.held_reads.store(self.partitions.values().map(|o| o.state.held_count() as i64).sum(), Relaxed);
-        m.flush_took(started.elapsed().as_secs_f64(), self.pending);
-        tracing::debug!(events = self.pending, puts, records, receipts, "flushed");
+        let generation = flush.generation;
+        self.generation += 1;
         self.pending = 0;
-        Ok(offsets)
+        self.in_flight = Some(flush);
+        Some(DeltaBatch { generation, records: self.deltas.drain() })
+    }
+
+    /// The flush in flight, once the broker has settled every record it
+    /// depends on (its deltas and every earlier DLQ record).
+    pub(crate) fn take_confirmed(&mut self) -> Option<StagedFlush> {
+        let generation = self.in_flight.as_ref()?.generation;
+        self.producer.context().settled_through(generation).then(|| self.in_flight.take()).flatten()
+    }
+
+    /// When the flush in flight took its deltas, if one is in flight.
+    pub(crate) fn in_flight_since(&self) -> Option<Instant> {
+        self.in_flight.as_ref().map(StagedFlush::started)
     }
 
     /// fsyncs the store: a checkpoint boundary.
@@ -300,8 +495,10 @@ impl Engine {
         self.last_sync = Instant::now();
         self.store.sync().map_err(|e| {
             self.shared.metrics.store_failed.store(true, Relaxed);
-            e.into()
-        })
+            StreamError::from(e)
+        })?;
+        self.shared.metrics.store_syncs.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     /// Takes ownership of newly assigned partitions: loads their state and
@@ -332,15 +529,15 @@ impl Engine {
     }
 
     /// Gives up partitions: flushes and checkpoints first, so the next owner
-    /// starts exactly where this one stopped.
-    pub(crate) fn revoke(&mut self, partitions: &[i32], deadline: Instant) -> Option<TopicPartitionList> {
-        let offsets = match self.flush(Some(deadline), &|| false) {
-            Ok(offsets) => offsets,
-            Err(e) => {
-                tracing::warn!(error = %e, "flush on revoke failed; the next owner replays from the last checkpoint");
-                None
-            }
-        };
+    /// starts exactly where this one stopped. Fails only when the flush
+    /// failed while other partitions stay owned: their staged state was not
+    /// written, so the worker must restart from its checkpoint.
+    pub(crate) fn revoke(
+        &mut self,
+        partitions: &[i32],
+        deadline: Instant,
+    ) -> Result<Option<Vec<(i32, i64)>>, StreamError> {
+        let flushed = self.flush(Some(deadline), &|| false);
         if let Err(e) = self.sync() {
             tracing::error!(error = %e, "sync on revoke failed");
         }
@@ -351,7 +548,15 @@ impl Engine {
             tracing::info!(partition = p, "partition revoked");
         }
         self.publish_assignment();
-        offsets
+        match flushed {
+            Ok(offsets) => Ok(offsets),
+            Err(e) if self.partitions.is_empty() => {
+                tracing::warn!(error = %e, "flush on revoke failed; the next owner replays from the last checkpoint");
+                self.pending = 0;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn publish_assignment(&self) {

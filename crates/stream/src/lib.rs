@@ -2,22 +2,32 @@
 //! offsets together, produce deltas.
 //!
 //! One worker is one thread running a `BaseConsumer` poll loop; nothing here
-//! touches the async runtime. Records are folded into the owned partitions'
-//! [`receiptd_core::PartitionState`]s as they arrive. Every flush interval
+//! touches the async runtime. Each turn of the loop takes up to 1,024 records,
+//! decodes them without any lock, and folds them into the owned partitions'
+//! [`receiptd_core::PartitionState`]s in slices of 32 under the engine lock
+//! (released fairly, so a waiting query goes next). Every flush interval
 //! (50 ms by default) the worker:
 //!
 //! 1. takes the receipts that changed, coalesced and grouped per recipient,
-//!    and produces them to the deltas topic;
-//! 2. waits until the broker has every delta (and every DLQ record);
-//! 3. writes each touched entity once, plus each partition's next offset, in
-//!    one RocksDB `WriteBatch`;
+//!    and stages each touched entity once, plus each partition's next offset,
+//!    in one RocksDB `WriteBatch` (slice by slice, letting go of the lock in
+//!    between); then produces the deltas;
+//! 2. keeps folding while the broker confirms them (and every earlier DLQ
+//!    record), tracked per flush generation;
+//! 3. once they are all confirmed, writes the staged batch (fsynced at
+//!    checkpoint boundaries, every second by default);
 //! 4. commits the same offsets to Kafka, only so that lag shows in tools.
+//!
+//! One flush is in flight at a time. If the broker stops confirming, the
+//! worker folds on until twice `max_pending_records` are waiting, then
+//! pauses its partitions and keeps polling, so that it stays in the group.
 //!
 //! A crash between 2 and 3 replays the deltas with the same versions (the
 //! gateway drops them); a crash anywhere else replays nothing twice. On
 //! assignment the consumer starts each partition at the offset stored in
-//! RocksDB, not at Kafka's committed offset. On revocation the worker flushes
-//! and checkpoints before the rebalance callback returns.
+//! RocksDB, not at Kafka's committed offset. On revocation the worker
+//! completes the flush in flight, flushes the rest and checkpoints before the
+//! rebalance callback returns.
 //!
 //! The settings topic is a global table: every worker reads all of it before
 //! it folds any event, then follows it live.

@@ -16,6 +16,9 @@ const OUTCOMES: [&str; 3] = ["applied", "held", "ignored"];
 /// Upper bounds (seconds) of the flush-duration histogram.
 const FLUSH_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0];
 
+/// Upper bounds (seconds) of the histogram of gaps between busy batches.
+const GAP_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0];
+
 /// Upper bounds (records) of the flush-size histogram.
 const FLUSH_SIZE_BUCKETS: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
 
@@ -45,8 +48,16 @@ pub struct Metrics {
     flush_buckets: [AtomicU64; 10],
     flush_seconds_sum_us: AtomicU64,
     flush_size_buckets: [AtomicU64; 8],
+    gap_buckets: [AtomicU64; 9],
+    gaps: AtomicU64,
+    gap_sum_us: AtomicU64,
+    gap_max_us: AtomicU64,
     /// Entities written to RocksDB.
     pub store_puts: AtomicU64,
+    /// Write batches applied to RocksDB.
+    pub store_writes: AtomicU64,
+    /// fsyncs of the store (checkpoint boundaries).
+    pub store_syncs: AtomicU64,
     /// Events folded into those writes.
     pub flushed_events: AtomicU64,
     /// Flushes that failed and will be retried.
@@ -122,6 +133,20 @@ impl Metrics {
         for (i, le) in FLUSH_BUCKETS.iter().enumerate() {
             if seconds <= *le {
                 self.flush_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Records the time between two consecutive batch completions while input
+    /// was waiting (a gap with an idle input is not a stall, and is not given).
+    pub fn batch_gap(&self, seconds: f64) {
+        let us = (seconds * 1e6) as u64;
+        self.gaps.fetch_add(1, Relaxed);
+        self.gap_sum_us.fetch_add(us, Relaxed);
+        self.gap_max_us.fetch_max(us, Relaxed);
+        for (i, le) in GAP_BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                self.gap_buckets[i].fetch_add(1, Relaxed);
             }
         }
     }
@@ -208,6 +233,8 @@ impl Metrics {
             ("receiptd_delta_bytes_total", "Delta payload bytes produced.", &self.delta_bytes),
             ("receiptd_delta_failures_total", "Delta records the broker refused for good.", &self.delta_failures),
             ("receiptd_store_puts_total", "Entities written to RocksDB.", &self.store_puts),
+            ("receiptd_store_writes_total", "Write batches applied to RocksDB.", &self.store_writes),
+            ("receiptd_store_syncs_total", "fsyncs of the store (checkpoint boundaries only).", &self.store_syncs),
             ("receiptd_flushed_events_total", "Events covered by completed flushes.", &self.flushed_events),
             ("receiptd_flush_errors_total", "Flushes that failed and were retried.", &self.flush_errors),
             ("receiptd_settings_records_total", "Settings records applied.", &self.settings_records),
@@ -255,11 +282,29 @@ impl Metrics {
             gauge(&mut out, name, help);
             let _ = writeln!(out, "{name} {}", g.load(Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP receiptd_batch_gap_seconds Time between consecutive batch completions with input waiting.\n# TYPE receiptd_batch_gap_seconds histogram"
+        );
+        for (i, le) in GAP_BUCKETS.iter().enumerate() {
+            let _ =
+                writeln!(out, "receiptd_batch_gap_seconds_bucket{{le=\"{le}\"}} {}", self.gap_buckets[i].load(Relaxed));
+        }
+        let gaps = self.gaps.load(Relaxed);
+        let _ = writeln!(out, "receiptd_batch_gap_seconds_bucket{{le=\"+Inf\"}} {gaps}");
+        let _ = writeln!(out, "receiptd_batch_gap_seconds_sum {}", self.gap_sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "receiptd_batch_gap_seconds_count {gaps}");
+        gauge(&mut out, "receiptd_batch_gap_max_seconds", "Longest gap between busy batch completions since start.");
+        let _ = writeln!(out, "receiptd_batch_gap_max_seconds {}", self.gap_max_us.load(Relaxed) as f64 / 1e6);
         gauge(&mut out, "receiptd_store_failed", "1 while the store refuses writes.");
         let _ = writeln!(out, "receiptd_store_failed {}", self.store_failed.load(Relaxed) as u8);
         gauge(&mut out, "receiptd_consumer_lag", "Records behind the partition's end, per owned partition.");
         for (p, lag) in self.lag() {
             let _ = writeln!(out, "receiptd_consumer_lag{{partition=\"{p}\"}} {lag}");
+        }
+        gauge(&mut out, "receiptd_checkpoint_offset", "Next offset stored with the state, per owned partition.");
+        for (p, (_, next)) in self.positions.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "receiptd_checkpoint_offset{{partition=\"{p}\"}} {next}");
         }
         out
     }

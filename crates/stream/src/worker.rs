@@ -1,9 +1,10 @@
 //! The worker thread: a `BaseConsumer` poll loop, its rebalance handling, and
 //! shutdown.
 
-use crate::engine::{await_delivery, DeliveryContext, Engine};
+use crate::engine::{decode, offset_list, DeliveryContext, Engine};
 use crate::settings::SettingsReader;
 use crate::{Metrics, StreamError};
+use parking_lot::{Mutex as FairMutex, MutexGuard};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::producer::BaseProducer;
 use rdkafka::statistics::Statistics;
@@ -16,6 +17,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Most records taken from the consumer per loop turn.
+const MAX_BATCH: usize = 1024;
+/// Most records folded under one lock hold: bounds how long a query waits.
+const FOLD_SLICE: usize = 32;
+/// How long the loop waits for input while a flush's deltas are in flight,
+/// so that their confirmations are seen promptly.
+const DELIVERY_POLL: Duration = Duration::from_millis(1);
+/// A flush unconfirmed for this long marks the worker unready.
+const BLOCKED_AFTER: Duration = Duration::from_secs(1);
 
 /// Topic names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +87,7 @@ pub struct Shared {
 
 /// The running engine, for read-only queries.
 #[derive(Default)]
-struct EngineSlot(std::sync::OnceLock<Arc<Mutex<Option<Engine>>>>);
+struct EngineSlot(std::sync::OnceLock<Arc<FairMutex<Option<Engine>>>>);
 
 impl std::fmt::Debug for EngineSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,7 +111,7 @@ impl Shared {
     /// until the worker has started.
     pub fn query<R>(&self, f: impl FnOnce(&SettingsTable, &[&PartitionState]) -> R) -> Option<R> {
         let engine = self.engine.0.get()?;
-        let guard = engine.lock().expect("engine lock");
+        let guard = engine.lock();
         let e = guard.as_ref()?;
         let states = e.states();
         Some(f(&e.settings, &states))
@@ -113,7 +124,7 @@ impl Shared {
 }
 
 struct WorkerContext {
-    engine: Arc<Mutex<Option<Engine>>>,
+    engine: Arc<FairMutex<Option<Engine>>>,
     shared: Arc<Shared>,
     config: Arc<WorkerConfig>,
     fatal: Mutex<Option<StreamError>>,
@@ -135,7 +146,7 @@ impl ConsumerContext for WorkerContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         self.shared.metrics.rebalances.fetch_add(1, Relaxed);
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
-        let mut guard = self.engine.lock().expect("engine lock");
+        let mut guard = self.engine.lock();
         let Some(engine) = guard.as_mut() else { return };
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -155,9 +166,16 @@ impl ConsumerContext for WorkerContext {
                 let lost = consumer.assignment_lost();
                 tracing::info!(?partitions, lost, "partitions revoked; flushing before giving them up");
                 let deadline = Instant::now() + self.config.revoke_timeout;
-                if let Some(offsets) = engine.revoke(&partitions, deadline) {
-                    if !lost && offsets.count() > 0 {
-                        let _ = consumer.commit(&offsets, CommitMode::Async);
+                match engine.revoke(&partitions, deadline) {
+                    Ok(Some(offsets)) if !lost => {
+                        if let Ok(offsets) = offset_list(&self.config.topics.events, &offsets) {
+                            let _ = consumer.commit(&offsets, CommitMode::Async);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "flush on revoke failed with partitions still owned; stopping");
+                        *self.fatal.lock().expect("fatal lock") = Some(e);
                     }
                 }
                 let result = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
@@ -211,16 +229,17 @@ fn run_inner(
             // Never give up on a delta: the flush waits, and offsets stay put.
             .set("message.timeout.ms", "0")
             .set("queue.buffering.max.kbytes", "65536")
-            .create_with_context(DeliveryContext { shared: shared.clone() })?,
+            .create_with_context(DeliveryContext::new(shared.clone()))?,
     );
 
-    let mut engine = Engine::new(config.clone(), store, producer.clone(), SettingsTable::default(), shared.clone());
+    let mut engine =
+        Engine::new(config.clone(), store.clone(), producer.clone(), SettingsTable::default(), shared.clone());
     let mut table = SettingsTable::default();
     let settings = SettingsReader::bootstrap(&config, &mut table, shared, stop, &mut |m, e| engine.dead_letter(m, e))?;
     engine.settings = table;
     shared.settings_loaded.store(true, Relaxed);
 
-    let engine = Arc::new(Mutex::new(Some(engine)));
+    let engine = Arc::new(FairMutex::new(Some(engine)));
     let _ = shared.engine.0.set(engine.clone());
     let context = WorkerContext {
         engine: engine.clone(),
@@ -240,6 +259,9 @@ fn run_inner(
         .set("heartbeat.interval.ms", (config.session_timeout.as_millis() / 3).max(100).to_string())
         .set("statistics.interval.ms", "1000")
         .set("queued.max.messages.kbytes", "32768")
+        // Once the prefetch queue is full, look again soon: the default (1 s)
+        // leaves the worker idle once it has drained the queue.
+        .set("fetch.queue.backoff.ms", "5")
         .set("enable.partition.eof", "false");
     if let Some(id) = &config.instance_id {
         consumer_config.set("group.instance.id", id);
@@ -251,6 +273,10 @@ fn run_inner(
 
     let mut next_flush = Instant::now() + config.flush_interval;
     let mut next_gauges = Instant::now();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut last_batch_done: Option<Instant> = None;
+    let mut paused = false;
+    let mut blocked_warned = false;
     let result = loop {
         if stop.load(Relaxed) {
             break Ok(());
@@ -258,60 +284,136 @@ fn run_inner(
         if let Some(e) = consumer.context().fatal.lock().expect("fatal lock").take() {
             break Err(e);
         }
-        let now = Instant::now();
-        let wait = next_flush.saturating_duration_since(now).min(Duration::from_millis(100));
-        let mut due = false;
+        let in_flight = engine.lock().as_ref().and_then(Engine::in_flight_since);
+
+        // A batch of records: polled without the lock (the rebalance callback
+        // takes it), decoded without the lock, folded under one lock.
+        let wait = if in_flight.is_some() {
+            DELIVERY_POLL
+        } else {
+            next_flush.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))
+        };
+        let polling = Instant::now();
         if let Some(first) = consumer.poll(wait) {
-            let mut guard = engine.lock().expect("engine lock");
-            let e = guard.as_mut().expect("engine present while running");
-            match first {
-                Ok(m) => e.ingest(&m),
-                Err(err) => tracing::warn!(error = %err, "consumer error"),
+            let input_was_waiting = polling.elapsed() < Duration::from_millis(1);
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match consumer.poll(Duration::ZERO) {
+                    Some(m) => batch.push(m),
+                    None => break,
+                }
             }
-            due = e.pending() >= config.max_pending_records;
-        }
-        let now = Instant::now();
-        if due || now >= next_flush {
-            // The flush's three steps; the lock is let go while the broker
-            // confirms the deltas, so queries are not held up by the wait.
-            let begun = {
-                let mut guard = engine.lock().expect("engine lock");
+            let decoded: Vec<_> = batch.iter().map(|r| r.as_ref().ok().map(decode)).collect();
+            let mut decoded = decoded.into_iter();
+            let mut records = batch.drain(..);
+            loop {
+                let mut guard = engine.lock();
                 let e = guard.as_mut().expect("engine present while running");
-                let mut dead = Vec::new();
-                settings.follow(&mut e.settings, shared, &mut |m, err| dead.push((m.detach(), err.clone())));
-                for (m, err) in dead {
-                    e.dead_letter(&m, &err);
+                let mut folded = 0;
+                for (record, decoded) in records.by_ref().zip(decoded.by_ref()).take(FOLD_SLICE) {
+                    folded += 1;
+                    match (record, decoded) {
+                        (Ok(m), Some(decoded)) => e.ingest(&m, decoded),
+                        (Err(err), _) => tracing::warn!(error = %err, "consumer error"),
+                        (Ok(_), None) => unreachable!("every record is decoded"),
+                    }
                 }
-                if now >= next_gauges {
-                    e.refresh_gauges();
-                    next_gauges = now + Duration::from_secs(5);
+                // A waiting query gets the lock before the next slice.
+                MutexGuard::unlock_fair(guard);
+                if folded < FOLD_SLICE {
+                    break;
                 }
-                e.flush_begin()
-            };
-            if let Some(begun) = begun {
-                match await_delivery(&producer, shared, None, &|| stop.load(Relaxed)) {
-                    Ok(()) => {}
-                    Err(StreamError::Timeout(_)) if stop.load(Relaxed) => break Ok(()),
-                    Err(err) => break Err(err),
-                }
-                let finished =
-                    engine.lock().expect("engine lock").as_mut().expect("engine present").flush_finish(begun);
-                match finished {
-                    Ok(offsets) if offsets.count() > 0 => {
+            }
+            let done = Instant::now();
+            if let (true, Some(previous)) = (input_was_waiting, last_batch_done) {
+                shared.metrics.batch_gap(done.duration_since(previous).as_secs_f64());
+            }
+            last_batch_done = Some(done);
+        }
+        producer.poll(Duration::ZERO);
+
+        // Step 3 of the flush in flight, once the broker confirmed its deltas:
+        // the RocksDB write happens outside the lock.
+        let confirmed = engine.lock().as_mut().and_then(Engine::take_confirmed);
+        if let Some(staged) = confirmed {
+            match staged.commit(&store, &shared.metrics) {
+                Ok(offsets) => {
+                    if let Ok(offsets) = offset_list(&config.topics.events, &offsets) {
                         let _ = consumer.commit(&offsets, CommitMode::Async);
                     }
-                    Ok(_) => {}
-                    Err(err) => break Err(err),
+                }
+                Err(err) => break Err(err),
+            }
+            if shared.producer_blocked.swap(false, Relaxed) {
+                tracing::info!("broker took the pending deltas; resuming");
+            }
+            blocked_warned = false;
+            if paused {
+                paused = false;
+                if let Ok(assignment) = consumer.assignment() {
+                    let _ = consumer.resume(&assignment);
                 }
             }
-            next_flush = Instant::now() + config.flush_interval;
+        } else if let Some(since) = in_flight {
+            if since.elapsed() >= BLOCKED_AFTER && !blocked_warned {
+                blocked_warned = true;
+                shared.producer_blocked.store(true, Relaxed);
+                shared.metrics.flush_errors.fetch_add(1, Relaxed);
+                tracing::warn!("waiting for the broker to take deltas; folding continues up to the pending limit");
+            }
+        }
+
+        // Step 1 of the next flush: take the deltas and stage the batch, one
+        // partition per lock, then send the deltas without the lock.
+        let now = Instant::now();
+        let mut guard = engine.lock();
+        let e = guard.as_mut().expect("engine present while running");
+        let due = now >= next_flush || e.pending() >= config.max_pending_records;
+        let mut deltas = None;
+        if due && e.in_flight_since().is_none() {
+            let mut dead = Vec::new();
+            settings.follow(&mut e.settings, shared, &mut |m, err| dead.push((m.detach(), err.clone())));
+            for (m, err) in dead {
+                e.dead_letter(&m, &err);
+            }
+            if now >= next_gauges {
+                e.refresh_gauges();
+                next_gauges = now + Duration::from_secs(5);
+            }
+            if e.flush_open() {
+                drop(guard);
+                loop {
+                    let mut guard = engine.lock();
+                    let e = guard.as_mut().expect("engine present while running");
+                    if !e.flush_stage_one() {
+                        deltas = e.flush_close();
+                        break;
+                    }
+                    MutexGuard::unlock_fair(guard);
+                }
+                guard = engine.lock();
+            }
+            next_flush = now + config.flush_interval;
+        }
+        // Backpressure: while the broker lags behind, stop fetching (but keep
+        // polling, so the group keeps this member) once enough is pending.
+        let e = guard.as_mut().expect("engine present while running");
+        let over = e.in_flight_since().is_some() && e.pending() >= config.max_pending_records.saturating_mul(2);
+        drop(guard);
+        if let Some(deltas) = deltas {
+            deltas.send(&producer, &config.topics.deltas, &shared.metrics);
+        }
+        if over && !paused {
+            if let Ok(assignment) = consumer.assignment() {
+                paused = consumer.pause(&assignment).is_ok();
+            }
         }
     };
 
     // Shutdown: flush and checkpoint what is folded, then leave the group.
     let outcome = match result {
         Ok(()) => {
-            let mut guard = engine.lock().expect("engine lock");
+            let mut guard = engine.lock();
             let e = guard.as_mut().expect("engine present while running");
             let deadline = Instant::now() + config.revoke_timeout;
             let flushed = e.flush(Some(deadline), &|| false).and_then(|offsets| {
@@ -320,7 +422,7 @@ fn run_inner(
             });
             match flushed {
                 Ok(offsets) => {
-                    if let Some(offsets) = offsets.filter(|o| o.count() > 0) {
+                    if let Some(Ok(offsets)) = offsets.map(|o| offset_list(&config.topics.events, &o)) {
                         let _ = consumer.commit(&offsets, CommitMode::Sync);
                     }
                     tracing::info!(partitions = ?e.owned(), "final flush and checkpoint done");

@@ -260,8 +260,16 @@ pub enum Setting {
 
 /// Writes `Serialize`/`Deserialize` for a public enum through two private
 /// mirrors: one internally tagged by `type` (JSON), one positional (bincode).
+/// With `json: Flat`, JSON is decoded through the flat struct `Flat` instead
+/// (one pass, no buffering: the events' hot path).
 macro_rules! dual_form {
-    ($public:ident, $tagged:ident, $compact:ident, { $($variant:ident($inner:ty) = $tag:literal),+ $(,)? }) => {
+    (@json $d:ident, $public:ident, $tagged:ident, { $($variant:ident),+ }) => {
+        Ok(match $tagged::deserialize($d)? { $($tagged::$variant(v) => $public::$variant(v)),+ })
+    };
+    (@json $d:ident, $public:ident, $tagged:ident, { $($variant:ident),+ } $flat:ty) => {
+        <$flat>::deserialize($d)?.build().map_err(serde::de::Error::missing_field)
+    };
+    ($public:ident, $tagged:ident, $compact:ident, $(json: $flat:ty,)? { $($variant:ident($inner:ty) = $tag:literal),+ $(,)? }) => {
         #[derive(Serialize, Deserialize)]
         #[serde(tag = "type")]
         enum $tagged { $(#[serde(rename = $tag)] $variant($inner)),+ }
@@ -284,7 +292,7 @@ macro_rules! dual_form {
         impl<'de> Deserialize<'de> for $public {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 if d.is_human_readable() {
-                    Ok(match $tagged::deserialize(d)? { $($tagged::$variant(v) => $public::$variant(v)),+ })
+                    dual_form!(@json d, $public, $tagged, { $($variant),+ } $($flat)?)
                 } else {
                     Ok(match $compact::deserialize(d)? { $($compact::$variant(v) => $public::$variant(v)),+ })
                 }
@@ -293,7 +301,94 @@ macro_rules! dual_form {
     };
 }
 
-dual_form!(Event, EventTagged, EventCompact, {
+/// The `type` of an event.
+#[derive(Deserialize)]
+enum EventType {
+    #[serde(rename = "group_members")]
+    GroupMembers,
+    #[serde(rename = "message_sent")]
+    MessageSent,
+    #[serde(rename = "message_read")]
+    MessageRead,
+    #[serde(rename = "conversation_read")]
+    ConversationRead,
+    #[serde(rename = "message_revoked")]
+    MessageRevoked,
+}
+
+/// Every field any event has; [`FlatEvent::build`] takes the ones its type
+/// needs. Fields of other types are ignored, as unknown fields are.
+#[derive(Deserialize)]
+struct FlatEvent {
+    #[serde(rename = "type")]
+    kind: EventType,
+    app_id: Option<String>,
+    group_id: Option<String>,
+    op: Option<MembersOp>,
+    group_type: Option<GroupType>,
+    members: Option<Vec<String>>,
+    msg_id: Option<String>,
+    sender: Option<String>,
+    conversation: Option<Conversation>,
+    need_read_receipt: Option<bool>,
+    sent_at: Option<u64>,
+    reader: Option<String>,
+    msg_ids: Option<Vec<String>>,
+    read_at: Option<u64>,
+    private: Option<bool>,
+    at: Option<u64>,
+}
+
+impl FlatEvent {
+    /// The event, or the first missing required field.
+    fn build(self) -> Result<Event, &'static str> {
+        fn req<T>(v: Option<T>, name: &'static str) -> Result<T, &'static str> {
+            v.ok_or(name)
+        }
+        let app_id = req(self.app_id, "app_id")?;
+        Ok(match self.kind {
+            EventType::GroupMembers => Event::GroupMembers(GroupMembers {
+                app_id,
+                group_id: req(self.group_id, "group_id")?,
+                op: req(self.op, "op")?,
+                group_type: self.group_type,
+                members: self.members.unwrap_or_default(),
+                at: req(self.at, "at")?,
+            }),
+            EventType::MessageSent => Event::MessageSent(MessageSent {
+                app_id,
+                msg_id: req(self.msg_id, "msg_id")?,
+                sender: req(self.sender, "sender")?,
+                conversation: req(self.conversation, "conversation")?,
+                need_read_receipt: self.need_read_receipt.unwrap_or(false),
+                sent_at: req(self.sent_at, "sent_at")?,
+            }),
+            EventType::MessageRead => Event::MessageRead(MessageRead {
+                app_id,
+                reader: req(self.reader, "reader")?,
+                conversation: req(self.conversation, "conversation")?,
+                msg_ids: req(self.msg_ids, "msg_ids")?,
+                read_at: req(self.read_at, "read_at")?,
+                private: self.private.unwrap_or(false),
+            }),
+            EventType::ConversationRead => Event::ConversationRead(ConversationRead {
+                app_id,
+                reader: req(self.reader, "reader")?,
+                conversation: req(self.conversation, "conversation")?,
+                read_at: req(self.read_at, "read_at")?,
+            }),
+            EventType::MessageRevoked => Event::MessageRevoked(MessageRevoked {
+                app_id,
+                msg_id: req(self.msg_id, "msg_id")?,
+                sender: req(self.sender, "sender")?,
+                conversation: req(self.conversation, "conversation")?,
+                at: req(self.at, "at")?,
+            }),
+        })
+    }
+}
+
+dual_form!(Event, EventTagged, EventCompact, json: FlatEvent, {
     GroupMembers(GroupMembers) = "group_members",
     MessageSent(MessageSent) = "message_sent",
     MessageRead(MessageRead) = "message_read",
@@ -322,7 +417,36 @@ enum ConversationForm {
     Group(GroupFields),
 }
 
-dual_form!(ConversationForm, ConversationTagged, ConversationCompact, {
+/// The `type` of a conversation.
+#[derive(Deserialize)]
+enum ConversationType {
+    #[serde(rename = "c2c")]
+    C2c,
+    #[serde(rename = "group")]
+    Group,
+}
+
+/// Every field of a conversation, as for [`FlatEvent`].
+#[derive(Deserialize)]
+struct FlatConversation {
+    #[serde(rename = "type")]
+    kind: ConversationType,
+    peer: Option<String>,
+    group_id: Option<String>,
+}
+
+impl FlatConversation {
+    fn build(self) -> Result<ConversationForm, &'static str> {
+        Ok(match self.kind {
+            ConversationType::C2c => ConversationForm::C2c(C2cFields { peer: self.peer.ok_or("peer")? }),
+            ConversationType::Group => {
+                ConversationForm::Group(GroupFields { group_id: self.group_id.ok_or("group_id")? })
+            }
+        })
+    }
+}
+
+dual_form!(ConversationForm, ConversationTagged, ConversationCompact, json: FlatConversation, {
     C2c(C2cFields) = "c2c",
     Group(GroupFields) = "group",
 });

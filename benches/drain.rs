@@ -1,0 +1,209 @@
+//! End-to-end drain on a real Kafka broker: the engine's rate (consume,
+//! decode, fold, persist, produce deltas, checkpoint) against a minimal
+//! consume-only `BaseConsumer` loop over the same topic, in the same run.
+//! Then a kill -9 and a restart: time to `/readyz` and the catch-up rate.
+//! Also reports write amplification, syncs, the longest gap between busy
+//! batches, peak RSS and persisted bytes per message.
+//!
+//! `cargo bench --bench drain` (10,000,000 events; set RECEIPTD_DRAIN_EVENTS
+//! for another size). Uses RECEIPTD_TEST_BROKERS, or starts a broker with
+//! deploy/kafka.sh and stops it after.
+
+#[path = "../tests/support.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use receiptd_loadgen::{Traffic, TrafficShape};
+use std::time::{Duration, Instant};
+use support::*;
+
+const PARTITIONS: i32 = 4;
+
+fn fast_producer() -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()
+        .expect("producer")
+}
+
+/// Appends `n` events (the setup first when `setup`), returns events/s.
+fn prefill(traffic: &mut Traffic, topic: &str, n: u64, setup: bool) -> f64 {
+    let producer = fast_producer();
+    let started = Instant::now();
+    let events = if setup { traffic.setup() } else { Vec::new() };
+    let mut send = |e: &receiptd_wire::Event| {
+        let payload = serde_json::to_vec(e).unwrap();
+        let key = receiptd_wire::conversation_key(e);
+        let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(&payload[..]);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    };
+    events.iter().for_each(&mut send);
+    for _ in 0..n {
+        send(&traffic.next_event());
+    }
+    producer.flush(Duration::from_secs(600)).expect("flush prefill");
+    (events.len() as u64 + n) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The baseline: a minimal `BaseConsumer` loop with the worker's fetch
+/// settings that touches every payload byte. Returns events/s from the
+/// first record to the last.
+fn consume_only(topic: &str, total: u64) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("drain-raw-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("queued.max.messages.kbytes", "32768")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let (mut seen, mut checksum, mut first) = (0u64, 0u64, None);
+    while seen < total {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            checksum =
+                m.payload().unwrap_or(&[]).iter().fold(checksum, |c, b| c.wrapping_mul(31).wrapping_add(*b as u64));
+            seen += 1;
+        }
+    }
+    std::hint::black_box(checksum);
+    seen as f64 / first.unwrap().elapsed().as_secs_f64()
+}
+
+/// Sum of the worker's checkpointed offsets.
+fn checkpointed(worker: &Worker) -> f64 {
+    worker.metric("receiptd_checkpoint_offset")
+}
+
+/// When the worker, just started, first answered `/readyz`, first folded a
+/// record, and had checkpointed `end` (the sum of the end offsets).
+struct Drained {
+    ready: Instant,
+    first: Instant,
+    done: Instant,
+}
+
+fn drain(worker: &mut Worker, end: f64) -> Drained {
+    let (mut ready, mut first) = (None, None);
+    loop {
+        let now = Instant::now();
+        if ready.is_none() && http_get(worker.http, "/readyz").is_ok_and(|(s, _)| s == 200) {
+            ready = Some(now);
+        }
+        if first.is_none()
+            && http_get(worker.http, "/metrics").is_ok()
+            && worker.metric("receiptd_records_in_total") > 0.0
+        {
+            first = Some(now);
+        }
+        if ready.is_some() && first.is_some() && checkpointed(worker) >= end {
+            return Drained { ready: ready.unwrap(), first: first.unwrap(), done: now };
+        }
+        assert!(worker.child.as_mut().unwrap().try_wait().unwrap().is_none(), "worker died:\n{}", worker.log_tail());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn peak_rss_mib(worker: &Worker) -> f64 {
+    let pid = worker.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn main() {
+    let _broker = BenchBroker::ensure();
+    let n: u64 = std::env::var("RECEIPTD_DRAIN_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
+    let topics = Topics::create("drain");
+    let mut traffic = Traffic::new(TrafficShape::bench());
+
+    let rate = prefill(&mut traffic, &topics.events, n, true);
+    let end: f64 = end_offsets(&topics.events).values().sum::<i64>() as f64;
+    println!("prefill: {end} events appended at {rate:.0} events/s");
+
+    let raw = consume_only(&topics.events, end as u64);
+    println!("consume-only (BaseConsumer, every payload touched): {raw:.0} events/s");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"));
+    let launched = Instant::now();
+    worker.start();
+    let Drained { first, done, .. } = drain(&mut worker, end);
+    let engine = end / done.duration_since(first).as_secs_f64();
+    println!(
+        "engine drain: {engine:.0} events/s (first fold {:.2} s after launch, caught up {:.2} s after launch)",
+        first.duration_since(launched).as_secs_f64(),
+        done.duration_since(launched).as_secs_f64()
+    );
+    println!("engine / consume-only: {:.3}", engine / raw);
+
+    let m = |name: &str| worker.metric(name);
+    let (events, puts, writes, syncs) = (
+        m("receiptd_flushed_events_total"),
+        m("receiptd_store_puts_total"),
+        m("receiptd_store_writes_total"),
+        m("receiptd_store_syncs_total"),
+    );
+    let flushes = m("receiptd_flush_duration_seconds_count");
+    println!(
+        "write amplification: {puts:.0} entity writes for {events:.0} events = {:.3} per event; {flushes:.0} flushes, {writes:.0} write batches, {syncs:.0} fsyncs ({:.1} s apart on average)",
+        puts / events,
+        done.duration_since(first).as_secs_f64() / syncs.max(1.0)
+    );
+    println!(
+        "longest gap between busy batch completions: {:.2} ms ({} gaps, mean {:.3} ms)",
+        m("receiptd_batch_gap_max_seconds") * 1e3,
+        m("receiptd_batch_gap_seconds_count"),
+        m("receiptd_batch_gap_seconds_sum") * 1e3 / m("receiptd_batch_gap_seconds_count").max(1.0)
+    );
+    let messages = m("receiptd_messages_tracked");
+    println!(
+        "state: {messages:.0} messages tracked, RocksDB {:.1} MiB (~{:.0} B per message), worker peak RSS {:.0} MiB",
+        m("receiptd_store_bytes") / 1048576.0,
+        m("receiptd_store_bytes") / messages.max(1.0),
+        peak_rss_mib(&worker)
+    );
+
+    // Recovery: kill -9 with everything processed, append a fifth more, restart.
+    worker.kill9();
+    let more = (n / 5).max(1);
+    prefill(&mut traffic, &topics.events, more, false);
+    let end2: f64 = end_offsets(&topics.events).values().sum::<i64>() as f64;
+    let restarted = Instant::now();
+    worker.start();
+    let Drained { ready, first, done } = drain(&mut worker, end2);
+    let replayed = worker.metric("receiptd_records_in_total");
+    let catch_up = replayed / done.duration_since(first).as_secs_f64();
+    println!(
+        "recovery after kill -9 at {end} events: /readyz in {:.2} s; caught up {more} new events ({replayed:.0} records read) at {catch_up:.0} events/s = {:.3} x consume-only",
+        ready.duration_since(restarted).as_secs_f64(),
+        catch_up / raw
+    );
+    assert_eq!(worker.terminate(), 0);
+}
