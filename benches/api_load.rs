@@ -24,6 +24,8 @@ const TOKEN: &str = "bench-token-0123456789abcdef";
 const OFFERED: u64 = 100_000;
 /// Enough for the warm-up and the measurement at OFFERED events/s.
 const LOAD_EVENTS: usize = 3_000_000;
+/// Rounds of 2,000 requests per operation in each loaded phase.
+const ROUNDS: usize = 5;
 
 /// One keep-alive HTTP/1.1 connection.
 struct Client {
@@ -65,25 +67,35 @@ impl Client {
     }
 }
 
-fn percentiles(label: &str, mut samples: Vec<u128>) {
+/// Prints p50, p99 and p99.9 in ms, and returns the p99.
+fn percentiles(label: &str, mut samples: Vec<u128>) -> f64 {
     samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)] as f64 / 1000.0;
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)] as f64 / 1e6;
     println!(
-        "{label:<58} p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ({} requests)",
-        at(0.5) / 1000.0,
-        at(0.99) / 1000.0,
-        at(0.999) / 1000.0,
+        "{label:<64} p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ({} requests)",
+        at(0.5),
+        at(0.99),
+        at(0.999),
         samples.len()
     );
+    at(0.99)
 }
 
-fn measure(client: &mut Client, label: &str, rounds: usize) {
+/// Operations measured, in the order [`measure`] returns their p99.
+const OPERATIONS: [&str; 3] = [
+    "100-member page, unread list, 100k group",
+    "100-member page, read list, 100k group",
+    "100-message receipts/query",
+];
+
+fn measure(client: &mut Client, label: &str, rounds: usize) -> [f64; 3] {
     let receipts_body = serde_json::to_vec(&json!({
         "requester": "user000000",
         "messages": (0..100).map(|m| json!({"msg_id": format!("m{m}"), "conversation": {"type":"group","group_id":"huge"}})).collect::<Vec<_>>(),
     }))
     .unwrap();
-    for filter in ["unread", "read"] {
+    let mut p99 = [0.0; 3];
+    for (i, filter) in ["unread", "read"].into_iter().enumerate() {
         let mut samples = Vec::with_capacity(rounds);
         let mut cursor = String::new();
         for _ in 0..rounds {
@@ -99,7 +111,7 @@ fn measure(client: &mut Client, label: &str, rounds: usize) {
                 page["next_cursor"].as_str().unwrap().to_owned()
             };
         }
-        percentiles(&format!("{label}: 100-member page, {filter} list, 100k group"), samples);
+        p99[i] = percentiles(&format!("{label}: {}", OPERATIONS[i]), samples);
     }
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
@@ -108,7 +120,13 @@ fn measure(client: &mut Client, label: &str, rounds: usize) {
         samples.push(t.elapsed().as_nanos());
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
-    percentiles(&format!("{label}: 100-message receipts/query"), samples);
+    p99[2] = percentiles(&format!("{label}: {}", OPERATIONS[2]), samples);
+    p99
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() {
@@ -187,12 +205,20 @@ fn main() {
         sent as f64 / started.elapsed().as_secs_f64()
     });
     std::thread::sleep(Duration::from_secs(3));
+    let phase = "under load";
+    let mut rounds: Vec<[f64; 3]> = Vec::new();
     let folded_before = worker.metric("receiptd_records_in_total");
     let window = Instant::now();
-    measure(&mut client, "under load", 2_000);
+    for round in 1..=ROUNDS {
+        rounds.push(measure(&mut client, &format!("{phase}, round {round}"), 2_000));
+    }
     let folded = (worker.metric("receiptd_records_in_total") - folded_before) / window.elapsed().as_secs_f64();
     running.store(false, Relaxed);
     let offered = load.join().unwrap();
-    println!("load during the measurement: offered {offered:.0} events/s, folded {folded:.0} events/s");
+    println!("\nmedian of {ROUNDS} rounds' p99 {phase}:");
+    for (i, op) in OPERATIONS.iter().enumerate() {
+        println!("  {op:<44} p99 {:>7.3} ms", median(rounds.iter().map(|r| r[i]).collect()));
+    }
+    println!("  load: offered {offered:.0} events/s, folded {folded:.0} events/s during the rounds");
     assert_eq!(worker.terminate(), 0);
 }

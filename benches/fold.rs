@@ -1,13 +1,36 @@
 //! The pure fold on one core: pre-decoded events into a `PartitionState`,
-//! receipts taken every 1,000 events (one flush window's worth).
+//! lookup, dedupe, counts and delta emission included (receipts taken every
+//! 1,000 events, one flush window's worth).
+//!
+//! - `fold/demo_mix_200k`: the demo's mix, from an empty state.
+//! - `reads/*`: reads into 1,000,000 live messages in groups of 32, either
+//!   clustered on the newest 1,000 messages (hot) or uniform over all of
+//!   them; receiptd's fold against a naive `HashMap<u64, HashSet<u32>>` fold
+//!   of the same reads (ids pre-interned for it), in the same run.
 //!
 //! `cargo bench --bench fold`
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
-use receiptd_loadgen::{Traffic, TrafficShape};
+use receiptd_loadgen::{Rng, Traffic, TrafficShape};
+use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
-fn fold(c: &mut Criterion) {
+// The binary's allocator, so that the figures are the worker's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const APP: &str = "bench";
+const MESSAGES: u64 = 1_000_000;
+const GROUP_SIZE: u64 = 32;
+const GROUPS: u64 = 10_000;
+const HOT_WINDOW: u64 = 1_000;
+/// Reads per measured iteration; each iteration takes fresh reads.
+const CHUNK: usize = 100_000;
+const CHUNKS: usize = 8;
+
+fn demo_mix(c: &mut Criterion) {
     let events = Traffic::new(TrafficShape::demo()).take(200_000);
     let settings = SettingsTable::default();
     let limits = Limits::default();
@@ -23,11 +46,7 @@ fn fold(c: &mut Criterion) {
                 for (i, e) in events.iter().enumerate() {
                     state.apply(&settings, &limits, e, i as u64, &mut fx);
                     if i % 1_000 == 999 {
-                        for r in state.take_receipts(&settings) {
-                            deltas.push(r);
-                        }
-                        std::hint::black_box(deltas.drain());
-                        std::hint::black_box(state.take_dirty());
+                        flush(&mut state, &settings, &mut deltas);
                     }
                 }
                 state
@@ -38,5 +57,162 @@ fn fold(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fold);
+fn flush(state: &mut PartitionState, settings: &SettingsTable, deltas: &mut DeltaBuffer) {
+    for r in state.take_receipts(settings) {
+        deltas.push(r);
+    }
+    std::hint::black_box(deltas.drain());
+    std::hint::black_box(state.take_dirty());
+}
+
+fn member(group: u64, k: u64) -> u64 {
+    group * GROUP_SIZE + k
+}
+
+/// A read: (message, reader), both as numbers; the reader is a member of the
+/// message's group other than its sender (member 0).
+fn reads(hot: bool, seed: u64) -> Vec<(u64, u64)> {
+    let mut rng = Rng::new(seed);
+    (0..CHUNK * CHUNKS)
+        .map(|_| {
+            let m = if hot { MESSAGES - 1 - rng.below(HOT_WINDOW) } else { rng.below(MESSAGES) };
+            (m, member(m % GROUPS, 1 + rng.below(GROUP_SIZE - 1)))
+        })
+        .collect()
+}
+
+fn read_event(m: u64, reader: u64) -> Event {
+    Event::MessageRead(MessageRead {
+        app_id: APP.into(),
+        reader: format!("u{reader}"),
+        conversation: Conversation::Group { group_id: format!("g{}", m % GROUPS) },
+        msg_ids: vec![format!("m{m}")],
+        read_at: 2,
+        private: false,
+    })
+}
+
+/// The state with every group and message in place.
+fn live_state(settings: &SettingsTable, limits: &Limits) -> PartitionState {
+    let mut state = PartitionState::new();
+    let mut fx = Effects::default();
+    for g in 0..GROUPS {
+        let e = Event::GroupMembers(GroupMembers {
+            app_id: APP.into(),
+            group_id: format!("g{g}"),
+            op: MembersOp::Snapshot,
+            group_type: Some(GroupType::Work),
+            members: (0..GROUP_SIZE).map(|k| format!("u{}", member(g, k))).collect(),
+            at: 1,
+        });
+        state.apply(settings, limits, &e, 1, &mut fx);
+    }
+    for m in 0..MESSAGES {
+        let g = m % GROUPS;
+        let e = Event::MessageSent(MessageSent {
+            app_id: APP.into(),
+            msg_id: format!("m{m}"),
+            sender: format!("u{}", member(g, 0)),
+            conversation: Conversation::Group { group_id: format!("g{g}") },
+            need_read_receipt: true,
+            sent_at: 1,
+        });
+        state.apply(settings, limits, &e, 1, &mut fx);
+    }
+    let mut deltas = DeltaBuffer::new();
+    flush(&mut state, settings, &mut deltas);
+    state
+}
+
+/// The naive fold: a set of readers per message, a count bumped when a
+/// reader is new, and the changed messages collected per flush window.
+#[derive(Default)]
+struct NaiveFold {
+    readers: HashMap<u64, HashSet<u32>>,
+    counts: HashMap<u64, u32>,
+    changed: HashSet<u64>,
+}
+
+impl NaiveFold {
+    fn new() -> Self {
+        let mut f = NaiveFold::default();
+        for m in 0..MESSAGES {
+            f.readers.insert(m, HashSet::new());
+            f.counts.insert(m, 0);
+        }
+        f
+    }
+
+    fn read(&mut self, m: u64, reader: u32) {
+        if let Some(set) = self.readers.get_mut(&m) {
+            if set.insert(reader) {
+                *self.counts.get_mut(&m).expect("counted") += 1;
+                self.changed.insert(m);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let deltas: Vec<(u64, u32)> = self.changed.drain().map(|m| (m, self.counts[&m])).collect();
+        std::hint::black_box(deltas);
+    }
+}
+
+fn reads_bench(c: &mut Criterion) {
+    let settings = SettingsTable::default();
+    let limits = Limits::default();
+    let mut group = c.benchmark_group("reads");
+    group.throughput(Throughput::Elements(CHUNK as u64));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5));
+    for (name, hot) in [("hot_window", true), ("uniform_1m_messages", false)] {
+        let numbers = reads(hot, 7);
+        let events: Vec<Event> = numbers.iter().map(|&(m, r)| read_event(m, r)).collect();
+
+        let mut state = live_state(&settings, &limits);
+        let mut next = 0;
+        group.bench_function(format!("receiptd/{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut fx = Effects::default();
+                let mut deltas = DeltaBuffer::new();
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let chunk = &events[next * CHUNK..(next + 1) * CHUNK];
+                    next = (next + 1) % CHUNKS;
+                    for (i, e) in chunk.iter().enumerate() {
+                        state.apply(&settings, &limits, e, 2, &mut fx);
+                        if i % 1_000 == 999 {
+                            flush(&mut state, &settings, &mut deltas);
+                        }
+                    }
+                }
+                started.elapsed()
+            })
+        });
+        drop(state);
+
+        let mut naive = NaiveFold::new();
+        let mut next = 0;
+        group.bench_function(format!("naive_hashmap/{name}"), |b| {
+            b.iter_custom(|iters| {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let chunk = &numbers[next * CHUNK..(next + 1) * CHUNK];
+                    next = (next + 1) % CHUNKS;
+                    for (i, &(m, r)) in chunk.iter().enumerate() {
+                        naive.read(m, r as u32);
+                        if i % 1_000 == 999 {
+                            naive.flush();
+                        }
+                    }
+                }
+                started.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, demo_mix, reads_bench);
 criterion_main!(benches);

@@ -51,3 +51,69 @@ fn poison_and_key_mismatched_records_land_in_the_dlq_and_the_rest_is_processed()
     assert_eq!(worker.metric("receiptd_dlq_records_total"), 2.0);
     assert_eq!(worker.terminate(), 0);
 }
+
+/// Absurd records: each goes to the DLQ with its reason, none takes the
+/// worker down, and the read after them is applied. Payloads too big for the
+/// DLQ topic are cut, with the original size in a header.
+#[test]
+fn absurd_records_land_in_the_dlq_without_harm() {
+    let topics = Topics::create("hostile");
+    // The events topic takes records up to 8 MiB, as a misconfigured
+    // producer might send.
+    let events = format!("{}-big", topics.events);
+    create_topics_with(&[(&events, 1, vec![("max.message.bytes", "8388608")])]);
+    let topics = Topics { events, ..topics };
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.max.bytes", "9000000")
+        .create()
+        .unwrap();
+    let t = now_ms();
+    produce_events(
+        &producer,
+        &topics.events,
+        &[members("g1", MembersOp::Snapshot, &["alice", "bob"], t), sent("m1", "alice", group("g1"), true, t)],
+    );
+    let key = b"a1/group/g1";
+    let ids: Vec<String> = (0..100_000).map(|i| format!("m{i}")).collect();
+    let many_ids = serde_json::json!({"type":"message_read","app_id":"a1","reader":"bob",
+        "conversation":{"type":"group","group_id":"g1"},"msg_ids":ids,"read_at":t});
+    let huge_id = serde_json::json!({"type":"message_read","app_id":"a1","reader":"x".repeat(1 << 20),
+        "conversation":{"type":"group","group_id":"g1"},"msg_ids":["m1"],"read_at":t});
+    let users: Vec<String> = (0..200_000).map(|i| format!("user{i}")).collect();
+    let huge_snapshot = serde_json::json!({"type":"group_members","app_id":"a1","group_id":"g1",
+        "op":"snapshot","group_type":"Work","members":users,"at":t});
+    let over_limit = vec![b' '; 5 << 20];
+    let absurd: Vec<(&str, Vec<u8>)> = vec![
+        ("invalid_field", serde_json::to_vec(&many_ids).unwrap()),
+        ("invalid_field", serde_json::to_vec(&huge_id).unwrap()),
+        ("invalid_field", serde_json::to_vec(&huge_snapshot).unwrap()),
+        ("too_large", over_limit),
+    ];
+    for (_, payload) in &absurd {
+        produce_raw(&producer, &topics.events, key, payload);
+    }
+    produce_events(&producer, &topics.events, &[read("bob", group("g1"), &["m1"], t + 1)]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"));
+    worker.start();
+    worker.wait_ready(Duration::from_secs(60));
+    worker.wait_caught_up(&topics.events, Duration::from_secs(60));
+
+    let dead = read_topic(&topics.dlq, Duration::from_secs(20), |r| r.len() >= absurd.len());
+    assert_eq!(dead.len(), absurd.len(), "{:?}", dead.iter().map(|r| &r.headers).collect::<Vec<_>>());
+    for (r, (reason, original)) in dead.iter().zip(&absurd) {
+        assert_eq!(r.headers["receiptd-dlq-reason"], *reason, "{:?}", r.headers);
+        if original.len() > 900 * 1024 {
+            assert_eq!(r.headers["receiptd-dlq-truncated-from"], original.len().to_string());
+            assert_eq!(r.payload[..], original[..900 * 1024]);
+        } else {
+            assert_eq!(&r.payload, original);
+        }
+    }
+    let deltas = read_deltas(&topics.deltas, 1, Duration::from_secs(20));
+    assert_eq!(deltas[0].receipts[0].read_count, Some(1));
+    assert_eq!(http_get(worker.http, "/healthz").unwrap().0, 200);
+    assert_eq!(worker.terminate(), 0);
+}

@@ -92,18 +92,24 @@ impl Topics {
 }
 
 pub fn create_topics(topics: &[(&str, i32, bool)]) {
+    let with: Vec<(&str, i32, Vec<(&str, &str)>)> = topics
+        .iter()
+        .map(|&(name, partitions, compacted)| {
+            (name, partitions, if compacted { vec![("cleanup.policy", "compact")] } else { vec![] })
+        })
+        .collect();
+    create_topics_with(&with);
+}
+
+/// Creates topics with per-topic configs.
+pub fn create_topics_with(topics: &[(&str, i32, Vec<(&str, &str)>)]) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|(name, partitions, compacted)| {
-            let t = NewTopic::new(name, *partitions, TopicReplication::Fixed(1));
-            if *compacted {
-                t.set("cleanup.policy", "compact")
-            } else {
-                t
-            }
+        .map(|(name, partitions, configs)| {
+            configs.iter().fold(NewTopic::new(name, *partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v))
         })
         .collect();
     let results = runtime

@@ -3,7 +3,10 @@
 
 use crate::settings::header;
 use crate::worker::Shared;
-use crate::{Metrics, StreamError, WorkerConfig, DLQ_DETAIL_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
+use crate::{
+    Metrics, StreamError, WorkerConfig, DLQ_DETAIL_HEADER, DLQ_MAX_PAYLOAD, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER,
+    DLQ_TRUNCATED_HEADER,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -331,12 +334,18 @@ impl Engine {
         if let Some(ct) = header(m, CONTENT_TYPE_HEADER) {
             headers = headers.insert(Header { key: CONTENT_TYPE_HEADER, value: Some(ct) });
         }
+        let mut payload = m.payload();
+        let original = payload.map_or(0, <[u8]>::len);
+        if original > DLQ_MAX_PAYLOAD {
+            payload = payload.map(|p| &p[..DLQ_MAX_PAYLOAD]);
+            headers = headers.insert(Header { key: DLQ_TRUNCATED_HEADER, value: Some(&original.to_string()) });
+        }
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(&self.config.topics.dlq, self.generation as usize).headers(headers);
         if let Some(k) = m.key() {
             record = record.key(k);
         }
-        if let Some(p) = m.payload() {
+        if let Some(p) = payload {
             record = record.payload(p);
         }
         self.send(record);

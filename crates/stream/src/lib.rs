@@ -48,6 +48,12 @@ pub const DLQ_REASON_HEADER: &str = "receiptd-dlq-reason";
 pub const DLQ_DETAIL_HEADER: &str = "receiptd-dlq-detail";
 /// DLQ header: where the record came from (`topic/partition/offset`).
 pub const DLQ_SOURCE_HEADER: &str = "receiptd-dlq-source";
+/// DLQ header, set when the payload was cut to fit the DLQ topic: the
+/// original's size in bytes (the whole record stays at its source).
+pub const DLQ_TRUNCATED_HEADER: &str = "receiptd-dlq-truncated-from";
+/// Most payload bytes copied into a DLQ record: under the broker's default
+/// record limit (1 MiB), so that no dead letter is itself refused.
+pub const DLQ_MAX_PAYLOAD: usize = 900 * 1024;
 
 /// Errors that stop a worker.
 #[derive(Debug, thiserror::Error)]
