@@ -1,11 +1,17 @@
-//! kill -9 mid-stream, several times: nothing lost, nothing counted twice.
+//! kill -9 mid-stream, many times: nothing lost, nothing counted twice.
 //!
-//! One worker folds the log without interruption; another, fed the same log
-//! while it is being written, is killed with SIGKILL three times and restarted
-//! each time. Their final states (as `receiptd inspect` prints them) and the
-//! last delta of every message must be identical.
+//! A worker fed a log while it is being written (C2C and groups of 2 to 100
+//! members with churn, duplicates, early and private reads, and a few poison
+//! records) is killed with SIGKILL ten times at random moments (mid-flush,
+//! right after a restart while it restores and joins the group, while reads
+//! are held) and stopped once with SIGTERM mid-load, and restarted each time.
+//! Its final state must equal an independent oracle computed from the log
+//! alone, and (state and last delta of every message) an uninterrupted run.
+//! The DLQ holds the poison records and nothing else.
 
+use crate::oracle::Oracle;
 use crate::support::*;
+use rdkafka::producer::Producer;
 use receiptd_loadgen::{Rng, Traffic, TrafficShape};
 use receiptd_wire::DeltaRecord;
 use std::collections::BTreeMap;
@@ -14,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const EVENTS: usize = 40_000;
-const KILLS: usize = 3;
+const KILLS: usize = 10;
+const CHUNK: usize = 1_000;
+const POISON: usize = 5;
 
 /// The newest receipt per (recipient, message or conversation peer).
 fn last_receipts(deltas: &[DeltaRecord]) -> BTreeMap<(String, String, String), (Option<u64>, u64, String)> {
@@ -39,16 +47,23 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
     let events = Traffic::new(TrafficShape::small("a1", 42)).take(EVENTS);
     let dir = tempfile::tempdir().unwrap();
 
-    // The log is written over several seconds while the crashing worker runs.
+    let poison: Vec<Vec<u8>> =
+        (0..POISON).map(|i| format!("{{\"type\":\"message_read\", poison {i}").into_bytes()).collect();
+
+    // The log is written over about 16 s while the crashing worker runs.
     let writing = Arc::new(AtomicBool::new(true));
     let producer_thread = {
-        let (topic, events, writing) = (topics.events.clone(), events.clone(), writing.clone());
+        let (topic, events, writing, poison) = (topics.events.clone(), events.clone(), writing.clone(), poison.clone());
         std::thread::spawn(move || {
             let producer = producer();
-            for chunk in events.chunks(2_000) {
+            for (i, chunk) in events.chunks(CHUNK).enumerate() {
                 produce_events(&producer, &topic, chunk);
-                std::thread::sleep(Duration::from_millis(300));
+                if let Some(p) = poison.get(i / 8).filter(|_| i % 8 == 3) {
+                    produce_raw(&producer, &topic, b"a1/group/g0", p);
+                }
+                std::thread::sleep(Duration::from_millis(400));
             }
+            producer.flush(Duration::from_secs(30)).unwrap();
             writing.store(false, Relaxed);
         })
     };
@@ -59,17 +74,38 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
     crashing.wait_ready(Duration::from_secs(60));
     let mut rng = Rng::new(std::process::id() as u64);
     let mut kills_mid_stream = 0;
-    for _ in 0..KILLS {
-        std::thread::sleep(Duration::from_millis(300 + rng.below(900)));
+    for k in 0..KILLS {
+        if k % 3 == 2 {
+            // Mid-restore and mid-join: right after a start, before ready.
+            crashing.kill9();
+            crashing.start();
+            std::thread::sleep(Duration::from_millis(20 + rng.below(300)));
+        } else {
+            std::thread::sleep(Duration::from_millis(200 + rng.below(700)));
+        }
         if writing.load(Relaxed) {
             kills_mid_stream += 1;
         }
         crashing.kill9();
         crashing.start();
         crashing.wait_ready(Duration::from_secs(60));
+        if k == KILLS / 2 {
+            // SIGTERM under load: flush, checkpoint, leave the group, exit 0.
+            assert!(writing.load(Relaxed), "the log was written too fast for a SIGTERM under load");
+            std::thread::sleep(Duration::from_millis(300));
+            let stopping = Instant::now();
+            assert_eq!(crashing.terminate(), 0, "SIGTERM under load exits 0; log:\n{}", crashing.log_tail());
+            assert!(stopping.elapsed() < Duration::from_secs(15), "SIGTERM took {:?}", stopping.elapsed());
+            assert!(crashing.log_tail().contains("final flush and checkpoint done"));
+            crashing.start();
+            crashing.wait_ready(Duration::from_secs(60));
+        }
     }
     producer_thread.join().unwrap();
-    assert!(kills_mid_stream >= 2, "the log was written too fast to kill mid-stream ({kills_mid_stream} kills)");
+    assert!(
+        kills_mid_stream >= KILLS - 2,
+        "the log was written too fast to kill mid-stream ({kills_mid_stream} kills)"
+    );
     crashing.wait_caught_up(&topics.events, Duration::from_secs(120));
     assert_eq!(crashing.terminate(), 0, "SIGTERM exits 0; log:\n{}", crashing.log_tail());
 
@@ -84,6 +120,31 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
 
     let crashed_state = crashing.inspect();
     let steady_state = steady.inspect();
+
+    // The oracle, from the log alone.
+    let mut oracle = Oracle::default();
+    events.iter().for_each(|e| oracle.apply(e));
+    let (expected, held) = oracle.expected();
+    let tracked: Vec<&serde_json::Value> =
+        crashed_state["messages"].as_array().unwrap().iter().filter(|m| m["tracking"] == "Tracked").collect();
+    assert_eq!(tracked.len(), expected.len(), "tracked messages");
+    for m in tracked {
+        let id = m["msg_id"].as_str().unwrap();
+        let want = &expected[id];
+        let group = m["conversation"]["type"] == "group";
+        let got =
+            (m["read_count"].as_u64(), group.then(|| m["unread_count"].as_u64().unwrap()), m["hidden_reads"].as_u64());
+        assert_eq!(got, (Some(want.read_count), want.unread_count, Some(want.hidden_reads)), "message {id}");
+    }
+    let held_now: u64 =
+        crashed_state["partitions"].as_array().unwrap().iter().map(|p| p["held_reads"].as_u64().unwrap()).sum();
+    assert_eq!(held_now as usize, held, "reads still waiting for their message");
+
+    // The DLQ holds the poison records (a replay may repeat them), nothing else.
+    let dead = read_topic(&topics.dlq, Duration::from_secs(20), |r| r.len() >= POISON);
+    assert!(dead.iter().all(|r| poison.contains(&r.payload)), "unexpected DLQ records");
+    assert!(poison.iter().all(|p| dead.iter().any(|r| r.payload == *p)), "a poison record is missing from the DLQ");
+
     let messages = steady_state["messages"].as_array().unwrap();
     assert!(messages.len() > 5_000, "the load should track thousands of messages");
     let most_read = messages.iter().filter_map(|m| m["read_count"].as_u64()).max().unwrap_or(0);

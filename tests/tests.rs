@@ -7,8 +7,9 @@
 //! - `pipeline`: a scripted C2C and group conversation yields exactly the
 //!   expected delta records (counts, versions, batching per recipient).
 //! - `crash`: the worker, a real child process, is killed with SIGKILL
-//!   mid-stream several times; its final state and last deltas equal those of
-//!   an uninterrupted run. SIGTERM flushes and exits 0.
+//!   mid-stream ten times and stopped with SIGTERM under load once; its final
+//!   state equals an independent oracle (`oracle`) and, with the last deltas,
+//!   an uninterrupted run. The DLQ holds exactly the poison records.
 //! - `dlq`: poison and key-mismatched records land in the DLQ with their
 //!   reason; everything after them is processed.
 //! - `semantics`: privacy, reciprocity, revocation, expiry, group-type gating
@@ -17,6 +18,7 @@
 //!   paging a 10,000-member list while reads arrive, operations endpoints.
 //! - `config`: bad settings stop start-up, naming the key.
 
+mod oracle;
 mod support;
 
 mod api;
