@@ -7,6 +7,8 @@
 #                                 wait until it serves, print its address on stdout
 #                                 and write DIR/broker.env (KAFKA_BOOTSTRAP, KAFKA_PID)
 #   deploy/kafka.sh stop DIR      stop the broker started in DIR, by PID
+#   deploy/kafka.sh restart DIR   start a stopped broker of DIR again, same storage
+#                                 and port (for outage tests)
 #   deploy/kafka.sh topics BOOTSTRAP [PARTITIONS]
 #                                 create the contract's topics (settings compacted)
 #   deploy/kafka.sh jars          only resolve the jars into the cache
@@ -85,6 +87,12 @@ PROPS
   [ -n "$id" ] || die "could not generate a cluster id"
   java_run kafka.tools.StorageTool format --standalone -t "$id" -c "$dir/server.properties" \
       > "$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "formatting KRaft storage failed"; }
+  launch_and_wait "$dir" "$port"
+}
+
+# Starts the broker of DIR (already formatted) and waits until it serves.
+launch_and_wait() {
+  local dir="$1" port="$2"
   nohup java ${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m} -cp "$cache/libs/*" \
       -Dlog4j2.configurationFile="$here/kafka/log4j2.xml" -Dkafka.logs.dir="$dir" \
       kafka.Kafka "$dir/server.properties" > "$dir/stdout.log" 2>&1 < /dev/null &
@@ -104,6 +112,17 @@ PROPS
   done
   echo "deploy/kafka.sh: broker pid $pid serving on 127.0.0.1:$port (dir $dir)" >&2
   echo "127.0.0.1:$port"
+}
+
+cmd_restart() {
+  dir="${1:?usage: deploy/kafka.sh restart DIR}"
+  [ -f "$dir/broker.env" ] && [ -f "$dir/server.properties" ] || die "no stopped broker in $dir"
+  # shellcheck disable=SC1091
+  . "$dir/broker.env"
+  if kill -0 "$KAFKA_PID" 2>/dev/null; then die "the broker in $dir still runs (pid $KAFKA_PID)"; fi
+  resolve_jars
+  rm -f "$dir/server.log"
+  launch_and_wait "$dir" "${KAFKA_BOOTSTRAP##*:}"
 }
 
 cmd_stop() {
@@ -137,7 +156,8 @@ cmd_topics() {
 case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop "$@" ;;
+  restart) shift; cmd_restart "$@" ;;
   topics) shift; cmd_topics "$@" ;;
   jars) resolve_jars ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

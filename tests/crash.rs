@@ -9,7 +9,7 @@
 //! alone, and (state and last delta of every message) an uninterrupted run.
 //! The DLQ holds the poison records and nothing else.
 
-use crate::oracle::Oracle;
+use crate::oracle::assert_state_matches;
 use crate::support::*;
 use rdkafka::producer::Producer;
 use receiptd_loadgen::{Rng, Traffic, TrafficShape};
@@ -122,23 +122,7 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
     let steady_state = steady.inspect();
 
     // The oracle, from the log alone.
-    let mut oracle = Oracle::default();
-    events.iter().for_each(|e| oracle.apply(e));
-    let (expected, held) = oracle.expected();
-    let tracked: Vec<&serde_json::Value> =
-        crashed_state["messages"].as_array().unwrap().iter().filter(|m| m["tracking"] == "Tracked").collect();
-    assert_eq!(tracked.len(), expected.len(), "tracked messages");
-    for m in tracked {
-        let id = m["msg_id"].as_str().unwrap();
-        let want = &expected[id];
-        let group = m["conversation"]["type"] == "group";
-        let got =
-            (m["read_count"].as_u64(), group.then(|| m["unread_count"].as_u64().unwrap()), m["hidden_reads"].as_u64());
-        assert_eq!(got, (Some(want.read_count), want.unread_count, Some(want.hidden_reads)), "message {id}");
-    }
-    let held_now: u64 =
-        crashed_state["partitions"].as_array().unwrap().iter().map(|p| p["held_reads"].as_u64().unwrap()).sum();
-    assert_eq!(held_now as usize, held, "reads still waiting for their message");
+    assert_state_matches(&crashed_state, &events);
 
     // The DLQ holds the poison records (a replay may repeat them), nothing else.
     let dead = read_topic(&topics.dlq, Duration::from_secs(20), |r| r.len() >= POISON);

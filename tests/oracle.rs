@@ -148,3 +148,25 @@ impl Oracle {
         (out, self.held.len())
     }
 }
+
+/// Asserts that a worker's final state (as `receiptd inspect` prints it)
+/// equals the oracle of `events`: every tracked message's counts and hidden
+/// reads, and the reads still held.
+pub fn assert_state_matches(state: &serde_json::Value, events: &[Event]) {
+    let mut oracle = Oracle::default();
+    events.iter().for_each(|e| oracle.apply(e));
+    let (expected, held) = oracle.expected();
+    let tracked: Vec<&serde_json::Value> =
+        state["messages"].as_array().unwrap().iter().filter(|m| m["tracking"] == "Tracked").collect();
+    assert_eq!(tracked.len(), expected.len(), "tracked messages");
+    for m in tracked {
+        let id = m["msg_id"].as_str().unwrap();
+        let want = &expected[id];
+        let group = m["conversation"]["type"] == "group";
+        let got =
+            (m["read_count"].as_u64(), group.then(|| m["unread_count"].as_u64().unwrap()), m["hidden_reads"].as_u64());
+        assert_eq!(got, (Some(want.read_count), want.unread_count, Some(want.hidden_reads)), "message {id}");
+    }
+    let held_now: u64 = state["partitions"].as_array().unwrap().iter().map(|p| p["held_reads"].as_u64().unwrap()).sum();
+    assert_eq!(held_now as usize, held, "reads still waiting for their message");
+}

@@ -18,8 +18,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+thread_local! {
+    /// A test's own broker, for the thread that set it (see [`use_brokers`]).
+    static OWN_BROKERS: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes this thread's helpers talk to another broker than the shared one
+/// (a test that stops its broker must not stop everyone's).
+pub fn use_brokers(address: &str) {
+    OWN_BROKERS.with(|b| *b.borrow_mut() = Some(address.to_owned()));
+}
+
 /// The real broker's address. Panics with instructions when unset.
 pub fn brokers() -> String {
+    if let Some(own) = OWN_BROKERS.with(|b| b.borrow().clone()) {
+        return own;
+    }
     match std::env::var("RECEIPTD_TEST_BROKERS") {
         Ok(b) if !b.trim().is_empty() => b,
         _ => panic!(

@@ -17,6 +17,8 @@
 //! - `api`: the query API over real HTTP: auth, sender-only access, bad input,
 //!   paging a 10,000-member list while reads arrive, operations endpoints.
 //! - `config`: bad settings stop start-up, naming the key.
+//! - `outage`: the test's own broker stops for 30 s mid-load; the worker
+//!   reports unready, recovers in the same process, and loses nothing.
 
 mod oracle;
 mod support;
@@ -26,5 +28,6 @@ mod api;
 mod config;
 mod crash;
 mod dlq;
+mod outage;
 mod pipeline;
 mod semantics;

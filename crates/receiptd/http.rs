@@ -66,6 +66,8 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         "loading the settings table"
     } else if !shared.assigned.load(Relaxed) {
         "waiting for a partition assignment and state restore"
+    } else if shared.brokers_down.load(Relaxed) {
+        "no broker connection is up"
     } else if shared.producer_blocked.load(Relaxed) {
         "the broker is not taking deltas"
     } else {

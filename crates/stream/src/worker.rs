@@ -80,6 +80,8 @@ pub struct Shared {
     pub assigned: AtomicBool,
     /// The producer could not deliver for a while (broker down).
     pub producer_blocked: AtomicBool,
+    /// The consumer's statistics show no broker connection up.
+    pub brokers_down: AtomicBool,
     /// The worker has stopped (cleanly or not).
     pub stopped: AtomicBool,
     engine: EngineSlot,
@@ -102,6 +104,7 @@ impl Shared {
         self.settings_loaded.load(Relaxed)
             && self.assigned.load(Relaxed)
             && !self.producer_blocked.load(Relaxed)
+            && !self.brokers_down.load(Relaxed)
             && !self.metrics.store_failed.load(Relaxed)
             && !self.stopped.load(Relaxed)
     }
@@ -132,6 +135,15 @@ struct WorkerContext {
 
 impl ClientContext for WorkerContext {
     fn stats(&self, statistics: Statistics) {
+        // Learned brokers have node ids; the bootstrap entries do not.
+        let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
+        if self.shared.brokers_down.swap(!up, Relaxed) != !up {
+            if up {
+                tracing::info!("broker connection back up");
+            } else {
+                tracing::warn!("no broker connection up; not ready until one is");
+            }
+        }
         if let Some(topic) = statistics.topics.get(&self.config.topics.events) {
             for (p, s) in &topic.partitions {
                 if *p >= 0 && s.hi_offset >= 0 {
