@@ -19,6 +19,9 @@
 //! - `config`: bad settings stop start-up, naming the key.
 //! - `outage`: the test's own broker stops for 30 s mid-load; the worker
 //!   reports unready, recovers in the same process, and loses nothing.
+//! - `storage`: RocksDB refuses writes (failpoint); the worker stops,
+//!   unhealthy, with no offset past its last good write; after a restart its
+//!   state is exact.
 
 mod oracle;
 mod support;
@@ -31,3 +34,4 @@ mod dlq;
 mod outage;
 mod pipeline;
 mod semantics;
+mod storage;

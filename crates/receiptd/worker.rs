@@ -94,6 +94,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         stop.store(true, Relaxed);
     });
     let result = worker.handle.join().map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
+    if result.is_err() && worker.shared.metrics.store_failed.load(Relaxed) {
+        // Keep answering /healthz (503) and /metrics, so that the failure is
+        // seen where it happened; no offset moved past the last good write.
+        tracing::error!("the state store refuses writes; consuming stopped, serving unhealthy until stopped");
+        while !worker.stop.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     runtime.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(()) => {

@@ -65,7 +65,18 @@ pub enum StoreError {
         /// What failed.
         problem: String,
     },
+    /// A write refused by the test failpoint [`FAILPOINT_WRITES_ENV`].
+    #[error("injected write failure at {path} (failpoint {FAILPOINT_WRITES_ENV})")]
+    Injected {
+        /// The store's directory.
+        path: PathBuf,
+    },
 }
+
+/// Test failpoint, read when the store opens: with `N` set, every write
+/// batch after the first `N` fails, as on a full or broken disk. Unset or
+/// empty in production.
+pub const FAILPOINT_WRITES_ENV: &str = "RECEIPTD_FAILPOINT_STORE_WRITES";
 
 /// Tuning for [`Store::open`].
 #[derive(Debug, Clone)]
@@ -86,6 +97,9 @@ impl Default for StoreOptions {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    /// Writes allowed before the failpoint fails them, if set.
+    fail_after: Option<u64>,
+    writes: std::sync::atomic::AtomicU64,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -115,14 +129,18 @@ impl Store {
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
         let db = DB::open(&opts, dir).map_err(|source| StoreError::Rocks { path: dir.to_owned(), source })?;
-        Ok(Store { db, path: dir.to_owned() })
+        let fail_after = std::env::var(FAILPOINT_WRITES_ENV).ok().and_then(|v| v.trim().parse().ok());
+        if let Some(n) = fail_after {
+            tracing::warn!(writes = n, "test failpoint {FAILPOINT_WRITES_ENV} set: writes after these will fail");
+        }
+        Ok(Store { db, path: dir.to_owned(), fail_after, writes: Default::default() })
     }
 
     /// Opens an existing store read-only (for inspection while no worker runs).
     pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
         let db = DB::open_for_read_only(&Options::default(), dir, false)
             .map_err(|source| StoreError::Rocks { path: dir.to_owned(), source })?;
-        Ok(Store { db, path: dir.to_owned() })
+        Ok(Store { db, path: dir.to_owned(), fail_after: None, writes: Default::default() })
     }
 
     fn rocks(&self, source: rocksdb::Error) -> StoreError {
@@ -229,6 +247,11 @@ impl Store {
 
     /// Writes a batch atomically. Not fsynced: see [`Store::sync`].
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if let Some(n) = self.fail_after {
+            if self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= n {
+                return Err(StoreError::Injected { path: self.path.clone() });
+            }
+        }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         self.db.write_opt(batch, &opts).map_err(|e| self.rocks(e))
