@@ -19,6 +19,8 @@
 //! - `config`: bad settings stop start-up, naming the key.
 //! - `outage`: the test's own broker stops for 30 s mid-load; the worker
 //!   reports unready, recovers in the same process, and loses nothing.
+//! - `flood`: reads for messages that never arrive stay within the hold cap;
+//!   the overflow is counted and memory stays under a documented bound.
 //! - `storage`: RocksDB refuses writes (failpoint); the worker stops,
 //!   unhealthy, with no offset past its last good write; after a restart its
 //!   state is exact.
@@ -31,6 +33,7 @@ mod api;
 mod config;
 mod crash;
 mod dlq;
+mod flood;
 mod outage;
 mod pipeline;
 mod semantics;

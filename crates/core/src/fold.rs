@@ -85,23 +85,28 @@ impl PartitionState {
     /// Drops held reads whose hold window has passed (in record time). Only
     /// frees memory: an expired read is never applied anyway.
     pub fn expire_held(&mut self, limits: &Limits, fx: &mut Effects) {
-        let PartitionState { apps, watermark, held_count, dirty, .. } = self;
+        let PartitionState { apps, watermark, held_count, dirty, held_by_time, .. } = self;
         let cutoff = watermark.saturating_sub(limits.hold_window_ms);
-        for (app_id, app) in apps.iter_mut() {
-            app.held.retain(|msg_id, list| {
-                let before = list.reads.len();
-                list.reads.retain(|h| h.held_at >= cutoff);
-                let dropped = before - list.reads.len();
-                if dropped > 0 {
-                    *held_count -= dropped;
-                    fx.stats.ignored[Ignored::HoldExpired as usize] += dropped as u64;
-                    if !list.dirty {
-                        list.dirty = true;
-                        dirty.push(DirtyKey::Held { app: app_id.clone(), msg_id: msg_id.clone() });
-                    }
+        while held_by_time.first().is_some_and(|(held_at, _, _)| *held_at < cutoff) {
+            let (_, app_id, msg_id) = held_by_time.pop_first().expect("first exists");
+            // The list may be gone already (its message came, or an earlier
+            // entry of the same list expired it).
+            let Some(app) = apps.get_mut(&app_id) else { continue };
+            let Some(list) = app.held.get_mut(&msg_id) else { continue };
+            let before = list.reads.len();
+            list.reads.retain(|h| h.held_at >= cutoff);
+            let dropped = before - list.reads.len();
+            if dropped > 0 {
+                *held_count -= dropped;
+                fx.stats.ignored[Ignored::HoldExpired as usize] += dropped as u64;
+                if !list.dirty {
+                    list.dirty = true;
+                    dirty.push(DirtyKey::Held { app: app_id.clone(), msg_id: msg_id.clone() });
                 }
-                !list.reads.is_empty()
-            });
+            }
+            if list.reads.is_empty() {
+                app.held.remove(&msg_id);
+            }
         }
     }
 
@@ -260,7 +265,7 @@ impl PartitionState {
         stats: &mut FoldStats,
     ) -> Outcome {
         let watermark = self.watermark;
-        let PartitionState { apps, dirty, held_count, pending_receipts, .. } = self;
+        let PartitionState { apps, dirty, held_count, pending_receipts, held_by_time, .. } = self;
         let app = app_entry(apps, &e.app_id);
         if app.messages.contains_key(&e.msg_id) {
             stats.ignore(Ignored::DuplicateMessage);
@@ -307,6 +312,9 @@ impl PartitionState {
         // Reads that came first are applied now, in their arrival order.
         if let Some(held) = app.held.remove(&e.msg_id) {
             *held_count -= held.reads.len();
+            for h in &held.reads {
+                held_by_time.remove(&(h.held_at, e.app_id.clone(), e.msg_id.clone()));
+            }
             dirty.push(DirtyKey::Held { app: e.app_id.clone(), msg_id: e.msg_id.clone() });
             let cutoff = watermark.saturating_sub(limits.hold_window_ms);
             for h in held.reads {
@@ -382,8 +390,9 @@ impl PartitionState {
                 return false;
             }
         }
-        let PartitionState { apps, dirty, held_count, .. } = self;
+        let PartitionState { apps, dirty, held_count, held_by_time, .. } = self;
         let app = app_entry(apps, &e.app_id);
+        held_by_time.insert((record_time, e.app_id.clone(), msg_id.to_owned()));
         let list: &mut HeldList = app.held.entry(msg_id.to_owned()).or_default();
         list.reads.push(HeldRead {
             reader: e.reader.clone(),

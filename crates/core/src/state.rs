@@ -316,6 +316,11 @@ pub struct PartitionState {
     /// Highest record timestamp folded; the fold's only clock.
     pub(crate) watermark: u64,
     pub(crate) held_count: usize,
+    /// Held reads by the record time they were held at: (held_at, app,
+    /// msg_id). Expiry pops from the front instead of scanning every held
+    /// read, which matters when a flood of reads for messages that never
+    /// come keeps the hold buffer at its cap.
+    pub(crate) held_by_time: std::collections::BTreeSet<(u64, String, String)>,
     pub(crate) dirty: Vec<DirtyKey>,
     /// Messages and marks with a revealed change not yet taken as receipts.
     pub(crate) pending_receipts: Vec<DirtyKey>,
@@ -524,6 +529,9 @@ impl PartitionState {
     /// Restores the reads held for a message.
     pub fn restore_held(&mut self, app: &str, msg_id: &str, reads: Vec<HeldRead>) {
         self.held_count += reads.len();
+        for r in &reads {
+            self.held_by_time.insert((r.held_at, app.to_owned(), msg_id.to_owned()));
+        }
         self.app_mut(app).held.insert(msg_id.to_owned(), HeldList { reads, dirty: false });
     }
 
