@@ -29,6 +29,8 @@ struct Msg {
 
 #[derive(Default)]
 pub struct Oracle {
+    /// Users whose receipts are off for the whole log.
+    pub off: BTreeSet<String>,
     groups: BTreeMap<String, (bool, BTreeMap<String, u64>)>,
     generation: u64,
     messages: BTreeMap<String, Msg>,
@@ -125,7 +127,15 @@ impl Oracle {
         if !self.eligible(m, &e.reader) {
             return;
         }
-        self.messages.get_mut(msg_id).expect("present").reads.insert(e.reader.clone(), e.private);
+        let hidden = e.private || self.off.contains(&e.reader);
+        self.messages.get_mut(msg_id).expect("present").reads.insert(e.reader.clone(), hidden);
+    }
+
+    /// A tracked message's sender, group (None for C2C) and revealed readers.
+    pub fn revealed(&self, msg_id: &str) -> Option<(&str, Option<&str>, BTreeSet<&str>)> {
+        let m = self.messages.get(msg_id).filter(|m| m.tracked)?;
+        let readers = m.reads.iter().filter(|(_, hidden)| !**hidden).map(|(u, _)| u.as_str()).collect();
+        Some((m.sender.as_str(), m.group.as_deref(), readers))
     }
 
     /// Every tracked message's expected state, and the reads still held.
@@ -153,7 +163,12 @@ impl Oracle {
 /// equals the oracle of `events`: every tracked message's counts and hidden
 /// reads, and the reads still held.
 pub fn assert_state_matches(state: &serde_json::Value, events: &[Event]) {
-    let mut oracle = Oracle::default();
+    assert_state_matches_with(state, events, BTreeSet::new());
+}
+
+/// [`assert_state_matches`], with users whose receipts are off throughout.
+pub fn assert_state_matches_with(state: &serde_json::Value, events: &[Event], off: BTreeSet<String>) -> Oracle {
+    let mut oracle = Oracle { off, ..Oracle::default() };
     events.iter().for_each(|e| oracle.apply(e));
     let (expected, held) = oracle.expected();
     let tracked: Vec<&serde_json::Value> =
@@ -169,4 +184,5 @@ pub fn assert_state_matches(state: &serde_json::Value, events: &[Event]) {
     }
     let held_now: u64 = state["partitions"].as_array().unwrap().iter().map(|p| p["held_reads"].as_u64().unwrap()).sum();
     assert_eq!(held_now as usize, held, "reads still waiting for their message");
+    oracle
 }

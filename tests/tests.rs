@@ -21,6 +21,8 @@
 //!   reports unready, recovers in the same process, and loses nothing.
 //! - `flood`: reads for messages that never arrive stay within the hold cap;
 //!   the overflow is counted and memory stays under a documented bound.
+//! - `privacy`: over a randomized run, users with receipts off and private
+//!   reads never show in deltas, counts or read lists (against the oracle).
 //! - `storage`: RocksDB refuses writes (failpoint); the worker stops,
 //!   unhealthy, with no offset past its last good write; after a restart its
 //!   state is exact.
@@ -36,5 +38,6 @@ mod dlq;
 mod flood;
 mod outage;
 mod pipeline;
+mod privacy;
 mod semantics;
 mod storage;
