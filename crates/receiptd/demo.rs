@@ -130,7 +130,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     match runtime.block_on(tokio::net::TcpListener::bind(args.http_addr)) {
         Ok(listener) => {
             println!("receiptd demo: http on http://{}/metrics", listener.local_addr()?);
-            runtime.spawn(crate::http::serve(listener, worker.shared.clone(), Default::default()));
+            let backend = Arc::new(crate::worker::WorkerBackend(worker.shared.clone()));
+            runtime.spawn(receiptd_http::serve(listener, backend, Default::default()));
         }
         Err(e) => println!("receiptd demo: no http ({e})"),
     }

@@ -6,10 +6,8 @@
 //!   MockCluster) with synthetic chat traffic and one live line per second.
 //! - `receiptd inspect --state-dir DIR`: the folded state as JSON, read-only.
 
-mod api;
 mod config;
 mod demo;
-mod http;
 mod inspect;
 mod worker;
 

@@ -52,6 +52,41 @@ pub fn open_store(c: &Config) -> anyhow::Result<Arc<Store>> {
     Ok(Arc::new(Store::open(&c.state.dir, &options).context("opening state.dir")?))
 }
 
+/// The worker's live state, as the HTTP server sees it.
+pub struct WorkerBackend(pub Arc<Shared>);
+
+impl receiptd_http::Backend for WorkerBackend {
+    fn readiness(&self) -> Result<(), &'static str> {
+        let s = &self.0;
+        if s.ready() {
+            return Ok(());
+        }
+        Err(if !s.settings_loaded.load(Relaxed) {
+            "loading the settings table"
+        } else if !s.assigned.load(Relaxed) {
+            "waiting for a partition assignment and state restore"
+        } else if s.brokers_down.load(Relaxed) {
+            "no broker connection is up"
+        } else if s.producer_blocked.load(Relaxed) {
+            "the broker is not taking deltas"
+        } else {
+            "the worker stopped or its store refuses writes"
+        })
+    }
+
+    fn healthy(&self) -> bool {
+        self.0.healthy()
+    }
+
+    fn metrics_text(&self) -> String {
+        self.0.metrics.render()
+    }
+
+    fn view(&self, f: &mut dyn FnMut(&receiptd_core::SettingsTable, &[&receiptd_core::PartitionState])) -> bool {
+        self.0.query(|settings, states| f(settings, states)).is_some()
+    }
+}
+
 /// A running worker thread.
 pub struct RunningWorker {
     pub shared: Arc<Shared>,
@@ -86,7 +121,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding http.addr {}", config.http.addr))?;
     tracing::info!(addr = %config.http.addr, brokers = %config.kafka.brokers, state_dir = %config.state.dir.display(), "receiptd running");
     let tokens = config.apps.iter().map(|(app, a)| (app.clone(), a.token.clone())).collect();
-    runtime.spawn(crate::http::serve(listener, worker.shared.clone(), tokens));
+    runtime.spawn(receiptd_http::serve(listener, Arc::new(WorkerBackend(worker.shared.clone())), tokens));
     let stop = worker.stop.clone();
     runtime.spawn(async move {
         wait_for_signal().await;

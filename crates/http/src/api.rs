@@ -2,14 +2,13 @@
 //! answered from the worker's own state. Every error is a 4xx (or 503 while
 //! not ready) with `{"error":{"code":..,"message":..}}`.
 
-use crate::http::error;
+use crate::{error, Shared};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use receiptd_core::{MemberFilter, PartitionState, QueryRefusal};
-use receiptd_stream::Shared;
 use receiptd_wire::Receipt;
 use receiptd_wire::{Conversation, MAX_ID_BYTES};
 use serde::{Deserialize, Serialize};
@@ -101,10 +100,16 @@ fn admit<Q>(
 }
 
 fn query<R>(api: &Api, f: impl FnOnce(&receiptd_core::SettingsTable, &[&PartitionState]) -> R) -> Result<R, Response> {
-    if !api.shared.ready() {
+    if api.shared.readiness().is_err() {
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "state is not restored yet"));
     }
-    api.shared.query(f).ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the worker is not running"))
+    let (mut f, mut answer) = (Some(f), None);
+    api.shared.view(&mut |settings, states| {
+        if let Some(f) = f.take() {
+            answer = Some(f(settings, states));
+        }
+    });
+    answer.ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the worker is not running"))
 }
 
 fn refusal(r: QueryRefusal) -> Response {
