@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs build prerequisites, starts a real Apache
 # Kafka broker (deploy/kafka.sh), runs every test in release mode against it,
-# and stops the broker, whatever happens.
+# stops the broker whatever happens, then runs a short smoke run of every fuzz
+# target (deploy/fuzz.sh smoke).
 #
 #   deploy/test.sh [extra cargo test args]
 #
@@ -27,3 +28,4 @@ fi
 echo "deploy/test.sh: Kafka broker at $RECEIPTD_TEST_BROKERS" >&2
 
 cargo test --release --workspace "$@"
+"$here/fuzz.sh" smoke "${RECEIPTD_FUZZ_SMOKE_SECONDS:-20}"

@@ -19,9 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Events in CI; `RECEIPTD_CHAOS_EVENTS=1000000` runs the full size.
 const EVENTS: usize = 40_000;
 const KILLS: usize = 10;
-const CHUNK: usize = 1_000;
+/// The log is written in this many chunks, 400 ms apart, whatever its size.
+const CHUNKS: usize = 40;
 const POISON: usize = 5;
 
 /// The newest receipt per (recipient, message or conversation peer).
@@ -44,7 +46,9 @@ fn last_receipts(deltas: &[DeltaRecord]) -> BTreeMap<(String, String, String), (
 fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
     let topics = Topics::create("crash");
     let uninterrupted_topics = topics.with_deltas("uninterrupted");
-    let events = Traffic::new(TrafficShape::small("a1", 42)).take(EVENTS);
+    let size = std::env::var("RECEIPTD_CHAOS_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(EVENTS);
+    let events = Traffic::new(TrafficShape::small("a1", 42)).take(size);
+    let chunk = size.div_ceil(CHUNKS);
     let dir = tempfile::tempdir().unwrap();
 
     let poison: Vec<Vec<u8>> =
@@ -56,8 +60,8 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
         let (topic, events, writing, poison) = (topics.events.clone(), events.clone(), writing.clone(), poison.clone());
         std::thread::spawn(move || {
             let producer = producer();
-            for (i, chunk) in events.chunks(CHUNK).enumerate() {
-                produce_events(&producer, &topic, chunk);
+            for (i, part) in events.chunks(chunk).enumerate() {
+                produce_events(&producer, &topic, part);
                 if let Some(p) = poison.get(i / 8).filter(|_| i % 8 == 3) {
                     produce_raw(&producer, &topic, b"a1/group/g0", p);
                 }
