@@ -296,6 +296,15 @@ impl Store {
         let prop = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
         prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
     }
+
+    /// Flushes the memtables and compacts everything, then returns RocksDB's
+    /// own `total-sst-files-size`: the bytes the state takes on disk, for
+    /// measurement and maintenance.
+    pub fn compact_all(&self) -> Result<u64, StoreError> {
+        self.db.flush().map_err(|e| self.rocks(e))?;
+        self.db.compact_range::<&[u8], &[u8]>(None, None);
+        Ok(self.db.property_int_value("rocksdb.total-sst-files-size").map_err(|e| self.rocks(e))?.unwrap_or(0))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,134 @@
+//! Bytes per live message, counted: in memory with a counting allocator
+//! around the binary's allocator (the message's state, its map entry and id,
+//! and its share of every index), and on disk with RocksDB's own
+//! `total-sst-files-size` after a flush and full compaction (LZ4, as in
+//! production), next to the sum of the stored values before compression.
+//!
+//! `cargo bench --bench state_size`
+
+use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
+use receiptd_store::{Store, StoreOptions, WriteBatch};
+use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent};
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Relaxed);
+        mimalloc::MiMalloc.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Relaxed);
+        mimalloc::MiMalloc.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+        mimalloc::MiMalloc.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn apply(state: &mut PartitionState, events: &[Event]) {
+    let (settings, limits, mut fx) = (SettingsTable::default(), Limits::default(), Effects::default());
+    for e in events {
+        state.apply(&settings, &limits, e, 1_732_200_000_000, &mut fx);
+    }
+    let mut deltas = DeltaBuffer::new();
+    for r in state.take_receipts(&settings) {
+        deltas.push(r);
+    }
+    drop(deltas.drain());
+}
+
+/// (in-memory bytes per message, SST bytes per message, value bytes per message)
+fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64) {
+    let members: Vec<String> = (0..group).map(|i| format!("u{i}")).collect();
+    let snapshot: Vec<Event> = members
+        .chunks(100_000)
+        .enumerate()
+        .map(|(i, chunk)| {
+            Event::GroupMembers(GroupMembers {
+                app_id: "a1".into(),
+                group_id: "g".into(),
+                op: if i == 0 { MembersOp::Snapshot } else { MembersOp::Join },
+                group_type: Some(GroupType::Work),
+                members: chunk.to_vec(),
+                at: 0,
+            })
+        })
+        .collect();
+    let conversation = Conversation::Group { group_id: "g".into() };
+    let mut traffic = Vec::new();
+    for m in 0..messages {
+        traffic.push(Event::MessageSent(MessageSent {
+            app_id: "a1".into(),
+            msg_id: format!("m{m}"),
+            sender: members[0].clone(),
+            conversation: conversation.clone(),
+            need_read_receipt: true,
+            sent_at: 1_732_200_000_000,
+        }));
+        for r in 0..readers {
+            traffic.push(Event::MessageRead(MessageRead {
+                app_id: "a1".into(),
+                reader: members[1 + (m * 7 + r) % (group - 1)].clone(),
+                conversation: conversation.clone(),
+                msg_ids: vec![format!("m{m}")],
+                read_at: 1_732_200_000_000 + r as u64,
+                private: false,
+            }));
+        }
+    }
+
+    let mut state = PartitionState::new();
+    apply(&mut state, &snapshot);
+    drop(state.take_dirty());
+
+    let before = LIVE.load(Relaxed);
+    apply(&mut state, &traffic);
+    drop(state.take_dirty());
+    let in_memory = (LIVE.load(Relaxed) - before) as f64 / messages as f64;
+    // Every message's value, once, into a store of its own: SST bytes then
+    // are the messages' alone (plus one file's fixed overhead).
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let mut batch = WriteBatch::default();
+    let keys: Vec<_> =
+        (0..messages).map(|m| receiptd_core::DirtyKey::Message { app: "a1".into(), msg_id: format!("m{m}") }).collect();
+    store.stage_entities(&mut batch, 0, &state, &keys);
+    let values = batch.size_in_bytes() as f64 / messages as f64;
+    store.write(batch).unwrap();
+    let disk = store.compact_all().unwrap() as f64 / messages as f64;
+    drop(traffic);
+    (in_memory, disk, values)
+}
+
+fn main() {
+    println!("| group | reads per message | messages | in memory, B/msg | target | on disk (SST, LZ4), B/msg | write batch, B/msg | target (G <= 1024) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (group, readers, messages) in [
+        (32, 8, 50_000),
+        (32, 31, 50_000),
+        (1_024, 10, 20_000),
+        (1_024, 512, 2_000),
+        (100_000, 10, 2_000),
+        (100_000, 1_000, 200),
+    ] {
+        let (mem, disk, values) = measure(group, readers, messages);
+        let mem_target = 8 * group.div_ceil(64) + 16;
+        let disk_target = if group <= 1_024 {
+            format!("{}", group.div_ceil(8).min(2 * readers) + 12)
+        } else {
+            "grows with reads".into()
+        };
+        println!(
+            "| {group} | {readers} | {messages} | {mem:.0} | {mem_target} | {disk:.0} | {values:.0} | {disk_target} |"
+        );
+    }
+}
