@@ -356,16 +356,6 @@ fn run_inner(
                 }
                 Err(err) => break Err(err),
             }
-            if shared.producer_blocked.swap(false, Relaxed) {
-                tracing::info!("broker took the pending deltas; resuming");
-            }
-            blocked_warned = false;
-            if paused {
-                paused = false;
-                if let Ok(assignment) = consumer.assignment() {
-                    let _ = consumer.resume(&assignment);
-                }
-            }
         } else if let Some(since) = in_flight {
             if since.elapsed() >= BLOCKED_AFTER && !blocked_warned {
                 blocked_warned = true;
@@ -409,11 +399,26 @@ fn run_inner(
         }
         // Backpressure: while the broker lags behind, stop fetching (but keep
         // polling, so the group keeps this member) once enough is pending.
+        // A flush may also complete inside a rebalance callback, so the way
+        // back (resume, ready) keys on no flush in flight, not on the commit.
         let e = guard.as_mut().expect("engine present while running");
-        let over = e.in_flight_since().is_some() && e.pending() >= config.max_pending_records.saturating_mul(2);
+        let flushing = e.in_flight_since().is_some();
+        let over = flushing && e.pending() >= config.max_pending_records.saturating_mul(2);
         drop(guard);
         if let Some(deltas) = deltas {
             deltas.send(&producer, &config.topics.deltas, &shared.metrics);
+        }
+        if !flushing {
+            if shared.producer_blocked.swap(false, Relaxed) {
+                tracing::info!("broker took the pending deltas; resuming");
+            }
+            blocked_warned = false;
+            if paused {
+                paused = false;
+                if let Ok(assignment) = consumer.assignment() {
+                    let _ = consumer.resume(&assignment);
+                }
+            }
         }
         if over && !paused {
             if let Ok(assignment) = consumer.assignment() {
