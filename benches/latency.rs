@@ -4,7 +4,7 @@
 //! in the same run.
 //!
 //! First the worker's drain rate is measured on a prefilled backlog. Then the
-//! bench mix is offered at 50% and 80% of that rate; one event in 100 is a
+//! bench mix is offered at 25%, 50%, 80% and 100% of that rate; one event in 100 is a
 //! probe: a read of a C2C message of its own, whose receipt is traced, and a
 //! record on a pipe topic, read back by a plain consumer. This runs at the
 //! default flush window (50 ms) and at 5 ms.
@@ -65,7 +65,14 @@ fn pct(samples: &mut [f64], q: f64) -> f64 {
 
 /// Offers the mix at `rate` for SECONDS with probes; returns (engine, pipe)
 /// latencies in ms.
-fn run_load(topics: &Topics, pipe: &str, rate: f64, traffic: &mut Traffic, probe_base: u64) -> (Vec<f64>, Vec<f64>) {
+fn run_load(
+    worker: &Worker,
+    topics: &Topics,
+    pipe: &str,
+    rate: f64,
+    traffic: &mut Traffic,
+    probe_base: u64,
+) -> (Vec<f64>, Vec<f64>, f64) {
     let total = rate as u64 * SECONDS;
     let probes = total / PROBE_EVERY;
     let producer = producer();
@@ -117,6 +124,7 @@ fn run_load(topics: &Topics, pipe: &str, rate: f64, traffic: &mut Traffic, probe
         });
     }
 
+    let folded_before = worker.metric("receiptd_records_in_total");
     let started = Instant::now();
     let mut load = payloads.iter();
     for n in 0..total {
@@ -146,6 +154,7 @@ fn run_load(topics: &Topics, pipe: &str, rate: f64, traffic: &mut Traffic, probe
             }
         }
     }
+    let folded = (worker.metric("receiptd_records_in_total") - folded_before) / started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Relaxed);
     std::thread::sleep(Duration::from_millis(200));
@@ -155,7 +164,7 @@ fn run_load(topics: &Topics, pipe: &str, rate: f64, traffic: &mut Traffic, probe
     let mut e = std::mem::take(&mut *engine.lock().unwrap());
     e.extend(std::iter::repeat_n(10_000.0, late));
     let p = std::mem::take(&mut *piped.lock().unwrap());
-    (e, p)
+    (e, p, folded)
 }
 
 fn main() {
@@ -185,11 +194,12 @@ fn main() {
         let drain = end / began.elapsed().as_secs_f64();
         println!("flush {flush_ms} ms: drain rate {drain:.0} events/s");
 
-        for (share, base) in [(0.5, 0), (0.8, 10_000_000)] {
-            let (mut e, mut p) = run_load(&topics, &pipe, drain * share, &mut traffic, base);
+        for (i, share) in [0.25, 0.5, 0.8, 1.0].into_iter().enumerate() {
+            let (mut e, mut p, folded) =
+                run_load(&worker, &topics, &pipe, drain * share, &mut traffic, i as u64 * 10_000_000);
             let row = [0.5, 0.99, 0.999].map(|q| (pct(&mut e, q), pct(&mut p, q)));
             println!(
-                "flush {flush_ms} ms, {:.0}% load ({:.0} events/s): engine p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; pipe p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; p99 difference {:.1} ms ({} probes)",
+                "flush {flush_ms} ms, {:.0}% load ({:.0} events/s offered, {folded:.0} folded): engine p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; pipe p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; p99 difference {:.1} ms ({} probes)",
                 share * 100.0,
                 drain * share,
                 row[0].0,
@@ -201,15 +211,16 @@ fn main() {
                 row[1].0 - row[1].1,
                 e.len()
             );
-            summary.push((flush_ms, share, row));
+            summary.push((flush_ms, share, drain * share, folded, row));
         }
         assert_eq!(worker.terminate(), 0);
     }
-    println!("\n| flush window | load | engine p50 / p99 / p99.9 | pipe p50 / p99 / p99.9 | p99 difference |");
-    println!("|---|---|---|---|---|");
-    for (flush_ms, share, r) in summary {
+    println!("\n| flush window | load | offered / folded events/s | engine p50 / p99 / p99.9 | pipe p50 / p99 / p99.9 | p99 difference |");
+    println!("|---|---|---|---|---|---|");
+    let mut csv = String::from("flush_ms,share,offered,folded,engine_p50,engine_p99,engine_p999,pipe_p50,pipe_p99,pipe_p999\n");
+    for (flush_ms, share, offered, folded, r) in summary {
         println!(
-            "| {flush_ms} ms | {:.0}% | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} ms |",
+            "| {flush_ms} ms | {:.0}% | {offered:.0} / {folded:.0} | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} ms |",
             share * 100.0,
             r[0].0,
             r[1].0,
@@ -219,5 +230,13 @@ fn main() {
             r[2].1,
             r[1].0 - r[1].1
         );
+        csv += &format!(
+            "{flush_ms},{share},{offered:.0},{folded:.0},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2}\n",
+            r[0].0, r[1].0, r[2].0, r[0].1, r[1].1, r[2].1
+        );
     }
+    // For benches/plot.py.
+    std::fs::create_dir_all("target").expect("create target/");
+    std::fs::write("target/latency.csv", csv).expect("write target/latency.csv");
+    println!("wrote target/latency.csv (plot it with python3 benches/plot.py)");
 }
