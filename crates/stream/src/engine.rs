@@ -94,7 +94,12 @@ impl StagedFlush {
     /// Step 3 of a flush, once the broker has every delta and DLQ record it
     /// depends on: state and offsets in one batch (fsynced at checkpoint
     /// boundaries). Needs no engine lock. Returns the offsets written.
-    pub(crate) fn commit(self, store: &Store, metrics: &Metrics) -> Result<Vec<(i32, i64)>, StreamError> {
+    pub(crate) fn commit(
+        self,
+        store: &Store,
+        metrics: &Metrics,
+        syncer: Option<&Syncer>,
+    ) -> Result<Vec<(i32, i64)>, StreamError> {
         let fail = |e: receiptd_store::StoreError| {
             metrics.store_failed.store(true, Relaxed);
             tracing::error!(error = %e, "state write failed; stopping before any offset moves past it");
@@ -103,8 +108,13 @@ impl StagedFlush {
         store.write(self.batch).map_err(fail)?;
         metrics.store_writes.fetch_add(1, Relaxed);
         if self.sync {
-            store.sync().map_err(fail)?;
-            metrics.store_syncs.fetch_add(1, Relaxed);
+            match syncer {
+                Some(syncer) => syncer.request(),
+                None => {
+                    store.sync().map_err(fail)?;
+                    metrics.store_syncs.fetch_add(1, Relaxed);
+                }
+            }
         }
         for &(partition, next) in &self.offsets {
             metrics.set_next_offset(partition, next);
@@ -119,6 +129,39 @@ impl StagedFlush {
     /// When its deltas were taken.
     pub(crate) fn started(&self) -> Instant {
         self.started
+    }
+}
+
+/// fsyncs the store on a thread of its own when a checkpoint boundary asks
+/// for it, so that a slow disk flush never stalls the poll loop. A kill -9
+/// loses nothing the OS has; the fsync guards against losing the machine.
+pub(crate) struct Syncer {
+    requests: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Syncer {
+    pub(crate) fn start(store: Arc<Store>, shared: Arc<Shared>) -> std::io::Result<Syncer> {
+        let (requests, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new().name("receiptd-fsync".into()).spawn(move || {
+            while asked.recv().is_ok() {
+                match store.sync() {
+                    Ok(()) => {
+                        shared.metrics.store_syncs.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        shared.metrics.store_failed.store(true, Relaxed);
+                        tracing::error!(error = %e, "state fsync failed; stopping before any offset moves past it");
+                        return;
+                    }
+                }
+            }
+        })?;
+        Ok(Syncer { requests })
+    }
+
+    /// Asks for an fsync; one already queued covers this request too.
+    fn request(&self) {
+        let _ = self.requests.try_send(());
     }
 }
 
@@ -376,7 +419,7 @@ impl Engine {
             }
             let staged = self.in_flight.take().expect("a flush in flight");
             await_delivery(&self.producer, &self.shared, deadline, stop)?;
-            written.extend(staged.commit(&self.store, &self.shared.metrics)?);
+            written.extend(staged.commit(&self.store, &self.shared.metrics, None)?);
         }
         Ok((!written.is_empty()).then(|| written.into_iter().collect()))
     }

@@ -14,8 +14,8 @@
 //!    between); then produces the deltas;
 //! 2. keeps folding while the broker confirms them (and every earlier DLQ
 //!    record), tracked per flush generation;
-//! 3. once they are all confirmed, writes the staged batch (fsynced at
-//!    checkpoint boundaries, every second by default);
+//! 3. once they are all confirmed, writes the staged batch; at checkpoint
+//!    boundaries (every second by default) a thread of its own fsyncs it;
 //! 4. commits the same offsets to Kafka, only so that lag shows in tools.
 //!
 //! One flush is in flight at a time. If the broker stops confirming, the
@@ -65,6 +65,12 @@ pub enum StreamError {
     /// past state that was not written.
     #[error("state store: {0}")]
     Store(#[from] receiptd_store::StoreError),
+    /// A thread of the worker could not be started.
+    #[error("starting a thread: {0}")]
+    Spawn(std::io::Error),
+    /// The state store failed earlier (logged where it happened).
+    #[error("the state store failed; see the log")]
+    StoreFailed,
     /// A configured topic does not exist.
     #[error("topic `{0}` does not exist on the cluster (create it, e.g. with deploy/kafka.sh topics)")]
     MissingTopic(String),

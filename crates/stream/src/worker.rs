@@ -1,7 +1,7 @@
 //! The worker thread: a `BaseConsumer` poll loop, its rebalance handling, and
 //! shutdown.
 
-use crate::engine::{decode, offset_list, DeliveryContext, Engine};
+use crate::engine::{decode, offset_list, DeliveryContext, Engine, Syncer};
 use crate::settings::SettingsReader;
 use crate::{Metrics, StreamError};
 use parking_lot::{Mutex as FairMutex, MutexGuard};
@@ -283,6 +283,7 @@ fn run_inner(
     consumer.subscribe(&[&config.topics.events])?;
     tracing::info!(topic = %config.topics.events, group = %config.group_id, "worker subscribed");
 
+    let syncer = Syncer::start(store.clone(), shared.clone()).map_err(StreamError::Spawn)?;
     let mut next_flush = Instant::now() + config.flush_interval;
     let mut next_gauges = Instant::now();
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -295,6 +296,9 @@ fn run_inner(
         }
         if let Some(e) = consumer.context().fatal.lock().expect("fatal lock").take() {
             break Err(e);
+        }
+        if shared.metrics.store_failed.load(Relaxed) {
+            break Err(StreamError::StoreFailed);
         }
         let in_flight = engine.lock().as_ref().and_then(Engine::in_flight_since);
 
@@ -348,7 +352,7 @@ fn run_inner(
         // the RocksDB write happens outside the lock.
         let confirmed = engine.lock().as_mut().and_then(Engine::take_confirmed);
         if let Some(staged) = confirmed {
-            match staged.commit(&store, &shared.metrics) {
+            match staged.commit(&store, &shared.metrics, Some(&syncer)) {
                 Ok(offsets) => {
                     if let Ok(offsets) = offset_list(&config.topics.events, &offsets) {
                         let _ = consumer.commit(&offsets, CommitMode::Async);
