@@ -217,7 +217,8 @@ fn main() {
     }
     println!("\n| flush window | load | offered / folded events/s | engine p50 / p99 / p99.9 | pipe p50 / p99 / p99.9 | p99 difference |");
     println!("|---|---|---|---|---|---|");
-    let mut csv = String::from("flush_ms,share,offered,folded,engine_p50,engine_p99,engine_p999,pipe_p50,pipe_p99,pipe_p999\n");
+    let mut csv =
+        String::from("flush_ms,share,offered,folded,engine_p50,engine_p99,engine_p999,pipe_p50,pipe_p99,pipe_p999\n");
     for (flush_ms, share, offered, folded, r) in summary {
         println!(
             "| {flush_ms} ms | {:.0}% | {offered:.0} / {folded:.0} | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} ms |",
