@@ -303,7 +303,8 @@ fn run_inner(
         let in_flight = engine.lock().as_ref().and_then(Engine::in_flight_since);
 
         // A batch of records: polled without the lock (the rebalance callback
-        // takes it), decoded without the lock, folded under one lock.
+        // takes it), decoded without the lock, folded FOLD_SLICE at a time
+        // under it.
         let wait = if in_flight.is_some() {
             DELIVERY_POLL
         } else {
@@ -370,7 +371,7 @@ fn run_inner(
         }
 
         // Step 1 of the next flush: take the deltas and stage the batch, one
-        // partition per lock, then send the deltas without the lock.
+        // slice per lock hold, then send the deltas without the lock.
         let now = Instant::now();
         let mut guard = engine.lock();
         let e = guard.as_mut().expect("engine present while running");
