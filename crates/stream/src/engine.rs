@@ -92,8 +92,9 @@ pub(crate) struct StagedFlush {
 
 impl StagedFlush {
     /// Step 3 of a flush, once the broker has every delta and DLQ record it
-    /// depends on: state and offsets in one batch (fsynced at checkpoint
-    /// boundaries). Needs no engine lock. Returns the offsets written.
+    /// depends on: state and offsets in one batch. At checkpoint boundaries
+    /// it is fsynced, by `syncer` if given, else here. Needs no engine lock.
+    /// Returns the offsets written.
     pub(crate) fn commit(
         self,
         store: &Store,
@@ -434,10 +435,11 @@ impl Engine {
     }
 
     /// Step 1 of a flush opens it: sweeps, and returns whether anything
-    /// changed. Then [`Engine::flush_stage_one`], once per partition, takes
-    /// the changed receipts and stages every touched entity plus the next
-    /// offset in one batch; the poll loop lets go of the lock between
-    /// partitions so that queries are not held up. [`Engine::flush_close`]
+    /// changed. Then [`Engine::flush_stage_one`], called until it says done,
+    /// takes each partition's changed receipts and stages every touched
+    /// entity plus the next offset in one batch, a slice at a time; the poll
+    /// loop lets go of the lock between slices so that queries are not held
+    /// up. [`Engine::flush_close`]
     /// sets the flush in flight and returns its deltas, which the caller
     /// sends (without the lock) before it checks for confirmation. Nothing
     /// is folded between open and close. Does nothing while another flush is
