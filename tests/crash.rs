@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 const EVENTS: usize = 40_000;
 const KILLS: usize = 10;
 /// The log is written in this many chunks, 400 ms apart, whatever its size.
-const CHUNKS: usize = 40;
+const CHUNKS: usize = 50;
 const POISON: usize = 5;
 
 /// The newest receipt per (recipient, message or conversation peer).
@@ -54,7 +54,7 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
     let poison: Vec<Vec<u8>> =
         (0..POISON).map(|i| format!("{{\"type\":\"message_read\", poison {i}").into_bytes()).collect();
 
-    // The log is written over about 16 s while the crashing worker runs.
+    // The log is written over about 20 s while the crashing worker runs.
     let writing = Arc::new(AtomicBool::new(true));
     let producer_thread = {
         let (topic, events, writing, poison) = (topics.events.clone(), events.clone(), writing.clone(), poison.clone());
