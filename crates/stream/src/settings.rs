@@ -4,12 +4,52 @@
 
 use crate::{Shared, StreamError, WorkerConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use receiptd_core::SettingsTable;
 use receiptd_wire::{decode_setting, ContentType, DecodeError, CONTENT_TYPE_HEADER};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+
+/// Retries a metadata call while the cluster settles (a topic just created,
+/// a leader being elected, a broker starting up), for up to a minute; any
+/// other error, or one that outlasts that, is returned.
+pub(crate) fn settle<T>(what: &str, mut call: impl FnMut() -> Result<T, KafkaError>) -> Result<T, KafkaError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut warned = false;
+    loop {
+        match call() {
+            Err(e) if transient(&e) && Instant::now() < deadline => {
+                if !warned {
+                    tracing::warn!(error = %e, what, "the cluster is not settled yet; retrying");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn transient(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            NotLeaderForPartition
+                | LeaderNotAvailable
+                | UnknownTopicOrPartition
+                | BrokerTransportFailure
+                | AllBrokersDown
+                | OperationTimedOut
+                | RequestTimedOut
+                | NotCoordinator
+                | CoordinatorNotAvailable
+                | CoordinatorLoadInProgress
+        )
+    )
+}
 
 pub(crate) struct SettingsReader {
     consumer: BaseConsumer,
@@ -39,7 +79,8 @@ impl SettingsReader {
         }
         let consumer: BaseConsumer = client.create()?;
         let topic = config.topics.settings.clone();
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
+        let metadata =
+            settle("settings topic metadata", || consumer.fetch_metadata(Some(&topic), Duration::from_secs(30)))?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -53,7 +94,8 @@ impl SettingsReader {
         let mut remaining = Vec::new();
         for &p in &partitions {
             tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-            let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
+            let (low, high) =
+                settle("settings topic offsets", || consumer.fetch_watermarks(&topic, p, Duration::from_secs(30)))?;
             if high > low {
                 remaining.push((p, high));
             }

@@ -2,7 +2,7 @@
 //! shutdown.
 
 use crate::engine::{decode, offset_list, DeliveryContext, Engine, Syncer};
-use crate::settings::SettingsReader;
+use crate::settings::{settle, SettingsReader};
 use crate::{Metrics, StreamError};
 use parking_lot::{Mutex as FairMutex, MutexGuard};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -472,7 +472,7 @@ fn close(consumer: &BaseConsumer<WorkerContext>) {
 }
 
 fn ensure_topic<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Result<(), StreamError> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let metadata = settle("events topic metadata", || consumer.fetch_metadata(Some(topic), Duration::from_secs(30)))?;
     let exists =
         metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
     if exists {
