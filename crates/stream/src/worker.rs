@@ -137,7 +137,8 @@ impl ClientContext for WorkerContext {
     fn stats(&self, statistics: Statistics) {
         // Learned brokers have node ids; the bootstrap entries do not.
         let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
-        if self.shared.brokers_down.swap(!up, Relaxed) != !up {
+        let down = !up;
+        if self.shared.brokers_down.swap(down, Relaxed) != down {
             if up {
                 tracing::info!("broker connection back up");
             } else {
