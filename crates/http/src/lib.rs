@@ -4,7 +4,8 @@
 //!
 //! The server knows nothing of Kafka or RocksDB: it answers from a
 //! [`Backend`], which the worker implements over its live state, and which
-//! tests and fuzz targets implement over a `PartitionState` of their own.
+//! the fuzz target (`fuzz/fuzz_targets/http_api.rs`) implements over a
+//! `PartitionState` of its own.
 
 #![deny(missing_docs)]
 
@@ -50,7 +51,6 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The router: operations, then the query API.
 pub fn router(shared: Arc<dyn Backend>, tokens: BTreeMap<String, String>) -> Router {
-    use crate::api;
     let ops = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
