@@ -15,7 +15,7 @@ mod support;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use receiptd_loadgen::{Traffic, TrafficShape};
 use std::time::{Duration, Instant};
@@ -40,21 +40,11 @@ fn prefill(traffic: &mut Traffic, topic: &str, n: u64, setup: bool) -> f64 {
     let producer = fast_producer();
     let started = Instant::now();
     let events = if setup { traffic.setup() } else { Vec::new() };
-    let mut send = |e: &receiptd_wire::Event| {
+    let send = |e: &receiptd_wire::Event| {
         let payload = serde_json::to_vec(e).unwrap();
-        let key = receiptd_wire::conversation_key(e);
-        let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(&payload[..]);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        produce_raw(&producer, topic, receiptd_wire::conversation_key(e).as_bytes(), &payload);
     };
-    events.iter().for_each(&mut send);
+    events.iter().for_each(send);
     for _ in 0..n {
         send(&traffic.next_event());
     }
@@ -126,17 +116,6 @@ fn drain(worker: &mut Worker, end: f64) -> Drained {
     }
 }
 
-fn peak_rss_mib(worker: &Worker) -> f64 {
-    let pid = worker.child.as_ref().unwrap().id();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
-}
-
 fn main() {
     let _broker = BenchBroker::ensure();
     let n: u64 = std::env::var("RECEIPTD_DRAIN_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
@@ -184,10 +163,10 @@ fn main() {
     );
     let messages = m("receiptd_messages_tracked");
     println!(
-        "state: {messages:.0} messages tracked, RocksDB {:.1} MiB (~{:.0} B per message), worker peak RSS {:.0} MiB",
+        "state: {messages:.0} messages tracked, RocksDB {:.1} MiB (~{:.0} B per message), worker peak RSS {} MiB",
         m("receiptd_store_bytes") / 1048576.0,
         m("receiptd_store_bytes") / messages.max(1.0),
-        peak_rss_mib(&worker)
+        worker.peak_rss_mib()
     );
 
     // Recovery: kill -9 with everything processed, append a fifth more, restart.

@@ -15,16 +15,6 @@ const CAP: u64 = 10_000;
 /// default), librdkafka's queues (32 MiB in, 64 MiB out) and the held reads.
 const RSS_BOUND_MIB: u64 = 512;
 
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status");
-    kb / 1024
-}
-
 #[test]
 fn a_flood_of_reads_for_missing_messages_stays_within_the_hold_cap() {
     let reads: u64 = std::env::var("RECEIPTD_FLOOD_READS").ok().and_then(|v| v.parse().ok()).unwrap_or(300_000);
@@ -55,7 +45,7 @@ fn a_flood_of_reads_for_missing_messages_stays_within_the_hold_cap() {
     assert_eq!(worker.metric("receiptd_held_reads"), CAP as f64, "the hold buffer sits at its cap");
     let overflow = worker.metric("receiptd_ignored_total{reason=\"hold_overflow\"}");
     assert_eq!(overflow, (reads - CAP) as f64, "every read past the cap is dropped and counted");
-    let rss = peak_rss_mib(worker.child.as_ref().unwrap().id());
+    let rss = worker.peak_rss_mib();
     eprintln!("{reads} reads for missing messages folded in {took:?}; peak RSS {rss} MiB (bound {RSS_BOUND_MIB} MiB)");
     assert!(rss < RSS_BOUND_MIB, "peak RSS {rss} MiB over the documented bound of {RSS_BOUND_MIB} MiB");
     assert_eq!(worker.terminate(), 0);

@@ -57,21 +57,7 @@ pub struct WorkerBackend(pub Arc<Shared>);
 
 impl receiptd_http::Backend for WorkerBackend {
     fn readiness(&self) -> Result<(), &'static str> {
-        let s = &self.0;
-        if s.ready() {
-            return Ok(());
-        }
-        Err(if !s.settings_loaded.load(Relaxed) {
-            "loading the settings table"
-        } else if !s.assigned.load(Relaxed) {
-            "waiting for a partition assignment and state restore"
-        } else if s.brokers_down.load(Relaxed) {
-            "no broker connection is up"
-        } else if s.producer_blocked.load(Relaxed) {
-            "the broker is not taking deltas"
-        } else {
-            "the worker stopped or its store refuses writes"
-        })
+        self.0.readiness()
     }
 
     fn healthy(&self) -> bool {

@@ -101,12 +101,24 @@ impl Shared {
     /// Ready: settings loaded, assigned and restored, broker taking writes,
     /// store healthy.
     pub fn ready(&self) -> bool {
-        self.settings_loaded.load(Relaxed)
-            && self.assigned.load(Relaxed)
-            && !self.producer_blocked.load(Relaxed)
-            && !self.brokers_down.load(Relaxed)
-            && !self.metrics.store_failed.load(Relaxed)
-            && !self.stopped.load(Relaxed)
+        self.readiness().is_ok()
+    }
+
+    /// `Ok` when ready, else what the worker waits for.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.settings_loaded.load(Relaxed) {
+            Err("loading the settings table")
+        } else if !self.assigned.load(Relaxed) {
+            Err("waiting for a partition assignment and state restore")
+        } else if self.brokers_down.load(Relaxed) {
+            Err("no broker connection is up")
+        } else if self.producer_blocked.load(Relaxed) {
+            Err("the broker is not taking deltas")
+        } else if self.metrics.store_failed.load(Relaxed) || self.stopped.load(Relaxed) {
+            Err("the worker stopped or its store refuses writes")
+        } else {
+            Ok(())
+        }
     }
 
     /// Runs `f` on the settings table and the state of every owned partition,
