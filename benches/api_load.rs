@@ -81,20 +81,23 @@ fn percentiles(label: &str, mut samples: Vec<u128>) -> f64 {
     at(0.99)
 }
 
-/// Operations measured, in the order [`measure`] returns their p99.
-const OPERATIONS: [&str; 3] = [
+/// Operations measured, in the order [`measure`] returns their p99. The last
+/// is a control: `/healthz` reads no state, so it shows what the machine
+/// alone (scheduling, loopback, HTTP) costs in the same run.
+const OPERATIONS: [&str; 4] = [
     "100-member page, unread list, 100k group",
     "100-member page, read list, 100k group",
     "100-message receipts/query",
+    "control: /healthz, reads no state",
 ];
 
-fn measure(client: &mut Client, label: &str, rounds: usize) -> [f64; 3] {
+fn measure(client: &mut Client, label: &str, rounds: usize) -> [f64; 4] {
     let receipts_body = serde_json::to_vec(&json!({
         "requester": "user000000",
         "messages": (0..100).map(|m| json!({"msg_id": format!("m{m}"), "conversation": {"type":"group","group_id":"huge"}})).collect::<Vec<_>>(),
     }))
     .unwrap();
-    let mut p99 = [0.0; 3];
+    let mut p99 = [0.0; 4];
     for (i, filter) in ["unread", "read"].into_iter().enumerate() {
         let mut samples = Vec::with_capacity(rounds);
         let mut cursor = String::new();
@@ -121,6 +124,14 @@ fn measure(client: &mut Client, label: &str, rounds: usize) -> [f64; 3] {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
     p99[2] = percentiles(&format!("{label}: {}", OPERATIONS[2]), samples);
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let (status, _) = client.call("GET", "/healthz", b"");
+        samples.push(t.elapsed().as_nanos());
+        assert_eq!(status, 200);
+    }
+    p99[3] = percentiles(&format!("{label}: {}", OPERATIONS[3]), samples);
     p99
 }
 
@@ -206,7 +217,7 @@ fn main() {
     });
     std::thread::sleep(Duration::from_secs(3));
     let phase = "under load";
-    let mut rounds: Vec<[f64; 3]> = Vec::new();
+    let mut rounds: Vec<[f64; 4]> = Vec::new();
     let folded_before = worker.metric("receiptd_records_in_total");
     let window = Instant::now();
     for round in 1..=ROUNDS {

@@ -1,6 +1,6 @@
 //! Query latency in-process (no HTTP): one 100-member page of a 100,000-member
 //! group's read and unread lists, and a 100-message receipts lookup, as the
-//! API handlers run them under the worker's lock. Prints p50, p99, p99.9.
+//! API handlers run them on the partition view. Prints p50, p99, p99.9.
 //!
 //! `cargo bench --bench query`
 
@@ -88,7 +88,8 @@ fn main() {
             // Cursors all over the list.
             let after = Some(((i * 7_919) % (MEMBERS - 200)) as u32);
             let t = Instant::now();
-            let page = state.member_page(&settings, "a1", "huge", "m0", "user000000", filter, after, 100).unwrap();
+            let page =
+                state.view().member_page(&settings, "a1", "huge", "m0", "user000000", filter, after, 100).unwrap();
             samples.push(t.elapsed().as_nanos());
             black_box(page);
         }
@@ -100,7 +101,7 @@ fn main() {
     for _ in 0..runs {
         let t = Instant::now();
         for id in &ids {
-            black_box(state.receipt(&settings, "a1", id, "user000000", &g).unwrap());
+            black_box(state.view().receipt(&settings, "a1", id, "user000000", &g).unwrap());
         }
         samples.push(t.elapsed().as_nanos());
     }

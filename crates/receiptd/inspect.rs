@@ -40,11 +40,14 @@ fn collect(state: &PartitionState, messages: &mut Vec<Value>, marks: &mut Vec<Va
     let settings = SettingsTable::default();
     for app in state.app_ids() {
         for msg_id in state.message_ids(app) {
-            let m = state.message(app, msg_id).expect("listed");
+            let msg_id = msg_id.as_str();
+            // Counts and lists first: each locks the message for itself.
             let (read, unread) = state.counts(&settings, app, msg_id).unwrap_or((0, 0));
+            let lists = state.group_lists(&settings, app, msg_id);
+            let m = state.message(app, msg_id).expect("listed");
             let (conversation, readers) = match &m.target {
                 MessageTarget::Group { group_id, .. } => {
-                    let (r, _) = state.group_lists(&settings, app, msg_id).unwrap_or_default();
+                    let (r, _) = lists.unwrap_or_default();
                     let mut readers: Vec<String> = r.into_iter().map(|(u, _)| u).collect();
                     readers.sort();
                     (json!({"type": "group", "group_id": group_id}), readers)

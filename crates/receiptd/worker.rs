@@ -68,7 +68,7 @@ impl receiptd_http::Backend for WorkerBackend {
         self.0.metrics.render()
     }
 
-    fn view(&self, f: &mut dyn FnMut(&receiptd_core::SettingsTable, &[&receiptd_core::PartitionState])) -> bool {
+    fn view(&self, f: &mut dyn FnMut(&receiptd_core::SettingsTable, &[Arc<receiptd_core::PartitionView>])) -> bool {
         self.0.query(|settings, states| f(settings, states)).is_some()
     }
 }

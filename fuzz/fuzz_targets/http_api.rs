@@ -10,7 +10,7 @@
 use axum::body::Body;
 use axum::http::Request;
 use libfuzzer_sys::fuzz_target;
-use receiptd_core::{Effects, Limits, PartitionState, SettingsTable};
+use receiptd_core::{Effects, Limits, PartitionState, PartitionView, SettingsTable};
 use receiptd_http::Backend;
 use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent};
 use std::collections::BTreeMap;
@@ -32,8 +32,8 @@ impl Backend for Fixed {
     fn metrics_text(&self) -> String {
         String::new()
     }
-    fn view(&self, f: &mut dyn FnMut(&SettingsTable, &[&PartitionState])) -> bool {
-        f(&self.settings, &[&self.state]);
+    fn view(&self, f: &mut dyn FnMut(&SettingsTable, &[Arc<PartitionView>])) -> bool {
+        f(&self.settings, &[self.state.view().clone()]);
         true
     }
 }

@@ -2,11 +2,12 @@
 
 use crate::deltas::ReceiptChange;
 use crate::state::{
-    AppState, DirtyKey, Group, HeldList, HeldRead, Mark, MessageState, MessageTarget, PartitionState, ReadMark,
-    Tracking, NOT_A_MEMBER,
+    app_entry, AppView, DirtyKey, Group, HeldList, HeldRead, Mark, MessageState, MessageTarget, PartitionState,
+    ReadMark, Tracking, NOT_A_MEMBER,
 };
 use crate::stats::{FoldStats, Ignored, Outcome};
 use crate::SettingsTable;
+use crate::ShardedMap;
 use receiptd_wire::{Conversation, Event, GroupMembers, MembersOp, MessageRead, MessageSent, Receipt};
 use rustc_hash::FxHashSet;
 
@@ -52,7 +53,7 @@ impl PartitionState {
         record_time: u64,
         fx: &mut Effects,
     ) {
-        self.watermark = self.watermark.max(record_time);
+        self.advance_watermark(record_time);
         match event {
             Event::GroupMembers(e) => {
                 let outcome = self.group_members(e, &mut fx.stats);
@@ -118,7 +119,7 @@ impl PartitionState {
         for (app_id, app) in apps.iter_mut() {
             let retention = settings.retention_ms(app_id);
             // Expired: sent_at + retention < watermark.
-            let messages = &mut app.messages;
+            let messages = &app.view.messages;
             app.by_sent_at.pop_before(watermark.saturating_sub(retention), |sent_at, msg_id| {
                 if messages.get(&msg_id).is_some_and(|m| m.sent_at == sent_at) {
                     messages.remove(&msg_id);
@@ -139,8 +140,8 @@ impl PartitionState {
         for key in pending {
             match key {
                 DirtyKey::Message { app, msg_id } => {
-                    let Some(app_state) = self.apps.get_mut(&app) else { continue };
-                    let Some(m) = app_state.messages.get_mut(&msg_id) else { continue };
+                    let Some(app_state) = self.apps.get(&app) else { continue };
+                    let Some(mut m) = app_state.view.messages.get_mut(&msg_id) else { continue };
                     // The key may outlive its message (expired, dismissed) and
                     // name a newer one of the same id: only the flag counts.
                     if !std::mem::take(&mut m.delta_pending) {
@@ -149,7 +150,6 @@ impl PartitionState {
                     if m.tracking != Tracking::Tracked || !settings.may_receive(&app, &m.sender) {
                         continue;
                     }
-                    let m = &app_state.messages[&msg_id];
                     let (read, unread) = m.receipt_counts;
                     let receipt = match &m.target {
                         MessageTarget::Group { group_id, .. } => {
@@ -162,9 +162,9 @@ impl PartitionState {
                     out.push(ReceiptChange { app, to: m.sender.clone(), receipt });
                 }
                 DirtyKey::Mark { app, reader, peer } => {
-                    let Some(app_state) = self.apps.get_mut(&app) else { continue };
+                    let Some(app_state) = self.apps.get(&app) else { continue };
                     let key = (reader, peer);
-                    let Some(mark) = app_state.marks.get_mut(&key) else { continue };
+                    let Some(mut mark) = app_state.view.marks.get_mut(&key) else { continue };
                     if !std::mem::take(&mut mark.delta_pending) {
                         continue;
                     }
@@ -182,8 +182,8 @@ impl PartitionState {
     }
 
     fn group_members(&mut self, e: &GroupMembers, stats: &mut FoldStats) -> Outcome {
-        let PartitionState { apps, dirty, .. } = self;
-        let app = app_entry(apps, &e.app_id);
+        let PartitionState { apps, view, dirty, .. } = self;
+        let app = &app_entry(apps, view, &e.app_id).view;
         if e.op == MembersOp::Dismiss {
             let Some(group) = app.groups.remove(&e.group_id) else {
                 stats.ignore(Ignored::UnknownTarget);
@@ -205,7 +205,8 @@ impl PartitionState {
             stats.ignore(Ignored::UnknownTarget);
             return Outcome::Ignored;
         }
-        let group = app.groups.entry(e.group_id.clone()).or_insert_with(|| Group::new(None));
+        let mut group = app.groups.get_or_insert_with(e.group_id.clone(), || Group::new(None));
+        let group = &mut *group;
         // Every change opens a new epoch, so messages sent before it keep their
         // audience and cached unread counts know to refresh.
         group.meta.epoch += 1;
@@ -265,9 +266,9 @@ impl PartitionState {
         stats: &mut FoldStats,
     ) -> Outcome {
         let watermark = self.watermark;
-        let PartitionState { apps, dirty, held_count, pending_receipts, held_by_time, .. } = self;
-        let app = app_entry(apps, &e.app_id);
-        if app.messages.contains_key(&e.msg_id) {
+        let PartitionState { apps, view, dirty, held_count, pending_receipts, held_by_time, .. } = self;
+        let app = app_entry(apps, view, &e.app_id);
+        if app.view.messages.contains_key(&e.msg_id) {
             stats.ignore(Ignored::DuplicateMessage);
             return Outcome::Ignored;
         }
@@ -277,7 +278,7 @@ impl PartitionState {
             return Outcome::Ignored;
         }
         let (target, tracking) = match &e.conversation {
-            Conversation::Group { group_id } => match app.groups.get(group_id) {
+            Conversation::Group { group_id } => match app.view.groups.get(group_id) {
                 None => {
                     (MessageTarget::Group { group_id: group_id.clone(), audience_epoch: 0 }, Tracking::UnknownGroup)
                 }
@@ -307,7 +308,7 @@ impl PartitionState {
         message.dirty = true;
         dirty.push(DirtyKey::Message { app: e.app_id.clone(), msg_id: e.msg_id.clone() });
         app.by_sent_at.push(e.sent_at, e.msg_id.clone());
-        app.messages.insert(e.msg_id.clone(), message);
+        app.view.messages.insert(e.msg_id.clone(), message);
 
         // Reads that came first are applied now, in their arrival order.
         if let Some(held) = app.held.remove(&e.msg_id) {
@@ -323,7 +324,7 @@ impl PartitionState {
                     continue;
                 }
                 let ctx = ReadCtx { settings, app_id: &e.app_id, watermark, dirty, pending_receipts };
-                match read_one(ctx, app, &h.reader, &h.conversation, &e.msg_id, h.read_at, h.private) {
+                match read_one(ctx, &app.view, &h.reader, &h.conversation, &e.msg_id, h.read_at, h.private) {
                     ReadResult::Ignored(reason) => stats.ignore(reason),
                     ReadResult::Hidden => stats.hidden_reads += 1,
                     ReadResult::Revealed | ReadResult::Unknown => {}
@@ -345,8 +346,8 @@ impl PartitionState {
         let mut any_held = false;
         for msg_id in &e.msg_ids {
             let watermark = self.watermark;
-            let PartitionState { apps, dirty, pending_receipts, .. } = self;
-            let app = app_entry(apps, &e.app_id);
+            let PartitionState { apps, view, dirty, pending_receipts, .. } = self;
+            let app = &app_entry(apps, view, &e.app_id).view;
             let ctx = ReadCtx { settings, app_id: &e.app_id, watermark, dirty, pending_receipts };
             match read_one(ctx, app, &e.reader, &e.conversation, msg_id, e.read_at, e.private) {
                 ReadResult::Revealed => any_applied = true,
@@ -390,8 +391,8 @@ impl PartitionState {
                 return false;
             }
         }
-        let PartitionState { apps, dirty, held_count, held_by_time, .. } = self;
-        let app = app_entry(apps, &e.app_id);
+        let PartitionState { apps, view, dirty, held_count, held_by_time, .. } = self;
+        let app = app_entry(apps, view, &e.app_id);
         held_by_time.insert((record_time, e.app_id.clone(), msg_id.to_owned()));
         let list: &mut HeldList = app.held.entry(msg_id.to_owned()).or_default();
         list.reads.push(HeldRead {
@@ -422,9 +423,9 @@ impl PartitionState {
             stats.ignore(Ignored::C2cDisabled);
             return Outcome::Ignored;
         }
-        let PartitionState { apps, dirty, pending_receipts, .. } = self;
-        let app = app_entry(apps, app_id);
-        let mark = app.marks.entry((reader.to_owned(), peer.to_owned())).or_insert(Mark {
+        let PartitionState { apps, view, dirty, pending_receipts, .. } = self;
+        let app = &app_entry(apps, view, app_id).view;
+        let mut mark = app.marks.get_or_insert_with((reader.to_owned(), peer.to_owned()), || Mark {
             read_at: 0,
             dirty: false,
             delta_pending: false,
@@ -458,9 +459,9 @@ impl PartitionState {
         conversation: &Conversation,
         stats: &mut FoldStats,
     ) -> Outcome {
-        let PartitionState { apps, dirty, .. } = self;
-        let app = app_entry(apps, app_id);
-        let Some(m) = app.messages.get_mut(msg_id) else {
+        let PartitionState { apps, view, dirty, .. } = self;
+        let app = &app_entry(apps, view, app_id).view;
+        let Some(mut m) = app.messages.get_mut(msg_id) else {
             stats.ignore(Ignored::UnknownTarget);
             return Outcome::Ignored;
         };
@@ -482,13 +483,6 @@ impl PartitionState {
         }
         Outcome::Applied
     }
-}
-
-fn app_entry<'a>(apps: &'a mut rustc_hash::FxHashMap<String, AppState>, app: &str) -> &'a mut AppState {
-    if !apps.contains_key(app) {
-        apps.insert(app.to_owned(), AppState::default());
-    }
-    apps.get_mut(app).expect("inserted above")
 }
 
 /// Adds `user` as a member from `epoch` on; returns its ordinal if it was not
@@ -529,14 +523,15 @@ struct ReadCtx<'a> {
 /// Folds one reader's read of one message.
 fn read_one(
     ctx: ReadCtx<'_>,
-    app: &mut AppState,
+    app: &AppView,
     reader: &str,
     conversation: &Conversation,
     msg_id: &str,
     read_at: u64,
     private: bool,
 ) -> ReadResult {
-    let Some(m) = app.messages.get_mut(msg_id) else { return ReadResult::Unknown };
+    let Some(mut m) = app.messages.get_mut(msg_id) else { return ReadResult::Unknown };
+    let m = &mut *m;
     if m.sender == reader {
         return ReadResult::Ignored(Ignored::Sender);
     }
@@ -551,13 +546,15 @@ fn read_one(
     if let Some(reason) = untracked_reason(m.tracking) {
         return reason;
     }
+    // Read-locked until the read is folded: one lookup serves the audience
+    // check and the counts.
+    let group = match &m.target {
+        MessageTarget::Group { group_id, .. } => app.groups.get(group_id),
+        MessageTarget::C2c { .. } => None,
+    };
     let ordinal = match &m.target {
-        MessageTarget::Group { group_id, audience_epoch } => {
-            match app
-                .groups
-                .get(group_id)
-                .and_then(|g| g.ordinal(reader).filter(|&o| g.member_since(o, *audience_epoch)))
-            {
+        MessageTarget::Group { audience_epoch, .. } => {
+            match group.as_deref().and_then(|g| g.ordinal(reader).filter(|&o| g.member_since(o, *audience_epoch))) {
                 Some(o) => o,
                 None => return ReadResult::Ignored(Ignored::NotInAudience),
             }
@@ -584,7 +581,7 @@ fn read_one(
     m.version += 1;
     m.timestamp = m.timestamp.max(read_at);
     m.receipt_counts = match &m.target {
-        MessageTarget::Group { group_id, .. } => match app.groups.get(group_id) {
+        MessageTarget::Group { .. } => match group.as_deref() {
             Some(group) => {
                 // The new reader was eligible and unread, so a fresh cache only
                 // moves by one; a stale one is recomputed from the readers.
@@ -642,7 +639,12 @@ fn compute_unread(settings: &SettingsTable, app_id: &str, group: &Group, m: &Mes
 }
 
 /// `(read, unread)` of a message as its sender may see them now.
-pub(crate) fn counts(settings: &SettingsTable, app_id: &str, app: &AppState, m: &MessageState) -> (u32, u32) {
+pub(crate) fn counts(
+    settings: &SettingsTable,
+    app_id: &str,
+    groups: &ShardedMap<String, Group>,
+    m: &MessageState,
+) -> (u32, u32) {
     if m.tracking != Tracking::Tracked {
         return (0, 0);
     }
@@ -651,9 +653,9 @@ pub(crate) fn counts(settings: &SettingsTable, app_id: &str, app: &AppState, m: 
             let read = u32::from(m.visible_reads > 0 && settings.receipts_on(app_id, peer));
             (read, 1 - read)
         }
-        MessageTarget::Group { group_id, .. } => match app.groups.get(group_id) {
+        MessageTarget::Group { group_id, .. } => match groups.get(group_id) {
             None => (0, 0),
-            Some(group) => group_counts(settings, app_id, group, m),
+            Some(group) => group_counts(settings, app_id, &group, m),
         },
     }
 }

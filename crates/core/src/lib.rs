@@ -38,8 +38,8 @@ pub use query::{MemberFilter, MemberPage, QueryRefusal};
 pub use settings::SettingsTable;
 pub use sharded::ShardedMap;
 pub use state::{
-    DirtyKey, EntityRef, GroupMeta, HeldRead, MessageState, MessageTarget, PartitionState, ReadMark, Tracking,
-    NOT_A_MEMBER,
+    DirtyKey, EntityRef, GroupLists, GroupMeta, HeldRead, MessageState, MessageTarget, PartitionState, PartitionView,
+    ReadMark, Tracking, NOT_A_MEMBER,
 };
 pub use stats::{FoldStats, Ignored, Outcome, EVENT_KINDS};
 

@@ -1,9 +1,12 @@
-//! Read-only questions the query API asks of a partition's state. The
-//! caller holds the state still (the worker's lock), so an answer never sees
-//! half a fold, and a count never contradicts the list it summarizes.
+//! Read-only questions the query API asks of a partition's
+//! [`PartitionView`], while the fold goes on. An answer about a message
+//! holds that message's shard, then its group's, for as long as it reads
+//! them (the fold locks in the same order, one event at a time), so it never
+//! sees half a fold, and a count never contradicts the list it summarizes.
 
-use crate::state::{MessageTarget, PartitionState, ReadMark, Tracking};
+use crate::state::{AppView, MessageState, MessageTarget, PartitionView, ReadMark, Tracking};
 use crate::SettingsTable;
+use parking_lot::MappedRwLockReadGuard;
 use receiptd_wire::{Conversation, Receipt};
 
 /// Why a message's receipt cannot be given.
@@ -47,17 +50,58 @@ pub struct MemberPage {
     pub next: Option<u32>,
 }
 
-impl PartitionState {
-    /// The message, if known here and asked about under its own conversation
-    /// (relative to the requester, who must be its sender).
-    fn located(
+impl PartitionView {
+    /// The receipt of a message as its sender may see it now.
+    pub fn receipt(
         &self,
+        settings: &SettingsTable,
         app: &str,
         msg_id: &str,
         requester: &str,
         conversation: &Conversation,
-    ) -> Result<&crate::MessageState, QueryRefusal> {
-        let m = self.message(app, msg_id).ok_or(QueryRefusal::NotFound)?;
+    ) -> Result<Receipt, QueryRefusal> {
+        let asked = Asked { settings, app, watermark: self.watermark(), msg_id, requester };
+        self.app(app).ok_or(QueryRefusal::NotFound)?.receipt(&asked, conversation)
+    }
+
+    /// A page of a group message's read or unread members, after ordinal
+    /// `after` (exclusive), at most `count` long.
+    #[allow(clippy::too_many_arguments)]
+    pub fn member_page(
+        &self,
+        settings: &SettingsTable,
+        app: &str,
+        group_id: &str,
+        msg_id: &str,
+        requester: &str,
+        filter: MemberFilter,
+        after: Option<u32>,
+        count: usize,
+    ) -> Result<MemberPage, QueryRefusal> {
+        let asked = Asked { settings, app, watermark: self.watermark(), msg_id, requester };
+        self.app(app).ok_or(QueryRefusal::NotFound)?.member_page(&asked, group_id, filter, after, count)
+    }
+}
+
+/// One question about one message.
+struct Asked<'a> {
+    settings: &'a SettingsTable,
+    app: &'a str,
+    watermark: u64,
+    msg_id: &'a str,
+    requester: &'a str,
+}
+
+impl AppView {
+    /// The message, if known here and asked about under its own conversation
+    /// (relative to the requester, who must be its sender).
+    fn located(
+        &self,
+        msg_id: &str,
+        requester: &str,
+        conversation: &Conversation,
+    ) -> Result<MappedRwLockReadGuard<'_, MessageState>, QueryRefusal> {
+        let m = self.messages.get(msg_id).ok_or(QueryRefusal::NotFound)?;
         let same = match (&m.target, conversation) {
             (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => group_id == g,
             (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => {
@@ -73,14 +117,12 @@ impl PartitionState {
 
     fn queryable(
         &self,
-        settings: &SettingsTable,
-        app: &str,
-        msg_id: &str,
-        requester: &str,
+        asked: &Asked<'_>,
         conversation: &Conversation,
-    ) -> Result<&crate::MessageState, QueryRefusal> {
-        let m = self.located(app, msg_id, requester, conversation)?;
-        if m.tracking != Tracking::Tracked || m.sent_at.saturating_add(settings.retention_ms(app)) < self.watermark {
+    ) -> Result<MappedRwLockReadGuard<'_, MessageState>, QueryRefusal> {
+        let Asked { settings, app, watermark, msg_id, requester } = *asked;
+        let m = self.located(msg_id, requester, conversation)?;
+        if m.tracking != Tracking::Tracked || m.sent_at.saturating_add(settings.retention_ms(app)) < watermark {
             return Err(QueryRefusal::NotFound);
         }
         if m.sender != requester {
@@ -92,17 +134,10 @@ impl PartitionState {
         Ok(m)
     }
 
-    /// The receipt of a message as its sender may see it now.
-    pub fn receipt(
-        &self,
-        settings: &SettingsTable,
-        app: &str,
-        msg_id: &str,
-        requester: &str,
-        conversation: &Conversation,
-    ) -> Result<Receipt, QueryRefusal> {
-        let m = self.queryable(settings, app, msg_id, requester, conversation)?;
-        let (read, unread) = self.counts(settings, app, msg_id).ok_or(QueryRefusal::NotFound)?;
+    fn receipt(&self, asked: &Asked<'_>, conversation: &Conversation) -> Result<Receipt, QueryRefusal> {
+        let m = self.queryable(asked, conversation)?;
+        let (read, unread) = crate::fold::counts(asked.settings, asked.app, &self.groups, &m);
+        let msg_id = asked.msg_id;
         Ok(match &m.target {
             MessageTarget::Group { group_id, .. } => {
                 Receipt::group(msg_id.to_owned(), group_id.clone(), read, unread, m.timestamp, m.version)
@@ -113,23 +148,21 @@ impl PartitionState {
         })
     }
 
-    /// A page of a group message's read or unread members, after ordinal
-    /// `after` (exclusive), at most `count` long.
-    pub fn member_page(
+    fn member_page(
         &self,
-        settings: &SettingsTable,
-        app: &str,
+        asked: &Asked<'_>,
         group_id: &str,
-        msg_id: &str,
-        requester: &str,
         filter: MemberFilter,
         after: Option<u32>,
         count: usize,
     ) -> Result<MemberPage, QueryRefusal> {
+        let (settings, app) = (asked.settings, asked.app);
         let conversation = Conversation::Group { group_id: group_id.to_owned() };
-        let m = self.queryable(settings, app, msg_id, requester, &conversation)?;
+        let m_guard = self.queryable(asked, &conversation)?;
+        let m: &MessageState = &m_guard;
         let MessageTarget::Group { audience_epoch, .. } = &m.target else { return Err(QueryRefusal::NotFound) };
-        let group = self.apps.get(app).and_then(|a| a.groups.get(group_id)).ok_or(QueryRefusal::NotFound)?;
+        let group_guard = self.groups.get(group_id).ok_or(QueryRefusal::NotFound)?;
+        let group = &*group_guard;
         let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, &group.users[r.ordinal as usize]);
         let start = after.map_or(0, |a| a + 1);
         let candidates: Box<dyn Iterator<Item = (u32, Option<u64>)> + '_> = match filter {
@@ -142,7 +175,7 @@ impl PartitionState {
                 Box::new(
                     (start..group.users.len() as u32)
                         .filter(move |&o| group.member_since(o, *audience_epoch) && Some(o) != sender)
-                        .filter(move |&o| !m.read_mark(o).is_some_and(|r| revealed(r)))
+                        .filter(move |&o| !m.read_mark(o).is_some_and(&revealed))
                         .map(|o| (o, None)),
                 )
             }

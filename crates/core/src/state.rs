@@ -2,9 +2,13 @@
 //! persist and restore it (dirty keys out, entities in).
 
 use crate::fenwick::Fenwick;
+use crate::ShardedMap;
+use parking_lot::{MappedRwLockReadGuard, RwLock};
 use receiptd_wire::GroupType;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// `since` of an ordinal that is not a member now.
 pub const NOT_A_MEMBER: u32 = u32::MAX;
@@ -21,7 +25,7 @@ pub struct GroupMeta {
 /// One group: header plus its member table, indexed by group-local ordinal.
 /// Ordinals are handed out on first join and never reused, so a message's
 /// read set can name members by ordinal for its whole life.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Group {
     pub(crate) meta: GroupMeta,
     pub(crate) ordinal_of: FxHashMap<String, u32>,
@@ -202,13 +206,22 @@ pub(crate) struct Mark {
     pub(crate) delta_pending: bool,
 }
 
-/// Everything of one app in one partition.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct AppState {
-    pub(crate) groups: FxHashMap<String, Group>,
-    pub(crate) messages: crate::ShardedMap<String, MessageState>,
+/// The part of one app's state that queries read while the fold writes:
+/// groups, messages and read marks, each in a [`ShardedMap`] whose shards
+/// are locked one event at a time.
+#[derive(Debug, Default)]
+pub(crate) struct AppView {
+    pub(crate) groups: ShardedMap<String, Group>,
+    pub(crate) messages: ShardedMap<String, MessageState>,
     /// (reader, peer) -> the reader's conversation-read mark.
-    pub(crate) marks: crate::ShardedMap<(String, String), Mark>,
+    pub(crate) marks: ShardedMap<(String, String), Mark>,
+}
+
+/// Everything of one app in one partition: the shared view, and what only
+/// the fold touches.
+#[derive(Debug, Default)]
+pub(crate) struct AppState {
+    pub(crate) view: Arc<AppView>,
     pub(crate) held: FxHashMap<String, HeldList>,
     /// Messages by send time, oldest first: retention pops from the top
     /// instead of scanning. Entries of messages gone already are skipped.
@@ -292,15 +305,16 @@ pub enum DirtyKey {
     },
 }
 
-/// The current value of a dirty entity; `Absent` means delete it.
+/// The current value of a dirty entity; `Absent` means delete it. Shared
+/// entities come read-locked: drop the value before folding on.
 #[derive(Debug)]
 pub enum EntityRef<'a> {
     /// A group header.
-    Group(&'a GroupMeta),
+    Group(MappedRwLockReadGuard<'a, GroupMeta>),
     /// A member slot: user id and `since` epoch.
-    Member(&'a str, u32),
+    Member(MappedRwLockReadGuard<'a, str>, u32),
     /// A message.
-    Message(&'a MessageState),
+    Message(MappedRwLockReadGuard<'a, MessageState>),
     /// A conversation read mark.
     Mark(u64),
     /// Held reads.
@@ -309,10 +323,83 @@ pub enum EntityRef<'a> {
     Absent,
 }
 
-/// Everything one partition has folded.
+/// A group message's revealed readers with `read_at`, and its unread members,
+/// each in ordinal order.
+pub type GroupLists = (Vec<(String, u64)>, Vec<String>);
+
+/// What the query API reads of one partition, concurrently with the fold:
+/// each app's [`AppView`], and the fold's clock. Cheap to share (`Arc`); an
+/// answer locks only the entities it reads, one message (and its group) at a
+/// time, so it never waits for more than one event's fold.
+#[derive(Debug, Default)]
+pub struct PartitionView {
+    apps: RwLock<FxHashMap<String, Arc<AppView>>>,
+    watermark: AtomicU64,
+}
+
+impl PartitionView {
+    /// One app's view, if the app has state here.
+    pub(crate) fn app(&self, app: &str) -> Option<Arc<AppView>> {
+        self.apps.read().get(app).cloned()
+    }
+
+    /// The highest record timestamp folded so far.
+    pub fn watermark(&self) -> u64 {
+        self.watermark.load(Relaxed)
+    }
+
+    /// Whether a message (tracked or not) is known here.
+    pub fn contains_message(&self, app: &str, msg_id: &str) -> bool {
+        self.app(app).is_some_and(|a| a.messages.contains_key(msg_id))
+    }
+
+    /// A reader's conversation-read mark towards `peer`.
+    pub fn mark(&self, app: &str, reader: &str, peer: &str) -> Option<u64> {
+        self.app(app)?.mark(reader, peer)
+    }
+}
+
+impl AppView {
+    pub(crate) fn mark(&self, reader: &str, peer: &str) -> Option<u64> {
+        self.marks.get(&(reader.to_owned(), peer.to_owned())).map(|m| m.read_at)
+    }
+
+    pub(crate) fn counts(&self, settings: &crate::SettingsTable, app: &str, msg_id: &str) -> Option<(u32, u32)> {
+        let m = self.messages.get(msg_id)?;
+        Some(crate::fold::counts(settings, app, &self.groups, &m))
+    }
+
+    /// See [`PartitionState::group_lists`].
+    pub(crate) fn group_lists(&self, settings: &crate::SettingsTable, app: &str, msg_id: &str) -> Option<GroupLists> {
+        let m = self.messages.get(msg_id)?;
+        let MessageTarget::Group { group_id, audience_epoch } = &m.target else { return None };
+        let group = self.groups.get(group_id)?;
+        if m.tracking != Tracking::Tracked {
+            return None;
+        }
+        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, &group.users[r.ordinal as usize]);
+        let read = m
+            .readers
+            .iter()
+            .filter(|r| revealed(r))
+            .map(|r| (group.users[r.ordinal as usize].clone(), r.read_at))
+            .collect();
+        let sender = group.ordinal(&m.sender);
+        let unread = (0..group.users.len() as u32)
+            .filter(|&o| group.member_since(o, *audience_epoch) && Some(o) != sender)
+            .filter(|&o| m.read_mark(o).is_none_or(|r| !revealed(r)))
+            .map(|o| group.users[o as usize].clone())
+            .collect();
+        Some((read, unread))
+    }
+}
+
+/// Everything one partition has folded. The fold owns it (`&mut`); queries
+/// read its [`PartitionView`] at the same time.
 #[derive(Debug, Default)]
 pub struct PartitionState {
     pub(crate) apps: FxHashMap<String, AppState>,
+    pub(crate) view: Arc<PartitionView>,
     /// Highest record timestamp folded; the fold's only clock.
     pub(crate) watermark: u64,
     pub(crate) held_count: usize,
@@ -332,14 +419,26 @@ impl PartitionState {
         Self::default()
     }
 
+    /// What queries read, concurrently with the fold.
+    pub fn view(&self) -> &Arc<PartitionView> {
+        &self.view
+    }
+
     /// The highest record timestamp folded so far.
     pub fn watermark(&self) -> u64 {
         self.watermark
     }
 
+    pub(crate) fn advance_watermark(&mut self, record_time: u64) {
+        if record_time > self.watermark {
+            self.watermark = record_time;
+            self.view.watermark.store(record_time, Relaxed);
+        }
+    }
+
     /// Messages known (tracked or not).
     pub fn message_count(&self) -> usize {
-        self.apps.values().map(|a| a.messages.len()).sum()
+        self.apps.values().map(|a| a.view.messages.len()).sum()
     }
 
     /// Whether any entity changed since the last [`Self::take_dirty`].
@@ -352,64 +451,35 @@ impl PartitionState {
         self.held_count
     }
 
-    /// A message's state.
-    pub fn message(&self, app: &str, msg_id: &str) -> Option<&MessageState> {
-        self.apps.get(app)?.messages.get(msg_id)
+    /// A message's state, read-locked until the guard drops.
+    pub fn message(&self, app: &str, msg_id: &str) -> Option<MappedRwLockReadGuard<'_, MessageState>> {
+        self.apps.get(app)?.view.messages.get(msg_id)
     }
 
     /// Read and unread counts of a message: `(read, unread)`. For C2C,
     /// `unread` is 1 until the peer's read is revealed.
     pub fn counts(&self, settings: &crate::SettingsTable, app: &str, msg_id: &str) -> Option<(u32, u32)> {
-        let app_state = self.apps.get(app)?;
-        let m = app_state.messages.get(msg_id)?;
-        Some(crate::fold::counts(settings, app, app_state, m))
+        self.apps.get(app)?.view.counts(settings, app, msg_id)
     }
 
     /// Users who read a group message and are revealed, with `read_at`, in
     /// ordinal order; and the members still counted unread, in ordinal order.
     /// A reader whose receipts are off now is listed unread.
-    pub fn group_lists(
-        &self,
-        settings: &crate::SettingsTable,
-        app: &str,
-        msg_id: &str,
-    ) -> Option<(Vec<(String, u64)>, Vec<String>)> {
-        let app_state = self.apps.get(app)?;
-        let m = app_state.messages.get(msg_id)?;
-        let MessageTarget::Group { group_id, audience_epoch } = &m.target else { return None };
-        let group = app_state.groups.get(group_id)?;
-        if m.tracking != Tracking::Tracked {
-            return None;
-        }
-        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, &group.users[r.ordinal as usize]);
-        let read = m
-            .readers
-            .iter()
-            .filter(|r| revealed(r))
-            .map(|r| (group.users[r.ordinal as usize].clone(), r.read_at))
-            .collect();
-        let sender = group.ordinal(&m.sender);
-        let unread = (0..group.users.len() as u32)
-            .filter(|&o| group.member_since(o, *audience_epoch) && Some(o) != sender)
-            .filter(|&o| m.read_mark(o).is_none_or(|r| !revealed(r)))
-            .map(|o| group.users[o as usize].clone())
-            .collect();
-        Some((read, unread))
+    pub fn group_lists(&self, settings: &crate::SettingsTable, app: &str, msg_id: &str) -> Option<GroupLists> {
+        self.apps.get(app)?.view.group_lists(settings, app, msg_id)
     }
 
     /// A reader's conversation-read mark towards `peer`.
     pub fn mark(&self, app: &str, reader: &str, peer: &str) -> Option<u64> {
-        let marks = &self.apps.get(app)?.marks;
-        marks.get(&(reader.to_owned(), peer.to_owned())).map(|m| m.read_at)
+        self.apps.get(app)?.view.mark(reader, peer)
     }
 
     /// Every conversation read mark of an app: (reader, peer, read_at), sorted.
-    pub fn marks(&self, app: &str) -> Vec<(&str, &str, u64)> {
-        let mut v: Vec<(&str, &str, u64)> = self
-            .apps
-            .get(app)
-            .map(|a| a.marks.iter().map(|((r, p), m)| (r.as_str(), p.as_str(), m.read_at)).collect())
-            .unwrap_or_default();
+    pub fn marks(&self, app: &str) -> Vec<(String, String, u64)> {
+        let mut v = Vec::new();
+        if let Some(a) = self.apps.get(app) {
+            a.view.marks.for_each(|(r, p), m| v.push((r.clone(), p.clone(), m.read_at)));
+        }
         v.sort_unstable();
         v
     }
@@ -422,9 +492,8 @@ impl PartitionState {
     }
 
     /// Every message id of an app, sorted (for dumps and tests).
-    pub fn message_ids(&self, app: &str) -> Vec<&str> {
-        let mut v: Vec<&str> =
-            self.apps.get(app).map(|a| a.messages.keys().map(String::as_str).collect()).unwrap_or_default();
+    pub fn message_ids(&self, app: &str) -> Vec<String> {
+        let mut v = self.apps.get(app).map(|a| a.view.messages.keys()).unwrap_or_default();
         v.sort_unstable();
         v
     }
@@ -437,19 +506,19 @@ impl PartitionState {
         for key in &keys {
             match key {
                 DirtyKey::Group { app, group_id } | DirtyKey::Member { app, group_id, .. } => {
-                    if let Some(g) = self.apps.get_mut(app).and_then(|a| a.groups.get_mut(group_id)) {
+                    if let Some(mut g) = self.apps.get(app).and_then(|a| a.view.groups.get_mut(group_id)) {
                         g.dirty = false;
                         g.dirty_members.clear();
                     }
                 }
                 DirtyKey::Message { app, msg_id } => {
-                    if let Some(m) = self.apps.get_mut(app).and_then(|a| a.messages.get_mut(msg_id)) {
+                    if let Some(mut m) = self.apps.get(app).and_then(|a| a.view.messages.get_mut(msg_id)) {
                         m.dirty = false;
                     }
                 }
                 DirtyKey::Mark { app, reader, peer } => {
                     let key = (reader.clone(), peer.clone());
-                    if let Some(m) = self.apps.get_mut(app).and_then(|a| a.marks.get_mut(&key)) {
+                    if let Some(mut m) = self.apps.get(app).and_then(|a| a.view.marks.get_mut(&key)) {
                         m.dirty = false;
                     }
                 }
@@ -467,19 +536,23 @@ impl PartitionState {
     pub fn entity(&self, key: &DirtyKey) -> EntityRef<'_> {
         let app = |a: &String| self.apps.get(a);
         let found = match key {
-            DirtyKey::Group { app: a, group_id } => {
-                app(a).and_then(|s| s.groups.get(group_id)).map(|g| EntityRef::Group(&g.meta))
-            }
+            DirtyKey::Group { app: a, group_id } => app(a)
+                .and_then(|s| s.view.groups.get(group_id))
+                .map(|g| EntityRef::Group(MappedRwLockReadGuard::map(g, |g| &g.meta))),
             DirtyKey::Member { app: a, group_id, ordinal } => {
-                app(a).and_then(|s| s.groups.get(group_id)).and_then(|g| {
+                app(a).and_then(|s| s.view.groups.get(group_id)).and_then(|g| {
                     let i = *ordinal as usize;
-                    Some(EntityRef::Member(g.users.get(i)?, g.since[i]))
+                    let since = *g.since.get(i)?;
+                    let user = MappedRwLockReadGuard::map(g, |g| g.users[i].as_str());
+                    Some(EntityRef::Member(user, since))
                 })
             }
-            DirtyKey::Message { app: a, msg_id } => app(a).and_then(|s| s.messages.get(msg_id)).map(EntityRef::Message),
-            DirtyKey::Mark { app: a, reader, peer } => {
-                app(a).and_then(|s| s.marks.get(&(reader.clone(), peer.clone()))).map(|m| EntityRef::Mark(m.read_at))
+            DirtyKey::Message { app: a, msg_id } => {
+                app(a).and_then(|s| s.view.messages.get(msg_id)).map(EntityRef::Message)
             }
+            DirtyKey::Mark { app: a, reader, peer } => app(a)
+                .and_then(|s| s.view.marks.get(&(reader.clone(), peer.clone())))
+                .map(|m| EntityRef::Mark(m.read_at)),
             DirtyKey::Held { app: a, msg_id } => {
                 app(a).and_then(|s| s.held.get(msg_id)).map(|h| EntityRef::Held(&h.reads))
             }
@@ -490,18 +563,19 @@ impl PartitionState {
     /// Restores the watermark (from the checkpoint record).
     pub fn restore_watermark(&mut self, watermark: u64) {
         self.watermark = watermark;
+        self.view.watermark.store(watermark, Relaxed);
     }
 
     /// Restores a group header. Members follow through [`Self::restore_member`],
     /// then [`Self::finish_restore`] rebuilds the derived indexes.
     pub fn restore_group(&mut self, app: &str, group_id: &str, meta: GroupMeta) {
-        let g = self.app_mut(app).groups.entry(group_id.to_owned()).or_insert_with(|| Group::new(None));
-        g.meta = meta;
+        self.app_mut(app).view.groups.get_or_insert_with(group_id.to_owned(), || Group::new(None)).meta = meta;
     }
 
     /// Restores one member slot.
     pub fn restore_member(&mut self, app: &str, group_id: &str, ordinal: u32, user: &str, since: u32) {
-        let g = self.app_mut(app).groups.entry(group_id.to_owned()).or_insert_with(|| Group::new(None));
+        let view = &self.app_mut(app).view;
+        let mut g = view.groups.get_or_insert_with(group_id.to_owned(), || Group::new(None));
         let i = ordinal as usize;
         if g.users.len() <= i {
             g.users.resize(i + 1, String::new());
@@ -516,12 +590,13 @@ impl PartitionState {
     pub fn restore_message(&mut self, app: &str, msg_id: &str, message: MessageState) {
         let app = self.app_mut(app);
         app.by_sent_at.push(message.sent_at, msg_id.to_owned());
-        app.messages.insert(msg_id.to_owned(), message);
+        app.view.messages.insert(msg_id.to_owned(), message);
     }
 
     /// Restores a conversation read mark.
     pub fn restore_mark(&mut self, app: &str, reader: &str, peer: &str, read_at: u64) {
         self.app_mut(app)
+            .view
             .marks
             .insert((reader.to_owned(), peer.to_owned()), Mark { read_at, dirty: false, delta_pending: false });
     }
@@ -537,8 +612,8 @@ impl PartitionState {
 
     /// Rebuilds what is derived from restored entities (member counts by epoch).
     pub fn finish_restore(&mut self) {
-        for app in self.apps.values_mut() {
-            for g in app.groups.values_mut() {
+        for app in self.apps.values() {
+            app.view.groups.for_each_mut(|_, g| {
                 let mut by_epoch = Fenwick::new();
                 for _ in 0..=g.meta.epoch {
                     by_epoch.push(0);
@@ -552,14 +627,26 @@ impl PartitionState {
                 }
                 g.by_epoch = by_epoch;
                 g.member_count = count;
-            }
+            });
         }
     }
 
     pub(crate) fn app_mut(&mut self, app: &str) -> &mut AppState {
-        if !self.apps.contains_key(app) {
-            self.apps.insert(app.to_owned(), AppState::default());
-        }
-        self.apps.get_mut(app).expect("inserted above")
+        app_entry(&mut self.apps, &self.view, app)
     }
+}
+
+/// An app's state, created (and shown to queries) on first use. Takes the
+/// fields apart so that the fold can borrow the rest of the partition too.
+pub(crate) fn app_entry<'a>(
+    apps: &'a mut FxHashMap<String, AppState>,
+    view: &PartitionView,
+    app: &str,
+) -> &'a mut AppState {
+    if !apps.contains_key(app) {
+        let state = AppState::default();
+        view.apps.write().insert(app.to_owned(), state.view.clone());
+        apps.insert(app.to_owned(), state);
+    }
+    apps.get_mut(app).expect("inserted above")
 }

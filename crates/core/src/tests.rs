@@ -550,3 +550,70 @@ fn group_types_without_receipts_are_not_tracked() {
     h.read_group("bob", "room", &["m2"]);
     assert_eq!(h.counts("m2"), (1, 0));
 }
+
+/// Queries run on other threads while the fold goes on, as in the worker:
+/// every answer must be one consistent state. Each revealed read bumps a
+/// message's version by one, so a receipt whose read count differs from its
+/// version, or whose read + unread differs from the audience, was torn
+/// between two folds; a read list shorter than an earlier count went back.
+#[test]
+fn queries_on_other_threads_see_whole_folds() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    const MEMBERS: usize = 10_000;
+    const MESSAGES: usize = 8;
+    let mut h = Harness::new();
+    let users: Vec<String> = (0..MEMBERS).map(|i| format!("u{i}")).collect();
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    h.members("g", MembersOp::Snapshot, &refs);
+    let msgs: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
+    for m in &msgs {
+        h.send_group(m, "u0", "g");
+    }
+    let view = h.state.view().clone();
+    let settings = Arc::new(h.settings.clone());
+    let done = Arc::new(AtomicBool::new(false));
+    let queriers: Vec<_> = (0..2)
+        .map(|t| {
+            let (view, settings, done, msgs) = (view.clone(), settings.clone(), done.clone(), msgs.clone());
+            std::thread::spawn(move || {
+                let group = Conversation::Group { group_id: "g".into() };
+                let mut last_read = [0u32; MESSAGES];
+                let mut answers = 0u64;
+                while !done.load(Relaxed) {
+                    for (i, m) in msgs.iter().enumerate().skip(t) {
+                        let r = view.receipt(&settings, APP, m, "u0", &group).expect("receipt");
+                        let (read, unread) = (r.read_count.unwrap(), r.unread_count.unwrap());
+                        assert_eq!(u64::from(read), r.version.unwrap(), "count and version torn, {m}");
+                        assert_eq!(read + unread, MEMBERS as u32 - 1, "read + unread is the audience, {m}");
+                        assert!(read >= last_read[i], "{m}: read count went back");
+                        let page = view
+                            .member_page(&settings, APP, "g", m, "u0", MemberFilter::Read, None, MEMBERS)
+                            .expect("page");
+                        assert!(
+                            page.members.len() as u32 >= read,
+                            "{m}: the read list is shorter than a count before it"
+                        );
+                        last_read[i] = read;
+                        answers += 1;
+                    }
+                }
+                answers
+            })
+        })
+        .collect();
+    // Every reader reads all messages in one event; joins of new members
+    // move the epoch on, so cached unread counts get recomputed meanwhile.
+    for (i, reader) in refs.iter().enumerate().skip(1) {
+        let ids: Vec<&str> = msgs.iter().map(String::as_str).collect();
+        h.read_group(reader, "g", &ids);
+        if i % 100 == 0 {
+            h.members("g", MembersOp::Join, &[&format!("late{i}")]);
+        }
+    }
+    done.store(true, Relaxed);
+    let answers: u64 = queriers.into_iter().map(|q| q.join().expect("a query thread failed")).sum();
+    assert!(answers > 0);
+    let last = h.state.view().receipt(&h.settings, APP, "m0", "u0", &Conversation::Group { group_id: "g".into() });
+    assert_eq!(last.unwrap().read_count, Some(MEMBERS as u32 - 1));
+}

@@ -465,8 +465,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         state.expire_messages(&settings, &mut fx);
 
         prop_assert_eq!(state.held_count(), model.held.len(), "held reads at step {}", step);
-        let engine_ids: Vec<&str> = state.message_ids(APP);
-        let model_ids: Vec<&str> = model.messages.keys().map(String::as_str).collect();
+        let engine_ids: Vec<String> = state.message_ids(APP);
+        let model_ids: Vec<String> = model.messages.keys().cloned().collect();
         prop_assert_eq!(&engine_ids, &model_ids, "messages at step {}", step);
         for (id, m) in &model.messages {
             let (read, unread, eligible) = model.counts(m);

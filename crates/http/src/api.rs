@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use receiptd_core::{MemberFilter, PartitionState, QueryRefusal};
+use receiptd_core::{MemberFilter, PartitionView, QueryRefusal};
 use receiptd_wire::Receipt;
 use receiptd_wire::{Conversation, MAX_ID_BYTES};
 use serde::{Deserialize, Serialize};
@@ -99,7 +99,10 @@ fn admit<Q>(
     Ok((path, params))
 }
 
-fn query<R>(api: &Api, f: impl FnOnce(&receiptd_core::SettingsTable, &[&PartitionState]) -> R) -> Result<R, Response> {
+fn query<R>(
+    api: &Api,
+    f: impl FnOnce(&receiptd_core::SettingsTable, &[Arc<PartitionView>]) -> R,
+) -> Result<R, Response> {
     if api.shared.readiness().is_err() {
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "state is not restored yet"));
     }
@@ -264,7 +267,7 @@ pub async fn receipts(
     let answer = query(&api, |settings, states| {
         let mut answer = ReceiptsAnswer { receipts: Vec::new(), errors: Vec::new() };
         for m in &body.messages {
-            let found = states.iter().find(|s| s.message(&app_id, &m.msg_id).is_some());
+            let found = states.iter().find(|s| s.contains_message(&app_id, &m.msg_id));
             let result = match found {
                 Some(s) => s.receipt(settings, &app_id, &m.msg_id, &body.requester, &m.conversation),
                 None => Err(QueryRefusal::NotFound),
@@ -382,7 +385,7 @@ pub async fn members(
         },
     };
     let answer = query(&api, |settings, states| {
-        let state = states.iter().find(|s| s.message(&app_id, &msg_id).is_some()).ok_or(QueryRefusal::NotFound)?;
+        let state = states.iter().find(|s| s.contains_message(&app_id, &msg_id)).ok_or(QueryRefusal::NotFound)?;
         state.member_page(settings, &app_id, &group_id, &msg_id, &requester, filter, after, count)
     });
     let page = match answer {

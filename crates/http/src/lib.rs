@@ -13,7 +13,7 @@ mod api;
 
 pub use api::ApiDoc;
 
-use receiptd_core::{PartitionState, SettingsTable};
+use receiptd_core::{PartitionView, SettingsTable};
 
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
@@ -38,9 +38,10 @@ pub trait Backend: Send + Sync + 'static {
     fn healthy(&self) -> bool;
     /// Prometheus text exposition.
     fn metrics_text(&self) -> String;
-    /// Runs `f` once on the settings and the state of every owned partition,
-    /// holding the worker still; false when there is no state to show.
-    fn view(&self, f: &mut dyn FnMut(&SettingsTable, &[&PartitionState])) -> bool;
+    /// Runs `f` once on the settings and the view of every owned partition;
+    /// false when there is no state to show. The fold goes on meanwhile: an
+    /// answer locks only the entities it reads, one message at a time.
+    fn view(&self, f: &mut dyn FnMut(&SettingsTable, &[Arc<PartitionView>])) -> bool;
 }
 
 /// The shared backend.

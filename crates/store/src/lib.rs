@@ -215,15 +215,14 @@ impl Store {
     }
 
     /// Stages the current value of each of `keys` (taken from
-    /// [`PartitionState::take_dirty`]); lets a caller stage a large flush in
-    /// slices.
-    pub fn stage_entities(&self, batch: &mut WriteBatch, partition: i32, state: &PartitionState, keys: &[DirtyKey]) {
+    /// [`PartitionState::take_dirty`]).
+    fn stage_entities(&self, batch: &mut WriteBatch, partition: i32, state: &PartitionState, keys: &[DirtyKey]) {
         for key in keys {
             let k = keys::entity(partition, key);
             match state.entity(key) {
-                EntityRef::Group(meta) => batch.put(&k, encode(meta)),
-                EntityRef::Member(user, since) => batch.put(&k, encode(&(user, since))),
-                EntityRef::Message(m) => batch.put(&k, encode(m)),
+                EntityRef::Group(meta) => batch.put(&k, encode(&*meta)),
+                EntityRef::Member(user, since) => batch.put(&k, encode(&(&*user, since))),
+                EntityRef::Message(m) => batch.put(&k, encode(&*m)),
                 EntityRef::Mark(t) => batch.put(&k, encode(&t)),
                 EntityRef::Held(reads) => batch.put(&k, encode(&reads)),
                 EntityRef::Absent => {
@@ -325,7 +324,7 @@ mod tests {
         let mut v = Vec::new();
         for app in state.app_ids() {
             for m in state.message_ids(app) {
-                v.push((format!("{app}/{m}"), state.counts(&SettingsTable::default(), app, m)));
+                v.push((format!("{app}/{m}"), state.counts(&SettingsTable::default(), app, &m)));
             }
         }
         v

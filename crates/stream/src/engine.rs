@@ -11,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use receiptd_core::{DeltaBuffer, Effects, PartitionState, SettingsTable};
+use receiptd_core::{DeltaBuffer, Effects, PartitionState};
 use receiptd_store::Store;
 use receiptd_wire::{decode_event, delta_key, ContentType, DecodeError, Event, CONTENT_TYPE_HEADER};
 use std::collections::BTreeMap;
@@ -22,8 +22,6 @@ use std::time::{Duration, Instant};
 /// Most receipts in one delta record; a recipient with more in one flush gets
 /// several records, so no record nears the broker's size limit.
 const MAX_RECEIPTS_PER_RECORD: usize = 500;
-/// Most entities staged under one lock hold.
-const STAGE_SLICE: usize = 256;
 /// How often held reads past their window, and messages past retention, are swept.
 const HELD_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -280,7 +278,6 @@ pub(crate) struct Engine {
     config: Arc<WorkerConfig>,
     store: Arc<Store>,
     producer: Arc<BaseProducer<DeliveryContext>>,
-    pub(crate) settings: SettingsTable,
     partitions: BTreeMap<i32, Owned>,
     deltas: DeltaBuffer,
     shared: Arc<Shared>,
@@ -291,18 +288,6 @@ pub(crate) struct Engine {
     /// Generation of the records sent now; a flush takes it and moves it on.
     generation: u64,
     in_flight: Option<StagedFlush>,
-    staging: Option<Staging>,
-}
-
-/// A flush being staged, slice by slice.
-struct Staging {
-    flush: StagedFlush,
-    /// Partitions still to stage; the last one is being staged.
-    partitions: Vec<i32>,
-    /// Its dirty keys not yet staged, once taken.
-    dirty: Option<Vec<receiptd_core::DirtyKey>>,
-    /// Whether any of its entities were staged.
-    staged_any: bool,
 }
 
 impl Engine {
@@ -310,14 +295,12 @@ impl Engine {
         config: Arc<WorkerConfig>,
         store: Arc<Store>,
         producer: Arc<BaseProducer<DeliveryContext>>,
-        settings: SettingsTable,
         shared: Arc<Shared>,
     ) -> Self {
         Engine {
             config,
             store,
             producer,
-            settings,
             partitions: BTreeMap::new(),
             deltas: DeltaBuffer::new(),
             shared,
@@ -327,7 +310,6 @@ impl Engine {
             pending: 0,
             generation: 0,
             in_flight: None,
-            staging: None,
         }
     }
 
@@ -357,7 +339,8 @@ impl Engine {
         match decoded {
             Ok(event) => {
                 let record_time = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-                owned.state.apply(&self.settings, &self.config.limits, &event, record_time, &mut self.fx);
+                let settings = self.shared.settings.read();
+                owned.state.apply(&settings, &self.config.limits, &event, record_time, &mut self.fx);
             }
             Err(e) => self.dead_letter(m, &e),
         }
@@ -425,47 +408,34 @@ impl Engine {
         Ok((!written.is_empty()).then(|| written.into_iter().collect()))
     }
 
-    /// Step 1 of a flush, in one go: see [`Engine::flush_open`].
+    /// Step 1 of a flush: sweeps; takes each partition's changed receipts;
+    /// stages every touched entity plus each partition's next offset in one
+    /// batch; sets the flush in flight and returns its deltas, which the
+    /// caller sends before it checks for confirmation. `None` when nothing
+    /// changed, or while another flush is in flight.
     pub(crate) fn flush_begin(&mut self) -> Option<DeltaBatch> {
-        if !self.flush_open() {
+        if self.in_flight.is_some() {
             return None;
-        }
-        while self.flush_stage_one() {}
-        self.flush_close()
-    }
-
-    /// Step 1 of a flush opens it: sweeps, and returns whether anything
-    /// changed. Then [`Engine::flush_stage_one`], called until it says done,
-    /// takes each partition's changed receipts and stages every touched
-    /// entity plus the next offset in one batch, a slice at a time; the poll
-    /// loop lets go of the lock between slices so that queries are not held
-    /// up. [`Engine::flush_close`]
-    /// sets the flush in flight and returns its deltas, which the caller
-    /// sends (without the lock) before it checks for confirmation. Nothing
-    /// is folded between open and close. Does nothing while another flush is
-    /// in flight.
-    pub(crate) fn flush_open(&mut self) -> bool {
-        if self.in_flight.is_some() || self.staging.is_some() {
-            return false;
         }
         let started = Instant::now();
         if started.duration_since(self.last_sweep) >= HELD_SWEEP_EVERY {
             self.last_sweep = started;
+            let settings = self.shared.settings.read();
             for owned in self.partitions.values_mut() {
                 owned.state.expire_held(&self.config.limits, &mut self.fx);
-                owned.state.expire_messages(&self.settings, &mut self.fx);
+                owned.state.expire_messages(&settings, &mut self.fx);
             }
         }
         self.shared.metrics.add_fold(&std::mem::take(&mut self.fx).stats);
         if self.pending == 0 && !self.partitions.values().any(|o| o.state.has_dirty()) {
             self.producer.poll(Duration::ZERO);
-            return false;
+            return None;
         }
         let sync = started.duration_since(self.last_sync) >= self.config.sync_interval;
         if sync {
             self.last_sync = started;
         }
-        let flush = StagedFlush {
+        let mut flush = StagedFlush {
             generation: self.generation,
             batch: receiptd_store::WriteBatch::default(),
             offsets: Vec::new(),
@@ -474,54 +444,17 @@ impl Engine {
             events: self.pending,
             puts: 0,
         };
-        self.staging = Some(Staging {
-            flush,
-            partitions: self.partitions.keys().copied().collect(),
-            dirty: None,
-            staged_any: false,
-        });
-        true
-    }
-
-    /// Stages a slice of the open flush: a partition's receipts and dirty
-    /// keys, or up to [`STAGE_SLICE`] of its entities, or its checkpoint.
-    /// False when everything is staged.
-    pub(crate) fn flush_stage_one(&mut self) -> bool {
-        let Some(staging) = self.staging.as_mut() else { return false };
-        let Some(&partition) = staging.partitions.last() else { return false };
-        let Some(owned) = self.partitions.get_mut(&partition) else {
-            staging.partitions.pop();
-            return true;
-        };
-        let Some(dirty) = staging.dirty.as_mut() else {
-            for change in owned.state.take_receipts(&self.settings) {
+        for (&partition, owned) in self.partitions.iter_mut() {
+            for change in owned.state.take_receipts(&self.shared.settings.read()) {
                 self.deltas.push(change);
             }
-            staging.dirty = Some(owned.state.take_dirty());
-            return true;
-        };
-        if dirty.is_empty() {
-            staging.dirty = None;
-            staging.partitions.pop();
-            if owned.unflushed > 0 || staging.staged_any {
-                self.store.stage_checkpoint(&mut staging.flush.batch, partition, &owned.state, owned.next_offset);
-                staging.flush.offsets.push((partition, owned.next_offset));
+            if owned.unflushed > 0 || owned.state.has_dirty() {
+                let staged = self.store.stage(&mut flush.batch, partition, &mut owned.state, owned.next_offset);
+                flush.puts += staged as u64;
+                flush.offsets.push((partition, owned.next_offset));
                 owned.unflushed = 0;
             }
-            staging.staged_any = false;
-            return true;
         }
-        let slice = dirty.split_off(dirty.len().saturating_sub(STAGE_SLICE));
-        self.store.stage_entities(&mut staging.flush.batch, partition, &owned.state, &slice);
-        staging.flush.puts += slice.len() as u64;
-        staging.staged_any = true;
-        true
-    }
-
-    /// Sets the staged flush in flight and returns its deltas.
-    pub(crate) fn flush_close(&mut self) -> Option<DeltaBatch> {
-        let Staging { flush, partitions, .. } = self.staging.take()?;
-        debug_assert!(partitions.is_empty(), "every partition staged");
         let m = &self.shared.metrics;
         m.messages_tracked.store(self.partitions.values().map(|o| o.state.message_count() as i64).sum(), Relaxed);
         m.held_reads.store(self.partitions.values().map(|o| o.state.held_count() as i64).sum(), Relaxed);
@@ -614,15 +547,11 @@ impl Engine {
     }
 
     fn publish_assignment(&self) {
+        *self.shared.views.write() = self.partitions.values().map(|o| o.state.view().clone()).collect();
         let owned: Vec<i32> = self.partitions.keys().copied().collect();
         self.shared.metrics.partitions_assigned.store(owned.len() as i64, Relaxed);
         self.shared.metrics.retain_partitions(&owned);
         self.shared.metrics.store_bytes.store(self.store.size_bytes() as i64, Relaxed);
-    }
-
-    /// The state of every owned partition.
-    pub(crate) fn states(&self) -> Vec<&PartitionState> {
-        self.partitions.values().map(|o| &o.state).collect()
     }
 
     /// Owned partitions.

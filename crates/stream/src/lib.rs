@@ -3,15 +3,15 @@
 //!
 //! One worker is one thread running a `BaseConsumer` poll loop; nothing here
 //! touches the async runtime. Each turn of the loop takes up to 1,024 records,
-//! decodes them without any lock, and folds them into the owned partitions'
-//! [`receiptd_core::PartitionState`]s in slices of 32 under the engine lock
-//! (released fairly, so a waiting query goes next). Every flush interval
-//! (50 ms by default) the worker:
+//! decodes them, and folds them into the owned partitions'
+//! [`receiptd_core::PartitionState`]s. Queries do not stop the fold: they
+//! read each partition's [`receiptd_core::PartitionView`], locking one
+//! message (and its group) at a time, as the fold does per event. Every
+//! flush interval (50 ms by default) the worker:
 //!
 //! 1. takes the receipts that changed, coalesced and grouped per recipient,
 //!    and stages each touched entity once, plus each partition's next offset,
-//!    in one RocksDB `WriteBatch` (slice by slice, letting go of the lock in
-//!    between); then produces the deltas;
+//!    in one RocksDB `WriteBatch`; then produces the deltas;
 //! 2. keeps folding while the broker confirms them (and every earlier DLQ
 //!    record), tracked per flush generation;
 //! 3. once they are all confirmed, writes the staged batch; at checkpoint

@@ -121,16 +121,12 @@ impl SettingsReader {
         Ok(reader)
     }
 
-    /// Applies whatever settings arrived since the last call.
-    pub(crate) fn follow(
-        &self,
-        table: &mut SettingsTable,
-        shared: &Shared,
-        dead_letter: &mut dyn FnMut(&BorrowedMessage<'_>, &DecodeError),
-    ) {
+    /// Applies whatever settings arrived since the last call, to the table
+    /// in `shared` (write-locked one record at a time, so queries barely wait).
+    pub(crate) fn follow(&self, shared: &Shared, dead_letter: &mut dyn FnMut(&BorrowedMessage<'_>, &DecodeError)) {
         while let Some(result) = self.consumer.poll(Duration::ZERO) {
             match result {
-                Ok(m) => apply(table, &m, shared, dead_letter),
+                Ok(m) => apply(&mut shared.settings.write(), &m, shared, dead_letter),
                 Err(e) => tracing::warn!(error = %e, "settings topic read failed"),
             }
         }

@@ -4,13 +4,13 @@
 use crate::engine::{decode, offset_list, DeliveryContext, Engine, Syncer};
 use crate::settings::{settle, SettingsReader};
 use crate::{Metrics, StreamError};
-use parking_lot::{Mutex as FairMutex, MutexGuard};
+use parking_lot::{Mutex as EngineLock, RwLock};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::producer::BaseProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
-use receiptd_core::{Limits, PartitionState, SettingsTable};
+use receiptd_core::{Limits, PartitionView, SettingsTable};
 use receiptd_store::Store;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 
 /// Most records taken from the consumer per loop turn.
 const MAX_BATCH: usize = 1024;
-/// Most records folded under one lock hold: bounds how long a query waits.
-const FOLD_SLICE: usize = 32;
 /// How long the loop waits for input while a flush's deltas are in flight,
 /// so that their confirmations are seen promptly.
 const DELIVERY_POLL: Duration = Duration::from_millis(1);
@@ -84,17 +82,11 @@ pub struct Shared {
     pub brokers_down: AtomicBool,
     /// The worker has stopped (cleanly or not).
     pub stopped: AtomicBool,
-    engine: EngineSlot,
-}
-
-/// The running engine, for read-only queries.
-#[derive(Default)]
-struct EngineSlot(std::sync::OnceLock<Arc<FairMutex<Option<Engine>>>>);
-
-impl std::fmt::Debug for EngineSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() { "EngineSlot(running)" } else { "EngineSlot(empty)" })
-    }
+    /// The settings table, as the fold and the queries see it.
+    pub(crate) settings: RwLock<SettingsTable>,
+    /// What queries read of each owned partition, published on assignment
+    /// and revocation.
+    pub(crate) views: RwLock<Vec<Arc<PartitionView>>>,
 }
 
 impl Shared {
@@ -121,15 +113,16 @@ impl Shared {
         }
     }
 
-    /// Runs `f` on the settings table and the state of every owned partition,
-    /// holding the worker still: the answer never sees half a fold. `None`
-    /// until the worker has started.
-    pub fn query<R>(&self, f: impl FnOnce(&SettingsTable, &[&PartitionState]) -> R) -> Option<R> {
-        let engine = self.engine.0.get()?;
-        let guard = engine.lock();
-        let e = guard.as_ref()?;
-        let states = e.states();
-        Some(f(&e.settings, &states))
+    /// Runs `f` on the settings table and the view of every owned
+    /// partition, without stopping the fold (see
+    /// [`receiptd_core::PartitionView`]). `None` once the worker has stopped.
+    pub fn query<R>(&self, f: impl FnOnce(&SettingsTable, &[Arc<PartitionView>]) -> R) -> Option<R> {
+        if self.stopped.load(Relaxed) {
+            return None;
+        }
+        let views = self.views.read().clone();
+        let settings = self.settings.read();
+        Some(f(&settings, &views))
     }
 
     /// Healthy: the worker runs and its store accepts writes.
@@ -139,7 +132,7 @@ impl Shared {
 }
 
 struct WorkerContext {
-    engine: Arc<FairMutex<Option<Engine>>>,
+    engine: Arc<EngineLock<Option<Engine>>>,
     shared: Arc<Shared>,
     config: Arc<WorkerConfig>,
     fatal: Mutex<Option<StreamError>>,
@@ -257,15 +250,13 @@ fn run_inner(
             .create_with_context(DeliveryContext::new(shared.clone()))?,
     );
 
-    let mut engine =
-        Engine::new(config.clone(), store.clone(), producer.clone(), SettingsTable::default(), shared.clone());
+    let mut engine = Engine::new(config.clone(), store.clone(), producer.clone(), shared.clone());
     let mut table = SettingsTable::default();
     let settings = SettingsReader::bootstrap(&config, &mut table, shared, stop, &mut |m, e| engine.dead_letter(m, e))?;
-    engine.settings = table;
+    *shared.settings.write() = table;
     shared.settings_loaded.store(true, Relaxed);
 
-    let engine = Arc::new(FairMutex::new(Some(engine)));
-    let _ = shared.engine.0.set(engine.clone());
+    let engine = Arc::new(EngineLock::new(Some(engine)));
     let context = WorkerContext {
         engine: engine.clone(),
         shared: shared.clone(),
@@ -316,8 +307,7 @@ fn run_inner(
         let in_flight = engine.lock().as_ref().and_then(Engine::in_flight_since);
 
         // A batch of records: polled without the lock (the rebalance callback
-        // takes it), decoded without the lock, folded FOLD_SLICE at a time
-        // under it.
+        // takes it), decoded, then folded. Queries do not take this lock.
         let wait = if in_flight.is_some() {
             DELIVERY_POLL
         } else {
@@ -334,26 +324,16 @@ fn run_inner(
                 }
             }
             let decoded: Vec<_> = batch.iter().map(|r| r.as_ref().ok().map(decode)).collect();
-            let mut decoded = decoded.into_iter();
-            let mut records = batch.drain(..);
-            loop {
-                let mut guard = engine.lock();
-                let e = guard.as_mut().expect("engine present while running");
-                let mut folded = 0;
-                for (record, decoded) in records.by_ref().zip(decoded.by_ref()).take(FOLD_SLICE) {
-                    folded += 1;
-                    match (record, decoded) {
-                        (Ok(m), Some(decoded)) => e.ingest(&m, decoded),
-                        (Err(err), _) => tracing::warn!(error = %err, "consumer error"),
-                        (Ok(_), None) => unreachable!("every record is decoded"),
-                    }
-                }
-                // A waiting query gets the lock before the next slice.
-                MutexGuard::unlock_fair(guard);
-                if folded < FOLD_SLICE {
-                    break;
+            let mut guard = engine.lock();
+            let e = guard.as_mut().expect("engine present while running");
+            for (record, decoded) in batch.drain(..).zip(decoded) {
+                match (record, decoded) {
+                    (Ok(m), Some(decoded)) => e.ingest(&m, decoded),
+                    (Err(err), _) => tracing::warn!(error = %err, "consumer error"),
+                    (Ok(_), None) => unreachable!("every record is decoded"),
                 }
             }
+            drop(guard);
             let done = Instant::now();
             if let (true, Some(previous)) = (input_was_waiting, last_batch_done) {
                 shared.metrics.batch_gap(done.duration_since(previous).as_secs_f64());
@@ -383,8 +363,8 @@ fn run_inner(
             }
         }
 
-        // Step 1 of the next flush: take the deltas and stage the batch, one
-        // slice per lock hold, then send the deltas without the lock.
+        // Step 1 of the next flush: take the deltas and stage the batch, then
+        // send the deltas without the lock.
         let now = Instant::now();
         let mut guard = engine.lock();
         let e = guard.as_mut().expect("engine present while running");
@@ -392,7 +372,7 @@ fn run_inner(
         let mut deltas = None;
         if due && e.in_flight_since().is_none() {
             let mut dead = Vec::new();
-            settings.follow(&mut e.settings, shared, &mut |m, err| dead.push((m.detach(), err.clone())));
+            settings.follow(shared, &mut |m, err| dead.push((m.detach(), err.clone())));
             for (m, err) in dead {
                 e.dead_letter(&m, &err);
             }
@@ -400,19 +380,7 @@ fn run_inner(
                 e.refresh_gauges();
                 next_gauges = now + Duration::from_secs(5);
             }
-            if e.flush_open() {
-                drop(guard);
-                loop {
-                    let mut guard = engine.lock();
-                    let e = guard.as_mut().expect("engine present while running");
-                    if !e.flush_stage_one() {
-                        deltas = e.flush_close();
-                        break;
-                    }
-                    MutexGuard::unlock_fair(guard);
-                }
-                guard = engine.lock();
-            }
+            deltas = e.flush_begin();
             next_flush = now + config.flush_interval;
         }
         // Backpressure: while the broker lags behind, stop fetching (but keep
