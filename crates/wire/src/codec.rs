@@ -132,7 +132,37 @@ pub fn decode_event(
     payload: Option<&[u8]>,
     content_type: ContentType,
 ) -> Result<Event, DecodeError> {
-    let event: Event = decode_bytes(payload, content_type)?;
+    decode_event_with(key, payload, content_type, true)
+}
+
+/// [`decode_event`] through serde_json alone, without the fast path for the
+/// usual JSON shape: the reference that path is checked against (unit tests
+/// and the `decode_json` fuzz target).
+#[doc(hidden)]
+pub fn decode_event_reference(
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    content_type: ContentType,
+) -> Result<Event, DecodeError> {
+    decode_event_with(key, payload, content_type, false)
+}
+
+fn decode_event_with(
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    content_type: ContentType,
+    fast_path: bool,
+) -> Result<Event, DecodeError> {
+    // The usual JSON shape without serde; anything else (errors included)
+    // through serde, so both decode alike.
+    let fast = match (content_type, payload) {
+        (ContentType::Json, Some(p)) if fast_path && p.len() <= MAX_RECORD_BYTES => crate::fast_json::event(p),
+        _ => None,
+    };
+    let event: Event = match fast {
+        Some(event) => event,
+        None => decode_bytes(payload, content_type)?,
+    };
     validate_event(&event)?;
     check_key(key, conversation_key(&event))?;
     Ok(event)

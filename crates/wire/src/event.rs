@@ -303,7 +303,7 @@ macro_rules! dual_form {
 
 /// The `type` of an event.
 #[derive(Deserialize)]
-enum EventType {
+pub(crate) enum EventType {
     #[serde(rename = "group_members")]
     GroupMembers,
     #[serde(rename = "message_sent")]
@@ -319,29 +319,29 @@ enum EventType {
 /// Every field any event has; [`FlatEvent::build`] takes the ones its type
 /// needs. Fields of other types are ignored, as unknown fields are.
 #[derive(Deserialize)]
-struct FlatEvent {
+pub(crate) struct FlatEvent {
     #[serde(rename = "type")]
-    kind: EventType,
-    app_id: Option<String>,
-    group_id: Option<String>,
-    op: Option<MembersOp>,
-    group_type: Option<GroupType>,
-    members: Option<Vec<String>>,
-    msg_id: Option<String>,
-    sender: Option<String>,
-    conversation: Option<Conversation>,
-    need_read_receipt: Option<bool>,
-    sent_at: Option<u64>,
-    reader: Option<String>,
-    msg_ids: Option<Vec<String>>,
-    read_at: Option<u64>,
-    private: Option<bool>,
-    at: Option<u64>,
+    pub(crate) kind: EventType,
+    pub(crate) app_id: Option<String>,
+    pub(crate) group_id: Option<String>,
+    pub(crate) op: Option<MembersOp>,
+    pub(crate) group_type: Option<GroupType>,
+    pub(crate) members: Option<Vec<String>>,
+    pub(crate) msg_id: Option<String>,
+    pub(crate) sender: Option<String>,
+    pub(crate) conversation: Option<Conversation>,
+    pub(crate) need_read_receipt: Option<bool>,
+    pub(crate) sent_at: Option<u64>,
+    pub(crate) reader: Option<String>,
+    pub(crate) msg_ids: Option<Vec<String>>,
+    pub(crate) read_at: Option<u64>,
+    pub(crate) private: Option<bool>,
+    pub(crate) at: Option<u64>,
 }
 
 impl FlatEvent {
     /// The event, or the first missing required field.
-    fn build(self) -> Result<Event, &'static str> {
+    pub(crate) fn build(self) -> Result<Event, &'static str> {
         fn req<T>(v: Option<T>, name: &'static str) -> Result<T, &'static str> {
             v.ok_or(name)
         }
@@ -402,24 +402,24 @@ dual_form!(Setting, SettingTagged, SettingCompact, {
 });
 
 #[derive(Clone, Serialize, Deserialize)]
-struct C2cFields {
+pub(crate) struct C2cFields {
     peer: String,
 }
 #[derive(Clone, Serialize, Deserialize)]
-struct GroupFields {
+pub(crate) struct GroupFields {
     group_id: String,
 }
 
 /// Private mirror of [`Conversation`] in the dual form.
 #[derive(Clone)]
-enum ConversationForm {
+pub(crate) enum ConversationForm {
     C2c(C2cFields),
     Group(GroupFields),
 }
 
 /// The `type` of a conversation.
 #[derive(Deserialize)]
-enum ConversationType {
+pub(crate) enum ConversationType {
     #[serde(rename = "c2c")]
     C2c,
     #[serde(rename = "group")]
@@ -428,15 +428,15 @@ enum ConversationType {
 
 /// Every field of a conversation, as for [`FlatEvent`].
 #[derive(Deserialize)]
-struct FlatConversation {
+pub(crate) struct FlatConversation {
     #[serde(rename = "type")]
-    kind: ConversationType,
-    peer: Option<String>,
-    group_id: Option<String>,
+    pub(crate) kind: ConversationType,
+    pub(crate) peer: Option<String>,
+    pub(crate) group_id: Option<String>,
 }
 
 impl FlatConversation {
-    fn build(self) -> Result<ConversationForm, &'static str> {
+    pub(crate) fn build(self) -> Result<ConversationForm, &'static str> {
         Ok(match self.kind {
             ConversationType::C2c => ConversationForm::C2c(C2cFields { peer: self.peer.ok_or("peer")? }),
             ConversationType::Group => {
@@ -461,11 +461,17 @@ impl Serialize for Conversation {
     }
 }
 
-impl<'de> Deserialize<'de> for Conversation {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(match ConversationForm::deserialize(d)? {
+impl From<ConversationForm> for Conversation {
+    fn from(form: ConversationForm) -> Self {
+        match form {
             ConversationForm::C2c(f) => Conversation::C2c { peer: f.peer },
             ConversationForm::Group(f) => Conversation::Group { group_id: f.group_id },
-        })
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Conversation {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ConversationForm::deserialize(d).map(Conversation::from)
     }
 }

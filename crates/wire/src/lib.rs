@@ -21,11 +21,12 @@
 mod codec;
 mod delta;
 mod event;
+mod fast_json;
 mod keys;
 
 pub use codec::{
-    decode_event, decode_setting, encode_event_bincode, encode_setting_bincode, ContentType, DecodeError,
-    BINCODE_CONTENT_TYPE, CONTENT_TYPE_HEADER,
+    decode_event, decode_event_reference, decode_setting, encode_event_bincode, encode_setting_bincode, ContentType,
+    DecodeError, BINCODE_CONTENT_TYPE, CONTENT_TYPE_HEADER,
 };
 pub use delta::{DeltaRecord, Receipt};
 pub use event::{

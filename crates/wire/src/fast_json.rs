@@ -1,0 +1,383 @@
+//! A decoder for the usual shape of an event's JSON, without serde: about a
+//! third of the worker's time went to `serde_json` before it (`perf` on the
+//! drain bench).
+//!
+//! It takes a strict subset: one object of the event's known keys, each at
+//! most once; strings without escapes or control characters; non-negative
+//! integers without sign, fraction or exponent; `true`, `false` and `null`;
+//! arrays of such strings; and the `conversation` object with its known
+//! keys. It answers `None` to anything else (an unknown key, an escape, a
+//! missing field), and the caller then decodes with serde_json. So rare
+//! forms and every error decode exactly as before, and whatever this accepts,
+//! serde_json accepts as the same event: the property test below and the
+//! `decode_json` fuzz target check that.
+
+use crate::event::{ConversationType, EventType, FlatConversation, FlatEvent};
+use crate::{Conversation, Event, GroupType, MembersOp};
+
+/// The event, if the payload has the usual shape.
+pub(crate) fn event(payload: &[u8]) -> Option<Event> {
+    // UTF-8 checked once for the whole payload; strings are then slices of
+    // it between ASCII quotes, so always on character boundaries.
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut cursor = Cursor { text, bytes: payload, at: 0 };
+    let flat = cursor.event()?;
+    cursor.skip_whitespace();
+    if cursor.at != payload.len() {
+        return None;
+    }
+    flat.build().ok()
+}
+
+struct Cursor<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+/// Bytes that end the plain part of a string: the closing quote, an escape,
+/// or a control character (which JSON forbids unescaped).
+static STRING_STOP: [bool; 256] = {
+    let mut stop = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        stop[c] = true;
+        c += 1;
+    }
+    stop[b'"' as usize] = true;
+    stop[b'\\' as usize] = true;
+    stop
+};
+
+/// Sets a field once; a second occurrence gives up (serde calls it an
+/// error, even after a `null`).
+fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(value?);
+    Some(())
+}
+
+impl<'a> Cursor<'a> {
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.bytes.get(self.at).copied()
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        self.expect(b'"')?;
+        let start = self.at;
+        let end = start + self.bytes[start..].iter().position(|&c| STRING_STOP[c as usize])?;
+        if self.bytes[end] != b'"' {
+            return None;
+        }
+        self.at = end + 1;
+        self.text.get(start..end)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        self.str().map(str::to_owned)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.skip_whitespace();
+        let rest = &self.bytes[self.at..];
+        let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+        // A leading zero, a fraction, an exponent or an overflow is for
+        // serde to judge.
+        if digits == 0 || digits > 20 || (digits > 1 && rest[0] == b'0') {
+            return None;
+        }
+        if let Some(b'.' | b'e' | b'E') = rest.get(digits) {
+            return None;
+        }
+        self.at += digits;
+        rest[..digits].iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    }
+
+    /// `null` (as serde reads it into an `Option`: `None`) or a value.
+    fn or_null<T>(&mut self, value: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        self.skip_whitespace();
+        if self.bytes[self.at..].starts_with(b"null") {
+            self.at += 4;
+            return Some(None);
+        }
+        value(self).map(Some)
+    }
+
+    fn bool(&mut self) -> Option<bool> {
+        self.skip_whitespace();
+        let rest = &self.bytes[self.at..];
+        let (value, len) = if rest.starts_with(b"true") {
+            (true, 4)
+        } else if rest.starts_with(b"false") {
+            (false, 5)
+        } else {
+            return None;
+        };
+        self.at += len;
+        Some(value)
+    }
+
+    fn strings(&mut self) -> Option<Vec<String>> {
+        self.expect(b'[')?;
+        let mut all = Vec::new();
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(all);
+        }
+        loop {
+            all.push(self.string()?);
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(all);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// An object, handing each key to `field`, which reads the value.
+    fn object(&mut self, mut field: impl FnMut(&'a str, &mut Self) -> Option<()>) -> Option<()> {
+        self.expect(b'{')?;
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.str()?;
+            self.expect(b':')?;
+            field(key, self)?;
+            match self.peek()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn event(&mut self) -> Option<FlatEvent> {
+        let (mut kind, mut app_id, mut group_id, mut op, mut group_type_, mut members) =
+            (None, None, None, None, None, None);
+        let (mut msg_id, mut sender, mut conversation, mut need_read_receipt, mut sent_at) =
+            (None, None, None, None, None);
+        let (mut reader, mut msg_ids, mut read_at, mut private, mut at) = (None, None, None, None, None);
+        // Every field but `type` is optional: `null` reads as absent.
+        self.object(|key, c| match key {
+            "type" => once(&mut kind, c.str().and_then(event_type)),
+            "app_id" => once(&mut app_id, c.or_null(Self::string)),
+            "group_id" => once(&mut group_id, c.or_null(Self::string)),
+            "op" => once(&mut op, c.or_null(|c| c.str().and_then(members_op))),
+            "group_type" => once(&mut group_type_, c.or_null(|c| c.str().and_then(group_type))),
+            "members" => once(&mut members, c.or_null(Self::strings)),
+            "msg_id" => once(&mut msg_id, c.or_null(Self::string)),
+            "sender" => once(&mut sender, c.or_null(Self::string)),
+            "conversation" => once(&mut conversation, c.or_null(Self::conversation)),
+            "need_read_receipt" => once(&mut need_read_receipt, c.or_null(Self::bool)),
+            "sent_at" => once(&mut sent_at, c.or_null(Self::u64)),
+            "reader" => once(&mut reader, c.or_null(Self::string)),
+            "msg_ids" => once(&mut msg_ids, c.or_null(Self::strings)),
+            "read_at" => once(&mut read_at, c.or_null(Self::u64)),
+            "private" => once(&mut private, c.or_null(Self::bool)),
+            "at" => once(&mut at, c.or_null(Self::u64)),
+            _ => None,
+        })?;
+        Some(FlatEvent {
+            kind: kind?,
+            app_id: app_id.flatten(),
+            group_id: group_id.flatten(),
+            op: op.flatten(),
+            group_type: group_type_.flatten(),
+            members: members.flatten(),
+            msg_id: msg_id.flatten(),
+            sender: sender.flatten(),
+            conversation: conversation.flatten(),
+            need_read_receipt: need_read_receipt.flatten(),
+            sent_at: sent_at.flatten(),
+            reader: reader.flatten(),
+            msg_ids: msg_ids.flatten(),
+            read_at: read_at.flatten(),
+            private: private.flatten(),
+            at: at.flatten(),
+        })
+    }
+
+    fn conversation(&mut self) -> Option<Conversation> {
+        let (mut kind, mut peer, mut group_id) = (None, None, None);
+        self.object(|key, c| match key {
+            "type" => once(&mut kind, c.str().and_then(conversation_type)),
+            "peer" => once(&mut peer, c.or_null(Self::string)),
+            "group_id" => once(&mut group_id, c.or_null(Self::string)),
+            _ => None,
+        })?;
+        FlatConversation { kind: kind?, peer: peer.flatten(), group_id: group_id.flatten() }
+            .build()
+            .ok()
+            .map(Conversation::from)
+    }
+}
+
+fn event_type(name: &str) -> Option<EventType> {
+    Some(match name {
+        "group_members" => EventType::GroupMembers,
+        "message_sent" => EventType::MessageSent,
+        "message_read" => EventType::MessageRead,
+        "conversation_read" => EventType::ConversationRead,
+        "message_revoked" => EventType::MessageRevoked,
+        _ => return None,
+    })
+}
+
+fn conversation_type(name: &str) -> Option<ConversationType> {
+    Some(match name {
+        "c2c" => ConversationType::C2c,
+        "group" => ConversationType::Group,
+        _ => return None,
+    })
+}
+
+fn members_op(name: &str) -> Option<MembersOp> {
+    Some(match name {
+        "snapshot" => MembersOp::Snapshot,
+        "join" => MembersOp::Join,
+        "leave" => MembersOp::Leave,
+        "dismiss" => MembersOp::Dismiss,
+        _ => return None,
+    })
+}
+
+fn group_type(name: &str) -> Option<GroupType> {
+    [GroupType::Work, GroupType::Public, GroupType::Meeting, GroupType::Community, GroupType::AVChatRoom]
+        .into_iter()
+        .find(|t| t.as_str() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ConversationRead, GroupMembers, MessageRead, MessageRevoked, MessageSent};
+    use proptest::prelude::*;
+
+    /// What serde_json makes of the payload: the reference.
+    fn reference(payload: &[u8]) -> Option<Event> {
+        serde_json::from_slice(payload).ok()
+    }
+
+    /// The property: whatever the fast path accepts, serde accepts as the
+    /// same event.
+    fn agrees(payload: &[u8]) -> Result<bool, TestCaseError> {
+        match event(payload) {
+            Some(fast) => {
+                prop_assert_eq!(reference(payload), Some(fast), "{}", String::from_utf8_lossy(payload));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    #[test]
+    fn agrees_with_serde_on_the_fuzz_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/decode_json");
+        let (mut inputs, mut accepted) = (0, 0);
+        for entry in std::fs::read_dir(dir).expect("the decode_json corpus is committed") {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            // As in the fuzz target: the first line is the key.
+            let payload = data.iter().position(|&b| b == b'\n').map_or(&data[..], |i| &data[i + 1..]);
+            inputs += 1;
+            accepted += u32::from(agrees(payload).unwrap());
+        }
+        assert!(inputs > 1_000, "{inputs} corpus inputs");
+        assert!(accepted > 0, "the fast path took none of {inputs} corpus inputs");
+    }
+
+    fn id() -> impl Strategy<Value = String> {
+        // Mostly plain ids, sometimes quotes, backslashes, control and
+        // non-ASCII characters (which the fast path leaves to serde).
+        prop_oneof![4 => "[a-z0-9_./-]{1,12}", 1 => "\\PC{0,6}", 1 => "[\"\\\\\u{1}é😀a]{1,4}"]
+    }
+
+    fn conversation() -> impl Strategy<Value = Conversation> {
+        prop_oneof![
+            id().prop_map(|peer| Conversation::C2c { peer }),
+            id().prop_map(|group_id| Conversation::Group { group_id }),
+        ]
+    }
+
+    fn any_event() -> impl Strategy<Value = Event> {
+        let op = prop_oneof![Just(MembersOp::Snapshot), Just(MembersOp::Join), Just(MembersOp::Leave)];
+        let group_type = prop::option::of(prop_oneof![Just(GroupType::Work), Just(GroupType::AVChatRoom)]);
+        prop_oneof![
+            (id(), id(), op, group_type, prop::collection::vec(id(), 0..4), any::<u64>()).prop_map(
+                |(app_id, group_id, op, group_type, members, at)| {
+                    Event::GroupMembers(GroupMembers { app_id, group_id, op, group_type, members, at })
+                }
+            ),
+            (id(), id(), id(), conversation(), any::<bool>(), any::<u64>()).prop_map(
+                |(app_id, msg_id, sender, conversation, need_read_receipt, sent_at)| {
+                    Event::MessageSent(MessageSent { app_id, msg_id, sender, conversation, need_read_receipt, sent_at })
+                }
+            ),
+            (id(), id(), conversation(), prop::collection::vec(id(), 0..4), any::<u64>(), any::<bool>()).prop_map(
+                |(app_id, reader, conversation, msg_ids, read_at, private)| {
+                    Event::MessageRead(MessageRead { app_id, reader, conversation, msg_ids, read_at, private })
+                }
+            ),
+            (id(), id(), conversation(), any::<u64>()).prop_map(|(app_id, reader, conversation, read_at)| {
+                Event::ConversationRead(ConversationRead { app_id, reader, conversation, read_at })
+            }),
+            (id(), id(), id(), conversation(), any::<u64>()).prop_map(|(app_id, msg_id, sender, conversation, at)| {
+                Event::MessageRevoked(MessageRevoked { app_id, msg_id, sender, conversation, at })
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Serialized events, compact or pretty: the fast path gives the
+        /// same event, and takes every one without escapes.
+        #[test]
+        fn decodes_what_serde_writes(e in any_event(), pretty in any::<bool>()) {
+            let json = if pretty { serde_json::to_vec_pretty(&e) } else { serde_json::to_vec(&e) }.unwrap();
+            let took = agrees(&json)?;
+            let plain = !json.contains(&b'\\') && !json.iter().any(|&c| c < 0x20 && !b" \n\r\t".contains(&c));
+            prop_assert!(took || !plain, "the fast path refused a plain event: {}", String::from_utf8_lossy(&json));
+        }
+
+        /// Serialized events with bytes replaced, inserted or removed: the
+        /// fast path never accepts what serde decodes otherwise or refuses.
+        #[test]
+        fn never_disagrees_on_damaged_json(
+            e in any_event(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<u8>()), 1..4),
+        ) {
+            let mut json = serde_json::to_vec(&e).unwrap();
+            for (at, how, byte) in edits {
+                let i = at.index(json.len() + 1);
+                match how {
+                    0 if i < json.len() => json[i] = byte,
+                    1 => json.insert(i, byte),
+                    _ if i < json.len() => { json.remove(i); }
+                    _ => {}
+                }
+            }
+            agrees(&json)?;
+        }
+    }
+}
