@@ -330,11 +330,14 @@ impl Worker {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("receiptd exited with {status} before ready; log:\n{}", self.log_tail());
             }
-            if http_get(self.http, "/readyz").map(|(s, _)| s == 200).unwrap_or(false) {
+            let answer = http_get(self.http, "/readyz");
+            if answer.as_ref().is_ok_and(|(s, _)| *s == 200) {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("receiptd not ready after {timeout:?}; log:\n{}", self.log_tail());
+                // The body names what the worker still waits for.
+                let readyz = answer.map_or_else(|e| e.to_string(), |(_, body)| body);
+                panic!("receiptd not ready after {timeout:?}: /readyz says {readyz}; log:\n{}", self.log_tail());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
