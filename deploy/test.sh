@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs build prerequisites, starts a real Apache
 # Kafka broker (deploy/kafka.sh), runs every test in release mode against it,
-# stops the broker whatever happens, then runs a short smoke run of every fuzz
-# target (deploy/fuzz.sh smoke).
+# stops the broker whatever happens, checks that the benches compile, then runs
+# a short smoke run of every fuzz target (deploy/fuzz.sh smoke).
 #
 #   deploy/test.sh [extra cargo test args]
 #
@@ -28,4 +28,7 @@ fi
 echo "deploy/test.sh: Kafka broker at $RECEIPTD_TEST_BROKERS" >&2
 
 cargo test --release --workspace "$@"
+# The benches are not run here (timings are never tests), but they must keep
+# compiling.
+cargo bench --workspace --no-run
 "$here/fuzz.sh" smoke "${RECEIPTD_FUZZ_SMOKE_SECONDS:-20}"

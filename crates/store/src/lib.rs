@@ -214,9 +214,9 @@ impl Store {
         dirty.len()
     }
 
-    /// Stages the current value of each of `keys` (taken from
-    /// [`PartitionState::take_dirty`]).
-    fn stage_entities(&self, batch: &mut WriteBatch, partition: i32, state: &PartitionState, keys: &[DirtyKey]) {
+    /// Stages the current value of each of `keys` (as
+    /// [`PartitionState::take_dirty`] gives them; benches stage chosen ones).
+    pub fn stage_entities(&self, batch: &mut WriteBatch, partition: i32, state: &PartitionState, keys: &[DirtyKey]) {
         for key in keys {
             let k = keys::entity(partition, key);
             match state.entity(key) {
