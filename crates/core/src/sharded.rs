@@ -18,7 +18,7 @@ use std::hash::{BuildHasher, Hash};
 
 const SHARDS: usize = 256;
 
-/// A map of `K` to `V` in [`SHARDS`] independently locked hash maps.
+/// A map of `K` to `V` in 256 independently locked hash maps.
 #[derive(Debug)]
 pub struct ShardedMap<K, V> {
     shards: Box<[RwLock<FxHashMap<K, V>>]>,

@@ -328,9 +328,10 @@ pub enum EntityRef<'a> {
 pub type GroupLists = (Vec<(String, u64)>, Vec<String>);
 
 /// What the query API reads of one partition, concurrently with the fold:
-/// each app's [`AppView`], and the fold's clock. Cheap to share (`Arc`); an
-/// answer locks only the entities it reads, one message (and its group) at a
-/// time, so it never waits for more than one event's fold.
+/// each app's groups, messages and read marks, and the fold's clock. Cheap
+/// to share (`Arc`); an answer locks only the entities it reads, one message
+/// (and its group) at a time, so it never waits for more than one event's
+/// fold.
 #[derive(Debug, Default)]
 pub struct PartitionView {
     apps: RwLock<FxHashMap<String, Arc<AppView>>>,
