@@ -11,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use receiptd_core::{DeltaBuffer, Effects, PartitionState};
+use receiptd_core::{DeltaBuffer, Effects, PartitionState, SettingsTable};
 use receiptd_store::Store;
 use receiptd_wire::{decode_event, delta_key, ContentType, DecodeError, Event, CONTENT_TYPE_HEADER};
 use std::collections::BTreeMap;
@@ -319,7 +319,12 @@ impl Engine {
     }
 
     /// Folds one record of the events topic, decoded by [`decode`].
-    pub(crate) fn ingest(&mut self, m: &BorrowedMessage<'_>, decoded: Result<Event, DecodeError>) {
+    pub(crate) fn ingest(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        decoded: Result<Event, DecodeError>,
+        settings: &SettingsTable,
+    ) {
         self.shared.metrics.records_in.fetch_add(1, Relaxed);
         let partition = m.partition();
         let offset = m.offset();
@@ -339,8 +344,7 @@ impl Engine {
         match decoded {
             Ok(event) => {
                 let record_time = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-                let settings = self.shared.settings.read();
-                owned.state.apply(&settings, &self.config.limits, &event, record_time, &mut self.fx);
+                owned.state.apply(settings, &self.config.limits, &event, record_time, &mut self.fx);
             }
             Err(e) => self.dead_letter(m, &e),
         }

@@ -326,13 +326,16 @@ fn run_inner(
             let decoded: Vec<_> = batch.iter().map(|r| r.as_ref().ok().map(decode)).collect();
             let mut guard = engine.lock();
             let e = guard.as_mut().expect("engine present while running");
+            // Read-locked once per batch: only this thread writes it.
+            let settings_now = shared.settings.read();
             for (record, decoded) in batch.drain(..).zip(decoded) {
                 match (record, decoded) {
-                    (Ok(m), Some(decoded)) => e.ingest(&m, decoded),
+                    (Ok(m), Some(decoded)) => e.ingest(&m, decoded, &settings_now),
                     (Err(err), _) => tracing::warn!(error = %err, "consumer error"),
                     (Ok(_), None) => unreachable!("every record is decoded"),
                 }
             }
+            drop(settings_now);
             drop(guard);
             let done = Instant::now();
             if let (true, Some(previous)) = (input_was_waiting, last_batch_done) {
