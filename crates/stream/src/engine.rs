@@ -90,15 +90,9 @@ pub(crate) struct StagedFlush {
 
 impl StagedFlush {
     /// Step 3 of a flush, once the broker has every delta and DLQ record it
-    /// depends on: state and offsets in one batch. At checkpoint boundaries
-    /// it is fsynced, by `syncer` if given, else here. Needs no engine lock.
-    /// Returns the offsets written.
-    pub(crate) fn commit(
-        self,
-        store: &Store,
-        metrics: &Metrics,
-        syncer: Option<&Syncer>,
-    ) -> Result<Vec<(i32, i64)>, StreamError> {
+    /// depends on: state and offsets in one batch, fsynced at checkpoint
+    /// boundaries. Needs no engine lock. Returns the offsets written.
+    pub(crate) fn commit(self, store: &Store, metrics: &Metrics) -> Result<Vec<(i32, i64)>, StreamError> {
         let fail = |e: receiptd_store::StoreError| {
             metrics.store_failed.store(true, Relaxed);
             tracing::error!(error = %e, "state write failed; stopping before any offset moves past it");
@@ -107,13 +101,8 @@ impl StagedFlush {
         store.write(self.batch).map_err(fail)?;
         metrics.store_writes.fetch_add(1, Relaxed);
         if self.sync {
-            match syncer {
-                Some(syncer) => syncer.request(),
-                None => {
-                    store.sync().map_err(fail)?;
-                    metrics.store_syncs.fetch_add(1, Relaxed);
-                }
-            }
+            store.sync().map_err(fail)?;
+            metrics.store_syncs.fetch_add(1, Relaxed);
         }
         for &(partition, next) in &self.offsets {
             metrics.set_next_offset(partition, next);
@@ -131,36 +120,88 @@ impl StagedFlush {
     }
 }
 
-/// fsyncs the store on a thread of its own when a checkpoint boundary asks
-/// for it, so that a slow disk flush never stalls the poll loop. A kill -9
-/// loses nothing the OS has; the fsync guards against losing the machine.
-pub(crate) struct Syncer {
-    requests: std::sync::mpsc::SyncSender<()>,
+/// Most confirmed flushes waiting for the store writer; past it the poll loop
+/// waits, so a slow disk slows the fold instead of filling memory.
+const WRITER_QUEUE: usize = 2;
+
+/// Writes confirmed flushes to RocksDB on a thread of its own, in the order
+/// they were confirmed, so that neither the memtable insert of a large batch
+/// nor an fsync at a checkpoint boundary stalls the poll loop. After a
+/// failed write it writes nothing more: a later batch carries later offsets.
+pub(crate) struct StoreWriter {
+    jobs: std::sync::mpsc::SyncSender<StagedFlush>,
+    written: std::sync::mpsc::Receiver<Vec<(i32, i64)>>,
+    queue: Arc<(Mutex<WriterQueue>, std::sync::Condvar)>,
 }
 
-impl Syncer {
-    pub(crate) fn start(store: Arc<Store>, shared: Arc<Shared>) -> std::io::Result<Syncer> {
-        let (requests, asked) = std::sync::mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new().name("receiptd-fsync".into()).spawn(move || {
-            while asked.recv().is_ok() {
-                match store.sync() {
-                    Ok(()) => {
-                        shared.metrics.store_syncs.fetch_add(1, Relaxed);
+#[derive(Default)]
+struct WriterQueue {
+    /// Flushes handed over and not yet written.
+    queued: usize,
+    /// A write failed; the thread has stopped.
+    failed: bool,
+}
+
+impl StoreWriter {
+    pub(crate) fn start(store: Arc<Store>, shared: Arc<Shared>) -> std::io::Result<StoreWriter> {
+        let (jobs, incoming) = std::sync::mpsc::sync_channel::<StagedFlush>(WRITER_QUEUE);
+        let (done, written) = std::sync::mpsc::channel();
+        let queue: Arc<(Mutex<WriterQueue>, std::sync::Condvar)> = Arc::default();
+        let state = queue.clone();
+        std::thread::Builder::new().name("receiptd-store".into()).spawn(move || {
+            while let Ok(staged) = incoming.recv() {
+                let result = staged.commit(&store, &shared.metrics);
+                let (lock, changed) = &*state;
+                let mut q = lock.lock().expect("writer queue lock");
+                q.queued -= 1;
+                match result {
+                    Ok(offsets) => {
+                        let _ = done.send(offsets);
                     }
-                    Err(e) => {
-                        shared.metrics.store_failed.store(true, Relaxed);
-                        tracing::error!(error = %e, "state fsync failed; stopping before any offset moves past it");
-                        return;
-                    }
+                    Err(_) => q.failed = true,
+                }
+                let failed = q.failed;
+                drop(q);
+                changed.notify_all();
+                if failed {
+                    return;
                 }
             }
         })?;
-        Ok(Syncer { requests })
+        Ok(StoreWriter { jobs, written, queue })
     }
 
-    /// Asks for an fsync; one already queued covers this request too.
-    fn request(&self) {
-        let _ = self.requests.try_send(());
+    /// Hands a confirmed flush over; waits while the queue is full.
+    pub(crate) fn submit(&self, staged: StagedFlush) -> Result<(), StreamError> {
+        let (lock, _) = &*self.queue;
+        {
+            let mut q = lock.lock().expect("writer queue lock");
+            if q.failed {
+                return Err(StreamError::StoreFailed);
+            }
+            q.queued += 1;
+        }
+        self.jobs.send(staged).map_err(|_| StreamError::StoreFailed)
+    }
+
+    /// Offsets of the flushes written since the last call, oldest first.
+    pub(crate) fn take_written(&self) -> Vec<Vec<(i32, i64)>> {
+        self.written.try_iter().collect()
+    }
+
+    /// Waits until every flush handed over is written: before anything else
+    /// writes the store or reads a partition back from it.
+    pub(crate) fn wait_idle(&self) -> Result<(), StreamError> {
+        let (lock, changed) = &*self.queue;
+        let mut q = lock.lock().expect("writer queue lock");
+        while q.queued > 0 && !q.failed {
+            q = changed.wait(q).expect("writer queue lock");
+        }
+        if q.failed {
+            Err(StreamError::StoreFailed)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -288,6 +329,7 @@ pub(crate) struct Engine {
     /// Generation of the records sent now; a flush takes it and moves it on.
     generation: u64,
     in_flight: Option<StagedFlush>,
+    writer: StoreWriter,
 }
 
 impl Engine {
@@ -296,6 +338,7 @@ impl Engine {
         store: Arc<Store>,
         producer: Arc<BaseProducer<DeliveryContext>>,
         shared: Arc<Shared>,
+        writer: StoreWriter,
     ) -> Self {
         Engine {
             config,
@@ -310,6 +353,7 @@ impl Engine {
             pending: 0,
             generation: 0,
             in_flight: None,
+            writer,
         }
     }
 
@@ -399,7 +443,9 @@ impl Engine {
         deadline: Option<Instant>,
         stop: &dyn Fn() -> bool,
     ) -> Result<Option<Vec<(i32, i64)>>, StreamError> {
-        let mut written: BTreeMap<i32, i64> = BTreeMap::new();
+        // Flushes already confirmed go first, and their offsets with these.
+        self.writer.wait_idle()?;
+        let mut written: BTreeMap<i32, i64> = self.writer.take_written().into_iter().flatten().collect();
         for _ in 0..2 {
             if self.in_flight.is_none() {
                 let Some(deltas) = self.flush_begin() else { break };
@@ -407,7 +453,7 @@ impl Engine {
             }
             let staged = self.in_flight.take().expect("a flush in flight");
             await_delivery(&self.producer, &self.shared, deadline, stop)?;
-            written.extend(staged.commit(&self.store, &self.shared.metrics, None)?);
+            written.extend(staged.commit(&self.store, &self.shared.metrics)?);
         }
         Ok((!written.is_empty()).then(|| written.into_iter().collect()))
     }
@@ -469,11 +515,25 @@ impl Engine {
         Some(DeltaBatch { generation, records: self.deltas.drain() })
     }
 
-    /// The flush in flight, once the broker has settled every record it
-    /// depends on (its deltas and every earlier DLQ record).
-    pub(crate) fn take_confirmed(&mut self) -> Option<StagedFlush> {
-        let generation = self.in_flight.as_ref()?.generation;
-        self.producer.context().settled_through(generation).then(|| self.in_flight.take()).flatten()
+    /// Hands the flush in flight to the store writer once the broker has
+    /// settled every record it depends on (its deltas and every earlier DLQ
+    /// record). Waits only while the writer's queue is full. Returns whether
+    /// it handed one over.
+    pub(crate) fn write_confirmed(&mut self) -> Result<bool, StreamError> {
+        let Some(generation) = self.in_flight.as_ref().map(|f| f.generation) else { return Ok(false) };
+        if !self.producer.context().settled_through(generation) {
+            return Ok(false);
+        }
+        let staged = self.in_flight.take().expect("checked above");
+        self.writer.submit(staged)?;
+        Ok(true)
+    }
+
+    /// Offsets the store writer has made durable since the last call, merged
+    /// (the latest per partition), for the consumer's own commit.
+    pub(crate) fn take_written(&self) -> Vec<(i32, i64)> {
+        let merged: BTreeMap<i32, i64> = self.writer.take_written().into_iter().flatten().collect();
+        merged.into_iter().collect()
     }
 
     /// When the flush in flight took its deltas, if one is in flight.
@@ -497,6 +557,8 @@ impl Engine {
     pub(crate) fn assign(&mut self, tpl: &mut TopicPartitionList) -> Result<(), StreamError> {
         let topic = self.config.topics.events.clone();
         let partitions: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).collect();
+        // What the writer still holds may be this very partition's state.
+        self.writer.wait_idle()?;
         for partition in partitions {
             let loading = Instant::now();
             let (state, checkpoint) = self.store.load_partition(partition)?;

@@ -14,9 +14,12 @@
 //!    in one RocksDB `WriteBatch`; then produces the deltas;
 //! 2. keeps folding while the broker confirms them (and every earlier DLQ
 //!    record), tracked per flush generation;
-//! 3. once they are all confirmed, writes the staged batch; at checkpoint
-//!    boundaries (every second by default) a thread of its own fsyncs it;
-//! 4. commits the same offsets to Kafka, only so that lag shows in tools.
+//! 3. once they are all confirmed, hands the staged batch to the store
+//!    writer, a thread of its own, which writes batches in order and fsyncs
+//!    at checkpoint boundaries (every second by default), so neither a large
+//!    memtable insert nor an fsync stalls the poll loop; after a failed
+//!    write it writes nothing more;
+//! 4. commits the offsets written to Kafka, only so that lag shows in tools.
 //!
 //! One flush is in flight at a time. If the broker stops confirming, the
 //! worker folds on until twice `max_pending_records` are waiting, then
@@ -27,7 +30,8 @@
 //! assignment the consumer starts each partition at the offset stored in
 //! RocksDB, not at Kafka's committed offset. On revocation the worker
 //! completes the flush in flight, flushes the rest and checkpoints before the
-//! rebalance callback returns.
+//! rebalance callback returns; it first waits for the store writer, and so
+//! does an assignment before it reads a partition back.
 //!
 //! The settings topic is a global table: every worker reads all of it before
 //! it folds any event, then follows it live.

@@ -1,7 +1,7 @@
 //! The worker thread: a `BaseConsumer` poll loop, its rebalance handling, and
 //! shutdown.
 
-use crate::engine::{decode, offset_list, DeliveryContext, Engine, Syncer};
+use crate::engine::{decode, offset_list, DeliveryContext, Engine, StoreWriter};
 use crate::settings::{settle, SettingsReader};
 use crate::{Metrics, StreamError};
 use parking_lot::{Mutex as EngineLock, RwLock};
@@ -250,7 +250,8 @@ fn run_inner(
             .create_with_context(DeliveryContext::new(shared.clone()))?,
     );
 
-    let mut engine = Engine::new(config.clone(), store.clone(), producer.clone(), shared.clone());
+    let writer = StoreWriter::start(store.clone(), shared.clone()).map_err(StreamError::Spawn)?;
+    let mut engine = Engine::new(config.clone(), store.clone(), producer.clone(), shared.clone(), writer);
     let mut table = SettingsTable::default();
     let settings = SettingsReader::bootstrap(&config, &mut table, shared, stop, &mut |m, e| engine.dead_letter(m, e))?;
     *shared.settings.write() = table;
@@ -287,7 +288,6 @@ fn run_inner(
     consumer.subscribe(&[&config.topics.events])?;
     tracing::info!(topic = %config.topics.events, group = %config.group_id, "worker subscribed");
 
-    let syncer = Syncer::start(store.clone(), shared.clone()).map_err(StreamError::Spawn)?;
     let mut next_flush = Instant::now() + config.flush_interval;
     let mut next_gauges = Instant::now();
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -346,17 +346,24 @@ fn run_inner(
         producer.poll(Duration::ZERO);
 
         // Step 3 of the flush in flight, once the broker confirmed its deltas:
-        // the RocksDB write happens outside the lock.
-        let confirmed = engine.lock().as_mut().and_then(Engine::take_confirmed);
-        if let Some(staged) = confirmed {
-            match staged.commit(&store, &shared.metrics, Some(&syncer)) {
-                Ok(offsets) => {
-                    if let Ok(offsets) = offset_list(&config.topics.events, &offsets) {
-                        let _ = consumer.commit(&offsets, CommitMode::Async);
-                    }
-                }
-                Err(err) => break Err(err),
+        // the store writer thread writes it. Offsets it has made durable are
+        // committed to the group too (for lag; the store's copy is the truth).
+        let (confirmed, written) = {
+            let mut guard = engine.lock();
+            let e = guard.as_mut().expect("engine present while running");
+            (e.write_confirmed(), e.take_written())
+        };
+        if !written.is_empty() {
+            if let Ok(offsets) = offset_list(&config.topics.events, &written) {
+                let _ = consumer.commit(&offsets, CommitMode::Async);
             }
+        }
+        let confirmed = match confirmed {
+            Ok(confirmed) => confirmed,
+            Err(err) => break Err(err),
+        };
+        if confirmed {
+            // Handed to the store writer.
         } else if let Some(since) = in_flight {
             if since.elapsed() >= BLOCKED_AFTER && !blocked_warned {
                 blocked_warned = true;
