@@ -9,8 +9,14 @@
 //!   of the same reads (ids pre-interned for it), in the same run.
 //!
 //! `cargo bench --bench fold`
+//!
+//! The same reads can also be counted instead of timed, which the shared,
+//! noisy machines this runs on cannot disturb: `benches/fold_counts.sh` runs
+//! this binary under callgrind with `RECEIPTD_FOLD_COUNTED=hot|uniform` and
+//! reports instructions and simulated cache misses per read (on 100,000
+//! messages, so that valgrind finishes in minutes).
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
 use receiptd_loadgen::{Rng, Traffic, TrafficShape};
 use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent};
@@ -69,23 +75,34 @@ fn member(group: u64, k: u64) -> u64 {
     group * GROUP_SIZE + k
 }
 
+/// The live state's size: messages, and the groups they are spread over.
+#[derive(Clone, Copy)]
+struct Shape {
+    messages: u64,
+    groups: u64,
+}
+
+const TIMED: Shape = Shape { messages: MESSAGES, groups: GROUPS };
+/// Small enough for valgrind; the hot window is the same 1,000 messages.
+const COUNTED: Shape = Shape { messages: 100_000, groups: 1_000 };
+
 /// A read: (message, reader), both as numbers; the reader is a member of the
 /// message's group other than its sender (member 0).
-fn reads(hot: bool, seed: u64) -> Vec<(u64, u64)> {
+fn reads(shape: Shape, hot: bool, seed: u64, n: usize) -> Vec<(u64, u64)> {
     let mut rng = Rng::new(seed);
-    (0..CHUNK * CHUNKS)
+    (0..n)
         .map(|_| {
-            let m = if hot { MESSAGES - 1 - rng.below(HOT_WINDOW) } else { rng.below(MESSAGES) };
-            (m, member(m % GROUPS, 1 + rng.below(GROUP_SIZE - 1)))
+            let m = if hot { shape.messages - 1 - rng.below(HOT_WINDOW) } else { rng.below(shape.messages) };
+            (m, member(m % shape.groups, 1 + rng.below(GROUP_SIZE - 1)))
         })
         .collect()
 }
 
-fn read_event(m: u64, reader: u64) -> Event {
+fn read_event(shape: Shape, m: u64, reader: u64) -> Event {
     Event::MessageRead(MessageRead {
         app_id: APP.into(),
         reader: format!("u{reader}"),
-        conversation: Conversation::Group { group_id: format!("g{}", m % GROUPS) },
+        conversation: Conversation::Group { group_id: format!("g{}", m % shape.groups) },
         msg_ids: vec![format!("m{m}")],
         read_at: 2,
         private: false,
@@ -93,10 +110,10 @@ fn read_event(m: u64, reader: u64) -> Event {
 }
 
 /// The state with every group and message in place.
-fn live_state(settings: &SettingsTable, limits: &Limits) -> PartitionState {
+fn live_state(shape: Shape, settings: &SettingsTable, limits: &Limits) -> PartitionState {
     let mut state = PartitionState::new();
     let mut fx = Effects::default();
-    for g in 0..GROUPS {
+    for g in 0..shape.groups {
         let e = Event::GroupMembers(GroupMembers {
             app_id: APP.into(),
             group_id: format!("g{g}"),
@@ -107,8 +124,8 @@ fn live_state(settings: &SettingsTable, limits: &Limits) -> PartitionState {
         });
         state.apply(settings, limits, &e, 1, &mut fx);
     }
-    for m in 0..MESSAGES {
-        let g = m % GROUPS;
+    for m in 0..shape.messages {
+        let g = m % shape.groups;
         let e = Event::MessageSent(MessageSent {
             app_id: APP.into(),
             msg_id: format!("m{m}"),
@@ -167,10 +184,10 @@ fn reads_bench(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(5));
     for (name, hot) in [("hot_window", true), ("uniform_1m_messages", false)] {
-        let numbers = reads(hot, 7);
-        let events: Vec<Event> = numbers.iter().map(|&(m, r)| read_event(m, r)).collect();
+        let numbers = reads(TIMED, hot, 7, CHUNK * CHUNKS);
+        let events: Vec<Event> = numbers.iter().map(|&(m, r)| read_event(TIMED, m, r)).collect();
 
-        let mut state = live_state(&settings, &limits);
+        let mut state = live_state(TIMED, &settings, &limits);
         let mut next = 0;
         group.bench_function(format!("receiptd/{name}"), |b| {
             b.iter_custom(|iters| {
@@ -214,5 +231,41 @@ fn reads_bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// Folds `events`, taking receipts every 1,000 as the timed bench does. Not
+/// inlined: callgrind counts this function alone.
+#[inline(never)]
+fn counted_reads(state: &mut PartitionState, settings: &SettingsTable, limits: &Limits, events: &[Event]) {
+    let mut fx = Effects::default();
+    let mut deltas = DeltaBuffer::new();
+    for (i, e) in events.iter().enumerate() {
+        state.apply(settings, limits, e, 2, &mut fx);
+        if i % 1_000 == 999 {
+            flush(state, settings, &mut deltas);
+        }
+    }
+}
+
+/// One pass of 200,000 reads, for callgrind (see the module docs).
+fn counted(case: &str) {
+    let hot = match case {
+        "hot" => true,
+        "uniform" => false,
+        other => panic!("RECEIPTD_FOLD_COUNTED={other}: expected hot or uniform"),
+    };
+    let (settings, limits) = (SettingsTable::default(), Limits::default());
+    let mut state = live_state(COUNTED, &settings, &limits);
+    let events: Vec<Event> = reads(COUNTED, hot, 7, 200_000).iter().map(|&(m, r)| read_event(COUNTED, m, r)).collect();
+    counted_reads(&mut state, &settings, &limits, &events);
+    println!("folded {} {case} reads", events.len());
+}
+
 criterion_group!(benches, demo_mix, reads_bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(case) = std::env::var("RECEIPTD_FOLD_COUNTED") {
+        counted(&case);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

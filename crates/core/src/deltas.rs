@@ -1,7 +1,9 @@
 //! Coalescing receipts into delta records: one record per recipient per flush.
 
+use hashbrown::HashTable;
 use receiptd_wire::{DeltaRecord, Receipt};
-use rustc_hash::FxHashMap;
+use rustc_hash::FxBuildHasher;
+use std::hash::BuildHasher;
 
 /// One receipt for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,9 +19,15 @@ pub struct ReceiptChange {
 /// Groups receipts by recipient across partitions, in order of first receipt.
 #[derive(Debug, Default)]
 pub struct DeltaBuffer {
-    index: FxHashMap<(String, String), usize>,
+    /// Indexes into `records`, hashed by (app, recipient). The record holds
+    /// the strings: a recipient's ids are moved in once, never cloned.
+    index: HashTable<usize>,
     records: Vec<DeltaRecord>,
     receipts: usize,
+}
+
+fn recipient_hash(app: &str, to: &str) -> u64 {
+    FxBuildHasher.hash_one((app, to))
 }
 
 impl DeltaBuffer {
@@ -41,15 +49,22 @@ impl DeltaBuffer {
     /// Adds one receipt.
     pub fn push(&mut self, change: ReceiptChange) {
         let ReceiptChange { app, to, receipt } = change;
-        let records = &mut self.records;
-        let i = *self.index.entry((app, to)).or_insert_with_key(|(app, to)| {
-            records.push(DeltaRecord { app_id: app.clone(), to: to.clone(), receipts: Vec::new() });
-            records.len() - 1
-        });
+        let DeltaBuffer { index, records, receipts } = self;
+        let hash = recipient_hash(&app, &to);
+        let same = |&i: &usize| records[i].app_id == app && records[i].to == to;
+        let i = match index.find(hash, same) {
+            Some(&i) => i,
+            None => {
+                let i = records.len();
+                index.insert_unique(hash, i, |&j| recipient_hash(&records[j].app_id, &records[j].to));
+                records.push(DeltaRecord { app_id: app, to, receipts: Vec::new() });
+                i
+            }
+        };
         // take_receipts yields each message (and each mark) once per call, so
         // appending is enough: no receipt of one message repeats in a flush.
-        self.records[i].receipts.push(receipt);
-        self.receipts += 1;
+        records[i].receipts.push(receipt);
+        *receipts += 1;
     }
 
     /// Takes every record, in order of first receipt.

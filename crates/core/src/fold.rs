@@ -135,9 +135,10 @@ impl PartitionState {
     /// Receipts for users who may not receive them (reciprocal privacy) are
     /// dropped here.
     pub fn take_receipts(&mut self, settings: &SettingsTable) -> Vec<ReceiptChange> {
-        let pending = std::mem::take(&mut self.pending_receipts);
+        // Drained in place: its capacity serves the next flush.
+        let mut pending = std::mem::take(&mut self.pending_receipts);
         let mut out = Vec::with_capacity(pending.len());
-        for key in pending {
+        for key in pending.drain(..) {
             match key {
                 DirtyKey::Message { app, msg_id } => {
                     let Some(app_state) = self.apps.get(&app) else { continue };
@@ -178,6 +179,8 @@ impl PartitionState {
                 _ => {}
             }
         }
+        pending.shrink_to(crate::state::RETAINED_KEYS);
+        self.pending_receipts = pending;
         out
     }
 
@@ -218,9 +221,7 @@ impl PartitionState {
                 group.meta.group_type = e.group_type;
                 let keep: FxHashSet<&str> = e.members.iter().map(String::as_str).collect();
                 for ordinal in 0..group.users.len() as u32 {
-                    if group.since[ordinal as usize] != NOT_A_MEMBER
-                        && !keep.contains(group.users[ordinal as usize].as_str())
-                    {
+                    if group.since[ordinal as usize] != NOT_A_MEMBER && !keep.contains(group.users.name(ordinal)) {
                         leave(group, ordinal);
                         touched.push(ordinal);
                     }
@@ -492,10 +493,8 @@ fn join(group: &mut Group, user: &str, epoch: u32) -> Option<u32> {
         Some(o) if group.since[o as usize] != NOT_A_MEMBER => return None,
         Some(o) => o,
         None => {
-            let o = group.users.len() as u32;
-            group.users.push(user.to_owned());
+            let o = group.users.push(user);
             group.since.push(NOT_A_MEMBER);
-            group.ordinal_of.insert(user.to_owned(), o);
             o
         }
     };
@@ -618,7 +617,7 @@ fn untracked_reason(tracking: Tracking) -> Option<ReadResult> {
 /// Whether a reader is revealed now: not hidden at read time, and the reader's
 /// receipts are on today (a user with receipts off is never revealed).
 fn revealed_now(settings: &SettingsTable, app_id: &str, group: &Group, r: &ReadMark) -> bool {
-    !r.hidden && settings.receipts_on(app_id, &group.users[r.ordinal as usize])
+    !r.hidden && settings.receipts_on(app_id, group.users.name(r.ordinal))
 }
 
 /// Eligible members not revealed as readers: members since the audience

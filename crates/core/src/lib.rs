@@ -26,6 +26,7 @@
 mod deltas;
 mod fenwick;
 mod fold;
+mod members;
 mod query;
 mod settings;
 mod sharded;

@@ -163,7 +163,7 @@ impl AppView {
         let MessageTarget::Group { audience_epoch, .. } = &m.target else { return Err(QueryRefusal::NotFound) };
         let group_guard = self.groups.get(group_id).ok_or(QueryRefusal::NotFound)?;
         let group = &*group_guard;
-        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, &group.users[r.ordinal as usize]);
+        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, group.users.name(r.ordinal));
         let start = after.map_or(0, |a| a + 1);
         let candidates: Box<dyn Iterator<Item = (u32, Option<u64>)> + '_> = match filter {
             MemberFilter::Read => {
@@ -184,7 +184,7 @@ impl AppView {
         let mut members = Vec::with_capacity(count.min(1024));
         let mut last = None;
         for (ordinal, read_at) in candidates.by_ref().take(count) {
-            members.push((group.users[ordinal as usize].clone(), read_at));
+            members.push((group.users.name(ordinal).to_owned(), read_at));
             last = Some(ordinal);
         }
         let finished = candidates.peek().is_none();

@@ -11,48 +11,52 @@
 //! Guards must not nest within one map: a thread that holds a shard and asks
 //! for it again (even to read) can deadlock. Take a value, use it, drop it.
 
+use hashbrown::hash_table::{Entry, HashTable};
 use parking_lot::{MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxBuildHasher;
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
 const SHARDS: usize = 256;
 
-/// A map of `K` to `V` in 256 independently locked hash maps.
+/// A map of `K` to `V` in 256 independently locked hash tables. A key is
+/// hashed once per call: the same hash picks the shard and the bucket.
 #[derive(Debug)]
 pub struct ShardedMap<K, V> {
-    shards: Box<[RwLock<FxHashMap<K, V>>]>,
+    shards: Box<[RwLock<HashTable<(K, V)>>]>,
 }
 
 impl<K, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
-        ShardedMap { shards: (0..SHARDS).map(|_| RwLock::new(FxHashMap::default())).collect() }
+        ShardedMap { shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect() }
     }
 }
 
-/// The shard of a key. Bits 24..32 of the hash: the inner maps use the low
-/// bits for the bucket and the top 7 for their control bytes, which must
-/// still vary inside one shard.
-fn shard_of<Q: Hash + ?Sized>(key: &Q) -> usize {
-    ((FxBuildHasher.hash_one(key) >> 24) as usize) & (SHARDS - 1)
+fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
+    FxBuildHasher.hash_one(key)
+}
+
+/// The shard of a hash. Bits 24..32: the tables use the low bits for the
+/// bucket and the top 7 for their control bytes, which must still vary
+/// inside one shard.
+fn shard_of(hash: u64) -> usize {
+    ((hash >> 24) as usize) & (SHARDS - 1)
+}
+
+fn rehash<K: Hash, V>(entry: &(K, V)) -> u64 {
+    hash_of(&entry.0)
 }
 
 impl<K: Hash + Eq, V> ShardedMap<K, V> {
-    fn read_shard<Q: Hash + ?Sized>(&self, key: &Q) -> RwLockReadGuard<'_, FxHashMap<K, V>> {
-        self.shards[shard_of(key)].read()
-    }
-
-    fn write_shard<Q: Hash + ?Sized>(&self, key: &Q) -> RwLockWriteGuard<'_, FxHashMap<K, V>> {
-        self.shards[shard_of(key)].write()
-    }
-
     /// The value of `key`, read-locked until the guard drops.
     pub fn get<Q>(&self, key: &Q) -> Option<MappedRwLockReadGuard<'_, V>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        RwLockReadGuard::try_map(self.read_shard(key), |shard| shard.get(key)).ok()
+        let hash = hash_of(key);
+        let shard = self.shards[shard_of(hash)].read();
+        RwLockReadGuard::try_map(shard, |t| t.find(hash, |(k, _)| k.borrow() == key).map(|(_, v)| v)).ok()
     }
 
     /// The value of `key`, write-locked until the guard drops.
@@ -61,12 +65,19 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        RwLockWriteGuard::try_map(self.write_shard(key), |shard| shard.get_mut(key)).ok()
+        let hash = hash_of(key);
+        let shard = self.shards[shard_of(hash)].write();
+        RwLockWriteGuard::try_map(shard, |t| t.find_mut(hash, |(k, _)| k.borrow() == key).map(|(_, v)| v)).ok()
     }
 
     /// The value of `key`, inserted by `make` if absent; write-locked.
     pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> MappedRwLockWriteGuard<'_, V> {
-        RwLockWriteGuard::map(self.write_shard(&key), |shard| shard.entry(key).or_insert_with(make))
+        let hash = hash_of(&key);
+        let shard = self.shards[shard_of(hash)].write();
+        RwLockWriteGuard::map(shard, |t| match t.entry(hash, |(k, _)| *k == key, rehash) {
+            Entry::Occupied(e) => &mut e.into_mut().1,
+            Entry::Vacant(e) => &mut e.insert((key, make())).into_mut().1,
+        })
     }
 
     /// Whether `key` is present.
@@ -75,12 +86,21 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.read_shard(key).contains_key(key)
+        let hash = hash_of(key);
+        self.shards[shard_of(hash)].read().find(hash, |(k, _)| k.borrow() == key).is_some()
     }
 
     /// Inserts, returning the value replaced.
     pub fn insert(&self, key: K, value: V) -> Option<V> {
-        self.write_shard(&key).insert(key, value)
+        let hash = hash_of(&key);
+        let mut shard = self.shards[shard_of(hash)].write();
+        match shard.entry(hash, |(k, _)| *k == key, rehash) {
+            Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().1, value)),
+            Entry::Vacant(e) => {
+                e.insert((key, value));
+                None
+            }
+        }
     }
 
     /// Removes `key`, returning its value.
@@ -89,13 +109,15 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.write_shard(key).remove(key)
+        let hash = hash_of(key);
+        let mut shard = self.shards[shard_of(hash)].write();
+        shard.find_entry(hash, |(k, _)| k.borrow() == key).ok().map(|e| e.remove().0 .1)
     }
 
     /// Keeps only the entries `keep` says yes to, one shard at a time.
     pub fn retain(&self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         for shard in self.shards.iter() {
-            shard.write().retain(&mut keep);
+            shard.write().retain(|(k, v)| keep(k, v));
         }
     }
 
@@ -164,7 +186,7 @@ mod tests {
     fn a_reader_of_one_shard_does_not_wait_for_a_writer_of_another() {
         let m: std::sync::Arc<ShardedMap<u32, u32>> = Default::default();
         let a = 0u32;
-        let b = (1u32..).find(|k| shard_of(k) != shard_of(&a)).unwrap();
+        let b = (1u32..).find(|k| shard_of(hash_of(k)) != shard_of(hash_of(&a))).unwrap();
         m.insert(a, 1);
         m.insert(b, 2);
         let held = m.get_mut(&a).unwrap();

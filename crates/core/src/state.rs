@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+/// Most keys of spare capacity the dirty and pending lists keep between
+/// flushes.
+pub(crate) const RETAINED_KEYS: usize = 1024;
+
 /// `since` of an ordinal that is not a member now.
 pub const NOT_A_MEMBER: u32 = u32::MAX;
 
@@ -28,8 +32,8 @@ pub struct GroupMeta {
 #[derive(Debug)]
 pub(crate) struct Group {
     pub(crate) meta: GroupMeta,
-    pub(crate) ordinal_of: FxHashMap<String, u32>,
-    pub(crate) users: Vec<String>,
+    /// Member names by ordinal, and ordinals by name.
+    pub(crate) users: crate::members::MemberNames,
     /// ordinal -> epoch the current membership began, or [`NOT_A_MEMBER`].
     pub(crate) since: Vec<u32>,
     /// Current members counted by their `since` epoch.
@@ -45,8 +49,7 @@ impl Group {
         by_epoch.push(0);
         Group {
             meta: GroupMeta { group_type, epoch: 0 },
-            ordinal_of: FxHashMap::default(),
-            users: Vec::new(),
+            users: Default::default(),
             since: Vec::new(),
             by_epoch,
             member_count: 0,
@@ -66,7 +69,7 @@ impl Group {
     }
 
     pub(crate) fn ordinal(&self, user: &str) -> Option<u32> {
-        self.ordinal_of.get(user).copied()
+        self.users.ordinal(user)
     }
 }
 
@@ -378,18 +381,18 @@ impl AppView {
         if m.tracking != Tracking::Tracked {
             return None;
         }
-        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, &group.users[r.ordinal as usize]);
+        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, group.users.name(r.ordinal));
         let read = m
             .readers
             .iter()
             .filter(|r| revealed(r))
-            .map(|r| (group.users[r.ordinal as usize].clone(), r.read_at))
+            .map(|r| (group.users.name(r.ordinal).to_owned(), r.read_at))
             .collect();
         let sender = group.ordinal(&m.sender);
         let unread = (0..group.users.len() as u32)
             .filter(|&o| group.member_since(o, *audience_epoch) && Some(o) != sender)
             .filter(|&o| m.read_mark(o).is_none_or(|r| !revealed(r)))
-            .map(|o| group.users[o as usize].clone())
+            .map(|o| group.users.name(o).to_owned())
             .collect();
         Some((read, unread))
     }
@@ -399,7 +402,9 @@ impl AppView {
 /// read its [`PartitionView`] at the same time.
 #[derive(Debug, Default)]
 pub struct PartitionState {
-    pub(crate) apps: FxHashMap<String, AppState>,
+    /// hashbrown's map for `entry_ref`: the fold finds an app with one
+    /// lookup per event, and allocates its id only when it is new.
+    pub(crate) apps: hashbrown::HashMap<String, AppState, rustc_hash::FxBuildHasher>,
     pub(crate) view: Arc<PartitionView>,
     /// Highest record timestamp folded; the fold's only clock.
     pub(crate) watermark: u64,
@@ -503,7 +508,11 @@ impl PartitionState {
 
     /// Takes the keys of every entity changed since the last call, each once.
     pub fn take_dirty(&mut self) -> Vec<DirtyKey> {
-        let keys = std::mem::take(&mut self.dirty);
+        // Room for a usual flush's keys, so that the next flush seldom grows
+        // it (a key is ~100 bytes; each growth copies them all), but never
+        // more than [`RETAINED_KEYS`]: one huge flush must not pin memory.
+        let next = Vec::with_capacity(self.dirty.len().min(RETAINED_KEYS));
+        let keys = std::mem::replace(&mut self.dirty, next);
         for key in &keys {
             match key {
                 DirtyKey::Group { app, group_id } | DirtyKey::Member { app, group_id, .. } => {
@@ -544,7 +553,7 @@ impl PartitionState {
                 app(a).and_then(|s| s.view.groups.get(group_id)).and_then(|g| {
                     let i = *ordinal as usize;
                     let since = *g.since.get(i)?;
-                    let user = MappedRwLockReadGuard::map(g, |g| g.users[i].as_str());
+                    let user = MappedRwLockReadGuard::map(g, |g| g.users.name(*ordinal));
                     Some(EntityRef::Member(user, since))
                 })
             }
@@ -578,13 +587,11 @@ impl PartitionState {
         let view = &self.app_mut(app).view;
         let mut g = view.groups.get_or_insert_with(group_id.to_owned(), || Group::new(None));
         let i = ordinal as usize;
-        if g.users.len() <= i {
-            g.users.resize(i + 1, String::new());
+        if g.since.len() <= i {
             g.since.resize(i + 1, NOT_A_MEMBER);
         }
-        g.users[i] = user.to_owned();
+        g.users.set(ordinal, user);
         g.since[i] = since;
-        g.ordinal_of.insert(user.to_owned(), ordinal);
     }
 
     /// Restores a message.
@@ -640,14 +647,13 @@ impl PartitionState {
 /// An app's state, created (and shown to queries) on first use. Takes the
 /// fields apart so that the fold can borrow the rest of the partition too.
 pub(crate) fn app_entry<'a>(
-    apps: &'a mut FxHashMap<String, AppState>,
+    apps: &'a mut hashbrown::HashMap<String, AppState, rustc_hash::FxBuildHasher>,
     view: &PartitionView,
     app: &str,
 ) -> &'a mut AppState {
-    if !apps.contains_key(app) {
+    apps.entry_ref(app).or_insert_with(|| {
         let state = AppState::default();
         view.apps.write().insert(app.to_owned(), state.view.clone());
-        apps.insert(app.to_owned(), state);
-    }
-    apps.get_mut(app).expect("inserted above")
+        state
+    })
 }

@@ -1,0 +1,120 @@
+//! A group's member names by ordinal: every name in one buffer, and an index
+//! from name to ordinal that holds only ordinals.
+//!
+//! Looking a reader up is the fold's commonest step. With a map of owned
+//! strings each probe follows a pointer to a separate heap string, and a
+//! thousand busy groups of 32 no longer fit in L2. Here a group's names sit
+//! side by side, the index holds 4 bytes per member, and a lookup touches a
+//! few adjacent cache lines. For a 100,000-member group it also saves about
+//! 50 bytes per member.
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
+use std::hash::BuildHasher;
+
+/// Member names by ordinal, with a name -> ordinal index.
+#[derive(Debug, Default)]
+pub(crate) struct MemberNames {
+    /// Every name, back to back.
+    bytes: String,
+    /// End of each ordinal's name in `bytes`.
+    ends: Vec<u32>,
+    /// Ordinals, hashed by their name.
+    index: HashTable<u32>,
+}
+
+fn hash_of(name: &str) -> u64 {
+    FxBuildHasher.hash_one(name)
+}
+
+impl MemberNames {
+    /// Ordinals handed out so far.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The name of `ordinal`; panics if it was never handed out.
+    pub(crate) fn name(&self, ordinal: u32) -> &str {
+        let i = ordinal as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
+    }
+
+    /// The ordinal of `name`, if it has one.
+    pub(crate) fn ordinal(&self, name: &str) -> Option<u32> {
+        self.index.find(hash_of(name), |&o| self.name(o) == name).copied()
+    }
+
+    /// Hands `name` the next ordinal. The caller checks it has none yet.
+    pub(crate) fn push(&mut self, name: &str) -> u32 {
+        let ordinal = self.ends.len() as u32;
+        self.bytes.push_str(name);
+        self.ends.push(self.bytes.len() as u32);
+        let MemberNames { bytes, ends, index } = self;
+        let name_of = |o: u32| {
+            let i = o as usize;
+            let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+            hash_of(&bytes[start..ends[i] as usize])
+        };
+        index.insert_unique(hash_of(name), ordinal, |&o| name_of(o));
+        ordinal
+    }
+
+    /// Sets the name of `ordinal` (restoring from storage, where slots come
+    /// in ordinal order; any other order rebuilds the buffer). Ordinals
+    /// skipped over get empty names until their own slot arrives.
+    pub(crate) fn set(&mut self, ordinal: u32, name: &str) {
+        let i = ordinal as usize;
+        if i == self.len() {
+            self.push(name);
+            return;
+        }
+        let mut names: Vec<String> = (0..self.len() as u32).map(|o| self.name(o).to_owned()).collect();
+        if names.len() <= i {
+            names.resize(i + 1, String::new());
+        }
+        names[i] = name.to_owned();
+        *self = MemberNames::default();
+        for n in &names {
+            self.push(n);
+        }
+    }
+
+    /// Heap bytes held, roughly.
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.ends.capacity() * 4 + self.index.capacity() * 5
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ordinals_round_trip() {
+        let mut m = MemberNames::default();
+        for k in 0..1_000u32 {
+            assert_eq!(m.push(&format!("user-{k}")), k);
+        }
+        for k in 0..1_000u32 {
+            assert_eq!(m.name(k), format!("user-{k}"));
+            assert_eq!(m.ordinal(&format!("user-{k}")), Some(k));
+        }
+        assert_eq!(m.ordinal("user-1000"), None);
+        assert_eq!(m.ordinal("user-1"), Some(1), "a prefix of another name is not that name");
+        assert!(m.heap_bytes() < 1_000 * 24, "names share one buffer: {} bytes", m.heap_bytes());
+    }
+
+    #[test]
+    fn restoring_out_of_order_gives_the_same_table() {
+        let mut m = MemberNames::default();
+        m.set(2, "c");
+        m.set(0, "a");
+        m.set(1, "b");
+        m.set(3, "d");
+        assert_eq!((0..4).map(|o| m.name(o)).collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+        assert_eq!(m.ordinal("c"), Some(2));
+        assert_eq!(m.ordinal("a"), Some(0));
+    }
+}
