@@ -99,6 +99,8 @@ pub struct Store {
     path: PathBuf,
     /// Writes allowed before the failpoint fails them, if set.
     fail_after: Option<u64>,
+    /// The failpoint fails one write only, not every later one.
+    fail_once: bool,
     writes: std::sync::atomic::AtomicU64,
 }
 
@@ -133,14 +135,23 @@ impl Store {
         if let Some(n) = fail_after {
             tracing::warn!(writes = n, "test failpoint {FAILPOINT_WRITES_ENV} set: writes after these will fail");
         }
-        Ok(Store { db, path: dir.to_owned(), fail_after, writes: Default::default() })
+        Ok(Store { db, path: dir.to_owned(), fail_after, fail_once: false, writes: Default::default() })
+    }
+
+    /// Fails the write after the next `writes`, and only that one: a
+    /// transient fault, for tests in one process that check nothing after
+    /// a failed write is written even when the store would take it.
+    #[doc(hidden)]
+    pub fn fail_one_write_after(&mut self, writes: u64) {
+        self.fail_after = Some(writes);
+        self.fail_once = true;
     }
 
     /// Opens an existing store read-only (for inspection while no worker runs).
     pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
         let db = DB::open_for_read_only(&Options::default(), dir, false)
             .map_err(|source| StoreError::Rocks { path: dir.to_owned(), source })?;
-        Ok(Store { db, path: dir.to_owned(), fail_after: None, writes: Default::default() })
+        Ok(Store { db, path: dir.to_owned(), fail_after: None, fail_once: false, writes: Default::default() })
     }
 
     fn rocks(&self, source: rocksdb::Error) -> StoreError {
@@ -247,7 +258,8 @@ impl Store {
     /// Writes a batch atomically. Not fsynced: see [`Store::sync`].
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         if let Some(n) = self.fail_after {
-            if self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= n {
+            let write = self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if write == n || (write > n && !self.fail_once) {
                 return Err(StoreError::Injected { path: self.path.clone() });
             }
         }

@@ -630,3 +630,68 @@ impl Engine {
         self.shared.metrics.store_bytes.store(self.store.size_bytes() as i64, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use receiptd_store::StoreOptions;
+
+    /// A flush of partition 0 that moves its checkpoint to `next_offset`.
+    fn staged(store: &Store, next_offset: i64) -> StagedFlush {
+        let mut batch = receiptd_store::WriteBatch::default();
+        store.stage(&mut batch, 0, &mut PartitionState::new(), next_offset);
+        StagedFlush {
+            generation: next_offset as u64,
+            batch,
+            offsets: vec![(0, next_offset)],
+            sync: next_offset % 2 == 0,
+            started: Instant::now(),
+            events: 1,
+            puts: 0,
+        }
+    }
+
+    fn checkpoint(store: &Store) -> Option<i64> {
+        store.load_partition(0).expect("load").1.map(|c| c.next_offset)
+    }
+
+    #[test]
+    fn the_store_writer_writes_flushes_in_order_and_reports_their_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+        let shared = Arc::new(Shared::default());
+        let writer = StoreWriter::start(store.clone(), shared.clone()).unwrap();
+        for next in 1..=20 {
+            writer.submit(staged(&store, next)).unwrap();
+        }
+        writer.wait_idle().unwrap();
+        assert_eq!(checkpoint(&store), Some(20), "the last flush handed over is the one on disk");
+        let written: Vec<i64> = writer.take_written().into_iter().flatten().map(|(_, next)| next).collect();
+        assert_eq!(written, (1..=20).collect::<Vec<_>>(), "every flush written, in order");
+        assert_eq!(shared.metrics.store_writes.load(Relaxed), 20);
+        assert_eq!(shared.metrics.store_syncs.load(Relaxed), 10, "fsynced only where the flush asked");
+    }
+
+    #[test]
+    fn after_a_failed_write_the_store_writer_writes_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        // Only the third write fails: the store would take the later ones.
+        store.fail_one_write_after(2);
+        let store = Arc::new(store);
+        let shared = Arc::new(Shared::default());
+        let writer = StoreWriter::start(store.clone(), shared.clone()).unwrap();
+        for next in 1..=6 {
+            // Refused once the writer has seen the failure: either is fine.
+            let _ = writer.submit(staged(&store, next));
+        }
+        assert!(matches!(writer.wait_idle(), Err(StreamError::StoreFailed)));
+        assert!(writer.submit(staged(&store, 7)).is_err(), "a failed writer takes no more work");
+        // Time for a writer that wrongly went on to write what it held.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(checkpoint(&store), Some(2), "nothing after the failed write reached the store");
+        assert!(shared.metrics.store_failed.load(Relaxed));
+        let written: Vec<i64> = writer.take_written().into_iter().flatten().map(|(_, next)| next).collect();
+        assert_eq!(written, vec![1, 2]);
+    }
+}
