@@ -529,7 +529,7 @@ impl Engine {
         Ok(true)
     }
 
-    /// Offsets the store writer has made durable since the last call, merged
+    /// Offsets the store writer has written since the last call, merged
     /// (the latest per partition), for the consumer's own commit.
     pub(crate) fn take_written(&self) -> Vec<(i32, i64)> {
         let merged: BTreeMap<i32, i64> = self.writer.take_written().into_iter().flatten().collect();

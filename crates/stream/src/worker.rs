@@ -346,7 +346,7 @@ fn run_inner(
         producer.poll(Duration::ZERO);
 
         // Step 3 of the flush in flight, once the broker confirmed its deltas:
-        // the store writer thread writes it. Offsets it has made durable are
+        // the store writer thread writes it. Offsets it has written are
         // committed to the group too (for lag; the store's copy is the truth).
         let (confirmed, written) = {
             let mut guard = engine.lock();
@@ -358,13 +358,11 @@ fn run_inner(
                 let _ = consumer.commit(&offsets, CommitMode::Async);
             }
         }
-        let confirmed = match confirmed {
-            Ok(confirmed) => confirmed,
+        let handed_over = match confirmed {
+            Ok(handed_over) => handed_over,
             Err(err) => break Err(err),
         };
-        if confirmed {
-            // Handed to the store writer.
-        } else if let Some(since) = in_flight {
+        if let (false, Some(since)) = (handed_over, in_flight) {
             if since.elapsed() >= BLOCKED_AFTER && !blocked_warned {
                 blocked_warned = true;
                 shared.producer_blocked.store(true, Relaxed);
