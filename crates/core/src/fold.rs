@@ -584,7 +584,11 @@ fn read_one(
             Some(group) => {
                 // The new reader was eligible and unread, so a fresh cache only
                 // moves by one; a stale one is recomputed from the readers.
-                if m.unread_cache.0 == group.meta.epoch {
+                // While someone is off, the count depends on who is: it is not
+                // cached, or a cache taken then would outlive their switch.
+                if ctx.settings.anyone_off(ctx.app_id) {
+                    m.unread_cache = crate::state::no_cache();
+                } else if m.unread_cache.0 == group.meta.epoch {
                     m.unread_cache.1 = m.unread_cache.1.saturating_sub(1);
                 } else {
                     m.unread_cache = (group.meta.epoch, compute_unread(ctx.settings, ctx.app_id, group, m));

@@ -142,8 +142,9 @@ pub struct MessageState {
     /// `version` says, fixed so that a replayed receipt is identical to the
     /// original whatever the flush windows were.
     pub receipt_counts: (u32, u32),
-    /// (group epoch, unread) computed at that epoch; recomputed when the
-    /// group's membership moves on. Derived, so never persisted.
+    /// (group epoch, unread) computed at that epoch while nobody in the app
+    /// had receipts off; recomputed when the group's membership moves on.
+    /// Derived, so never persisted.
     #[serde(skip, default = "no_cache")]
     pub(crate) unread_cache: (u32, u32),
     #[serde(skip)]
@@ -153,7 +154,7 @@ pub struct MessageState {
     pub(crate) delta_pending: bool,
 }
 
-fn no_cache() -> (u32, u32) {
+pub(crate) fn no_cache() -> (u32, u32) {
     (NOT_A_MEMBER, 0)
 }
 

@@ -512,6 +512,26 @@ fn a_user_with_receipts_off_is_never_revealed_and_such_reads_stay_hidden() {
 }
 
 #[test]
+fn an_unread_count_taken_while_someone_is_off_does_not_outlive_their_switch() {
+    // The model test found this: the unread count cached per membership
+    // epoch was also taken while a reader had receipts off, and then served
+    // once they turned them back on.
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
+    h.send_group("m1", "alice", "g1");
+    h.read_group("bob", "g1", &["m1"]);
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
+    receipts_switch(&mut h, "bob", false);
+    h.read_group("carol", "g1", &["m1"]);
+    assert_eq!(h.counts("m1"), (1, 2), "bob's read is not revealed while he is off");
+    receipts_switch(&mut h, "bob", true);
+    assert_eq!(h.counts("m1"), (2, 1), "back on, his read (made in public) counts again");
+    let (read, unread) = h.state.group_lists(&h.settings, APP, "m1").unwrap();
+    assert_eq!(read.len() as u32, 2);
+    assert_eq!(unread, ["dave"]);
+}
+
+#[test]
 fn with_reciprocal_privacy_a_user_with_receipts_off_gets_no_receipts() {
     let mut h = Harness::new();
     h.members("g1", MembersOp::Snapshot, &["alice", "bob"]);
