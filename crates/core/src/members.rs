@@ -2,11 +2,12 @@
 //! from name to ordinal that holds only ordinals.
 //!
 //! Looking a reader up is the fold's commonest step. With a map of owned
-//! strings each probe follows a pointer to a separate heap string, and a
-//! thousand busy groups of 32 no longer fit in L2. Here a group's names sit
-//! side by side, the index holds 4 bytes per member, and a lookup touches a
-//! few adjacent cache lines. For a 100,000-member group it also saves about
-//! 50 bytes per member.
+//! strings each probe follows a pointer to a separate heap string, and the
+//! tables and strings of a thousand busy groups of 32 outgrow a 2 MiB L2.
+//! Here a group's names sit side by side, the index holds 4 bytes per
+//! member, and a lookup touches a few adjacent cache lines. By the
+//! structures' sizes a member costs about 18 bytes instead of about 90,
+//! which matters most for 100,000-member groups.
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
