@@ -135,10 +135,9 @@ impl PartitionState {
     /// Receipts for users who may not receive them (reciprocal privacy) are
     /// dropped here.
     pub fn take_receipts(&mut self, settings: &SettingsTable) -> Vec<ReceiptChange> {
-        // Drained in place: its capacity serves the next flush.
-        let mut pending = std::mem::take(&mut self.pending_receipts);
+        let pending = crate::state::take_keys(&mut self.pending_receipts);
         let mut out = Vec::with_capacity(pending.len());
-        for key in pending.drain(..) {
+        for key in pending {
             match key {
                 DirtyKey::Message { app, msg_id } => {
                     let Some(app_state) = self.apps.get(&app) else { continue };
@@ -179,8 +178,6 @@ impl PartitionState {
                 _ => {}
             }
         }
-        pending.shrink_to(crate::state::RETAINED_KEYS);
-        self.pending_receipts = pending;
         out
     }
 

@@ -29,6 +29,13 @@ fn hash_of(name: &str) -> u64 {
     FxBuildHasher.hash_one(name)
 }
 
+/// The name of `ordinal` in a buffer of names and their ends.
+fn name_in<'a>(bytes: &'a str, ends: &[u32], ordinal: u32) -> &'a str {
+    let i = ordinal as usize;
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    &bytes[start..ends[i] as usize]
+}
+
 impl MemberNames {
     /// Ordinals handed out so far.
     pub(crate) fn len(&self) -> usize {
@@ -37,9 +44,7 @@ impl MemberNames {
 
     /// The name of `ordinal`; panics if it was never handed out.
     pub(crate) fn name(&self, ordinal: u32) -> &str {
-        let i = ordinal as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.bytes[start..self.ends[i] as usize]
+        name_in(&self.bytes, &self.ends, ordinal)
     }
 
     /// The ordinal of `name`, if it has one.
@@ -53,12 +58,7 @@ impl MemberNames {
         self.bytes.push_str(name);
         self.ends.push(self.bytes.len() as u32);
         let MemberNames { bytes, ends, index } = self;
-        let name_of = |o: u32| {
-            let i = o as usize;
-            let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-            hash_of(&bytes[start..ends[i] as usize])
-        };
-        index.insert_unique(hash_of(name), ordinal, |&o| name_of(o));
+        index.insert_unique(hash_of(name), ordinal, |&o| hash_of(name_in(bytes, ends, o)));
         ordinal
     }
 

@@ -14,6 +14,15 @@ use std::sync::Arc;
 /// flushes.
 pub(crate) const RETAINED_KEYS: usize = 1024;
 
+/// Takes a flush's list of keys, leaving room for a usual flush's keys so
+/// that the next flush seldom grows the list (a key is ~100 bytes; each
+/// growth copies them all), but never more than [`RETAINED_KEYS`]: one huge
+/// flush must not pin memory.
+pub(crate) fn take_keys(keys: &mut Vec<DirtyKey>) -> Vec<DirtyKey> {
+    let next = Vec::with_capacity(keys.len().min(RETAINED_KEYS));
+    std::mem::replace(keys, next)
+}
+
 /// `since` of an ordinal that is not a member now.
 pub const NOT_A_MEMBER: u32 = u32::MAX;
 
@@ -509,11 +518,7 @@ impl PartitionState {
 
     /// Takes the keys of every entity changed since the last call, each once.
     pub fn take_dirty(&mut self) -> Vec<DirtyKey> {
-        // Room for a usual flush's keys, so that the next flush seldom grows
-        // it (a key is ~100 bytes; each growth copies them all), but never
-        // more than [`RETAINED_KEYS`]: one huge flush must not pin memory.
-        let next = Vec::with_capacity(self.dirty.len().min(RETAINED_KEYS));
-        let keys = std::mem::replace(&mut self.dirty, next);
+        let keys = take_keys(&mut self.dirty);
         for key in &keys {
             match key {
                 DirtyKey::Group { app, group_id } | DirtyKey::Member { app, group_id, .. } => {

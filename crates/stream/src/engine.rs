@@ -445,7 +445,7 @@ impl Engine {
     ) -> Result<Option<Vec<(i32, i64)>>, StreamError> {
         // Flushes already confirmed go first, and their offsets with these.
         self.writer.wait_idle()?;
-        let mut written: BTreeMap<i32, i64> = self.writer.take_written().into_iter().flatten().collect();
+        let mut written: BTreeMap<i32, i64> = self.take_written().into_iter().collect();
         for _ in 0..2 {
             if self.in_flight.is_none() {
                 let Some(deltas) = self.flush_begin() else { break };
