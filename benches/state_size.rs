@@ -99,8 +99,9 @@ fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
     let mut batch = WriteBatch::default();
-    let keys: Vec<_> =
-        (0..messages).map(|m| receiptd_core::DirtyKey::Message { app: "a1".into(), msg_id: format!("m{m}") }).collect();
+    let keys: Vec<_> = (0..messages)
+        .map(|m| receiptd_core::DirtyKey::Message { app: "a1".into(), msg_id: format!("m{m}").into() })
+        .collect();
     store.stage_entities(&mut batch, 0, &state, &keys);
     let values = batch.size_in_bytes() as f64 / messages as f64;
     store.write(batch).unwrap();

@@ -53,7 +53,7 @@ fn collect(state: &PartitionState, messages: &mut Vec<Value>, marks: &mut Vec<Va
                     (json!({"type": "group", "group_id": group_id}), readers)
                 }
                 MessageTarget::C2c { peer } => {
-                    let readers = if m.visible_reads > 0 { vec![peer.clone()] } else { vec![] };
+                    let readers = if m.visible_reads > 0 { vec![str::to_owned(peer)] } else { vec![] };
                     (json!({"type": "c2c", "peer": peer}), readers)
                 }
             };

@@ -11,13 +11,23 @@ use std::time::Duration;
 
 /// Installs the global tracing subscriber (`RUST_LOG` wins over config).
 pub fn init_logging(log: &LogConfig) {
+    use tracing_subscriber::{filter::FilterExt, fmt, layer::SubscriberExt, util::SubscriberInitExt, Layer};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let output = match log.format {
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
     };
+    let filter = filter.and(tracing_subscriber::filter::filter_fn(|m| !is_redundant_close_error(m)));
+    let _ = tracing_subscriber::registry().with(output.with_filter(filter)).try_init();
+}
+
+/// rdkafka's `BaseConsumer` closes its consumer again when dropped and logs
+/// an ERROR that it was closed already. The worker always closes it first
+/// (within a bound, and warns itself if that fails), so the line is noise;
+/// it is the only ERROR that module logs.
+fn is_redundant_close_error(m: &tracing::Metadata<'_>) -> bool {
+    *m.level() == tracing::Level::ERROR && m.target() == "rdkafka::consumer::base_consumer"
 }
 
 /// The stream crate's view of the config.

@@ -9,9 +9,9 @@ use std::hash::BuildHasher;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiptChange {
     /// The app.
-    pub app: String,
+    pub app: crate::state::Id,
     /// The recipient.
-    pub to: String,
+    pub to: crate::state::Id,
     /// The receipt, with absolute counts and the message's version.
     pub receipt: Receipt,
 }
@@ -20,7 +20,8 @@ pub struct ReceiptChange {
 #[derive(Debug, Default)]
 pub struct DeltaBuffer {
     /// Indexes into `records`, hashed by (app, recipient). The record holds
-    /// the strings: a recipient's ids are moved in once, never cloned.
+    /// the strings: a recipient's ids are copied once per flush, never per
+    /// receipt.
     index: HashTable<usize>,
     records: Vec<DeltaRecord>,
     receipts: usize,
@@ -51,13 +52,13 @@ impl DeltaBuffer {
         let ReceiptChange { app, to, receipt } = change;
         let DeltaBuffer { index, records, receipts } = self;
         let hash = recipient_hash(&app, &to);
-        let same = |&i: &usize| records[i].app_id == app && records[i].to == to;
+        let same = |&i: &usize| *records[i].app_id == *app && *records[i].to == *to;
         let i = match index.find(hash, same) {
             Some(&i) => i,
             None => {
                 let i = records.len();
                 index.insert_unique(hash, i, |&j| recipient_hash(&records[j].app_id, &records[j].to));
-                records.push(DeltaRecord { app_id: app, to, receipts: Vec::new() });
+                records.push(DeltaRecord { app_id: str::to_owned(&app), to: str::to_owned(&to), receipts: Vec::new() });
                 i
             }
         };
@@ -71,6 +72,6 @@ impl DeltaBuffer {
     pub fn drain(&mut self) -> Vec<DeltaRecord> {
         self.index.clear();
         self.receipts = 0;
-        std::mem::take(&mut self.records)
+        crate::state::take_retaining(&mut self.records)
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::deltas::ReceiptChange;
 use crate::state::{
-    app_entry, AppView, DirtyKey, Group, HeldList, HeldRead, Mark, MessageState, MessageTarget, PartitionState,
+    app_entry, AppView, DirtyKey, Group, HeldList, HeldRead, Id, Mark, MessageState, MessageTarget, PartitionState,
     ReadMark, Tracking, NOT_A_MEMBER,
 };
 use crate::stats::{FoldStats, Ignored, Outcome};
@@ -102,7 +102,7 @@ impl PartitionState {
                 fx.stats.ignored[Ignored::HoldExpired as usize] += dropped as u64;
                 if !list.dirty {
                     list.dirty = true;
-                    dirty.push(DirtyKey::Held { app: app_id.clone(), msg_id: msg_id.clone() });
+                    dirty.push(DirtyKey::Held { app: app.id.clone(), msg_id: Id::from(msg_id.as_str()) });
                 }
             }
             if list.reads.is_empty() {
@@ -119,12 +119,12 @@ impl PartitionState {
         for (app_id, app) in apps.iter_mut() {
             let retention = settings.retention_ms(app_id);
             // Expired: sent_at + retention < watermark.
-            let messages = &app.view.messages;
+            let (messages, id) = (&app.view.messages, &app.id);
             app.by_sent_at.pop_before(watermark.saturating_sub(retention), |sent_at, msg_id| {
-                if messages.get(&msg_id).is_some_and(|m| m.sent_at == sent_at) {
-                    messages.remove(&msg_id);
+                if messages.get(&*msg_id).is_some_and(|m| m.sent_at == sent_at) {
+                    messages.remove(&*msg_id);
                     fx.stats.expired_messages += 1;
-                    dirty.push(DirtyKey::Message { app: app_id.clone(), msg_id });
+                    dirty.push(DirtyKey::Message { app: id.clone(), msg_id });
                 }
             });
         }
@@ -135,13 +135,13 @@ impl PartitionState {
     /// Receipts for users who may not receive them (reciprocal privacy) are
     /// dropped here.
     pub fn take_receipts(&mut self, settings: &SettingsTable) -> Vec<ReceiptChange> {
-        let pending = crate::state::take_keys(&mut self.pending_receipts);
+        let pending = crate::state::take_retaining(&mut self.pending_receipts);
         let mut out = Vec::with_capacity(pending.len());
         for key in pending {
             match key {
                 DirtyKey::Message { app, msg_id } => {
-                    let Some(app_state) = self.apps.get(&app) else { continue };
-                    let Some(mut m) = app_state.view.messages.get_mut(&msg_id) else { continue };
+                    let Some(app_state) = self.apps.get(&*app) else { continue };
+                    let Some(mut m) = app_state.view.messages.get_mut(&*msg_id) else { continue };
                     // The key may outlive its message (expired, dismissed) and
                     // name a newer one of the same id: only the flag counts.
                     if !std::mem::take(&mut m.delta_pending) {
@@ -152,27 +152,31 @@ impl PartitionState {
                     }
                     let (read, unread) = m.receipt_counts;
                     let receipt = match &m.target {
-                        MessageTarget::Group { group_id, .. } => {
-                            Receipt::group(msg_id, group_id.clone(), read, unread, m.timestamp, m.version)
-                        }
+                        MessageTarget::Group { group_id, .. } => Receipt::group(
+                            str::to_owned(&msg_id),
+                            str::to_owned(group_id),
+                            read,
+                            unread,
+                            m.timestamp,
+                            m.version,
+                        ),
                         MessageTarget::C2c { peer } => {
-                            Receipt::c2c(msg_id, peer.clone(), read > 0, m.timestamp, m.version)
+                            Receipt::c2c(str::to_owned(&msg_id), str::to_owned(peer), read > 0, m.timestamp, m.version)
                         }
                     };
                     out.push(ReceiptChange { app, to: m.sender.clone(), receipt });
                 }
                 DirtyKey::Mark { app, reader, peer } => {
-                    let Some(app_state) = self.apps.get(&app) else { continue };
-                    let key = (reader, peer);
+                    let Some(app_state) = self.apps.get(&*app) else { continue };
+                    let key = (str::to_owned(&reader), str::to_owned(&peer));
                     let Some(mut mark) = app_state.view.marks.get_mut(&key) else { continue };
                     if !std::mem::take(&mut mark.delta_pending) {
                         continue;
                     }
-                    let (reader, peer) = key;
                     if !settings.receipts_on(&app, &reader) || !settings.may_receive(&app, &peer) {
                         continue;
                     }
-                    let receipt = Receipt::conversation(reader, mark.read_at);
+                    let receipt = Receipt::conversation(key.0, mark.read_at);
                     out.push(ReceiptChange { app, to: peer, receipt });
                 }
                 _ => {}
@@ -183,29 +187,31 @@ impl PartitionState {
 
     fn group_members(&mut self, e: &GroupMembers, stats: &mut FoldStats) -> Outcome {
         let PartitionState { apps, view, dirty, .. } = self;
-        let app = &app_entry(apps, view, &e.app_id).view;
+        let app_state = app_entry(apps, view, &e.app_id);
+        let (app_id, app) = (&app_state.id, &app_state.view);
+        let group_id = Id::from(e.group_id.as_str());
         if e.op == MembersOp::Dismiss {
-            let Some(group) = app.groups.remove(&e.group_id) else {
+            let Some(group) = app.groups.remove(&*group_id) else {
                 stats.ignore(Ignored::UnknownTarget);
                 return Outcome::Ignored;
             };
             drop(group);
             // Absent group: storage drops the header and every member slot.
-            dirty.push(DirtyKey::Group { app: e.app_id.clone(), group_id: e.group_id.clone() });
+            dirty.push(DirtyKey::Group { app: app_id.clone(), group_id: group_id.clone() });
             app.messages.retain(|msg_id, m| {
-                let keep = !matches!(&m.target, MessageTarget::Group { group_id, .. } if *group_id == e.group_id);
+                let keep = !matches!(&m.target, MessageTarget::Group { group_id: g, .. } if *g == group_id);
                 if !keep {
-                    dirty.push(DirtyKey::Message { app: e.app_id.clone(), msg_id: msg_id.clone() });
+                    dirty.push(DirtyKey::Message { app: app_id.clone(), msg_id: msg_id.clone() });
                 }
                 keep
             });
             return Outcome::Applied;
         }
-        if e.op == MembersOp::Leave && !app.groups.contains_key(&e.group_id) {
+        if e.op == MembersOp::Leave && !app.groups.contains_key(&*group_id) {
             stats.ignore(Ignored::UnknownTarget);
             return Outcome::Ignored;
         }
-        let mut group = app.groups.get_or_insert_with(e.group_id.clone(), || Group::new(None));
+        let mut group = app.groups.get_or_insert_with(group_id.clone(), || Group::new(None));
         let group = &mut *group;
         // Every change opens a new epoch, so messages sent before it keep their
         // audience and cached unread counts know to refresh.
@@ -246,11 +252,11 @@ impl PartitionState {
         }
         if !group.dirty {
             group.dirty = true;
-            dirty.push(DirtyKey::Group { app: e.app_id.clone(), group_id: e.group_id.clone() });
+            dirty.push(DirtyKey::Group { app: app_id.clone(), group_id: group_id.clone() });
         }
         for ordinal in touched {
             if group.dirty_members.insert(ordinal) {
-                dirty.push(DirtyKey::Member { app: e.app_id.clone(), group_id: e.group_id.clone(), ordinal });
+                dirty.push(DirtyKey::Member { app: app_id.clone(), group_id: group_id.clone(), ordinal });
             }
         }
         Outcome::Applied
@@ -266,7 +272,7 @@ impl PartitionState {
         let watermark = self.watermark;
         let PartitionState { apps, view, dirty, held_count, pending_receipts, held_by_time, .. } = self;
         let app = app_entry(apps, view, &e.app_id);
-        if app.view.messages.contains_key(&e.msg_id) {
+        if app.view.messages.contains_key(e.msg_id.as_str()) {
             stats.ignore(Ignored::DuplicateMessage);
             return Outcome::Ignored;
         }
@@ -276,11 +282,14 @@ impl PartitionState {
             return Outcome::Ignored;
         }
         let (target, tracking) = match &e.conversation {
-            Conversation::Group { group_id } => match app.view.groups.get(group_id) {
-                None => {
-                    (MessageTarget::Group { group_id: group_id.clone(), audience_epoch: 0 }, Tracking::UnknownGroup)
-                }
-                Some(g) => {
+            Conversation::Group { group_id } => match app.view.groups.get_entry(group_id.as_str()) {
+                None => (
+                    MessageTarget::Group { group_id: Id::from(group_id.as_str()), audience_epoch: 0 },
+                    Tracking::UnknownGroup,
+                ),
+                Some(entry) => {
+                    // The group's own id, shared rather than copied.
+                    let (group_id, g) = &*entry;
                     let tracking = if !e.need_read_receipt {
                         Tracking::NoReceiptRequested
                     } else if g.meta.group_type.is_some_and(|t| !settings.group_type_enabled(&e.app_id, t)) {
@@ -299,14 +308,15 @@ impl PartitionState {
                 } else {
                     Tracking::Tracked
                 };
-                (MessageTarget::C2c { peer: peer.clone() }, tracking)
+                (MessageTarget::C2c { peer: Id::from(peer.as_str()) }, tracking)
             }
         };
-        let mut message = MessageState::new(e.sender.clone(), target, e.sent_at, tracking);
+        let mut message = MessageState::new(Id::from(e.sender.as_str()), target, e.sent_at, tracking);
         message.dirty = true;
-        dirty.push(DirtyKey::Message { app: e.app_id.clone(), msg_id: e.msg_id.clone() });
-        app.by_sent_at.push(e.sent_at, e.msg_id.clone());
-        app.view.messages.insert(e.msg_id.clone(), message);
+        let msg_id = Id::from(e.msg_id.as_str());
+        dirty.push(DirtyKey::Message { app: app.id.clone(), msg_id: msg_id.clone() });
+        app.by_sent_at.push(e.sent_at, msg_id.clone());
+        app.view.messages.insert(msg_id.clone(), message);
 
         // Reads that came first are applied now, in their arrival order.
         if let Some(held) = app.held.remove(&e.msg_id) {
@@ -314,14 +324,14 @@ impl PartitionState {
             for h in &held.reads {
                 held_by_time.remove(&(h.held_at, e.app_id.clone(), e.msg_id.clone()));
             }
-            dirty.push(DirtyKey::Held { app: e.app_id.clone(), msg_id: e.msg_id.clone() });
+            dirty.push(DirtyKey::Held { app: app.id.clone(), msg_id });
             let cutoff = watermark.saturating_sub(limits.hold_window_ms);
             for h in held.reads {
                 if h.held_at < cutoff {
                     stats.ignore(Ignored::HoldExpired);
                     continue;
                 }
-                let ctx = ReadCtx { settings, app_id: &e.app_id, watermark, dirty, pending_receipts };
+                let ctx = ReadCtx { settings, app_id: &app.id, watermark, dirty, pending_receipts };
                 match read_one(ctx, &app.view, &h.reader, &h.conversation, &e.msg_id, h.read_at, h.private) {
                     ReadResult::Ignored(reason) => stats.ignore(reason),
                     ReadResult::Hidden => stats.hidden_reads += 1,
@@ -345,9 +355,9 @@ impl PartitionState {
         for msg_id in &e.msg_ids {
             let watermark = self.watermark;
             let PartitionState { apps, view, dirty, pending_receipts, .. } = self;
-            let app = &app_entry(apps, view, &e.app_id).view;
-            let ctx = ReadCtx { settings, app_id: &e.app_id, watermark, dirty, pending_receipts };
-            match read_one(ctx, app, &e.reader, &e.conversation, msg_id, e.read_at, e.private) {
+            let app = app_entry(apps, view, &e.app_id);
+            let ctx = ReadCtx { settings, app_id: &app.id, watermark, dirty, pending_receipts };
+            match read_one(ctx, &app.view, &e.reader, &e.conversation, msg_id, e.read_at, e.private) {
                 ReadResult::Revealed => any_applied = true,
                 ReadResult::Hidden => {
                     stats.hidden_reads += 1;
@@ -403,7 +413,7 @@ impl PartitionState {
         *held_count += 1;
         if !list.dirty {
             list.dirty = true;
-            dirty.push(DirtyKey::Held { app: e.app_id.clone(), msg_id: msg_id.to_owned() });
+            dirty.push(DirtyKey::Held { app: app.id.clone(), msg_id: Id::from(msg_id) });
         }
         true
     }
@@ -422,7 +432,8 @@ impl PartitionState {
             return Outcome::Ignored;
         }
         let PartitionState { apps, view, dirty, pending_receipts, .. } = self;
-        let app = &app_entry(apps, view, app_id).view;
+        let app_state = app_entry(apps, view, app_id);
+        let app = &app_state.view;
         let mut mark = app.marks.get_or_insert_with((reader.to_owned(), peer.to_owned()), || Mark {
             read_at: 0,
             dirty: false,
@@ -433,7 +444,7 @@ impl PartitionState {
             return Outcome::Ignored;
         }
         mark.read_at = read_at;
-        let key = || DirtyKey::Mark { app: app_id.to_owned(), reader: reader.to_owned(), peer: peer.to_owned() };
+        let key = || DirtyKey::Mark { app: app_state.id.clone(), reader: Id::from(reader), peer: Id::from(peer) };
         if !mark.dirty {
             mark.dirty = true;
             dirty.push(key());
@@ -458,17 +469,18 @@ impl PartitionState {
         stats: &mut FoldStats,
     ) -> Outcome {
         let PartitionState { apps, view, dirty, .. } = self;
-        let app = &app_entry(apps, view, app_id).view;
-        let Some(mut m) = app.messages.get_mut(msg_id) else {
+        let app = app_entry(apps, view, app_id);
+        let Some(mut entry) = app.view.messages.get_entry_mut(msg_id) else {
             stats.ignore(Ignored::UnknownTarget);
             return Outcome::Ignored;
         };
+        let (msg_id, m) = &mut *entry;
         let same_place = match (&m.target, conversation) {
-            (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => group_id == g,
-            (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => peer == p,
+            (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => **group_id == **g,
+            (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => **peer == **p,
             _ => false,
         };
-        if m.sender != sender || !same_place || m.tracking == Tracking::Revoked {
+        if *m.sender != *sender || !same_place || m.tracking == Tracking::Revoked {
             stats.ignore(Ignored::UnknownTarget);
             return Outcome::Ignored;
         }
@@ -477,7 +489,7 @@ impl PartitionState {
         m.visible_reads = 0;
         if !m.dirty {
             m.dirty = true;
-            dirty.push(DirtyKey::Message { app: app_id.to_owned(), msg_id: msg_id.to_owned() });
+            dirty.push(DirtyKey::Message { app: app.id.clone(), msg_id: msg_id.clone() });
         }
         Outcome::Applied
     }
@@ -510,7 +522,7 @@ fn leave(group: &mut Group, ordinal: u32) {
 /// What one read needs besides the app's state.
 struct ReadCtx<'a> {
     settings: &'a SettingsTable,
-    app_id: &'a str,
+    app_id: &'a Id,
     watermark: u64,
     dirty: &'a mut Vec<DirtyKey>,
     pending_receipts: &'a mut Vec<DirtyKey>,
@@ -526,14 +538,14 @@ fn read_one(
     read_at: u64,
     private: bool,
 ) -> ReadResult {
-    let Some(mut m) = app.messages.get_mut(msg_id) else { return ReadResult::Unknown };
-    let m = &mut *m;
-    if m.sender == reader {
+    let Some(mut entry) = app.messages.get_entry_mut(msg_id) else { return ReadResult::Unknown };
+    let (msg_id, m) = &mut *entry;
+    if *m.sender == *reader {
         return ReadResult::Ignored(Ignored::Sender);
     }
     let same_conversation = match (&m.target, conversation) {
-        (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => group_id == g,
-        (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => peer == reader && *p == m.sender,
+        (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => **group_id == **g,
+        (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => **peer == *reader && **p == *m.sender,
         _ => false,
     };
     if !same_conversation {
@@ -545,7 +557,7 @@ fn read_one(
     // Read-locked until the read is folded: one lookup serves the audience
     // check and the counts.
     let group = match &m.target {
-        MessageTarget::Group { group_id, .. } => app.groups.get(group_id),
+        MessageTarget::Group { group_id, .. } => app.groups.get(&**group_id),
         MessageTarget::C2c { .. } => None,
     };
     let ordinal = match &m.target {
@@ -568,7 +580,7 @@ fn read_one(
     m.readers.insert(slot, ReadMark { ordinal, read_at, hidden });
     if !m.dirty {
         m.dirty = true;
-        ctx.dirty.push(DirtyKey::Message { app: ctx.app_id.to_owned(), msg_id: msg_id.to_owned() });
+        ctx.dirty.push(DirtyKey::Message { app: ctx.app_id.clone(), msg_id: msg_id.clone() });
     }
     if hidden {
         return ReadResult::Hidden;
@@ -598,7 +610,7 @@ fn read_one(
     };
     if !m.delta_pending {
         m.delta_pending = true;
-        ctx.pending_receipts.push(DirtyKey::Message { app: ctx.app_id.to_owned(), msg_id: msg_id.to_owned() });
+        ctx.pending_receipts.push(DirtyKey::Message { app: ctx.app_id.clone(), msg_id: msg_id.clone() });
     }
     ReadResult::Revealed
 }
@@ -642,7 +654,7 @@ fn compute_unread(settings: &SettingsTable, app_id: &str, group: &Group, m: &Mes
 pub(crate) fn counts(
     settings: &SettingsTable,
     app_id: &str,
-    groups: &ShardedMap<String, Group>,
+    groups: &ShardedMap<Id, Group>,
     m: &MessageState,
 ) -> (u32, u32) {
     if m.tracking != Tracking::Tracked {
@@ -653,7 +665,7 @@ pub(crate) fn counts(
             let read = u32::from(m.visible_reads > 0 && settings.receipts_on(app_id, peer));
             (read, 1 - read)
         }
-        MessageTarget::Group { group_id, .. } => match groups.get(group_id) {
+        MessageTarget::Group { group_id, .. } => match groups.get(&**group_id) {
             None => (0, 0),
             Some(group) => group_counts(settings, app_id, &group, m),
         },

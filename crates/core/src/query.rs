@@ -103,9 +103,9 @@ impl AppView {
     ) -> Result<MappedRwLockReadGuard<'_, MessageState>, QueryRefusal> {
         let m = self.messages.get(msg_id).ok_or(QueryRefusal::NotFound)?;
         let same = match (&m.target, conversation) {
-            (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => group_id == g,
+            (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => **group_id == **g,
             (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => {
-                peer == p || (*p == m.sender && peer == requester)
+                **peer == **p || (**p == *m.sender && **peer == *requester)
             }
             _ => false,
         };
@@ -125,7 +125,7 @@ impl AppView {
         if m.tracking != Tracking::Tracked || m.sent_at.saturating_add(settings.retention_ms(app)) < watermark {
             return Err(QueryRefusal::NotFound);
         }
-        if m.sender != requester {
+        if *m.sender != *requester {
             return Err(QueryRefusal::Forbidden);
         }
         if !settings.may_receive(app, requester) {
@@ -140,10 +140,10 @@ impl AppView {
         let msg_id = asked.msg_id;
         Ok(match &m.target {
             MessageTarget::Group { group_id, .. } => {
-                Receipt::group(msg_id.to_owned(), group_id.clone(), read, unread, m.timestamp, m.version)
+                Receipt::group(msg_id.to_owned(), str::to_owned(group_id), read, unread, m.timestamp, m.version)
             }
             MessageTarget::C2c { peer } => {
-                Receipt::c2c(msg_id.to_owned(), peer.clone(), read > 0, m.timestamp, m.version)
+                Receipt::c2c(msg_id.to_owned(), str::to_owned(peer), read > 0, m.timestamp, m.version)
             }
         })
     }

@@ -54,9 +54,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = hash_of(key);
-        let shard = self.shards[shard_of(hash)].read();
-        RwLockReadGuard::try_map(shard, |t| t.find(hash, |(k, _)| k.borrow() == key).map(|(_, v)| v)).ok()
+        self.get_entry(key).map(|e| MappedRwLockReadGuard::map(e, |(_, v)| v))
     }
 
     /// The value of `key`, write-locked until the guard drops.
@@ -65,9 +63,31 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.get_entry_mut(key).map(|e| MappedRwLockWriteGuard::map(e, |(_, v)| v))
+    }
+
+    /// The stored key and its value, read-locked until the guard drops: for a
+    /// caller that keeps the key (a shared id) without copying it.
+    pub(crate) fn get_entry<Q>(&self, key: &Q) -> Option<MappedRwLockReadGuard<'_, (K, V)>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = hash_of(key);
+        let shard = self.shards[shard_of(hash)].read();
+        RwLockReadGuard::try_map(shard, |t| t.find(hash, |(k, _)| k.borrow() == key)).ok()
+    }
+
+    /// The stored key and its value, write-locked until the guard drops. The
+    /// caller must not change the key.
+    pub(crate) fn get_entry_mut<Q>(&self, key: &Q) -> Option<MappedRwLockWriteGuard<'_, (K, V)>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let hash = hash_of(key);
         let shard = self.shards[shard_of(hash)].write();
-        RwLockWriteGuard::try_map(shard, |t| t.find_mut(hash, |(k, _)| k.borrow() == key).map(|(_, v)| v)).ok()
+        RwLockWriteGuard::try_map(shard, |t| t.find_mut(hash, |(k, _)| k.borrow() == key)).ok()
     }
 
     /// The value of `key`, inserted by `make` if absent; write-locked.

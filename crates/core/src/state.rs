@@ -10,18 +10,24 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-/// Most keys of spare capacity the dirty and pending lists keep between
-/// flushes.
-pub(crate) const RETAINED_KEYS: usize = 1024;
+/// Most entries of spare capacity a list taken once per flush keeps.
+pub(crate) const RETAINED_ENTRIES: usize = 1024;
 
-/// Takes a flush's list of keys, leaving room for a usual flush's keys so
-/// that the next flush seldom grows the list (a key is ~100 bytes; each
-/// growth copies them all), but never more than [`RETAINED_KEYS`]: one huge
-/// flush must not pin memory.
-pub(crate) fn take_keys(keys: &mut Vec<DirtyKey>) -> Vec<DirtyKey> {
-    let next = Vec::with_capacity(keys.len().min(RETAINED_KEYS));
-    std::mem::replace(keys, next)
+/// Takes a list filled once per flush (dirty keys, pending receipts, delta
+/// records), leaving room for a usual flush's entries so that the next flush
+/// seldom grows it (each growth copies every entry), but never more than
+/// [`RETAINED_ENTRIES`]: one huge flush must not pin memory.
+pub(crate) fn take_retaining<T>(list: &mut Vec<T>) -> Vec<T> {
+    let next = Vec::with_capacity(list.len().min(RETAINED_ENTRIES));
+    std::mem::replace(list, next)
 }
+
+/// An id (app, group, message, user) shared instead of copied: the state's
+/// map keys, the dirty and pending key lists, the send-time index and the
+/// receipts all point at one allocation, so marking a message dirty or
+/// taking its receipt clones a pointer, never the string. Persisted and
+/// serialized exactly as a string.
+pub type Id = Arc<str>;
 
 /// `since` of an ordinal that is not a member now.
 pub const NOT_A_MEMBER: u32 = u32::MAX;
@@ -100,14 +106,14 @@ pub enum MessageTarget {
     /// A group message; the audience is the members as of `audience_epoch`.
     Group {
         /// The group.
-        group_id: String,
+        group_id: Id,
         /// The group's membership epoch at send time.
         audience_epoch: u32,
     },
     /// A C2C message; the audience is the peer.
     C2c {
         /// The peer (the one who may read it).
-        peer: String,
+        peer: Id,
     },
 }
 
@@ -132,7 +138,7 @@ pub enum Tracking {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageState {
     /// Who sent it (the one who gets its receipts).
-    pub sender: String,
+    pub sender: Id,
     /// Group or C2C, with the audience.
     pub target: MessageTarget,
     /// Send time, Unix ms (retention counts from here).
@@ -168,7 +174,7 @@ pub(crate) fn no_cache() -> (u32, u32) {
 }
 
 impl MessageState {
-    pub(crate) fn new(sender: String, target: MessageTarget, sent_at: u64, tracking: Tracking) -> Self {
+    pub(crate) fn new(sender: Id, target: MessageTarget, sent_at: u64, tracking: Tracking) -> Self {
         MessageState {
             sender,
             target,
@@ -224,16 +230,18 @@ pub(crate) struct Mark {
 /// are locked one event at a time.
 #[derive(Debug, Default)]
 pub(crate) struct AppView {
-    pub(crate) groups: ShardedMap<String, Group>,
-    pub(crate) messages: ShardedMap<String, MessageState>,
+    pub(crate) groups: ShardedMap<Id, Group>,
+    pub(crate) messages: ShardedMap<Id, MessageState>,
     /// (reader, peer) -> the reader's conversation-read mark.
     pub(crate) marks: ShardedMap<(String, String), Mark>,
 }
 
 /// Everything of one app in one partition: the shared view, and what only
 /// the fold touches.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct AppState {
+    /// The app's id, shared by every key naming it.
+    pub(crate) id: Id,
     pub(crate) view: Arc<AppView>,
     pub(crate) held: FxHashMap<String, HeldList>,
     /// Messages by send time, oldest first: retention pops from the top
@@ -246,16 +254,16 @@ pub(crate) struct AppState {
 /// it doubles the fold stalls while it is copied); expiry pops whole buckets.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SendTimeIndex {
-    buckets: std::collections::BTreeMap<u64, Vec<(u64, String)>>,
+    buckets: std::collections::BTreeMap<u64, Vec<(u64, Id)>>,
 }
 
 impl SendTimeIndex {
-    pub(crate) fn push(&mut self, sent_at: u64, msg_id: String) {
+    pub(crate) fn push(&mut self, sent_at: u64, msg_id: Id) {
         self.buckets.entry(sent_at / 1000).or_default().push((sent_at, msg_id));
     }
 
     /// Removes every entry sent before `cutoff`, handing each to `expire`.
-    pub(crate) fn pop_before(&mut self, cutoff: u64, mut expire: impl FnMut(u64, String)) {
+    pub(crate) fn pop_before(&mut self, cutoff: u64, mut expire: impl FnMut(u64, Id)) {
         while let Some(mut first) = self.buckets.first_entry() {
             let second = *first.key();
             if second.saturating_mul(1000) >= cutoff {
@@ -280,41 +288,41 @@ pub enum DirtyKey {
     /// A group's header.
     Group {
         /// App.
-        app: String,
+        app: Id,
         /// Group.
-        group_id: String,
+        group_id: Id,
     },
     /// One member slot of a group.
     Member {
         /// App.
-        app: String,
+        app: Id,
         /// Group.
-        group_id: String,
+        group_id: Id,
         /// The member's ordinal.
         ordinal: u32,
     },
     /// A message.
     Message {
         /// App.
-        app: String,
+        app: Id,
         /// Message.
-        msg_id: String,
+        msg_id: Id,
     },
     /// A C2C conversation read mark.
     Mark {
         /// App.
-        app: String,
+        app: Id,
         /// Who read.
-        reader: String,
+        reader: Id,
         /// The conversation's other party.
-        peer: String,
+        peer: Id,
     },
     /// The reads held for a message not yet seen.
     Held {
         /// App.
-        app: String,
+        app: Id,
         /// Message.
-        msg_id: String,
+        msg_id: Id,
     },
 }
 
@@ -509,7 +517,14 @@ impl PartitionState {
 
     /// Every message id of an app, sorted (for dumps and tests).
     pub fn message_ids(&self, app: &str) -> Vec<String> {
-        let mut v = self.apps.get(app).map(|a| a.view.messages.keys()).unwrap_or_default();
+        let mut v: Vec<String> = self
+            .apps
+            .get(app)
+            .map(|a| a.view.messages.keys())
+            .unwrap_or_default()
+            .iter()
+            .map(|k| str::to_owned(k))
+            .collect();
         v.sort_unstable();
         v
     }
@@ -518,28 +533,28 @@ impl PartitionState {
 
     /// Takes the keys of every entity changed since the last call, each once.
     pub fn take_dirty(&mut self) -> Vec<DirtyKey> {
-        let keys = take_keys(&mut self.dirty);
+        let keys = take_retaining(&mut self.dirty);
         for key in &keys {
             match key {
                 DirtyKey::Group { app, group_id } | DirtyKey::Member { app, group_id, .. } => {
-                    if let Some(mut g) = self.apps.get(app).and_then(|a| a.view.groups.get_mut(group_id)) {
+                    if let Some(mut g) = self.apps.get(&**app).and_then(|a| a.view.groups.get_mut(&**group_id)) {
                         g.dirty = false;
                         g.dirty_members.clear();
                     }
                 }
                 DirtyKey::Message { app, msg_id } => {
-                    if let Some(mut m) = self.apps.get(app).and_then(|a| a.view.messages.get_mut(msg_id)) {
+                    if let Some(mut m) = self.apps.get(&**app).and_then(|a| a.view.messages.get_mut(&**msg_id)) {
                         m.dirty = false;
                     }
                 }
                 DirtyKey::Mark { app, reader, peer } => {
-                    let key = (reader.clone(), peer.clone());
-                    if let Some(mut m) = self.apps.get(app).and_then(|a| a.view.marks.get_mut(&key)) {
+                    let key = (str::to_owned(reader), str::to_owned(peer));
+                    if let Some(mut m) = self.apps.get(&**app).and_then(|a| a.view.marks.get_mut(&key)) {
                         m.dirty = false;
                     }
                 }
                 DirtyKey::Held { app, msg_id } => {
-                    if let Some(h) = self.apps.get_mut(app).and_then(|a| a.held.get_mut(msg_id)) {
+                    if let Some(h) = self.apps.get_mut(&**app).and_then(|a| a.held.get_mut(&**msg_id)) {
                         h.dirty = false;
                     }
                 }
@@ -550,7 +565,7 @@ impl PartitionState {
 
     /// The current value of a dirty entity.
     pub fn entity(&self, key: &DirtyKey) -> EntityRef<'_> {
-        let app = |a: &String| self.apps.get(a);
+        let app = |a: &Id| self.apps.get(&**a);
         let found = match key {
             DirtyKey::Group { app: a, group_id } => app(a)
                 .and_then(|s| s.view.groups.get(group_id))
@@ -567,10 +582,10 @@ impl PartitionState {
                 app(a).and_then(|s| s.view.messages.get(msg_id)).map(EntityRef::Message)
             }
             DirtyKey::Mark { app: a, reader, peer } => app(a)
-                .and_then(|s| s.view.marks.get(&(reader.clone(), peer.clone())))
+                .and_then(|s| s.view.marks.get(&(str::to_owned(reader), str::to_owned(peer))))
                 .map(|m| EntityRef::Mark(m.read_at)),
             DirtyKey::Held { app: a, msg_id } => {
-                app(a).and_then(|s| s.held.get(msg_id)).map(|h| EntityRef::Held(&h.reads))
+                app(a).and_then(|s| s.held.get(&**msg_id)).map(|h| EntityRef::Held(&h.reads))
             }
         };
         found.unwrap_or(EntityRef::Absent)
@@ -585,13 +600,13 @@ impl PartitionState {
     /// Restores a group header. Members follow through [`Self::restore_member`],
     /// then [`Self::finish_restore`] rebuilds the derived indexes.
     pub fn restore_group(&mut self, app: &str, group_id: &str, meta: GroupMeta) {
-        self.app_mut(app).view.groups.get_or_insert_with(group_id.to_owned(), || Group::new(None)).meta = meta;
+        self.app_mut(app).view.groups.get_or_insert_with(Id::from(group_id), || Group::new(None)).meta = meta;
     }
 
     /// Restores one member slot.
     pub fn restore_member(&mut self, app: &str, group_id: &str, ordinal: u32, user: &str, since: u32) {
         let view = &self.app_mut(app).view;
-        let mut g = view.groups.get_or_insert_with(group_id.to_owned(), || Group::new(None));
+        let mut g = view.groups.get_or_insert_with(Id::from(group_id), || Group::new(None));
         let i = ordinal as usize;
         if g.since.len() <= i {
             g.since.resize(i + 1, NOT_A_MEMBER);
@@ -603,8 +618,9 @@ impl PartitionState {
     /// Restores a message.
     pub fn restore_message(&mut self, app: &str, msg_id: &str, message: MessageState) {
         let app = self.app_mut(app);
-        app.by_sent_at.push(message.sent_at, msg_id.to_owned());
-        app.view.messages.insert(msg_id.to_owned(), message);
+        let msg_id = Id::from(msg_id);
+        app.by_sent_at.push(message.sent_at, msg_id.clone());
+        app.view.messages.insert(msg_id, message);
     }
 
     /// Restores a conversation read mark.
@@ -658,7 +674,12 @@ pub(crate) fn app_entry<'a>(
     app: &str,
 ) -> &'a mut AppState {
     apps.entry_ref(app).or_insert_with(|| {
-        let state = AppState::default();
+        let state = AppState {
+            id: Id::from(app),
+            view: Default::default(),
+            held: Default::default(),
+            by_sent_at: Default::default(),
+        };
         view.apps.write().insert(app.to_owned(), state.view.clone());
         state
     })

@@ -436,7 +436,7 @@ mod tests {
         let m = state.message("a1", "m").unwrap();
         let in_memory = std::mem::size_of::<MessageState>()
             + m.readers.capacity() * std::mem::size_of::<receiptd_core::ReadMark>()
-            + m.sender.capacity();
+            + m.sender.len();
         (persisted, in_memory)
     }
 

@@ -288,22 +288,37 @@ impl DeltaBatch {
     /// Serializes and queues the records, one per recipient (chunked if huge).
     pub(crate) fn send(self, producer: &BaseProducer<DeliveryContext>, topic: &str, metrics: &Metrics) {
         let (mut receipts, mut records, mut bytes) = (0, 0, 0);
-        for mut record in self.records {
+        for record in self.records {
             let key = delta_key(&record.app_id, &record.to);
-            let all = std::mem::take(&mut record.receipts);
-            receipts += all.len() as u64;
-            for chunk in all.chunks(MAX_RECEIPTS_PER_RECORD) {
-                record.receipts = chunk.to_vec();
-                let payload = serde_json::to_vec(&record).expect("delta records always serialize");
+            receipts += record.receipts.len() as u64;
+            for_each_chunk(record, MAX_RECEIPTS_PER_RECORD, |chunk| {
+                let payload = serde_json::to_vec(chunk).expect("delta records always serialize");
                 bytes += payload.len() as u64;
                 records += 1;
                 let to = BaseRecord::with_opaque_to(topic, self.generation as usize);
                 send(producer, metrics, to.key(key.as_bytes()).payload(&payload[..]));
-            }
+            });
         }
         metrics.delta_records.fetch_add(records, Relaxed);
         metrics.delta_receipts.fetch_add(receipts, Relaxed);
         metrics.delta_bytes.fetch_add(bytes, Relaxed);
+    }
+}
+
+/// Hands `record` to `each` in records of at most `max` receipts, in order;
+/// nothing for a record without receipts. Chunks are split off, not copied,
+/// and a usual record is one chunk, handed over as it is.
+fn for_each_chunk(
+    mut record: receiptd_wire::DeltaRecord,
+    max: usize,
+    mut each: impl FnMut(&receiptd_wire::DeltaRecord),
+) {
+    let mut rest = std::mem::take(&mut record.receipts);
+    while !rest.is_empty() {
+        let tail = if rest.len() > max { rest.split_off(max) } else { Vec::new() };
+        record.receipts = rest;
+        each(&record);
+        rest = tail;
     }
 }
 
@@ -653,6 +668,29 @@ mod tests {
 
     fn checkpoint(store: &Store) -> Option<i64> {
         store.load_partition(0).expect("load").1.map(|c| c.next_offset)
+    }
+
+    #[test]
+    fn a_delta_record_is_sent_in_chunks_of_at_most_the_maximum_in_order() {
+        let receipt = |i: u64| receiptd_wire::Receipt::conversation(format!("u{i}"), i);
+        let record = |n: u64| receiptd_wire::DeltaRecord {
+            app_id: "a".into(),
+            to: "b".into(),
+            receipts: (0..n).map(receipt).collect(),
+        };
+        let chunks = |n: u64| {
+            let mut seen = Vec::new();
+            for_each_chunk(record(n), 500, |r| {
+                assert_eq!((r.app_id.as_str(), r.to.as_str()), ("a", "b"));
+                seen.push(r.receipts.iter().map(|r| r.timestamp).collect::<Vec<_>>());
+            });
+            seen
+        };
+        let split = chunks(1_201);
+        assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), [500, 500, 201]);
+        assert_eq!(split.concat(), (0..1_201).collect::<Vec<_>>(), "every receipt once, in order");
+        assert_eq!(chunks(500).iter().map(Vec::len).collect::<Vec<_>>(), [500]);
+        assert!(chunks(0).is_empty(), "no record for no receipts");
     }
 
     #[test]
