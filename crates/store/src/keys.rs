@@ -39,9 +39,14 @@ pub(crate) fn partition_of(key: &[u8]) -> Option<i32> {
 
 fn start(partition: i32, kind: Kind) -> Vec<u8> {
     let mut k = Vec::with_capacity(48);
+    start_into(&mut k, partition, kind);
+    k
+}
+
+fn start_into(k: &mut Vec<u8>, partition: i32, kind: Kind) {
+    k.clear();
     k.extend_from_slice(&(partition as u32).to_be_bytes());
     k.push(kind as u8);
-    k
 }
 
 fn push_str(k: &mut Vec<u8>, s: &str) {
@@ -55,39 +60,42 @@ pub(crate) fn checkpoint(partition: i32) -> Vec<u8> {
     start(partition, Kind::Checkpoint)
 }
 
+#[cfg(test)]
 pub(crate) fn entity(partition: i32, key: &DirtyKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(48);
+    entity_into(partition, key, &mut k);
+    k
+}
+
+/// [`entity`] into a buffer the caller reuses: staging writes one key per
+/// dirty entity, and an allocation each would cost more than the key.
+pub(crate) fn entity_into(partition: i32, key: &DirtyKey, k: &mut Vec<u8>) {
+    let kind = match key {
+        DirtyKey::Group { .. } => Kind::Group,
+        DirtyKey::Member { .. } => Kind::Member,
+        DirtyKey::Message { .. } => Kind::Message,
+        DirtyKey::Mark { .. } => Kind::Mark,
+        DirtyKey::Held { .. } => Kind::Held,
+    };
+    start_into(k, partition, kind);
     match key {
         DirtyKey::Group { app, group_id } => {
-            let mut k = start(partition, Kind::Group);
-            push_str(&mut k, app);
-            push_str(&mut k, group_id);
-            k
+            push_str(k, app);
+            push_str(k, group_id);
         }
         DirtyKey::Member { app, group_id, ordinal } => {
-            let mut k = start(partition, Kind::Member);
-            push_str(&mut k, app);
-            push_str(&mut k, group_id);
+            push_str(k, app);
+            push_str(k, group_id);
             k.extend_from_slice(&ordinal.to_be_bytes());
-            k
         }
-        DirtyKey::Message { app, msg_id } => {
-            let mut k = start(partition, Kind::Message);
-            push_str(&mut k, app);
-            push_str(&mut k, msg_id);
-            k
+        DirtyKey::Message { app, msg_id } | DirtyKey::Held { app, msg_id } => {
+            push_str(k, app);
+            push_str(k, msg_id);
         }
         DirtyKey::Mark { app, reader, peer } => {
-            let mut k = start(partition, Kind::Mark);
-            push_str(&mut k, app);
-            push_str(&mut k, reader);
-            push_str(&mut k, peer);
-            k
-        }
-        DirtyKey::Held { app, msg_id } => {
-            let mut k = start(partition, Kind::Held);
-            push_str(&mut k, app);
-            push_str(&mut k, msg_id);
-            k
+            push_str(k, app);
+            push_str(k, reader);
+            push_str(k, peer);
         }
     }
 }

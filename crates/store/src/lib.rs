@@ -105,8 +105,19 @@ pub struct Store {
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .expect("state values are plain data and always encode")
+    let mut v = Vec::new();
+    encode_into(value, &mut v);
+    v
+}
+
+/// Encodes into `buf`, replacing what it held, and returns it: one pass, into
+/// a buffer the caller reuses (`encode_to_vec` sizes the value first, then
+/// allocates).
+fn encode_into<'a, T: Serialize>(value: &T, buf: &'a mut Vec<u8>) -> &'a [u8] {
+    buf.clear();
+    bincode::serde::encode_into_std_write(value, buf, bincode::config::standard())
+        .expect("state values are plain data and always encode");
+    buf
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
@@ -228,14 +239,16 @@ impl Store {
     /// Stages the current value of each of `keys` (as
     /// [`PartitionState::take_dirty`] gives them; benches stage chosen ones).
     pub fn stage_entities(&self, batch: &mut WriteBatch, partition: i32, state: &PartitionState, keys: &[DirtyKey]) {
+        // One key and one value buffer for all: the batch copies each.
+        let (mut k, mut v) = (Vec::with_capacity(64), Vec::with_capacity(256));
         for key in keys {
-            let k = keys::entity(partition, key);
+            keys::entity_into(partition, key, &mut k);
             match state.entity(key) {
-                EntityRef::Group(meta) => batch.put(&k, encode(&*meta)),
-                EntityRef::Member(user, since) => batch.put(&k, encode(&(&*user, since))),
-                EntityRef::Message(m) => batch.put(&k, encode(&*m)),
-                EntityRef::Mark(t) => batch.put(&k, encode(&t)),
-                EntityRef::Held(reads) => batch.put(&k, encode(&reads)),
+                EntityRef::Group(meta) => batch.put(&k, encode_into(&*meta, &mut v)),
+                EntityRef::Member(user, since) => batch.put(&k, encode_into(&(&*user, since), &mut v)),
+                EntityRef::Message(m) => batch.put(&k, encode_into(&*m, &mut v)),
+                EntityRef::Mark(t) => batch.put(&k, encode_into(&t, &mut v)),
+                EntityRef::Held(reads) => batch.put(&k, encode_into(&reads, &mut v)),
                 EntityRef::Absent => {
                     batch.delete(&k);
                     if let DirtyKey::Group { app, group_id } = key {

@@ -1,8 +1,8 @@
 //! Record bytes to contract types, with validation and stable reason codes.
 
 use crate::{
-    conversation_key, settings_key, Conversation, Event, MembersOp, Setting, MAX_ID_BYTES, MAX_MEMBERS_PER_EVENT,
-    MAX_MSG_IDS_PER_READ, MAX_RECORD_BYTES,
+    conversation_key, is_conversation_key, settings_key, Conversation, Event, MembersOp, Setting, MAX_ID_BYTES,
+    MAX_MEMBERS_PER_EVENT, MAX_MSG_IDS_PER_READ, MAX_RECORD_BYTES,
 };
 
 /// The record header that selects the encoding.
@@ -119,11 +119,15 @@ fn check_key(key: Option<&[u8]>, expected: String) -> Result<(), DecodeError> {
     if key == Some(expected.as_bytes()) {
         return Ok(());
     }
+    Err(key_mismatch(key, expected))
+}
+
+fn key_mismatch(key: Option<&[u8]>, expected: String) -> DecodeError {
     let actual = match key {
         None => "<none>".to_owned(),
         Some(k) => String::from_utf8_lossy(&k[..k.len().min(300)]).into_owned(),
     };
-    Err(DecodeError::KeyMismatch { expected, actual })
+    DecodeError::KeyMismatch { expected, actual }
 }
 
 /// Decodes and validates one `receipts.events` record.
@@ -164,7 +168,9 @@ fn decode_event_with(
         None => decode_bytes(payload, content_type)?,
     };
     validate_event(&event)?;
-    check_key(key, conversation_key(&event))?;
+    if !key.is_some_and(|k| is_conversation_key(k, &event)) {
+        return Err(key_mismatch(key, conversation_key(&event)));
+    }
     Ok(event)
 }
 

@@ -6,24 +6,39 @@ use crate::{Conversation, Event, Setting};
 /// The conversation key an event must carry: C2C `{app}/c2c/{u1}/{u2}` with
 /// `u1 < u2` in byte order, group `{app}/group/{group_id}`.
 pub fn conversation_key(event: &Event) -> String {
+    conversation_key_parts(event).concat()
+}
+
+/// Whether `key` is the event's conversation key. Compared piece by piece:
+/// the worker checks every record's key, and building the key would cost an
+/// allocation (and a formatting pass) per record.
+pub fn is_conversation_key(key: &[u8], event: &Event) -> bool {
+    let parts = conversation_key_parts(event);
+    let mut rest = key;
+    key.len() == parts.iter().map(|p| p.len()).sum::<usize>()
+        && parts.iter().all(|part| {
+            let (head, tail) = rest.split_at(part.len());
+            rest = tail;
+            head == part.as_bytes()
+        })
+}
+
+/// The conversation key in pieces; concatenated, they are the key.
+fn conversation_key_parts(event: &Event) -> [&str; 5] {
     let (app, actor, conversation) = match event {
-        Event::GroupMembers(e) => return group_key(&e.app_id, &e.group_id),
+        Event::GroupMembers(e) => return [&e.app_id, "/group/", &e.group_id, "", ""],
         Event::MessageSent(e) => (&e.app_id, &e.sender, &e.conversation),
         Event::MessageRead(e) => (&e.app_id, &e.reader, &e.conversation),
         Event::ConversationRead(e) => (&e.app_id, &e.reader, &e.conversation),
         Event::MessageRevoked(e) => (&e.app_id, &e.sender, &e.conversation),
     };
     match conversation {
-        Conversation::Group { group_id } => group_key(app, group_id),
+        Conversation::Group { group_id } => [app, "/group/", group_id, "", ""],
         Conversation::C2c { peer } => {
             let (low, high) = if actor.as_bytes() <= peer.as_bytes() { (actor, peer) } else { (peer, actor) };
-            format!("{app}/c2c/{low}/{high}")
+            [app, "/c2c/", low, "/", high]
         }
     }
-}
-
-fn group_key(app: &str, group_id: &str) -> String {
-    format!("{app}/group/{group_id}")
 }
 
 /// The key of a settings record: `{app}/config` or `{app}/user/{user}`.
@@ -36,7 +51,9 @@ pub fn settings_key(setting: &Setting) -> String {
 
 /// The key of a delta record: `{app}/{recipient}`.
 pub fn delta_key(app_id: &str, recipient: &str) -> String {
-    format!("{app_id}/{recipient}")
+    // `concat`, not `format!`: one per delta record, and formatting costs
+    // several times the copy.
+    [app_id, "/", recipient].concat()
 }
 
 #[cfg(test)]
@@ -59,5 +76,26 @@ mod tests {
     fn c2c_key_is_the_same_from_both_sides() {
         assert_eq!(conversation_key(&read("bob", "alice")), "a1/c2c/alice/bob");
         assert_eq!(conversation_key(&read("alice", "bob")), "a1/c2c/alice/bob");
+    }
+
+    #[test]
+    fn the_piecewise_key_check_accepts_the_key_and_nothing_else() {
+        let group = Event::MessageRead(MessageRead {
+            app_id: "a1".into(),
+            reader: "bob".into(),
+            conversation: Conversation::Group { group_id: "g/1".into() },
+            msg_ids: vec!["m".into()],
+            read_at: 1,
+            private: false,
+        });
+        for event in [read("bob", "alice"), read("alice", "bob"), group] {
+            let key = conversation_key(&event);
+            assert!(is_conversation_key(key.as_bytes(), &event), "{key}");
+            let mut longer = key.clone().into_bytes();
+            longer.push(b'x');
+            for wrong in [&key.as_bytes()[..key.len() - 1], &longer, b"", b"a1/c2c/bob/alice", b"a1/group/g/2"] {
+                assert!(!is_conversation_key(wrong, &event), "{key} accepted {:?}", String::from_utf8_lossy(wrong));
+            }
+        }
     }
 }
