@@ -1,5 +1,6 @@
 //! Coalescing receipts into delta records: one record per recipient per flush.
 
+use crate::state::Id;
 use hashbrown::HashTable;
 use receiptd_wire::{DeltaRecord, Receipt};
 use rustc_hash::FxBuildHasher;
@@ -9,21 +10,20 @@ use std::hash::BuildHasher;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiptChange {
     /// The app.
-    pub app: crate::state::Id,
+    pub app: Id,
     /// The recipient.
-    pub to: crate::state::Id,
+    pub to: Id,
     /// The receipt, with absolute counts and the message's version.
-    pub receipt: Receipt,
+    pub receipt: Receipt<Id>,
 }
 
 /// Groups receipts by recipient across partitions, in order of first receipt.
 #[derive(Debug, Default)]
 pub struct DeltaBuffer {
-    /// Indexes into `records`, hashed by (app, recipient). The record holds
-    /// the strings: a recipient's ids are copied once per flush, never per
-    /// receipt.
+    /// Indexes into `records`, hashed by (app, recipient). Every id is
+    /// shared with the state: nothing is copied until serialization.
     index: HashTable<usize>,
-    records: Vec<DeltaRecord>,
+    records: Vec<DeltaRecord<Id>>,
     receipts: usize,
 }
 
@@ -58,7 +58,7 @@ impl DeltaBuffer {
             None => {
                 let i = records.len();
                 index.insert_unique(hash, i, |&j| recipient_hash(&records[j].app_id, &records[j].to));
-                records.push(DeltaRecord { app_id: str::to_owned(&app), to: str::to_owned(&to), receipts: Vec::new() });
+                records.push(DeltaRecord { app_id: app, to, receipts: Vec::new() });
                 i
             }
         };
@@ -69,7 +69,7 @@ impl DeltaBuffer {
     }
 
     /// Takes every record, in order of first receipt.
-    pub fn drain(&mut self) -> Vec<DeltaRecord> {
+    pub fn drain(&mut self) -> Vec<DeltaRecord<Id>> {
         self.index.clear();
         self.receipts = 0;
         crate::state::take_retaining(&mut self.records)

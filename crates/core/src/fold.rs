@@ -152,16 +152,11 @@ impl PartitionState {
                     }
                     let (read, unread) = m.receipt_counts;
                     let receipt = match &m.target {
-                        MessageTarget::Group { group_id, .. } => Receipt::group(
-                            str::to_owned(&msg_id),
-                            str::to_owned(group_id),
-                            read,
-                            unread,
-                            m.timestamp,
-                            m.version,
-                        ),
+                        MessageTarget::Group { group_id, .. } => {
+                            Receipt::group(msg_id, group_id.clone(), read, unread, m.timestamp, m.version)
+                        }
                         MessageTarget::C2c { peer } => {
-                            Receipt::c2c(str::to_owned(&msg_id), str::to_owned(peer), read > 0, m.timestamp, m.version)
+                            Receipt::c2c(msg_id, peer.clone(), read > 0, m.timestamp, m.version)
                         }
                     };
                     out.push(ReceiptChange { app, to: m.sender.clone(), receipt });
@@ -176,7 +171,7 @@ impl PartitionState {
                     if !settings.receipts_on(&app, &reader) || !settings.may_receive(&app, &peer) {
                         continue;
                     }
-                    let receipt = Receipt::conversation(key.0, mark.read_at);
+                    let receipt = Receipt::conversation(reader, mark.read_at);
                     out.push(ReceiptChange { app, to: peer, receipt });
                 }
                 _ => {}

@@ -281,7 +281,8 @@ fn send(producer: &BaseProducer<DeliveryContext>, metrics: &Metrics, mut record:
 #[must_use = "a flush's deltas must be sent before it can be confirmed"]
 pub(crate) struct DeltaBatch {
     generation: u64,
-    records: Vec<receiptd_wire::DeltaRecord>,
+    /// Ids shared with the state, serialized without being copied.
+    records: Vec<receiptd_wire::DeltaRecord<receiptd_core::Id>>,
 }
 
 impl DeltaBatch {
@@ -308,10 +309,10 @@ impl DeltaBatch {
 /// Hands `record` to `each` in records of at most `max` receipts, in order;
 /// nothing for a record without receipts. Chunks are split off, not copied,
 /// and a usual record is one chunk, handed over as it is.
-fn for_each_chunk(
-    mut record: receiptd_wire::DeltaRecord,
+fn for_each_chunk<S>(
+    mut record: receiptd_wire::DeltaRecord<S>,
     max: usize,
-    mut each: impl FnMut(&receiptd_wire::DeltaRecord),
+    mut each: impl FnMut(&receiptd_wire::DeltaRecord<S>),
 ) {
     let mut rest = std::mem::take(&mut record.receipts);
     while !rest.is_empty() {
