@@ -129,7 +129,13 @@ const WRITER_QUEUE: usize = 2;
 /// nor an fsync at a checkpoint boundary stalls the poll loop. After a
 /// failed write it writes nothing more: a later batch carries later offsets.
 pub(crate) struct StoreWriter {
-    jobs: std::sync::mpsc::SyncSender<StagedFlush>,
+    /// `None` once dropped: closing the channel is what ends the thread.
+    jobs: Option<std::sync::mpsc::SyncSender<StagedFlush>>,
+    /// Joined on drop, so that the thread's handle on the store is gone when
+    /// the engine is: a store still closing on a thread nobody waits for
+    /// races the process's exit (RocksDB then aborts on a destroyed mutex,
+    /// "pthread lock: Invalid argument", seen once in CI).
+    thread: Option<std::thread::JoinHandle<()>>,
     written: std::sync::mpsc::Receiver<Vec<(i32, i64)>>,
     queue: Arc<(Mutex<WriterQueue>, std::sync::Condvar)>,
 }
@@ -148,7 +154,7 @@ impl StoreWriter {
         let (done, written) = std::sync::mpsc::channel();
         let queue: Arc<(Mutex<WriterQueue>, std::sync::Condvar)> = Arc::default();
         let state = queue.clone();
-        std::thread::Builder::new().name("receiptd-store".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name("receiptd-store".into()).spawn(move || {
             while let Ok(staged) = incoming.recv() {
                 let result = staged.commit(&store, &shared.metrics);
                 let (lock, changed) = &*state;
@@ -168,7 +174,7 @@ impl StoreWriter {
                 }
             }
         })?;
-        Ok(StoreWriter { jobs, written, queue })
+        Ok(StoreWriter { jobs: Some(jobs), written, queue, thread: Some(thread) })
     }
 
     /// Hands a confirmed flush over; waits while the queue is full.
@@ -181,7 +187,8 @@ impl StoreWriter {
             }
             q.queued += 1;
         }
-        self.jobs.send(staged).map_err(|_| StreamError::StoreFailed)
+        let jobs = self.jobs.as_ref().expect("jobs is taken only on drop");
+        jobs.send(staged).map_err(|_| StreamError::StoreFailed)
     }
 
     /// Offsets of the flushes written since the last call, oldest first.
@@ -201,6 +208,18 @@ impl StoreWriter {
             Err(StreamError::StoreFailed)
         } else {
             Ok(())
+        }
+    }
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        // The thread writes what it was handed, then sees the channel closed.
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the store writer thread panicked");
+            }
         }
     }
 }
@@ -709,6 +728,8 @@ mod tests {
         assert_eq!(written, (1..=20).collect::<Vec<_>>(), "every flush written, in order");
         assert_eq!(shared.metrics.store_writes.load(Relaxed), 20);
         assert_eq!(shared.metrics.store_syncs.load(Relaxed), 10, "fsynced only where the flush asked");
+        drop(writer);
+        assert_eq!(Arc::strong_count(&store), 1, "a dropped writer has let go of the store");
     }
 
     #[test]
