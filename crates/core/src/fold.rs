@@ -163,11 +163,12 @@ impl PartitionState {
                 }
                 DirtyKey::Mark { app, reader, peer } => {
                     let Some(app_state) = self.apps.get(&*app) else { continue };
-                    let key = (str::to_owned(&reader), str::to_owned(&peer));
+                    let key = (reader, peer);
                     let Some(mut mark) = app_state.view.marks.get_mut(&key) else { continue };
                     if !std::mem::take(&mut mark.delta_pending) {
                         continue;
                     }
+                    let (reader, peer) = key;
                     if !settings.receipts_on(&app, &reader) || !settings.may_receive(&app, &peer) {
                         continue;
                     }
@@ -429,7 +430,9 @@ impl PartitionState {
         let PartitionState { apps, view, dirty, pending_receipts, .. } = self;
         let app_state = app_entry(apps, view, app_id);
         let app = &app_state.view;
-        let mut mark = app.marks.get_or_insert_with((reader.to_owned(), peer.to_owned()), || Mark {
+        // The map's key and the dirty and pending keys share these two ids.
+        let (reader_id, peer_id) = (Id::from(reader), Id::from(peer));
+        let mut mark = app.marks.get_or_insert_with((reader_id.clone(), peer_id.clone()), || Mark {
             read_at: 0,
             dirty: false,
             delta_pending: false,
@@ -439,7 +442,7 @@ impl PartitionState {
             return Outcome::Ignored;
         }
         mark.read_at = read_at;
-        let key = || DirtyKey::Mark { app: app_state.id.clone(), reader: Id::from(reader), peer: Id::from(peer) };
+        let key = || DirtyKey::Mark { app: app_state.id.clone(), reader: reader_id.clone(), peer: peer_id.clone() };
         if !mark.dirty {
             mark.dirty = true;
             dirty.push(key());

@@ -233,7 +233,7 @@ pub(crate) struct AppView {
     pub(crate) groups: ShardedMap<Id, Group>,
     pub(crate) messages: ShardedMap<Id, MessageState>,
     /// (reader, peer) -> the reader's conversation-read mark.
-    pub(crate) marks: ShardedMap<(String, String), Mark>,
+    pub(crate) marks: ShardedMap<(Id, Id), Mark>,
 }
 
 /// Everything of one app in one partition: the shared view, and what only
@@ -383,7 +383,7 @@ impl PartitionView {
 
 impl AppView {
     pub(crate) fn mark(&self, reader: &str, peer: &str) -> Option<u64> {
-        self.marks.get(&(reader.to_owned(), peer.to_owned())).map(|m| m.read_at)
+        self.marks.get(&(Id::from(reader), Id::from(peer))).map(|m| m.read_at)
     }
 
     pub(crate) fn counts(&self, settings: &crate::SettingsTable, app: &str, msg_id: &str) -> Option<(u32, u32)> {
@@ -502,7 +502,7 @@ impl PartitionState {
     pub fn marks(&self, app: &str) -> Vec<(String, String, u64)> {
         let mut v = Vec::new();
         if let Some(a) = self.apps.get(app) {
-            a.view.marks.for_each(|(r, p), m| v.push((r.clone(), p.clone(), m.read_at)));
+            a.view.marks.for_each(|(r, p), m| v.push((str::to_owned(r), str::to_owned(p), m.read_at)));
         }
         v.sort_unstable();
         v
@@ -548,7 +548,7 @@ impl PartitionState {
                     }
                 }
                 DirtyKey::Mark { app, reader, peer } => {
-                    let key = (str::to_owned(reader), str::to_owned(peer));
+                    let key = (reader.clone(), peer.clone());
                     if let Some(mut m) = self.apps.get(&**app).and_then(|a| a.view.marks.get_mut(&key)) {
                         m.dirty = false;
                     }
@@ -582,7 +582,7 @@ impl PartitionState {
                 app(a).and_then(|s| s.view.messages.get(msg_id)).map(EntityRef::Message)
             }
             DirtyKey::Mark { app: a, reader, peer } => app(a)
-                .and_then(|s| s.view.marks.get(&(str::to_owned(reader), str::to_owned(peer))))
+                .and_then(|s| s.view.marks.get(&(reader.clone(), peer.clone())))
                 .map(|m| EntityRef::Mark(m.read_at)),
             DirtyKey::Held { app: a, msg_id } => {
                 app(a).and_then(|s| s.held.get(&**msg_id)).map(|h| EntityRef::Held(&h.reads))
@@ -628,7 +628,7 @@ impl PartitionState {
         self.app_mut(app)
             .view
             .marks
-            .insert((reader.to_owned(), peer.to_owned()), Mark { read_at, dirty: false, delta_pending: false });
+            .insert((Id::from(reader), Id::from(peer)), Mark { read_at, dirty: false, delta_pending: false });
     }
 
     /// Restores the reads held for a message.

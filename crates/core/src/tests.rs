@@ -83,24 +83,9 @@ impl Harness {
         for r in self.state.take_receipts(&self.settings) {
             buffer.push(r);
         }
-        // As the wire's consumers see them: ids as owned strings.
-        let owned = |id: Option<crate::Id>| id.map(|s| s.to_string());
-        let receipt = |r: Receipt<crate::Id>| Receipt {
-            msg_id: r.msg_id.to_string(),
-            group_id: owned(r.group_id),
-            user_id: owned(r.user_id),
-            read_count: r.read_count,
-            unread_count: r.unread_count,
-            is_peer_read: r.is_peer_read,
-            timestamp: r.timestamp,
-            version: r.version,
-        };
-        let record = |d: DeltaRecord<crate::Id>| DeltaRecord {
-            app_id: d.app_id.to_string(),
-            to: d.to.to_string(),
-            receipts: d.receipts.into_iter().map(receipt).collect(),
-        };
-        buffer.drain().into_iter().map(record).collect()
+        // As the wire's consumers see them: through JSON, ids as owned strings.
+        let json = serde_json::to_vec(&buffer.drain()).expect("delta records serialize");
+        serde_json::from_slice(&json).expect("and read back")
     }
 }
 
