@@ -38,7 +38,7 @@ impl DeliveryContext {
         DeliveryContext { shared, outstanding: Mutex::new(BTreeMap::new()) }
     }
 
-    fn sent(&self, generation: u64) {
+    pub(crate) fn sent(&self, generation: u64) {
         *self.outstanding.lock().expect("delivery lock").entry(generation).or_default() += 1;
     }
 
@@ -50,6 +50,12 @@ impl DeliveryContext {
                 outstanding.remove(&generation);
             }
         }
+    }
+
+    /// Records not yet settled, and the oldest generation among them.
+    pub(crate) fn unsettled(&self) -> (u64, Option<u64>) {
+        let outstanding = self.outstanding.lock().expect("delivery lock");
+        (outstanding.values().sum(), outstanding.keys().next().copied())
     }
 
     /// Every record of `generation` and earlier is settled.
@@ -274,7 +280,11 @@ pub(crate) fn await_delivery(
 
 /// Queues one record, waiting while librdkafka's queue is full. The record's
 /// opaque is its flush generation.
-fn send(producer: &BaseProducer<DeliveryContext>, metrics: &Metrics, mut record: BaseRecord<'_, [u8], [u8], usize>) {
+pub(crate) fn send(
+    producer: &BaseProducer<DeliveryContext>,
+    metrics: &Metrics,
+    mut record: BaseRecord<'_, [u8], [u8], usize>,
+) {
     let generation = record.delivery_opaque as u64;
     loop {
         match producer.send(record) {

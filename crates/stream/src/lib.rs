@@ -78,6 +78,15 @@ pub enum StreamError {
     /// A configured topic does not exist.
     #[error("topic `{0}` does not exist on the cluster (create it, e.g. with deploy/kafka.sh topics)")]
     MissingTopic(String),
+    /// Produced records were counted unconfirmed with none left in
+    /// librdkafka to confirm them; the worker stops rather than wait forever.
+    #[error(
+        "{unconfirmed} produced records can no longer be confirmed; restart to fold again from the last checkpoint"
+    )]
+    DeliveryLost {
+        /// Records counted unconfirmed.
+        unconfirmed: u64,
+    },
     /// The broker could not be reached in time.
     #[error("timed out: {0}")]
     Timeout(String),

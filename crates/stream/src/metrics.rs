@@ -70,6 +70,8 @@ pub struct Metrics {
     pub messages_tracked: AtomicI64,
     /// Reads waiting for their message.
     pub held_reads: AtomicI64,
+    /// Produced delta and DLQ records not yet confirmed by the broker, while a flush waits for them.
+    pub deltas_unconfirmed: AtomicI64,
     /// Partitions owned.
     pub partitions_assigned: AtomicI64,
     /// RocksDB size estimate, bytes.
@@ -276,6 +278,11 @@ impl Metrics {
         for (name, help, g) in [
             ("receiptd_messages_tracked", "Messages with receipt state in owned partitions.", &self.messages_tracked),
             ("receiptd_held_reads", "Reads waiting for their message.", &self.held_reads),
+            (
+                "receiptd_deltas_unconfirmed",
+                "Produced records a waiting flush still needs the broker to confirm.",
+                &self.deltas_unconfirmed,
+            ),
             ("receiptd_partitions_assigned", "Partitions this worker owns.", &self.partitions_assigned),
             ("receiptd_store_bytes", "RocksDB size estimate (SST files plus memtables).", &self.store_bytes),
         ] {

@@ -6,7 +6,7 @@ use crate::settings::{settle, SettingsReader};
 use crate::{Metrics, StreamError};
 use parking_lot::{Mutex as EngineLock, RwLock};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::producer::BaseProducer;
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
@@ -25,6 +25,87 @@ const MAX_BATCH: usize = 1024;
 const DELIVERY_POLL: Duration = Duration::from_millis(1);
 /// A flush unconfirmed for this long marks the worker unready.
 const BLOCKED_AFTER: Duration = Duration::from_secs(1);
+/// How often a flush still waiting for the broker is reported.
+const BLOCKED_REPORT_EVERY: Duration = Duration::from_secs(30);
+/// How long records may stay counted unconfirmed while librdkafka holds
+/// none before the worker gives up on them.
+const ORPHANED_AFTER: Duration = Duration::from_secs(10);
+
+/// Watches a flush that waits for the broker. Warns (and marks the worker
+/// unready) once it has waited [`BLOCKED_AFTER`], then reports what is still
+/// unconfirmed every [`BLOCKED_REPORT_EVERY`]. Fails the worker when records
+/// are counted unconfirmed but librdkafka holds none: no delivery report
+/// can settle them, so the flush would wait forever; restarting folds
+/// again from the last checkpoint and sends their deltas again.
+struct DeliveryWatch {
+    /// [`ORPHANED_AFTER`]; shorter in tests.
+    orphaned_after: Duration,
+    warned: bool,
+    next_report: Option<Instant>,
+    orphaned_since: Option<Instant>,
+}
+
+impl Default for DeliveryWatch {
+    fn default() -> Self {
+        DeliveryWatch { orphaned_after: ORPHANED_AFTER, warned: false, next_report: None, orphaned_since: None }
+    }
+}
+
+impl DeliveryWatch {
+    fn waiting(
+        &mut self,
+        since: Instant,
+        producer: &BaseProducer<DeliveryContext>,
+        shared: &Shared,
+    ) -> Result<(), StreamError> {
+        let now = Instant::now();
+        let waited = now.duration_since(since);
+        if waited < BLOCKED_AFTER {
+            return Ok(());
+        }
+        if !self.warned {
+            self.warned = true;
+            self.next_report = Some(now + BLOCKED_REPORT_EVERY);
+            shared.producer_blocked.store(true, Relaxed);
+            shared.metrics.flush_errors.fetch_add(1, Relaxed);
+            tracing::warn!("waiting for the broker to take deltas; folding continues up to the pending limit");
+        }
+        let (unconfirmed, oldest_generation) = producer.context().unsettled();
+        let queued = producer.in_flight_count();
+        shared.metrics.deltas_unconfirmed.store(unconfirmed as i64, Relaxed);
+        if self.next_report.is_some_and(|at| now >= at) {
+            self.next_report = Some(now + BLOCKED_REPORT_EVERY);
+            tracing::warn!(
+                waited_s = waited.as_secs(),
+                unconfirmed,
+                oldest_generation,
+                librdkafka_queue = queued,
+                "a flush still waits for the broker to confirm its deltas"
+            );
+        }
+        if unconfirmed == 0 || queued > 0 {
+            self.orphaned_since = None;
+            return Ok(());
+        }
+        let orphaned_since = *self.orphaned_since.get_or_insert(now);
+        if now.duration_since(orphaned_since) < self.orphaned_after {
+            return Ok(());
+        }
+        tracing::error!(
+            unconfirmed,
+            oldest_generation,
+            "records counted unconfirmed, but librdkafka holds none: no delivery report will come; \
+             stopping so that a restart folds again from the last checkpoint"
+        );
+        Err(StreamError::DeliveryLost { unconfirmed })
+    }
+
+    /// No flush waits any more.
+    fn settled(&mut self, shared: &Shared) {
+        *self = DeliveryWatch { orphaned_after: self.orphaned_after, ..DeliveryWatch::default() };
+        shared.metrics.deltas_unconfirmed.store(0, Relaxed);
+    }
+}
 
 /// Topic names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,7 +374,7 @@ fn run_inner(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_batch_done: Option<Instant> = None;
     let mut paused = false;
-    let mut blocked_warned = false;
+    let mut delivery_watch = DeliveryWatch::default();
     let result = loop {
         if stop.load(Relaxed) {
             break Ok(());
@@ -363,11 +444,8 @@ fn run_inner(
             Err(err) => break Err(err),
         };
         if let (false, Some(since)) = (handed_over, in_flight) {
-            if since.elapsed() >= BLOCKED_AFTER && !blocked_warned {
-                blocked_warned = true;
-                shared.producer_blocked.store(true, Relaxed);
-                shared.metrics.flush_errors.fetch_add(1, Relaxed);
-                tracing::warn!("waiting for the broker to take deltas; folding continues up to the pending limit");
+            if let Err(err) = delivery_watch.waiting(since, &producer, shared) {
+                break Err(err);
             }
         }
 
@@ -406,7 +484,7 @@ fn run_inner(
             if shared.producer_blocked.swap(false, Relaxed) {
                 tracing::info!("broker took the pending deltas; resuming");
             }
-            blocked_warned = false;
+            delivery_watch.settled(shared);
             if paused {
                 paused = false;
                 if let Ok(assignment) = consumer.assignment() {
@@ -468,5 +546,61 @@ fn ensure_topic<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> 
         Ok(())
     } else {
         Err(StreamError::MissingTopic(topic.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::producer::BaseRecord;
+
+    /// A producer whose broker never answers: what it queues stays queued.
+    fn unreachable_producer(shared: &Arc<Shared>) -> BaseProducer<DeliveryContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("message.timeout.ms", "0")
+            .create_with_context(DeliveryContext::new(shared.clone()))
+            .unwrap()
+    }
+
+    fn watch_for(watch: &mut DeliveryWatch, producer: &BaseProducer<DeliveryContext>, shared: &Shared) -> bool {
+        let since = Instant::now() - BLOCKED_AFTER;
+        let until = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < until {
+            // As the worker loop does: librdkafka counts unpolled events
+            // (connection errors here) in its queue length too.
+            producer.poll(Duration::ZERO);
+            if watch.waiting(since, producer, shared).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn a_flush_that_no_delivery_report_can_settle_stops_the_worker() {
+        let shared = Arc::new(Shared::default());
+        let producer = unreachable_producer(&shared);
+        let mut watch = DeliveryWatch { orphaned_after: Duration::from_millis(200), ..DeliveryWatch::default() };
+        // Counted as sent, but never handed to librdkafka.
+        producer.context().sent(3);
+        assert!(watch_for(&mut watch, &producer, &shared), "an orphaned record must stop the wait");
+        assert!(shared.producer_blocked.load(Relaxed), "the worker reports unready meanwhile");
+        assert_eq!(shared.metrics.deltas_unconfirmed.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_flush_waiting_for_a_broker_that_is_down_waits_on() {
+        let shared = Arc::new(Shared::default());
+        let producer = unreachable_producer(&shared);
+        let mut watch = DeliveryWatch { orphaned_after: Duration::from_millis(200), ..DeliveryWatch::default() };
+        let record = BaseRecord::with_opaque_to("deltas", 3).key(&b"k"[..]).payload(&b"v"[..]);
+        crate::engine::send(&producer, &shared.metrics, record);
+        assert!(!watch_for(&mut watch, &producer, &shared), "a record librdkafka still holds will be confirmed");
+        assert_eq!(shared.metrics.deltas_unconfirmed.load(Relaxed), 1);
+        watch.settled(&shared);
+        assert_eq!(shared.metrics.deltas_unconfirmed.load(Relaxed), 0);
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     }
 }

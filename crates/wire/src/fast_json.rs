@@ -63,9 +63,8 @@ fn string_stop(bytes: &[u8]) -> Option<usize> {
     let mut at = 0;
     while let Some(chunk) = bytes.get(at..at + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let stops = below(word ^ (ONES * u64::from(b'"')), 1)
-            | below(word ^ (ONES * u64::from(b'\\')), 1)
-            | below(word, 0x20);
+        let stops =
+            below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1) | below(word, 0x20);
         if stops != 0 {
             return Some(at + stops.trailing_zeros() as usize / 8);
         }
@@ -423,8 +422,22 @@ mod tests {
     #[test]
     fn field_names_are_recognized_exactly() {
         let names = [
-            "type", "app_id", "group_id", "op", "group_type", "members", "msg_id", "sender", "conversation",
-            "need_read_receipt", "sent_at", "reader", "msg_ids", "read_at", "private", "at",
+            "type",
+            "app_id",
+            "group_id",
+            "op",
+            "group_type",
+            "members",
+            "msg_id",
+            "sender",
+            "conversation",
+            "need_read_receipt",
+            "sent_at",
+            "reader",
+            "msg_ids",
+            "read_at",
+            "private",
+            "at",
         ];
         let fields: std::collections::BTreeSet<_> =
             names.iter().map(|n| event_field(n).map(|f| f as u8).expect(n)).collect();
