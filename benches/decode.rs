@@ -5,8 +5,12 @@
 //! same run.
 //!
 //! `cargo bench --bench decode`
+//!
+//! Counted instead of timed: `benches/counted.sh decode` runs this binary
+//! under callgrind with `RECEIPTD_DECODE_COUNTED=fast|serde` and reports
+//! instructions and simulated cache misses per record.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use receiptd_loadgen::{Traffic, TrafficShape};
 use receiptd_wire::{conversation_key, decode_event, decode_event_reference, ContentType, DecodeError, Event};
 use std::hint::black_box;
@@ -17,32 +21,58 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const RECORDS: usize = 100_000;
 
-fn decode(c: &mut Criterion) {
+type Decoder = fn(Option<&[u8]>, Option<&[u8]>, ContentType) -> Result<Event, DecodeError>;
+
+/// The bench mix as (key, JSON payload) records.
+fn records() -> Vec<(String, Vec<u8>)> {
     let mut traffic = Traffic::new(TrafficShape::bench());
-    let records: Vec<(String, Vec<u8>)> = (0..RECORDS)
+    (0..RECORDS)
         .map(|_| {
             let e = traffic.next_event();
             (conversation_key(&e), serde_json::to_vec(&e).expect("events serialize"))
         })
-        .collect();
+        .collect()
+}
+
+fn decode_all(records: &[(String, Vec<u8>)], decoder: Decoder) {
+    for (key, payload) in records {
+        black_box(decoder(Some(key.as_bytes()), Some(payload), ContentType::Json).expect("decodes"));
+    }
+}
+
+/// What callgrind counts (by this name): every record decoded once.
+#[inline(never)]
+fn counted_decodes(records: &[(String, Vec<u8>)], decoder: Decoder) {
+    decode_all(records, decoder);
+}
+
+fn decode(c: &mut Criterion) {
+    let records = records();
     let bytes: usize = records.iter().map(|(_, p)| p.len()).sum();
     println!("{RECORDS} records, {bytes} payload bytes ({} per record on average)", bytes / RECORDS);
     let mut group = c.benchmark_group("decode_json");
     group.throughput(Throughput::Elements(RECORDS as u64));
     group.sample_size(20);
-    type Decoder = fn(Option<&[u8]>, Option<&[u8]>, ContentType) -> Result<Event, DecodeError>;
     let decoders: [(&str, Decoder); 2] = [("fast_path", decode_event), ("serde_json_only", decode_event_reference)];
     for (name, decoder) in decoders {
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                for (key, payload) in &records {
-                    black_box(decoder(Some(key.as_bytes()), Some(payload), ContentType::Json).expect("decodes"));
-                }
-            })
-        });
+        group.bench_function(name, |b| b.iter(|| decode_all(&records, decoder)));
     }
     group.finish();
 }
 
 criterion_group!(benches, decode);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(case) = std::env::var("RECEIPTD_DECODE_COUNTED") {
+        let decoder: Decoder = match case.as_str() {
+            "fast" => decode_event,
+            "serde" => decode_event_reference,
+            other => panic!("RECEIPTD_DECODE_COUNTED={other}: expected fast or serde"),
+        };
+        counted_decodes(&records(), decoder);
+        println!("decoded {RECORDS} records ({case})");
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Hot paths counted, not timed: instructions and simulated cache misses per
+# item, under valgrind's callgrind. Shared machines steal CPU time
+# unpredictably; these counts do not move with it, so they compare two
+# builds where wall-clock medians cannot.
+#
+#   benches/counted.sh fold [hot|uniform ...]     (default: both)
+#     the fold's reads: `counted_reads` in benches/fold.rs, 200,000 reads
+#     into 100,000 live messages in groups of 32, receipts taken every 1,000
+#   benches/counted.sh decode [fast|serde ...]    (default: both)
+#     decoding: `counted_decodes` in benches/decode.rs, the bench mix's
+#     100,000 JSON records once each, key check and validation included
+#
+# Needs valgrind (apt-get install valgrind); about a minute per case.
+# COUNTED_BENCH_BIN=<path> counts another build's bench binary (A/B).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+command -v valgrind >/dev/null || { echo "counted.sh: valgrind is not installed" >&2; exit 1; }
+bench="${1:-}"
+shift || true
+case "$bench" in
+  fold) env_var=RECEIPTD_FOLD_COUNTED; counted='*counted_reads*'; per=200000; unit=read; default="hot uniform" ;;
+  decode) env_var=RECEIPTD_DECODE_COUNTED; counted='*counted_decodes*'; per=100000; unit=record; default="fast serde" ;;
+  *) echo "usage: benches/counted.sh fold|decode [cases...]" >&2; exit 2 ;;
+esac
+bin="${COUNTED_BENCH_BIN:-$(cargo bench --bench "$bench" --no-run 2>&1 | grep -o "(/[^)]*$bench-[0-9a-f]*)" | tr -d '()' | tail -1)}"
+[ -x "$bin" ] || { echo "counted.sh: could not build the $bench bench" >&2; exit 1; }
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+for c in ${*:-$default}; do
+  env "$env_var=$c" valgrind --tool=callgrind --cache-sim=yes --collect-atstart=no \
+    --toggle-collect="$counted" --callgrind-out-file="$out/$c.out" "$bin" >/dev/null 2>"$out/$c.log" \
+    || { cat "$out/$c.log" >&2; exit 1; }
+  # Events: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw
+  totals="$(callgrind_annotate "$out/$c.out" 2>/dev/null | grep 'PROGRAM TOTALS' | tr -d ',' | grep -oE '^[ 0-9]+( \([^)]*\))?( +[0-9]+( \([^)]*\))?)*' | sed -E 's/\([^)]*\)//g')"
+  read -r ir _i1 _il _dr d1r llr _dw d1w llw <<<"$totals"
+  awk -v c="$c" -v n="$per" -v u="$unit" -v ir="$ir" -v d1="$((d1r + d1w))" -v ll="$((llr + llw))" 'BEGIN {
+    printf "%-8s %8.0f instructions/%s  %6.2f L1d misses/%s  %6.2f LL misses/%s\n", c, ir / n, u, d1 / n, u, ll / n, u }'
+done
