@@ -40,9 +40,7 @@ fn apply(state: &mut PartitionState, events: &[Event]) {
         state.apply(&settings, &limits, e, 1_732_200_000_000, &mut fx);
     }
     let mut deltas = DeltaBuffer::new();
-    for r in state.take_receipts(&settings) {
-        deltas.push(r);
-    }
+    state.take_receipts(&settings, &mut deltas);
     drop(deltas.drain());
 }
 

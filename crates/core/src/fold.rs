@@ -1,6 +1,6 @@
 //! The fold: one event in, state and effects out.
 
-use crate::deltas::ReceiptChange;
+use crate::deltas::{DeltaBuffer, ReceiptChange};
 use crate::state::{
     app_entry, AppView, DirtyKey, Group, HeldList, HeldRead, Id, Mark, MessageState, MessageTarget, PartitionState,
     ReadMark, Tracking, NOT_A_MEMBER,
@@ -131,12 +131,12 @@ impl PartitionState {
     }
 
     /// Takes the receipts of every message and read mark whose revealed state
-    /// changed since the last call: one per message, with its latest counts.
-    /// Receipts for users who may not receive them (reciprocal privacy) are
-    /// dropped here.
-    pub fn take_receipts(&mut self, settings: &SettingsTable) -> Vec<ReceiptChange> {
+    /// changed since the last call, one per message with its latest counts,
+    /// into `deltas` (straight in: a list of them in between was a fresh
+    /// buffer per flush, hundreds of KiB at full load). Receipts for users
+    /// who may not receive them (reciprocal privacy) are dropped here.
+    pub fn take_receipts(&mut self, settings: &SettingsTable, deltas: &mut DeltaBuffer) {
         let pending = crate::state::take_retaining(&mut self.pending_receipts);
-        let mut out = Vec::with_capacity(pending.len());
         for key in pending {
             match key {
                 DirtyKey::Message { app, msg_id } => {
@@ -159,7 +159,7 @@ impl PartitionState {
                             Receipt::c2c(msg_id, peer.clone(), read > 0, m.timestamp, m.version)
                         }
                     };
-                    out.push(ReceiptChange { app, to: m.sender.clone(), receipt });
+                    deltas.push(ReceiptChange { app, to: m.sender.clone(), receipt });
                 }
                 DirtyKey::Mark { app, reader, peer } => {
                     let Some(app_state) = self.apps.get(&*app) else { continue };
@@ -173,12 +173,11 @@ impl PartitionState {
                         continue;
                     }
                     let receipt = Receipt::conversation(reader, mark.read_at);
-                    out.push(ReceiptChange { app, to: peer, receipt });
+                    deltas.push(ReceiptChange { app, to: peer, receipt });
                 }
                 _ => {}
             }
         }
-        out
     }
 
     fn group_members(&mut self, e: &GroupMembers, stats: &mut FoldStats) -> Outcome {

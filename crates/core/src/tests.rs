@@ -80,9 +80,7 @@ impl Harness {
 
     fn receipts(&mut self) -> Vec<DeltaRecord> {
         let mut buffer = DeltaBuffer::new();
-        for r in self.state.take_receipts(&self.settings) {
-            buffer.push(r);
-        }
+        self.state.take_receipts(&self.settings, &mut buffer);
         // As the wire's consumers see them: through JSON, ids as owned strings.
         let json = serde_json::to_vec(&buffer.drain()).expect("delta records serialize");
         serde_json::from_slice(&json).expect("and read back")

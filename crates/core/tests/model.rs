@@ -293,9 +293,7 @@ impl Model {
 
 fn engine_take(state: &mut PartitionState, settings: &SettingsTable) -> BTreeSet<String> {
     let mut buffer = DeltaBuffer::new();
-    for r in state.take_receipts(settings) {
-        buffer.push(r);
-    }
+    state.take_receipts(settings, &mut buffer);
     let mut out = BTreeSet::new();
     for record in buffer.drain() {
         for r in record.receipts {

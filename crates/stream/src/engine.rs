@@ -540,9 +540,7 @@ impl Engine {
             puts: 0,
         };
         for (&partition, owned) in self.partitions.iter_mut() {
-            for change in owned.state.take_receipts(&self.shared.settings.read()) {
-                self.deltas.push(change);
-            }
+            owned.state.take_receipts(&self.shared.settings.read(), &mut self.deltas);
             if owned.unflushed > 0 || owned.state.has_dirty() {
                 let staged = self.store.stage(&mut flush.batch, partition, &mut owned.state, owned.next_offset);
                 flush.puts += staged as u64;
