@@ -408,12 +408,7 @@ impl Engine {
     }
 
     /// Folds one record of the events topic, decoded by [`decode`].
-    pub(crate) fn ingest(
-        &mut self,
-        m: &BorrowedMessage<'_>,
-        decoded: Result<Event, DecodeError>,
-        settings: &SettingsTable,
-    ) {
+    pub(crate) fn ingest<M: Message>(&mut self, m: &M, decoded: Result<Event, DecodeError>, settings: &SettingsTable) {
         self.shared.metrics.records_in.fetch_add(1, Relaxed);
         let partition = m.partition();
         let offset = m.offset();
@@ -498,6 +493,13 @@ impl Engine {
             }
             let staged = self.in_flight.take().expect("a flush in flight");
             await_delivery(&self.producer, &self.shared, deadline, stop)?;
+            // librdkafka holds nothing now, every report served: a record of
+            // this flush still counted unconfirmed will never be confirmed,
+            // and writing would checkpoint past its delta.
+            if !self.producer.context().settled_through(staged.generation) {
+                let (unconfirmed, _) = self.producer.context().unsettled();
+                return Err(StreamError::DeliveryLost { unconfirmed });
+            }
             written.extend(staged.commit(&self.store, &self.shared.metrics)?);
         }
         Ok((!written.is_empty()).then(|| written.into_iter().collect()))
@@ -696,6 +698,70 @@ mod tests {
 
     fn checkpoint(store: &Store) -> Option<i64> {
         store.load_partition(0).expect("load").1.map(|c| c.next_offset)
+    }
+
+    #[test]
+    fn a_flush_with_a_record_that_can_no_longer_be_confirmed_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+        let shared = Arc::new(Shared::default());
+        // Never reached: nothing below is queued in librdkafka.
+        let producer: Arc<BaseProducer<DeliveryContext>> = Arc::new(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:9")
+                .create_with_context(DeliveryContext::new(shared.clone()))
+                .unwrap(),
+        );
+        let topics = crate::Topics {
+            events: "events".into(),
+            settings: "settings".into(),
+            deltas: "deltas".into(),
+            dlq: "dlq".into(),
+        };
+        let config = Arc::new(WorkerConfig {
+            brokers: "127.0.0.1:9".into(),
+            group_id: "g".into(),
+            instance_id: None,
+            topics,
+            flush_interval: Duration::from_millis(50),
+            max_pending_records: 100_000,
+            sync_interval: Duration::from_secs(1),
+            revoke_timeout: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(10),
+            limits: Default::default(),
+            kafka_properties: Default::default(),
+        });
+        let writer = StoreWriter::start(store.clone(), shared.clone()).unwrap();
+        let mut engine = Engine::new(config, store.clone(), producer.clone(), shared, writer);
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition("events", 0);
+        engine.assign(&mut assignment).unwrap();
+        // A read of a message not seen yet: held, so the flush has state to write.
+        let read = Event::MessageRead(receiptd_wire::MessageRead {
+            app_id: "a".into(),
+            reader: "bob".into(),
+            conversation: receiptd_wire::Conversation::C2c { peer: "alice".into() },
+            msg_ids: vec!["m1".into()],
+            read_at: 1,
+            private: false,
+        });
+        let key = receiptd_wire::conversation_key(&read);
+        let record = rdkafka::message::OwnedMessage::new(
+            Some(serde_json::to_vec(&read).unwrap()),
+            Some(key.into_bytes()),
+            "events".into(),
+            rdkafka::Timestamp::CreateTime(1),
+            0,
+            5,
+            None,
+        );
+        engine.ingest(&record, Ok(read), &SettingsTable::default());
+        // Counted as sent in the flush's generation, but librdkafka never had it.
+        producer.context().sent(0);
+        let flushed = engine.flush(Some(Instant::now() + Duration::from_secs(5)), &|| false);
+        assert!(matches!(flushed, Err(StreamError::DeliveryLost { unconfirmed: 1 })), "{flushed:?}");
+        engine.writer.wait_idle().unwrap();
+        assert_eq!(checkpoint(&store), None, "nothing checkpointed past a delta never confirmed");
     }
 
     #[test]

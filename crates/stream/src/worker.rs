@@ -246,7 +246,15 @@ impl ConsumerContext for WorkerContext {
         self.shared.metrics.rebalances.fetch_add(1, Relaxed);
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let mut guard = self.engine.lock();
-        let Some(engine) = guard.as_mut() else { return };
+        let Some(engine) = guard.as_mut() else {
+            // Stopping after an error, the engine gone: nothing is flushed on
+            // the way out (the next owner folds again from the last
+            // checkpoint), but the group still takes the partitions back.
+            if matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+                let _ = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+            }
+            return;
+        };
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Err(e) = engine.assign(tpl) {
@@ -520,7 +528,14 @@ fn run_inner(
                 Err(err) => Err(err),
             }
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            // No flush on the way out of an error: its deltas may be the
+            // ones that were lost, or its state the one the store refused.
+            // Without the engine the revoke in `close` only gives the
+            // partitions back.
+            drop(engine.lock().take());
+            Err(e)
+        }
     };
     close(&consumer);
     outcome
