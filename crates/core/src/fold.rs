@@ -127,6 +127,7 @@ impl PartitionState {
                     dirty.push(DirtyKey::Message { app: id.clone(), msg_id });
                 }
             });
+            app.users.prune();
         }
     }
 
@@ -303,10 +304,10 @@ impl PartitionState {
                 } else {
                     Tracking::Tracked
                 };
-                (MessageTarget::C2c { peer: Id::from(peer.as_str()) }, tracking)
+                (MessageTarget::C2c { peer: app.users.intern(peer) }, tracking)
             }
         };
-        let mut message = MessageState::new(Id::from(e.sender.as_str()), target, e.sent_at, tracking);
+        let mut message = MessageState::new(app.users.intern(&e.sender), target, e.sent_at, tracking);
         message.dirty = true;
         let msg_id = Id::from(e.msg_id.as_str());
         dirty.push(DirtyKey::Message { app: app.id.clone(), msg_id: msg_id.clone() });

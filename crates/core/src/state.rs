@@ -236,6 +236,33 @@ pub(crate) struct AppView {
     pub(crate) marks: ShardedMap<(Id, Id), Mark>,
 }
 
+/// One shared id per user of an app, so that the senders and C2C peers of
+/// its messages point at one allocation each instead of holding a copy per
+/// message. Only sharing depends on it, never a result: a pruned user seen
+/// again gets a new allocation, and messages keep the ones they hold.
+#[derive(Debug, Default)]
+pub(crate) struct UserIds {
+    ids: hashbrown::HashSet<Id, rustc_hash::FxBuildHasher>,
+    /// Entries after the last prune; the next waits until there are twice
+    /// as many, so pruning costs O(1) per interned id, amortized.
+    after_prune: usize,
+}
+
+impl UserIds {
+    /// The shared id of `user`, made on first sight.
+    pub(crate) fn intern(&mut self, user: &str) -> Id {
+        self.ids.get_or_insert_with(user, |user| Id::from(user)).clone()
+    }
+
+    /// Drops ids nothing else holds any more, once the set has doubled.
+    pub(crate) fn prune(&mut self) {
+        if self.ids.len() > (2 * self.after_prune).max(1024) {
+            self.ids.retain(|id| Arc::strong_count(id) > 1);
+            self.after_prune = self.ids.len();
+        }
+    }
+}
+
 /// Everything of one app in one partition: the shared view, and what only
 /// the fold touches.
 #[derive(Debug)]
@@ -247,6 +274,8 @@ pub(crate) struct AppState {
     /// Messages by send time, oldest first: retention pops from the top
     /// instead of scanning. Entries of messages gone already are skipped.
     pub(crate) by_sent_at: SendTimeIndex,
+    /// Senders and C2C peers, shared by the messages that name them.
+    pub(crate) users: UserIds,
 }
 
 /// Message ids by send time, in one-second buckets. A push moves at most one
@@ -616,8 +645,12 @@ impl PartitionState {
     }
 
     /// Restores a message.
-    pub fn restore_message(&mut self, app: &str, msg_id: &str, message: MessageState) {
+    pub fn restore_message(&mut self, app: &str, msg_id: &str, mut message: MessageState) {
         let app = self.app_mut(app);
+        message.sender = app.users.intern(&message.sender);
+        if let MessageTarget::C2c { peer } = &mut message.target {
+            *peer = app.users.intern(peer);
+        }
         let msg_id = Id::from(msg_id);
         app.by_sent_at.push(message.sent_at, msg_id.clone());
         app.view.messages.insert(msg_id, message);
@@ -679,8 +712,31 @@ pub(crate) fn app_entry<'a>(
             view: Default::default(),
             held: Default::default(),
             by_sent_at: Default::default(),
+            users: Default::default(),
         };
         view.apps.write().insert(app.to_owned(), state.view.clone());
         state
     })
+}
+
+#[cfg(test)]
+mod user_id_tests {
+    use super::*;
+
+    #[test]
+    fn one_allocation_per_user_and_pruning_drops_only_the_unheld() {
+        let mut users = UserIds::default();
+        let alice = users.intern("alice");
+        assert!(Arc::ptr_eq(&alice, &users.intern("alice")), "a user seen again shares the first id");
+        assert!(!Arc::ptr_eq(&alice, &users.intern("bob")));
+        // Past the threshold, a prune keeps alice (held here) and drops the rest.
+        for i in 0..2_000 {
+            users.intern(&format!("u{i}"));
+        }
+        users.prune();
+        assert_eq!(users.ids.len(), 1, "only the id still held elsewhere stays");
+        assert!(Arc::ptr_eq(&alice, &users.intern("alice")));
+        // A pruned user comes back as an equal id.
+        assert_eq!(&*users.intern("bob"), "bob");
+    }
 }
