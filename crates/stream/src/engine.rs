@@ -676,6 +676,16 @@ impl Engine {
     }
 }
 
+/// A producer whose broker never answers: what it queues stays queued.
+#[cfg(test)]
+pub(crate) fn unreachable_producer(shared: &Arc<Shared>) -> BaseProducer<DeliveryContext> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9")
+        .set("message.timeout.ms", "0")
+        .create_with_context(DeliveryContext::new(shared.clone()))
+        .expect("a producer needs no broker to be created")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -706,12 +716,7 @@ mod tests {
         let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
         let shared = Arc::new(Shared::default());
         // Never reached: nothing below is queued in librdkafka.
-        let producer: Arc<BaseProducer<DeliveryContext>> = Arc::new(
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", "127.0.0.1:9")
-                .create_with_context(DeliveryContext::new(shared.clone()))
-                .unwrap(),
-        );
+        let producer = Arc::new(unreachable_producer(&shared));
         let topics = crate::Topics {
             events: "events".into(),
             settings: "settings".into(),

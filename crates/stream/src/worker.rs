@@ -100,10 +100,13 @@ impl DeliveryWatch {
         Err(StreamError::DeliveryLost { unconfirmed })
     }
 
-    /// No flush waits any more.
+    /// No flush waits any more. Called every loop turn: does nothing unless
+    /// a wait was watched.
     fn settled(&mut self, shared: &Shared) {
-        *self = DeliveryWatch { orphaned_after: self.orphaned_after, ..DeliveryWatch::default() };
-        shared.metrics.deltas_unconfirmed.store(0, Relaxed);
+        if self.warned {
+            *self = DeliveryWatch { orphaned_after: self.orphaned_after, ..DeliveryWatch::default() };
+            shared.metrics.deltas_unconfirmed.store(0, Relaxed);
+        }
     }
 }
 
@@ -567,16 +570,8 @@ fn ensure_topic<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::unreachable_producer;
     use rdkafka::producer::BaseRecord;
-
-    /// A producer whose broker never answers: what it queues stays queued.
-    fn unreachable_producer(shared: &Arc<Shared>) -> BaseProducer<DeliveryContext> {
-        ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:9")
-            .set("message.timeout.ms", "0")
-            .create_with_context(DeliveryContext::new(shared.clone()))
-            .unwrap()
-    }
 
     fn watch_for(watch: &mut DeliveryWatch, producer: &BaseProducer<DeliveryContext>, shared: &Shared) -> bool {
         let since = Instant::now() - BLOCKED_AFTER;
