@@ -131,56 +131,6 @@ impl PartitionState {
         }
     }
 
-    /// Takes the receipts of every message and read mark whose revealed state
-    /// changed since the last call, one per message with its latest counts,
-    /// into `deltas` (straight in: a list of them in between was a fresh
-    /// buffer per flush, hundreds of KiB at full load). Receipts for users
-    /// who may not receive them (reciprocal privacy) are dropped here.
-    pub fn take_receipts(&mut self, settings: &SettingsTable, deltas: &mut DeltaBuffer) {
-        let pending = crate::state::take_retaining(&mut self.pending_receipts);
-        for key in pending {
-            match key {
-                DirtyKey::Message { app, msg_id } => {
-                    let Some(app_state) = self.apps.get(&*app) else { continue };
-                    let Some(mut m) = app_state.view.messages.get_mut(&*msg_id) else { continue };
-                    // The key may outlive its message (expired, dismissed) and
-                    // name a newer one of the same id: only the flag counts.
-                    if !std::mem::take(&mut m.delta_pending) {
-                        continue;
-                    }
-                    if m.tracking != Tracking::Tracked || !settings.may_receive(&app, &m.sender) {
-                        continue;
-                    }
-                    let (read, unread) = m.receipt_counts;
-                    let receipt = match &m.target {
-                        MessageTarget::Group { group_id, .. } => {
-                            Receipt::group(msg_id, group_id.clone(), read, unread, m.timestamp, m.version)
-                        }
-                        MessageTarget::C2c { peer } => {
-                            Receipt::c2c(msg_id, peer.clone(), read > 0, m.timestamp, m.version)
-                        }
-                    };
-                    deltas.push(ReceiptChange { app, to: m.sender.clone(), receipt });
-                }
-                DirtyKey::Mark { app, reader, peer } => {
-                    let Some(app_state) = self.apps.get(&*app) else { continue };
-                    let key = (reader, peer);
-                    let Some(mut mark) = app_state.view.marks.get_mut(&key) else { continue };
-                    if !std::mem::take(&mut mark.delta_pending) {
-                        continue;
-                    }
-                    let (reader, peer) = key;
-                    if !settings.receipts_on(&app, &reader) || !settings.may_receive(&app, &peer) {
-                        continue;
-                    }
-                    let receipt = Receipt::conversation(reader, mark.read_at);
-                    deltas.push(ReceiptChange { app, to: peer, receipt });
-                }
-                _ => {}
-            }
-        }
-    }
-
     fn group_members(&mut self, e: &GroupMembers, stats: &mut FoldStats) -> Outcome {
         let PartitionState { apps, view, dirty, .. } = self;
         let app_state = app_entry(apps, view, &e.app_id);
@@ -266,7 +216,7 @@ impl PartitionState {
         stats: &mut FoldStats,
     ) -> Outcome {
         let watermark = self.watermark;
-        let PartitionState { apps, view, dirty, held_count, pending_receipts, held_by_time, .. } = self;
+        let PartitionState { apps, view, dirty, held_count, held_by_time, .. } = self;
         let app = app_entry(apps, view, &e.app_id);
         if app.view.messages.contains_key(e.msg_id.as_str()) {
             stats.ignore(Ignored::DuplicateMessage);
@@ -327,7 +277,7 @@ impl PartitionState {
                     stats.ignore(Ignored::HoldExpired);
                     continue;
                 }
-                let ctx = ReadCtx { settings, app_id: &app.id, watermark, dirty, pending_receipts };
+                let ctx = ReadCtx { settings, app_id: &app.id, watermark, dirty };
                 match read_one(ctx, &app.view, &h.reader, &h.conversation, &e.msg_id, h.read_at, h.private) {
                     ReadResult::Ignored(reason) => stats.ignore(reason),
                     ReadResult::Hidden => stats.hidden_reads += 1,
@@ -350,9 +300,9 @@ impl PartitionState {
         let mut any_held = false;
         for msg_id in &e.msg_ids {
             let watermark = self.watermark;
-            let PartitionState { apps, view, dirty, pending_receipts, .. } = self;
+            let PartitionState { apps, view, dirty, .. } = self;
             let app = app_entry(apps, view, &e.app_id);
-            let ctx = ReadCtx { settings, app_id: &app.id, watermark, dirty, pending_receipts };
+            let ctx = ReadCtx { settings, app_id: &app.id, watermark, dirty };
             match read_one(ctx, &app.view, &e.reader, &e.conversation, msg_id, e.read_at, e.private) {
                 ReadResult::Revealed => any_applied = true,
                 ReadResult::Hidden => {
@@ -427,10 +377,10 @@ impl PartitionState {
             stats.ignore(Ignored::C2cDisabled);
             return Outcome::Ignored;
         }
-        let PartitionState { apps, view, dirty, pending_receipts, .. } = self;
+        let PartitionState { apps, view, dirty, .. } = self;
         let app_state = app_entry(apps, view, app_id);
         let app = &app_state.view;
-        // The map's key and the dirty and pending keys share these two ids.
+        // The map's key and the changed key share these two ids.
         let (reader_id, peer_id) = (Id::from(reader), Id::from(peer));
         let mut mark = app.marks.get_or_insert_with((reader_id.clone(), peer_id.clone()), || Mark {
             read_at: 0,
@@ -442,16 +392,13 @@ impl PartitionState {
             return Outcome::Ignored;
         }
         mark.read_at = read_at;
-        let key = || DirtyKey::Mark { app: app_state.id.clone(), reader: reader_id.clone(), peer: peer_id.clone() };
         if !mark.dirty {
             mark.dirty = true;
-            dirty.push(key());
+            dirty.push(DirtyKey::Mark { app: app_state.id.clone(), reader: reader_id.clone(), peer: peer_id.clone() });
         }
+        // Its receipt is taken with the flush of the changed key just listed.
         if settings.receipts_on(app_id, reader) {
-            if !mark.delta_pending {
-                mark.delta_pending = true;
-                pending_receipts.push(key());
-            }
+            mark.delta_pending = true;
         } else {
             stats.hidden_reads += 1;
         }
@@ -523,7 +470,6 @@ struct ReadCtx<'a> {
     app_id: &'a Id,
     watermark: u64,
     dirty: &'a mut Vec<DirtyKey>,
-    pending_receipts: &'a mut Vec<DirtyKey>,
 }
 
 /// Folds one reader's read of one message.
@@ -606,11 +552,54 @@ fn read_one(
         },
         MessageTarget::C2c { .. } => (1, 0),
     };
-    if !m.delta_pending {
-        m.delta_pending = true;
-        ctx.pending_receipts.push(DirtyKey::Message { app: ctx.app_id.clone(), msg_id: msg_id.clone() });
-    }
+    // Taken with the flush of the changed key listed above.
+    m.delta_pending = true;
     ReadResult::Revealed
+}
+
+/// Takes a message's receipt into `deltas` if it has a revealed change not
+/// taken yet: one per message per flush, with its latest counts. Receipts
+/// for a sender who may not receive them (reciprocal privacy) are dropped.
+pub(crate) fn take_message_receipt(
+    settings: &SettingsTable,
+    app: &Id,
+    msg_id: &Id,
+    m: &mut MessageState,
+    deltas: &mut DeltaBuffer,
+) {
+    if !std::mem::take(&mut m.delta_pending) {
+        return;
+    }
+    if m.tracking != Tracking::Tracked || !settings.may_receive(app, &m.sender) {
+        return;
+    }
+    let (read, unread) = m.receipt_counts;
+    let receipt = match &m.target {
+        MessageTarget::Group { group_id, .. } => {
+            Receipt::group(msg_id.clone(), group_id.clone(), read, unread, m.timestamp, m.version)
+        }
+        MessageTarget::C2c { peer } => Receipt::c2c(msg_id.clone(), peer.clone(), read > 0, m.timestamp, m.version),
+    };
+    deltas.push(ReceiptChange { app: app.clone(), to: m.sender.clone(), receipt });
+}
+
+/// Takes a conversation read mark's receipt into `deltas` (for `peer`) if it
+/// moved since its last receipt, and both sides allow it.
+pub(crate) fn take_mark_receipt(
+    settings: &SettingsTable,
+    app: &Id,
+    (reader, peer): &(Id, Id),
+    mark: &mut Mark,
+    deltas: &mut DeltaBuffer,
+) {
+    if !std::mem::take(&mut mark.delta_pending) {
+        return;
+    }
+    if !settings.receipts_on(app, reader) || !settings.may_receive(app, peer) {
+        return;
+    }
+    let receipt = Receipt::conversation(reader.clone(), mark.read_at);
+    deltas.push(ReceiptChange { app: app.clone(), to: peer.clone(), receipt });
 }
 
 fn untracked_reason(tracking: Tracking) -> Option<ReadResult> {

@@ -39,8 +39,8 @@ pub use query::{MemberFilter, MemberPage, QueryRefusal};
 pub use settings::SettingsTable;
 pub use sharded::ShardedMap;
 pub use state::{
-    DirtyKey, EntityRef, GroupLists, GroupMeta, HeldRead, Id, MessageState, MessageTarget, PartitionState,
-    PartitionView, ReadMark, Tracking, NOT_A_MEMBER,
+    DirtyKey, Entity, GroupLists, GroupMeta, HeldRead, Id, MessageState, MessageTarget, PartitionState, PartitionView,
+    ReadMark, Tracking, NOT_A_MEMBER,
 };
 pub use stats::{FoldStats, Ignored, Outcome, EVENT_KINDS};
 

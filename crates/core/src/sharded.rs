@@ -90,6 +90,29 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         RwLockWriteGuard::try_map(shard, |t| t.find_mut(hash, |(k, _)| k.borrow() == key)).ok()
     }
 
+    /// Changes the value of `key` under the shard's write lock, then
+    /// downgrades the lock and hands the value to `read`, with one lookup:
+    /// a slow reader (encoding a large value for storage) then holds back
+    /// the shard's other readers only for as long as the change took.
+    /// `None` if `key` is absent.
+    pub(crate) fn update_then_read<Q, R>(
+        &self,
+        key: &Q,
+        update: impl FnOnce(&mut V),
+        read: impl FnOnce(&V) -> R,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = hash_of(key);
+        let mut shard = self.shards[shard_of(hash)].write();
+        let index = shard.find_bucket_index(hash, |(k, _)| k.borrow() == key)?;
+        update(&mut shard.get_bucket_mut(index).expect("found under this lock").1);
+        let shard = RwLockWriteGuard::downgrade(shard);
+        Some(read(&shard.get_bucket(index).expect("unchanged under this lock").1))
+    }
+
     /// The value of `key`, inserted by `make` if absent; write-locked.
     pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> MappedRwLockWriteGuard<'_, V> {
         let hash = hash_of(&key);
@@ -192,6 +215,9 @@ mod tests {
         assert_eq!(m.remove("m5"), Some(6));
         assert!(!m.contains_key("m5"));
         *m.get_or_insert_with("m5".into(), || 0) += 3;
+        assert_eq!(m.update_then_read("m5", |v| *v += 1, |v| *v * 10), Some(40));
+        assert_eq!(m.update_then_read("absent", |v| *v += 1, |v| *v), None);
+        *m.get_mut("m5").unwrap() -= 1;
         assert_eq!(m.get("m5").as_deref(), Some(&3));
         m.retain(|_, v| *v % 2 == 0);
         assert_eq!(m.len(), 5_000);
@@ -200,6 +226,26 @@ mod tests {
         assert_eq!(visited, m.keys().len());
         let busiest = m.shards.iter().map(|s| s.read().len()).max().unwrap();
         assert!(busiest < 5_000 / SHARDS * 2, "keys spread over the shards: busiest {busiest}");
+    }
+
+    #[test]
+    fn update_then_read_lets_readers_of_the_shard_in_while_it_reads() {
+        let m: std::sync::Arc<ShardedMap<u32, u32>> = Default::default();
+        let a = 0u32;
+        let b = (1u32..).find(|k| shard_of(hash_of(k)) == shard_of(hash_of(&a))).unwrap();
+        m.insert(a, 1);
+        m.insert(b, 2);
+        let read = m.update_then_read(
+            &a,
+            |v| *v += 1,
+            |v| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let reader = m.clone();
+                std::thread::spawn(move || tx.send(*reader.get(&b).unwrap()).unwrap());
+                (*v, rx.recv_timeout(std::time::Duration::from_secs(10)))
+            },
+        );
+        assert_eq!(read, Some((2, Ok(2))), "a reader of the same shard waited while the value was read");
     }
 
     #[test]

@@ -311,7 +311,7 @@ impl SendTimeIndex {
     }
 }
 
-/// The key of an entity that changed since the last [`PartitionState::take_dirty`].
+/// The key of an entity that changed since the last [`PartitionState::flush_changes`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DirtyKey {
     /// A group's header.
@@ -355,16 +355,17 @@ pub enum DirtyKey {
     },
 }
 
-/// The current value of a dirty entity; `Absent` means delete it. Shared
-/// entities come read-locked: drop the value before folding on.
-#[derive(Debug)]
-pub enum EntityRef<'a> {
+/// The current value of a changed entity, as
+/// [`PartitionState::flush_changes`] hands it to storage; `Absent` means
+/// delete it.
+#[derive(Debug, Clone, Copy)]
+pub enum Entity<'a> {
     /// A group header.
-    Group(MappedRwLockReadGuard<'a, GroupMeta>),
+    Group(&'a GroupMeta),
     /// A member slot: user id and `since` epoch.
-    Member(MappedRwLockReadGuard<'a, str>, u32),
+    Member(&'a str, u32),
     /// A message.
-    Message(MappedRwLockReadGuard<'a, MessageState>),
+    Message(&'a MessageState),
     /// A conversation read mark.
     Mark(u64),
     /// Held reads.
@@ -461,9 +462,10 @@ pub struct PartitionState {
     /// read, which matters when a flood of reads for messages that never
     /// come keeps the hold buffer at its cap.
     pub(crate) held_by_time: std::collections::BTreeSet<(u64, String, String)>,
+    /// Every entity changed since the last flush, each listed once (its
+    /// `dirty` flag says it is listed). Messages and marks with a receipt
+    /// to take are among them: a revealed change marks its entity changed.
     pub(crate) dirty: Vec<DirtyKey>,
-    /// Messages and marks with a revealed change not yet taken as receipts.
-    pub(crate) pending_receipts: Vec<DirtyKey>,
 }
 
 impl PartitionState {
@@ -494,7 +496,7 @@ impl PartitionState {
         self.apps.values().map(|a| a.view.messages.len()).sum()
     }
 
-    /// Whether any entity changed since the last [`Self::take_dirty`].
+    /// Whether any entity changed since the last [`Self::flush_changes`].
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }
@@ -560,64 +562,119 @@ impl PartitionState {
 
     // ---- persistence interface ----
 
-    /// Takes the keys of every entity changed since the last call, each once.
-    pub fn take_dirty(&mut self) -> Vec<DirtyKey> {
+    /// The flush's one pass over every entity changed since the last one,
+    /// one lookup each: its changed flags are cleared, its receipt (if it
+    /// has a revealed change not taken yet) goes into `deltas`, and its key
+    /// and current value go to `stage` (storage writes it). Before, taking
+    /// the receipts, clearing the flags and reading the values looked every
+    /// touched message up three times per flush. Returns how many keys
+    /// were staged.
+    pub fn flush_changes(
+        &mut self,
+        settings: &crate::SettingsTable,
+        deltas: &mut crate::DeltaBuffer,
+        mut stage: impl FnMut(&DirtyKey, Entity<'_>),
+    ) -> usize {
         let keys = take_retaining(&mut self.dirty);
         for key in &keys {
-            match key {
-                DirtyKey::Group { app, group_id } | DirtyKey::Member { app, group_id, .. } => {
-                    if let Some(mut g) = self.apps.get(&**app).and_then(|a| a.view.groups.get_mut(&**group_id)) {
+            self.visit_changed(key, true, Some((settings, &mut *deltas)), |entity| stage(key, entity));
+        }
+        keys.len()
+    }
+
+    /// Takes the receipts of every message and read mark whose revealed
+    /// state changed since they were last taken, without flushing: the
+    /// entities stay listed as changed for the next
+    /// [`Self::flush_changes`], which then takes no receipt twice.
+    pub fn take_receipts(&mut self, settings: &crate::SettingsTable, deltas: &mut crate::DeltaBuffer) {
+        let keys = std::mem::take(&mut self.dirty);
+        for key in keys.iter().filter(|k| matches!(k, DirtyKey::Message { .. } | DirtyKey::Mark { .. })) {
+            self.visit_changed(key, false, Some((settings, &mut *deltas)), |_| {});
+        }
+        self.dirty = keys;
+    }
+
+    /// Looks `key`'s entity up once: clears its changed flags if `clear`,
+    /// takes its receipt into `receipts` if it has one to take, and hands
+    /// its current value to `visit`. A key may outlive its entity (expired,
+    /// dismissed) or name a newer one of the same id: the flags decide what
+    /// is taken, and the value is always the current one.
+    fn visit_changed(
+        &mut self,
+        key: &DirtyKey,
+        clear: bool,
+        receipts: Option<(&crate::SettingsTable, &mut crate::DeltaBuffer)>,
+        visit: impl FnOnce(Entity<'_>),
+    ) {
+        let app = match key {
+            DirtyKey::Group { app, .. }
+            | DirtyKey::Member { app, .. }
+            | DirtyKey::Message { app, .. }
+            | DirtyKey::Mark { app, .. }
+            | DirtyKey::Held { app, .. } => app,
+        };
+        // Hands over the first value it is given: the entity's, or Absent
+        // when there is none.
+        let mut visit = Some(visit);
+        let mut hand = |entity: Entity<'_>| {
+            if let Some(visit) = visit.take() {
+                visit(entity)
+            }
+        };
+        let Some(state) = self.apps.get_mut(&**app) else { return hand(Entity::Absent) };
+        // Flags and receipts change under the shard's write lock; the value
+        // is read (and encoded) under its read lock, so queries of the
+        // shard wait no longer than they did for a read.
+        match key {
+            DirtyKey::Group { group_id, .. } | DirtyKey::Member { group_id, .. } => {
+                let clear_group = |g: &mut Group| {
+                    if clear {
                         g.dirty = false;
                         g.dirty_members.clear();
                     }
-                }
-                DirtyKey::Message { app, msg_id } => {
-                    if let Some(mut m) = self.apps.get(&**app).and_then(|a| a.view.messages.get_mut(&**msg_id)) {
+                };
+                state.view.groups.update_then_read(&**group_id, clear_group, |g| match *key {
+                    DirtyKey::Member { ordinal, .. } => {
+                        if let Some(&since) = g.since.get(ordinal as usize) {
+                            hand(Entity::Member(g.users.name(ordinal), since))
+                        }
+                    }
+                    _ => hand(Entity::Group(&g.meta)),
+                });
+            }
+            DirtyKey::Message { msg_id, .. } => {
+                let take = |m: &mut MessageState| {
+                    if clear {
                         m.dirty = false;
                     }
-                }
-                DirtyKey::Mark { app, reader, peer } => {
-                    let key = (reader.clone(), peer.clone());
-                    if let Some(mut m) = self.apps.get(&**app).and_then(|a| a.view.marks.get_mut(&key)) {
-                        m.dirty = false;
+                    if let Some((settings, deltas)) = receipts {
+                        crate::fold::take_message_receipt(settings, app, msg_id, m, deltas);
                     }
-                }
-                DirtyKey::Held { app, msg_id } => {
-                    if let Some(h) = self.apps.get_mut(&**app).and_then(|a| a.held.get_mut(&**msg_id)) {
-                        h.dirty = false;
+                };
+                state.view.messages.update_then_read(&**msg_id, take, |m| hand(Entity::Message(m)));
+            }
+            DirtyKey::Mark { reader, peer, .. } => {
+                let ids = (reader.clone(), peer.clone());
+                if let Some(mut mark) = state.view.marks.get_mut(&ids) {
+                    if clear {
+                        mark.dirty = false;
                     }
+                    if let Some((settings, deltas)) = receipts {
+                        crate::fold::take_mark_receipt(settings, app, &ids, &mut mark, deltas);
+                    }
+                    hand(Entity::Mark(mark.read_at));
+                }
+            }
+            DirtyKey::Held { msg_id, .. } => {
+                if let Some(held) = state.held.get_mut(&**msg_id) {
+                    if clear {
+                        held.dirty = false;
+                    }
+                    hand(Entity::Held(&held.reads));
                 }
             }
         }
-        keys
-    }
-
-    /// The current value of a dirty entity.
-    pub fn entity(&self, key: &DirtyKey) -> EntityRef<'_> {
-        let app = |a: &Id| self.apps.get(&**a);
-        let found = match key {
-            DirtyKey::Group { app: a, group_id } => app(a)
-                .and_then(|s| s.view.groups.get(group_id))
-                .map(|g| EntityRef::Group(MappedRwLockReadGuard::map(g, |g| &g.meta))),
-            DirtyKey::Member { app: a, group_id, ordinal } => {
-                app(a).and_then(|s| s.view.groups.get(group_id)).and_then(|g| {
-                    let i = *ordinal as usize;
-                    let since = *g.since.get(i)?;
-                    let user = MappedRwLockReadGuard::map(g, |g| g.users.name(*ordinal));
-                    Some(EntityRef::Member(user, since))
-                })
-            }
-            DirtyKey::Message { app: a, msg_id } => {
-                app(a).and_then(|s| s.view.messages.get(msg_id)).map(EntityRef::Message)
-            }
-            DirtyKey::Mark { app: a, reader, peer } => app(a)
-                .and_then(|s| s.view.marks.get(&(reader.clone(), peer.clone())))
-                .map(|m| EntityRef::Mark(m.read_at)),
-            DirtyKey::Held { app: a, msg_id } => {
-                app(a).and_then(|s| s.held.get(&**msg_id)).map(|h| EntityRef::Held(&h.reads))
-            }
-        };
-        found.unwrap_or(EntityRef::Absent)
+        hand(Entity::Absent)
     }
 
     /// Restores the watermark (from the checkpoint record).

@@ -70,6 +70,16 @@ impl Harness {
         }));
     }
 
+    /// `reader` marks their 1:1 conversation with `peer` read up to `read_at`.
+    fn mark_read(&mut self, reader: &str, peer: &str, read_at: u64) {
+        self.apply(Event::ConversationRead(ConversationRead {
+            app_id: APP.into(),
+            reader: reader.into(),
+            conversation: c2c(peer),
+            read_at,
+        }));
+    }
+
     fn counts(&self, msg: &str) -> (u32, u32) {
         self.state.counts(&self.settings, APP, msg).expect("message known")
     }
@@ -81,11 +91,34 @@ impl Harness {
     fn receipts(&mut self) -> Vec<DeltaRecord> {
         let mut buffer = DeltaBuffer::new();
         self.state.take_receipts(&self.settings, &mut buffer);
-        // As the wire's consumers see them: through JSON, ids as owned strings.
-        let json = serde_json::to_vec(&buffer.drain()).expect("delta records serialize");
-        serde_json::from_slice(&json).expect("and read back")
+        as_consumers_see(buffer)
+    }
+
+    /// Flushes: the keys of every changed entity, each with the value
+    /// handed to storage; the receipts taken on the way.
+    fn flush(&mut self) -> (Vec<(DirtyKey, String)>, Vec<DeltaRecord>) {
+        let mut buffer = DeltaBuffer::new();
+        let mut staged = Vec::new();
+        self.state.flush_changes(&self.settings, &mut buffer, |key, entity| {
+            staged.push((key.clone(), format!("{entity:?}")));
+        });
+        (staged, as_consumers_see(buffer))
+    }
+
+    /// The keys of every entity changed since the last flush (flushing).
+    fn changed(&mut self) -> Vec<DirtyKey> {
+        self.flush().0.into_iter().map(|(key, _)| key).collect()
     }
 }
+
+/// Delta records as the wire's consumers see them: through JSON, ids as
+/// owned strings.
+fn as_consumers_see(mut buffer: DeltaBuffer) -> Vec<DeltaRecord> {
+    let json = serde_json::to_vec(&buffer.drain()).expect("delta records serialize");
+    serde_json::from_slice(&json).expect("and read back")
+}
+
+impl Harness {}
 
 fn c2c(peer: &str) -> Conversation {
     Conversation::C2c { peer: peer.into() }
@@ -147,6 +180,37 @@ fn snapshot_replaces_the_member_set() {
     let (read, unread) = h.state.group_lists(&h.settings, APP, "m1").unwrap();
     assert!(read.is_empty());
     assert_eq!(unread, vec!["carol".to_string(), "zed".to_string()]);
+}
+
+#[test]
+fn a_flush_stages_each_changed_entity_and_takes_its_receipt_once() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);
+    h.send_group("m1", "alice", "g1");
+    h.send_group("m2", "alice", "g1");
+    h.changed();
+    h.read_group("bob", "g1", &["m1", "m2"]);
+    h.read_group("carol", "g1", &["m1"]);
+    h.mark_read("bob", "alice", 9);
+    let (staged, records) = h.flush();
+    let keys: Vec<String> = staged.iter().map(|(key, _)| format!("{key:?}")).collect();
+    assert_eq!(keys.len(), 3, "m1, m2 and the mark, each once: {keys:?}");
+    // Staged with the value after every read of the window.
+    assert!(staged[0].1.contains("visible_reads: 2"), "{}", staged[0].1);
+    assert_eq!(records.len(), 1);
+    let r = &records[0].receipts;
+    let summary: Vec<_> = r.iter().map(|r| (r.msg_id.as_str(), r.read_count, r.unread_count, r.version)).collect();
+    assert_eq!(summary, [("m1", Some(2), Some(0), Some(2)), ("m2", Some(1), Some(1), Some(1)), ("", None, None, None)]);
+    assert_eq!(h.flush(), (vec![], vec![]), "nothing changed since, nothing to take");
+
+    // Receipts taken ahead of the flush leave the entity changed for it,
+    // and are not taken twice.
+    h.read_group("carol", "g1", &["m2"]);
+    let early = h.receipts();
+    assert_eq!(early[0].receipts[0].read_count, Some(2));
+    let (staged, records) = h.flush();
+    assert_eq!(staged.len(), 1);
+    assert!(records.is_empty(), "taken already: {records:?}");
 }
 
 #[test]
@@ -222,18 +286,8 @@ fn held_reads_expire_after_the_window_and_the_buffer_is_bounded() {
 #[test]
 fn conversation_read_is_a_monotonic_mark_sent_to_the_peer() {
     let mut h = Harness::new();
-    h.apply(Event::ConversationRead(ConversationRead {
-        app_id: APP.into(),
-        reader: "bob".into(),
-        conversation: c2c("alice"),
-        read_at: 2_000,
-    }));
-    h.apply(Event::ConversationRead(ConversationRead {
-        app_id: APP.into(),
-        reader: "bob".into(),
-        conversation: c2c("alice"),
-        read_at: 1_500,
-    }));
+    h.mark_read("bob", "alice", 2_000);
+    h.mark_read("bob", "alice", 1_500);
     assert_eq!(h.state.mark(APP, "bob", "alice"), Some(2_000));
     assert_eq!(h.ignored(Ignored::StaleMark), 1);
     let deltas = h.receipts();
@@ -361,21 +415,21 @@ fn persisted_entities_restore_to_the_same_state() {
     let mut h = Harness::new();
     let mut disk: BTreeMap<String, (DirtyKey, Stored)> = BTreeMap::new();
     let flush = |h: &mut Harness, disk: &mut BTreeMap<String, (DirtyKey, Stored)>| {
-        for key in h.state.take_dirty() {
+        h.state.flush_changes(&h.settings, &mut DeltaBuffer::new(), |key, entity| {
             let id = format!("{key:?}");
-            let value = match h.state.entity(&key) {
-                EntityRef::Group(g) => Stored::Group(g.clone()),
-                EntityRef::Member(u, s) => Stored::Member(u.to_owned(), s),
-                EntityRef::Message(m) => Stored::Message(m.clone()),
-                EntityRef::Mark(t) => Stored::Mark(t),
-                EntityRef::Held(r) => Stored::Held(r.to_vec()),
-                EntityRef::Absent => {
+            let value = match entity {
+                Entity::Group(g) => Stored::Group(g.clone()),
+                Entity::Member(u, s) => Stored::Member(u.to_owned(), s),
+                Entity::Message(m) => Stored::Message(m.clone()),
+                Entity::Mark(t) => Stored::Mark(t),
+                Entity::Held(r) => Stored::Held(r.to_vec()),
+                Entity::Absent => {
                     disk.remove(&id);
-                    continue;
+                    return;
                 }
             };
-            disk.insert(id, (key, value));
-        }
+            disk.insert(id, (key.clone(), value));
+        });
     };
     h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
     h.send_group("m1", "alice", "g1");
@@ -383,12 +437,7 @@ fn persisted_entities_restore_to_the_same_state() {
     flush(&mut h, &mut disk);
     h.members("g1", MembersOp::Leave, &["carol"]);
     h.read_group("dave", "g1", &["m7"]);
-    h.apply(Event::ConversationRead(ConversationRead {
-        app_id: APP.into(),
-        reader: "bob".into(),
-        conversation: c2c("alice"),
-        read_at: 9,
-    }));
+    h.mark_read("bob", "alice", 9);
     flush(&mut h, &mut disk);
 
     let mut restored = PartitionState::new();
@@ -471,12 +520,12 @@ fn retention_drops_old_messages_and_never_tracks_late_ones() {
     assert!(h.state.message(APP, "m2").is_none());
     assert_eq!(h.ignored(Ignored::Expired), 2);
     h.send_group("m3", "alice", "g1");
-    h.state.take_dirty();
+    h.changed();
     h.state.expire_messages(&h.settings, &mut h.fx);
     assert!(h.state.message(APP, "m1").is_none());
     assert!(h.state.message(APP, "m3").is_some());
     assert_eq!(h.fx.stats.expired_messages, 1);
-    assert_eq!(h.state.take_dirty(), vec![DirtyKey::Message { app: APP.into(), msg_id: "m1".into() }]);
+    assert_eq!(h.changed(), vec![DirtyKey::Message { app: APP.into(), msg_id: "m1".into() }]);
 }
 
 fn receipts_switch(h: &mut Harness, user: &str, on: bool) {

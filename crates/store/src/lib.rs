@@ -28,7 +28,7 @@
 
 mod keys;
 
-use receiptd_core::{DirtyKey, EntityRef, GroupMeta, HeldRead, MessageState, PartitionState};
+use receiptd_core::{DeltaBuffer, DirtyKey, Entity, GroupMeta, HeldRead, MessageState, PartitionState, SettingsTable};
 use rocksdb::{BlockBasedOptions, Cache, Options, WriteBufferManager, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -228,28 +228,29 @@ impl Store {
 
     /// Stages into `batch` every entity of `state` changed since the last
     /// call, and the partition's checkpoint: one put (or delete) per entity,
-    /// however many events touched it. Returns how many entities were staged.
-    pub fn stage(&self, batch: &mut WriteBatch, partition: i32, state: &mut PartitionState, next_offset: i64) -> usize {
-        let dirty = state.take_dirty();
-        self.stage_entities(batch, partition, state, &dirty);
-        self.stage_checkpoint(batch, partition, state, next_offset);
-        dirty.len()
-    }
-
-    /// Stages the current value of each of `keys` (as
-    /// [`PartitionState::take_dirty`] gives them; benches stage chosen ones).
-    pub fn stage_entities(&self, batch: &mut WriteBatch, partition: i32, state: &PartitionState, keys: &[DirtyKey]) {
+    /// however many events touched it. The same pass takes the changed
+    /// receipts into `deltas` (see [`PartitionState::flush_changes`]).
+    /// Returns how many entities were staged.
+    pub fn stage(
+        &self,
+        batch: &mut WriteBatch,
+        partition: i32,
+        state: &mut PartitionState,
+        settings: &SettingsTable,
+        deltas: &mut DeltaBuffer,
+        next_offset: i64,
+    ) -> usize {
         // One key and one value buffer for all: the batch copies each.
         let (mut k, mut v) = (Vec::with_capacity(64), Vec::with_capacity(256));
-        for key in keys {
+        let staged = state.flush_changes(settings, deltas, |key, entity| {
             keys::entity_into(partition, key, &mut k);
-            match state.entity(key) {
-                EntityRef::Group(meta) => batch.put(&k, encode_into(&*meta, &mut v)),
-                EntityRef::Member(user, since) => batch.put(&k, encode_into(&(&*user, since), &mut v)),
-                EntityRef::Message(m) => batch.put(&k, encode_into(&*m, &mut v)),
-                EntityRef::Mark(t) => batch.put(&k, encode_into(&t, &mut v)),
-                EntityRef::Held(reads) => batch.put(&k, encode_into(&reads, &mut v)),
-                EntityRef::Absent => {
+            match entity {
+                Entity::Group(meta) => batch.put(&k, encode_into(meta, &mut v)),
+                Entity::Member(user, since) => batch.put(&k, encode_into(&(user, since), &mut v)),
+                Entity::Message(m) => batch.put(&k, encode_into(m, &mut v)),
+                Entity::Mark(t) => batch.put(&k, encode_into(&t, &mut v)),
+                Entity::Held(reads) => batch.put(&k, encode_into(&reads, &mut v)),
+                Entity::Absent => {
                     batch.delete(&k);
                     if let DirtyKey::Group { app, group_id } = key {
                         // A dismissed group takes all its member slots along.
@@ -258,7 +259,9 @@ impl Store {
                     }
                 }
             }
-        }
+        });
+        self.stage_checkpoint(batch, partition, state, next_offset);
+        staged
     }
 
     /// Stages the partition's checkpoint: the next offset to fold, and the
@@ -334,7 +337,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use receiptd_core::{Effects, Limits, SettingsTable};
+    use receiptd_core::{Effects, Limits};
     use receiptd_loadgen::{Traffic, TrafficShape};
     use receiptd_wire::{Event, GroupMembers, MembersOp};
 
@@ -366,7 +369,14 @@ mod tests {
         for (i, chunk) in events.chunks(1_000).enumerate() {
             fold(&mut state, chunk);
             let mut batch = WriteBatch::default();
-            store.stage(&mut batch, 3, &mut state, (i as i64 + 1) * 1_000);
+            store.stage(
+                &mut batch,
+                3,
+                &mut state,
+                &SettingsTable::default(),
+                &mut DeltaBuffer::new(),
+                (i as i64 + 1) * 1_000,
+            );
             store.write(batch).unwrap();
         }
         store.sync().unwrap();
@@ -389,7 +399,7 @@ mod tests {
         });
         fold(&mut state, &[dismiss]);
         let mut batch = WriteBatch::default();
-        store.stage(&mut batch, 3, &mut state, 21_001);
+        store.stage(&mut batch, 3, &mut state, &SettingsTable::default(), &mut DeltaBuffer::new(), 21_001);
         store.write(batch).unwrap();
         let (loaded, _) = store.load_partition(3).unwrap();
         assert_eq!(counts(&loaded), counts(&state));
@@ -442,7 +452,7 @@ mod tests {
         let mut state = PartitionState::new();
         fold(&mut state, &events);
         let mut batch = WriteBatch::default();
-        store.stage(&mut batch, 0, &mut state, 1);
+        store.stage(&mut batch, 0, &mut state, &SettingsTable::default(), &mut DeltaBuffer::new(), 1);
         store.write(batch).unwrap();
         let key = keys::entity(0, &DirtyKey::Message { app: "a1".into(), msg_id: "m".into() });
         let persisted = store.db.get(&key).unwrap().unwrap().len();

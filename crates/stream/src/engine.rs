@@ -541,15 +541,18 @@ impl Engine {
             events: self.pending,
             puts: 0,
         };
+        let settings = self.shared.settings.read();
         for (&partition, owned) in self.partitions.iter_mut() {
-            owned.state.take_receipts(&self.shared.settings.read(), &mut self.deltas);
+            // A partition with a receipt to take has a changed entity too.
             if owned.unflushed > 0 || owned.state.has_dirty() {
-                let staged = self.store.stage(&mut flush.batch, partition, &mut owned.state, owned.next_offset);
+                let (state, deltas) = (&mut owned.state, &mut self.deltas);
+                let staged = self.store.stage(&mut flush.batch, partition, state, &settings, deltas, owned.next_offset);
                 flush.puts += staged as u64;
                 flush.offsets.push((partition, owned.next_offset));
                 owned.unflushed = 0;
             }
         }
+        drop(settings);
         let m = &self.shared.metrics;
         m.messages_tracked.store(self.partitions.values().map(|o| o.state.message_count() as i64).sum(), Relaxed);
         m.held_reads.store(self.partitions.values().map(|o| o.state.held_count() as i64).sum(), Relaxed);
@@ -694,7 +697,8 @@ mod tests {
     /// A flush of partition 0 that moves its checkpoint to `next_offset`.
     fn staged(store: &Store, next_offset: i64) -> StagedFlush {
         let mut batch = receiptd_store::WriteBatch::default();
-        store.stage(&mut batch, 0, &mut PartitionState::new(), next_offset);
+        let (settings, mut deltas) = (SettingsTable::default(), DeltaBuffer::new());
+        store.stage(&mut batch, 0, &mut PartitionState::new(), &settings, &mut deltas, next_offset);
         StagedFlush {
             generation: next_offset as u64,
             batch,
