@@ -398,6 +398,29 @@ impl Worker {
             .sum()
     }
 
+    /// CPU seconds (user and system) used so far by the worker process, and
+    /// by its poll loop thread (`receiptd-worker`) alone.
+    pub fn cpu_seconds(&self) -> (f64, f64) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: sysconf has no preconditions.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        // utime and stime: fields 14 and 15, counted after the `(comm)`.
+        let cpu = |stat: &str| -> f64 {
+            let after_comm = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+            let fields: Vec<&str> = after_comm.split_whitespace().collect();
+            (fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0)) / tick
+        };
+        let process = cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat"));
+        let thread = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "receiptd-worker"))
+            .map(|t| std::fs::read_to_string(t.path().join("stat")).map_or(0.0, |s| cpu(&s)))
+            .sum();
+        (process, thread)
+    }
+
     /// The process's peak resident set (VmHWM), MiB.
     pub fn peak_rss_mib(&self) -> u64 {
         let pid = self.child.as_ref().expect("running").id();

@@ -52,6 +52,9 @@ pub struct Metrics {
     gaps: AtomicU64,
     gap_sum_us: AtomicU64,
     gap_max_us: AtomicU64,
+    /// The loop thread's own CPU time in all gaps, and in the longest.
+    gap_on_cpu_sum_us: AtomicU64,
+    gap_max_on_cpu_us: AtomicU64,
     /// Entities written to RocksDB.
     pub store_puts: AtomicU64,
     /// Write batches applied to RocksDB.
@@ -140,12 +143,21 @@ impl Metrics {
     }
 
     /// Records the time between two consecutive batch completions while input
-    /// was waiting (a gap with an idle input is not a stall, and is not given).
-    pub fn batch_gap(&self, seconds: f64) {
+    /// was waiting (a gap with an idle input is not a stall, and is not given),
+    /// and how much of it the loop thread spent on a CPU: a gap far longer
+    /// than its CPU time is the thread waiting for a core, not working.
+    /// Called by the loop thread alone.
+    pub fn batch_gap(&self, seconds: f64, on_cpu_seconds: f64) {
         let us = (seconds * 1e6) as u64;
+        let on_cpu_us = (on_cpu_seconds * 1e6) as u64;
         self.gaps.fetch_add(1, Relaxed);
         self.gap_sum_us.fetch_add(us, Relaxed);
-        self.gap_max_us.fetch_max(us, Relaxed);
+        self.gap_on_cpu_sum_us.fetch_add(on_cpu_us, Relaxed);
+        // One writer: the longest gap and its CPU time are stored together.
+        if us > self.gap_max_us.load(Relaxed) {
+            self.gap_max_us.store(us, Relaxed);
+            self.gap_max_on_cpu_us.store(on_cpu_us, Relaxed);
+        }
         for (i, le) in GAP_BUCKETS.iter().enumerate() {
             if seconds <= *le {
                 self.gap_buckets[i].fetch_add(1, Relaxed);
@@ -303,6 +315,21 @@ impl Metrics {
         let _ = writeln!(out, "receiptd_batch_gap_seconds_count {gaps}");
         gauge(&mut out, "receiptd_batch_gap_max_seconds", "Longest gap between busy batch completions since start.");
         let _ = writeln!(out, "receiptd_batch_gap_max_seconds {}", self.gap_max_us.load(Relaxed) as f64 / 1e6);
+        gauge(&mut out, "receiptd_batch_gap_max_on_cpu_seconds", "The loop thread's CPU time during the longest gap.");
+        let _ = writeln!(
+            out,
+            "receiptd_batch_gap_max_on_cpu_seconds {}",
+            self.gap_max_on_cpu_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP receiptd_batch_gap_on_cpu_seconds_total The loop thread's CPU time in all gaps.\n# TYPE receiptd_batch_gap_on_cpu_seconds_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "receiptd_batch_gap_on_cpu_seconds_total {}",
+            self.gap_on_cpu_sum_us.load(Relaxed) as f64 / 1e6
+        );
         gauge(&mut out, "receiptd_store_failed", "1 while the store refuses writes.");
         let _ = writeln!(out, "receiptd_store_failed {}", self.store_failed.load(Relaxed) as u8);
         gauge(&mut out, "receiptd_consumer_lag", "Records behind the partition's end, per owned partition.");

@@ -383,7 +383,7 @@ fn run_inner(
     let mut next_flush = Instant::now() + config.flush_interval;
     let mut next_gauges = Instant::now();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut last_batch_done: Option<Instant> = None;
+    let mut last_batch_done: Option<(Instant, f64)> = None;
     let mut paused = false;
     let mut delivery_watch = DeliveryWatch::default();
     let result = loop {
@@ -429,9 +429,9 @@ fn run_inner(
             }
             drop(settings_now);
             drop(guard);
-            let done = Instant::now();
-            if let (true, Some(previous)) = (input_was_waiting, last_batch_done) {
-                shared.metrics.batch_gap(done.duration_since(previous).as_secs_f64());
+            let done = (Instant::now(), thread_cpu_seconds());
+            if let (true, Some((previous, previous_cpu))) = (input_was_waiting, last_batch_done) {
+                shared.metrics.batch_gap(done.0.duration_since(previous).as_secs_f64(), done.1 - previous_cpu);
             }
             last_batch_done = Some(done);
         }
@@ -542,6 +542,16 @@ fn run_inner(
     };
     close(&consumer);
     outcome
+}
+
+/// The calling thread's CPU time, in seconds (0 if the clock is unavailable).
+fn thread_cpu_seconds() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec for the call to fill in.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return 0.0;
+    }
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 /// Leaves the group cleanly (the revoke callback runs inside), within a bound.
