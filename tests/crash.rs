@@ -73,7 +73,10 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
     };
 
     let mut crashing = Worker::new(&topics, &format!("{}-crashing", topics.events), &dir.path().join("crashing"))
-        .env("RECEIPTD_FLUSH__INTERVAL_MS", "20");
+        .env("RECEIPTD_FLUSH__INTERVAL_MS", "20")
+        // Flushes staged in slices of a few entities, so that kills land
+        // between slices too; the uninterrupted run stages in one step.
+        .env("RECEIPTD_FLUSH__STAGE_SLICE_ENTITIES", "16");
     crashing.start();
     crashing.wait_ready(Duration::from_secs(60));
     let mut rng = Rng::new(std::process::id() as u64);
@@ -111,6 +114,9 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
         "the log was written too fast to kill mid-stream ({kills_mid_stream} kills)"
     );
     crashing.wait_caught_up(&topics.events, Duration::from_secs(120));
+    let slices = crashing.metric("receiptd_flush_slices_total");
+    let flushes = crashing.metric("receiptd_store_writes_total");
+    assert!(slices > flushes, "flushes were staged in slices ({slices} slices for {flushes} flushes)");
     assert_eq!(crashing.terminate(), 0, "SIGTERM exits 0; log:\n{}", crashing.log_tail());
 
     let started = Instant::now();

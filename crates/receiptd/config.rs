@@ -139,11 +139,20 @@ pub struct FlushConfig {
     pub max_pending_records: u64,
     /// Longest a rebalance or shutdown may spend flushing, ms. Default 10000.
     pub revoke_timeout_ms: u64,
+    /// Most changed entities a flush stages between two batches of the
+    /// fold; a larger flush is staged in slices, so that staging never holds
+    /// the poll loop for long. 0 stages each flush in one step. Default 1024.
+    pub stage_slice_entities: usize,
 }
 
 impl Default for FlushConfig {
     fn default() -> Self {
-        FlushConfig { interval_ms: 50, max_pending_records: 100_000, revoke_timeout_ms: 10_000 }
+        FlushConfig {
+            interval_ms: 50,
+            max_pending_records: 100_000,
+            revoke_timeout_ms: 10_000,
+            stage_slice_entities: 1024,
+        }
     }
 }
 

@@ -46,6 +46,7 @@ pub fn worker_config(c: &Config) -> WorkerConfig {
         max_pending_records: c.flush.max_pending_records,
         sync_interval: Duration::from_millis(c.state.sync_interval_ms),
         revoke_timeout: Duration::from_millis(c.flush.revoke_timeout_ms),
+        stage_slice: (c.flush.stage_slice_entities > 0).then_some(c.flush.stage_slice_entities),
         session_timeout: Duration::from_millis(c.kafka.session_timeout_ms),
         limits: Limits { hold_window_ms: c.hold.window_ms, max_held_reads: c.hold.max_reads },
         kafka_properties: c.kafka.properties.clone(),

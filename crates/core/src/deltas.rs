@@ -17,18 +17,33 @@ pub struct ReceiptChange {
     pub receipt: Receipt<Id>,
 }
 
-/// Groups receipts by recipient across partitions, in order of first receipt.
+/// Groups receipts by recipient across partitions, in order of first
+/// receipt, and keeps one receipt per message (or per conversation peer)
+/// and recipient: a later one replaces the earlier, so that a message
+/// taken again within one flush (staged in slices) is sent once, as it is
+/// now.
 #[derive(Debug, Default)]
 pub struct DeltaBuffer {
     /// Indexes into `records`, hashed by (app, recipient). Every id is
     /// shared with the state: nothing is copied until serialization.
     index: HashTable<usize>,
+    /// (record, position) of each receipt, hashed by record and receipt.
+    placed: HashTable<(u32, u32)>,
     records: Vec<DeltaRecord<Id>>,
-    receipts: usize,
 }
 
 fn recipient_hash(app: &str, to: &str) -> u64 {
     FxBuildHasher.hash_one((app, to))
+}
+
+/// What makes a receipt one recipient's receipt of one thing: the message
+/// (with its peer for C2C), or for a conversation receipt the reader.
+fn receipt_hash(record: usize, r: &Receipt<Id>) -> u64 {
+    FxBuildHasher.hash_one((record, &*r.msg_id, r.user_id.as_deref()))
+}
+
+fn same_receipt(a: &Receipt<Id>, b: &Receipt<Id>) -> bool {
+    a.msg_id == b.msg_id && a.user_id == b.user_id
 }
 
 impl DeltaBuffer {
@@ -39,18 +54,19 @@ impl DeltaBuffer {
 
     /// Receipts buffered.
     pub fn len(&self) -> usize {
-        self.receipts
+        self.placed.len()
     }
 
     /// Whether nothing is buffered.
     pub fn is_empty(&self) -> bool {
-        self.receipts == 0
+        self.placed.is_empty()
     }
 
-    /// Adds one receipt.
+    /// Adds one receipt, or replaces the recipient's receipt of the same
+    /// message (taken earlier in the flush, so older).
     pub fn push(&mut self, change: ReceiptChange) {
         let ReceiptChange { app, to, receipt } = change;
-        let DeltaBuffer { index, records, receipts } = self;
+        let DeltaBuffer { index, placed, records } = self;
         let hash = recipient_hash(&app, &to);
         let same = |&i: &usize| *records[i].app_id == *app && *records[i].to == *to;
         let i = match index.find(hash, same) {
@@ -62,16 +78,22 @@ impl DeltaBuffer {
                 i
             }
         };
-        // take_receipts yields each message (and each mark) once per call, so
-        // appending is enough: no receipt of one message repeats in a flush.
+        let hash = receipt_hash(i, &receipt);
+        let at = |&(r, p): &(u32, u32)| &records[r as usize].receipts[p as usize];
+        if let Some(&(r, p)) = placed.find(hash, |place| same_receipt(at(place), &receipt)) {
+            records[r as usize].receipts[p as usize] = receipt;
+            return;
+        }
+        let place = (i as u32, records[i].receipts.len() as u32);
         records[i].receipts.push(receipt);
-        *receipts += 1;
+        placed
+            .insert_unique(hash, place, |&(r, p)| receipt_hash(r as usize, &records[r as usize].receipts[p as usize]));
     }
 
     /// Takes every record, in order of first receipt.
     pub fn drain(&mut self) -> Vec<DeltaRecord<Id>> {
         self.index.clear();
-        self.receipts = 0;
+        self.placed.clear();
         crate::state::take_retaining(&mut self.records)
     }
 }

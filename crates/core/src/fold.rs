@@ -157,7 +157,7 @@ impl PartitionState {
             stats.ignore(Ignored::UnknownTarget);
             return Outcome::Ignored;
         }
-        let mut group = app.groups.get_or_insert_with(group_id.clone(), || Group::new(None));
+        let mut group = app.groups.get_or_insert_with(group_id.clone(), || Group { fresh: true, ..Group::new(None) });
         let group = &mut *group;
         // Every change opens a new epoch, so messages sent before it keep their
         // audience and cached unread counts know to refresh.

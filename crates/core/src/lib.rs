@@ -44,5 +44,8 @@ pub use state::{
 };
 pub use stats::{FoldStats, Ignored, Outcome, EVENT_KINDS};
 
+// The in-memory store the integration tests share names the crate.
+#[cfg(test)]
+extern crate self as receiptd_core;
 #[cfg(test)]
 mod tests;

@@ -56,6 +56,10 @@ pub(crate) struct Group {
     pub(crate) member_count: u32,
     pub(crate) dirty: bool,
     pub(crate) dirty_members: rustc_hash::FxHashSet<u32>,
+    /// Created by the fold since its header was last staged: it replaces
+    /// whatever storage holds under its id, such as the member slots of a
+    /// group of the same id dismissed in the same flush window.
+    pub(crate) fresh: bool,
 }
 
 impl Group {
@@ -70,6 +74,7 @@ impl Group {
             member_count: 0,
             dirty: false,
             dirty_members: Default::default(),
+            fresh: false,
         }
     }
 
@@ -362,6 +367,10 @@ pub enum DirtyKey {
 pub enum Entity<'a> {
     /// A group header.
     Group(&'a GroupMeta),
+    /// A group header that replaces whatever is stored under its id, member
+    /// slots included: the group was created since, perhaps after a
+    /// dismissal in the same flush window.
+    FreshGroup(&'a GroupMeta),
     /// A member slot: user id and `since` epoch.
     Member(&'a str, u32),
     /// A message.
@@ -496,9 +505,14 @@ impl PartitionState {
         self.apps.values().map(|a| a.view.messages.len()).sum()
     }
 
-    /// Whether any entity changed since the last [`Self::flush_changes`].
+    /// Whether any entity changed since it was last staged.
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
+    }
+
+    /// Entities changed and not staged yet.
+    pub fn changed_count(&self) -> usize {
+        self.dirty.len()
     }
 
     /// Reads waiting for their message.
@@ -565,19 +579,35 @@ impl PartitionState {
     /// The flush's one pass over every entity changed since the last one,
     /// one lookup each: its changed flags are cleared, its receipt (if it
     /// has a revealed change not taken yet) goes into `deltas`, and its key
-    /// and current value go to `stage` (storage writes it). Before, taking
-    /// the receipts, clearing the flags and reading the values looked every
-    /// touched message up three times per flush. Returns how many keys
-    /// were staged.
+    /// and current value go to `stage` (storage writes it). Returns how
+    /// many keys were staged.
     pub fn flush_changes(
         &mut self,
         settings: &crate::SettingsTable,
         deltas: &mut crate::DeltaBuffer,
+        stage: impl FnMut(&DirtyKey, Entity<'_>),
+    ) -> usize {
+        self.stage_changes(usize::MAX, settings, deltas, stage)
+    }
+
+    /// A slice of a flush: as [`Self::flush_changes`], for at most `max` of
+    /// the changed entities, oldest change first. A flush of many entities
+    /// is staged in slices between batches of the fold, so that no single
+    /// step holds the poll loop for long. What changes again after its
+    /// slice is listed again, staged again by a later slice, and its new
+    /// receipt replaces the one taken into `deltas` before (which keeps one
+    /// receipt per message per flush). Returns how many keys were staged.
+    pub fn stage_changes(
+        &mut self,
+        max: usize,
+        settings: &crate::SettingsTable,
+        deltas: &mut crate::DeltaBuffer,
         mut stage: impl FnMut(&DirtyKey, Entity<'_>),
     ) -> usize {
-        let keys = take_retaining(&mut self.dirty);
+        let keys =
+            if max >= self.dirty.len() { take_retaining(&mut self.dirty) } else { self.dirty.drain(..max).collect() };
         for key in &keys {
-            self.visit_changed(key, true, Some((settings, &mut *deltas)), |entity| stage(key, entity));
+            self.visit_changed(key, true, settings, deltas, |entity| stage(key, entity));
         }
         keys.len()
     }
@@ -589,21 +619,22 @@ impl PartitionState {
     pub fn take_receipts(&mut self, settings: &crate::SettingsTable, deltas: &mut crate::DeltaBuffer) {
         let keys = std::mem::take(&mut self.dirty);
         for key in keys.iter().filter(|k| matches!(k, DirtyKey::Message { .. } | DirtyKey::Mark { .. })) {
-            self.visit_changed(key, false, Some((settings, &mut *deltas)), |_| {});
+            self.visit_changed(key, false, settings, deltas, |_| {});
         }
         self.dirty = keys;
     }
 
     /// Looks `key`'s entity up once: clears its changed flags if `clear`,
-    /// takes its receipt into `receipts` if it has one to take, and hands
-    /// its current value to `visit`. A key may outlive its entity (expired,
+    /// takes its receipt into `deltas` if it has one to take, and hands its
+    /// current value to `visit`. A key may outlive its entity (expired,
     /// dismissed) or name a newer one of the same id: the flags decide what
     /// is taken, and the value is always the current one.
     fn visit_changed(
         &mut self,
         key: &DirtyKey,
         clear: bool,
-        receipts: Option<(&crate::SettingsTable, &mut crate::DeltaBuffer)>,
+        settings: &crate::SettingsTable,
+        deltas: &mut crate::DeltaBuffer,
         visit: impl FnOnce(Entity<'_>),
     ) {
         let app = match key {
@@ -627,10 +658,17 @@ impl PartitionState {
         // shard wait no longer than they did for a read.
         match key {
             DirtyKey::Group { group_id, .. } | DirtyKey::Member { group_id, .. } => {
-                let clear_group = |g: &mut Group| {
-                    if clear {
+                // Only this key's flag: the group's other changed keys may
+                // still wait for a later slice of the flush.
+                let fresh = std::cell::Cell::new(false);
+                let clear_group = |g: &mut Group| match (clear, key) {
+                    (false, _) => {}
+                    (true, DirtyKey::Member { ordinal, .. }) => {
+                        g.dirty_members.remove(ordinal);
+                    }
+                    (true, _) => {
                         g.dirty = false;
-                        g.dirty_members.clear();
+                        fresh.set(std::mem::take(&mut g.fresh));
                     }
                 };
                 state.view.groups.update_then_read(&**group_id, clear_group, |g| match *key {
@@ -639,6 +677,7 @@ impl PartitionState {
                             hand(Entity::Member(g.users.name(ordinal), since))
                         }
                     }
+                    _ if fresh.get() => hand(Entity::FreshGroup(&g.meta)),
                     _ => hand(Entity::Group(&g.meta)),
                 });
             }
@@ -647,9 +686,7 @@ impl PartitionState {
                     if clear {
                         m.dirty = false;
                     }
-                    if let Some((settings, deltas)) = receipts {
-                        crate::fold::take_message_receipt(settings, app, msg_id, m, deltas);
-                    }
+                    crate::fold::take_message_receipt(settings, app, msg_id, m, deltas);
                 };
                 state.view.messages.update_then_read(&**msg_id, take, |m| hand(Entity::Message(m)));
             }
@@ -659,9 +696,7 @@ impl PartitionState {
                     if clear {
                         mark.dirty = false;
                     }
-                    if let Some((settings, deltas)) = receipts {
-                        crate::fold::take_mark_receipt(settings, app, &ids, &mut mark, deltas);
-                    }
+                    crate::fold::take_mark_receipt(settings, app, &ids, &mut mark, deltas);
                     hand(Entity::Mark(mark.read_at));
                 }
             }

@@ -3,6 +3,10 @@
 use crate::*;
 use receiptd_wire::*;
 
+#[path = "../tests/disk/mod.rs"]
+mod disk;
+use disk::Disk;
+
 const APP: &str = "a1";
 
 struct Harness {
@@ -403,33 +407,10 @@ fn reads_of_a_message_to_an_unknown_group_say_so() {
 /// What storage does: persist dirty entities, restore into a fresh state.
 #[test]
 fn persisted_entities_restore_to_the_same_state() {
-    use std::collections::BTreeMap;
-    #[derive(Debug, Clone, PartialEq)]
-    enum Stored {
-        Group(GroupMeta),
-        Member(String, u32),
-        Message(MessageState),
-        Mark(u64),
-        Held(Vec<HeldRead>),
-    }
     let mut h = Harness::new();
-    let mut disk: BTreeMap<String, (DirtyKey, Stored)> = BTreeMap::new();
-    let flush = |h: &mut Harness, disk: &mut BTreeMap<String, (DirtyKey, Stored)>| {
-        h.state.flush_changes(&h.settings, &mut DeltaBuffer::new(), |key, entity| {
-            let id = format!("{key:?}");
-            let value = match entity {
-                Entity::Group(g) => Stored::Group(g.clone()),
-                Entity::Member(u, s) => Stored::Member(u.to_owned(), s),
-                Entity::Message(m) => Stored::Message(m.clone()),
-                Entity::Mark(t) => Stored::Mark(t),
-                Entity::Held(r) => Stored::Held(r.to_vec()),
-                Entity::Absent => {
-                    disk.remove(&id);
-                    return;
-                }
-            };
-            disk.insert(id, (key.clone(), value));
-        });
+    let mut disk = Disk::default();
+    let flush = |h: &mut Harness, disk: &mut Disk| {
+        h.state.flush_changes(&h.settings, &mut DeltaBuffer::new(), |key, entity| disk.stage(key, entity));
     };
     h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
     h.send_group("m1", "alice", "g1");
@@ -440,20 +421,7 @@ fn persisted_entities_restore_to_the_same_state() {
     h.mark_read("bob", "alice", 9);
     flush(&mut h, &mut disk);
 
-    let mut restored = PartitionState::new();
-    for (key, value) in disk.values() {
-        match (key, value.clone()) {
-            (DirtyKey::Group { app, group_id }, Stored::Group(g)) => restored.restore_group(app, group_id, g),
-            (DirtyKey::Member { app, group_id, ordinal }, Stored::Member(u, s)) => {
-                restored.restore_member(app, group_id, *ordinal, &u, s)
-            }
-            (DirtyKey::Message { app, msg_id }, Stored::Message(m)) => restored.restore_message(app, msg_id, m),
-            (DirtyKey::Mark { app, reader, peer }, Stored::Mark(t)) => restored.restore_mark(app, reader, peer, t),
-            (DirtyKey::Held { app, msg_id }, Stored::Held(r)) => restored.restore_held(app, msg_id, r),
-            other => panic!("mismatched {other:?}"),
-        }
-    }
-    restored.finish_restore();
+    let restored = disk.restore(h.state.watermark());
     assert_eq!(restored.counts(&h.settings, APP, "m1"), h.state.counts(&h.settings, APP, "m1"));
     assert_eq!(restored.group_lists(&h.settings, APP, "m1"), h.state.group_lists(&h.settings, APP, "m1"));
     assert_eq!(restored.held_count(), 1);
@@ -465,6 +433,62 @@ fn persisted_entities_restore_to_the_same_state() {
     h2.send_group("m7", "alice", "g1");
     assert_eq!(h2.counts("m7"), h.counts("m7"));
     assert_eq!(h2.counts("m7"), (1, 1));
+}
+
+#[test]
+fn a_flush_staged_in_slices_persists_every_change_and_takes_one_receipt_per_message() {
+    let mut h = Harness::new();
+    let mut disk = Disk::default();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
+    h.send_group("m1", "alice", "g1");
+    h.send_group("m2", "alice", "g1");
+    h.read_group("bob", "g1", &["m1", "m2"]);
+    h.mark_read("bob", "alice", 9);
+    // One entity per slice, with the fold going on between slices: m1 (its
+    // receipt taken) and the group change again after their slice.
+    let (mut slices, mut deltas) = (0, DeltaBuffer::new());
+    let mut changed_again = false;
+    while h.state.changed_count() > 1 {
+        let mut m1_staged = false;
+        slices += h.state.stage_changes(1, &h.settings, &mut deltas, |key, entity| {
+            m1_staged = matches!(key, DirtyKey::Message { msg_id, .. } if &**msg_id == "m1");
+            disk.stage(key, entity)
+        });
+        if m1_staged && !changed_again {
+            assert_eq!(deltas.len(), 1, "m1's receipt taken by its slice");
+            h.read_group("carol", "g1", &["m1"]);
+            h.members("g1", MembersOp::Leave, &["dave"]);
+            changed_again = true;
+        }
+    }
+    assert!(changed_again && slices > 2, "the flush took several slices");
+    h.state.flush_changes(&h.settings, &mut deltas, |key, entity| disk.stage(key, entity));
+    assert!(!h.state.has_dirty());
+
+    let records = as_consumers_see(deltas);
+    let mut receipts: Vec<_> = records
+        .iter()
+        .flat_map(|r| &r.receipts)
+        .map(|r| (r.msg_id.as_str(), r.read_count, r.unread_count, r.version))
+        .collect();
+    receipts.sort();
+    // The latest of each, once: m1's second read came after its slice (a
+    // leave changes what queries count, not the receipt's version).
+    assert_eq!(
+        receipts,
+        [("", None, None, None), ("m1", Some(2), Some(1), Some(2)), ("m2", Some(1), Some(2), Some(1))]
+    );
+    assert_eq!(h.counts("m1"), (2, 0));
+
+    let restored = disk.restore(h.state.watermark());
+    for msg in ["m1", "m2"] {
+        assert_eq!(restored.counts(&h.settings, APP, msg), h.state.counts(&h.settings, APP, msg), "{msg}");
+        assert_eq!(restored.group_lists(&h.settings, APP, msg), h.state.group_lists(&h.settings, APP, msg));
+    }
+    assert_eq!(restored.mark(APP, "bob", "alice"), Some(9));
+    let (mut deltas, mut disk_after) = (DeltaBuffer::new(), Disk::default());
+    assert_eq!(h.state.flush_changes(&h.settings, &mut deltas, |k, e| disk_after.stage(k, e)), 0);
+    assert!(deltas.is_empty(), "nothing taken twice");
 }
 
 #[test]

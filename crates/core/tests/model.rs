@@ -8,10 +8,15 @@
 //! After every step, every message's counts, read list, unread list and the
 //! receipts taken must agree, and `read + unread` must equal the eligible
 //! audience (members of the send-time audience still present, plus revealed
-//! readers, who count even after leaving).
+//! readers, who count even after leaving). Flushes are staged whole or in
+//! slices of a few entities between events; after each whole flush, a
+//! partition restored from everything staged must answer as the live one.
 
+mod disk;
+
+use disk::Disk;
 use proptest::prelude::*;
-use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
+use receiptd_core::{DeltaBuffer, DirtyKey, Effects, Limits, PartitionState, SettingsTable};
 use receiptd_wire::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,15 +31,48 @@ fn user(i: u8) -> String {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Members { g: u8, op: u8, users: u8, av: bool },
-    Send { m: u8, sender: u8, group: Option<u8>, peer: u8, need: bool, days_back: u8 },
-    Read { reader: u8, msgs: Vec<u8>, private: bool, right_place: bool, g: u8, peer: u8 },
-    ConvRead { reader: u8, peer: u8 },
-    Revoke { m: u8, right: bool },
-    Toggle { user: u8 },
+    Members {
+        g: u8,
+        op: u8,
+        users: u8,
+        av: bool,
+    },
+    Send {
+        m: u8,
+        sender: u8,
+        group: Option<u8>,
+        peer: u8,
+        need: bool,
+        days_back: u8,
+    },
+    Read {
+        reader: u8,
+        msgs: Vec<u8>,
+        private: bool,
+        right_place: bool,
+        g: u8,
+        peer: u8,
+    },
+    ConvRead {
+        reader: u8,
+        peer: u8,
+    },
+    Revoke {
+        m: u8,
+        right: bool,
+    },
+    Toggle {
+        user: u8,
+    },
     Reciprocal,
     Flush,
-    Tick { step: u8 },
+    /// A slice of a flush: at most `max` changed entities staged.
+    Stage {
+        max: u8,
+    },
+    Tick {
+        step: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -50,6 +88,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..USERS).prop_map(|user| Op::Toggle { user }),
         1 => Just(Op::Reciprocal),
         2 => Just(Op::Flush),
+        2 => (1u8..4).prop_map(|max| Op::Stage { max }),
         2 => (0u8..4).prop_map(|step| Op::Tick { step }),
     ]
 }
@@ -260,45 +299,61 @@ impl Model {
         !self.reciprocal || !self.off.contains(u)
     }
 
-    /// The receipts a flush should yield: (to, msg_id or "", user_id, version, read, unread, is_peer_read, timestamp)
-    fn take(&mut self) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
+    /// The receipts a flush should yield, by what each is a receipt of
+    /// (recipient and message, or recipient and conversation reader).
+    fn take(&mut self, out: &mut Taken) {
         let ids: Vec<String> = self.messages.keys().cloned().collect();
         for id in ids {
-            let m = self.messages.get(&id).unwrap().clone();
-            if !m.pending {
-                continue;
-            }
-            self.messages.get_mut(&id).unwrap().pending = false;
-            if m.untracked || m.revoked || !self.may_receive(&m.sender) {
-                continue;
-            }
-            out.insert(format!(
-                "{} {id} v{} {:?}",
-                m.sender,
-                m.version,
-                if m.group.is_some() { Some(m.receipt) } else { None }
-            ));
+            self.take_message(&id, out);
         }
-        let marks: Vec<_> = self.marks.iter().filter(|(_, (_, p))| *p).map(|(k, (t, _))| (k.clone(), *t)).collect();
-        for ((reader, peer), t) in marks {
-            self.marks.get_mut(&(reader.clone(), peer.clone())).unwrap().1 = false;
-            if !self.off.contains(&reader) && self.may_receive(&peer) {
-                out.insert(format!("{peer} conversation {reader} {t}"));
-            }
+        let marks: Vec<_> = self.marks.keys().cloned().collect();
+        for (reader, peer) in marks {
+            self.take_mark(&reader, &peer, out);
         }
-        out
+    }
+
+    /// One message's receipt, if pending: a later one replaces it in `out`.
+    fn take_message(&mut self, id: &str, out: &mut Taken) {
+        let Some(m) = self.messages.get_mut(id).filter(|m| m.pending) else { return };
+        m.pending = false;
+        let m = m.clone();
+        if m.untracked || m.revoked || !self.may_receive(&m.sender) {
+            return;
+        }
+        let counts = if m.group.is_some() { Some(m.receipt) } else { None };
+        out.insert(format!("{} {id}", m.sender), format!("{} {id} v{} {counts:?}", m.sender, m.version));
+    }
+
+    /// One conversation mark's receipt, if pending.
+    fn take_mark(&mut self, reader: &str, peer: &str, out: &mut Taken) {
+        let Some((t, pending)) = self.marks.get_mut(&(reader.to_owned(), peer.to_owned())).filter(|(_, p)| *p) else {
+            return;
+        };
+        *pending = false;
+        let t = *t;
+        if !self.off.contains(reader) && self.may_receive(peer) {
+            out.insert(format!("{peer} conversation {reader}"), format!("{peer} conversation {reader} {t}"));
+        }
     }
 }
 
+/// Receipts the model expects, by what each is a receipt of.
+type Taken = BTreeMap<String, String>;
+
 /// The engine's receipts: by the flush's pass (`flush`, as the worker takes
-/// them) or taken alone, ahead of a flush.
-fn engine_take(state: &mut PartitionState, settings: &SettingsTable, flush: bool) -> BTreeSet<String> {
-    let mut buffer = DeltaBuffer::new();
+/// them, staging into `disk`) or taken alone, ahead of a flush; with those
+/// its slices since the last took into `buffer`.
+fn engine_take(
+    state: &mut PartitionState,
+    settings: &SettingsTable,
+    flush: bool,
+    disk: &mut Disk,
+    buffer: &mut DeltaBuffer,
+) -> BTreeSet<String> {
     if flush {
-        state.flush_changes(settings, &mut buffer, |_, _| {});
+        state.flush_changes(settings, buffer, |key, entity| disk.stage(key, entity));
     } else {
-        state.take_receipts(settings, &mut buffer);
+        state.take_receipts(settings, buffer);
     }
     let mut out = BTreeSet::new();
     for record in buffer.drain() {
@@ -322,6 +377,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut fx = Effects::default();
     let mut model = Model { reciprocal: true, ..Model::default() };
     let mut clock = 1_732_200_000_000u64;
+    let mut disk = Disk::default();
+    // Receipts the slices of the flush under way took, and what the model
+    // took for the entities each slice staged, at the same moment.
+    let (mut sliced, mut expected_sliced) = (DeltaBuffer::new(), Taken::new());
 
     for (step, op) in ops.into_iter().enumerate() {
         clock += 1;
@@ -438,11 +497,33 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 None
             }
             Op::Flush => {
-                let expected = model.take();
+                let mut expected = std::mem::take(&mut expected_sliced);
+                model.take(&mut expected);
+                let expected: BTreeSet<String> = expected.into_values().collect();
                 // Both ways, mixed: receipts taken alone must not come again
                 // with the next flush, and a flush must take them all.
-                let actual = engine_take(&mut state, &settings, step % 2 == 0);
+                let flush = step % 2 == 0;
+                let actual = engine_take(&mut state, &settings, flush, &mut disk, &mut sliced);
                 prop_assert_eq!(actual, expected, "receipts at step {}", step);
+                if flush {
+                    // Every change is staged now, slices of it included.
+                    agree_restored(&disk.restore(state.watermark()), &state, &settings, step)?;
+                }
+                None
+            }
+            Op::Stage { max } => {
+                let mut staged = Vec::new();
+                state.stage_changes(max.into(), &settings, &mut sliced, |key, entity| {
+                    disk.stage(key, entity);
+                    staged.push(key.clone());
+                });
+                for key in staged {
+                    match key {
+                        DirtyKey::Message { msg_id, .. } => model.take_message(&msg_id, &mut expected_sliced),
+                        DirtyKey::Mark { reader, peer, .. } => model.take_mark(&reader, &peer, &mut expected_sliced),
+                        _ => {}
+                    }
+                }
                 None
             }
             Op::Tick { step } => {
@@ -497,6 +578,33 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             prop_assert_eq!(state.mark(APP, reader, peer), Some(*t));
         }
     }
+    Ok(())
+}
+
+/// A partition restored from what its flushes staged answers as the live one.
+fn agree_restored(
+    restored: &PartitionState,
+    live: &PartitionState,
+    settings: &SettingsTable,
+    step: usize,
+) -> Result<(), TestCaseError> {
+    let ids = live.message_ids(APP);
+    prop_assert_eq!(&restored.message_ids(APP), &ids, "restored messages at step {}", step);
+    for id in &ids {
+        let what = format!("restored {id} at step {step}");
+        prop_assert_eq!(restored.counts(settings, APP, id), live.counts(settings, APP, id), "counts of {}", what);
+        prop_assert_eq!(
+            restored.group_lists(settings, APP, id),
+            live.group_lists(settings, APP, id),
+            "lists of {}",
+            what
+        );
+        // What is persisted of it (not its flags and caches).
+        let persisted = |s: &PartitionState| s.message(APP, id).map(|m| serde_json::to_string(&*m).unwrap());
+        prop_assert_eq!(persisted(restored), persisted(live), "{}", what);
+    }
+    prop_assert_eq!(restored.marks(APP), live.marks(APP), "restored marks at step {}", step);
+    prop_assert_eq!(restored.held_count(), live.held_count(), "restored held reads at step {}", step);
     Ok(())
 }
 

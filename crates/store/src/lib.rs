@@ -126,6 +126,52 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T,
         .map_err(|e| StoreError::Corrupt { key: keys::hex(key), problem: e.to_string() })
 }
 
+/// Puts (or deletes) changed entities of one partition into a write batch,
+/// with one key and one value buffer for all: the batch copies each. A
+/// slice of a flush ([`PartitionState::stage_changes`]) stages through one;
+/// [`Store::stage`] finishes the flush with the partition's checkpoint.
+pub struct EntityWriter<'a> {
+    batch: &'a mut WriteBatch,
+    partition: i32,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl<'a> EntityWriter<'a> {
+    /// Writes into `batch`, under `partition`'s keys.
+    pub fn new(batch: &'a mut WriteBatch, partition: i32) -> Self {
+        EntityWriter { batch, partition, key: Vec::with_capacity(64), value: Vec::with_capacity(256) }
+    }
+
+    /// Stages one entity's current value, or its deletion.
+    pub fn stage(&mut self, key: &DirtyKey, entity: Entity<'_>) {
+        let (k, v, batch) = (&mut self.key, &mut self.value, &mut *self.batch);
+        keys::entity_into(self.partition, key, k);
+        match entity {
+            Entity::Group(meta) => batch.put(&k, encode_into(meta, v)),
+            Entity::FreshGroup(meta) => {
+                if let DirtyKey::Group { app, group_id } = key {
+                    let (from, to) = keys::member_range(self.partition, app, group_id);
+                    batch.delete_range(from, to);
+                }
+                batch.put(&k, encode_into(meta, v))
+            }
+            Entity::Member(user, since) => batch.put(&k, encode_into(&(user, since), v)),
+            Entity::Message(m) => batch.put(&k, encode_into(m, v)),
+            Entity::Mark(t) => batch.put(&k, encode_into(&t, v)),
+            Entity::Held(reads) => batch.put(&k, encode_into(&reads, v)),
+            Entity::Absent => {
+                batch.delete(&k);
+                if let DirtyKey::Group { app, group_id } = key {
+                    // A dismissed group takes all its member slots along.
+                    let (from, to) = keys::member_range(self.partition, app, group_id);
+                    batch.delete_range(from, to);
+                }
+            }
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
@@ -240,26 +286,8 @@ impl Store {
         deltas: &mut DeltaBuffer,
         next_offset: i64,
     ) -> usize {
-        // One key and one value buffer for all: the batch copies each.
-        let (mut k, mut v) = (Vec::with_capacity(64), Vec::with_capacity(256));
-        let staged = state.flush_changes(settings, deltas, |key, entity| {
-            keys::entity_into(partition, key, &mut k);
-            match entity {
-                Entity::Group(meta) => batch.put(&k, encode_into(meta, &mut v)),
-                Entity::Member(user, since) => batch.put(&k, encode_into(&(user, since), &mut v)),
-                Entity::Message(m) => batch.put(&k, encode_into(m, &mut v)),
-                Entity::Mark(t) => batch.put(&k, encode_into(&t, &mut v)),
-                Entity::Held(reads) => batch.put(&k, encode_into(&reads, &mut v)),
-                Entity::Absent => {
-                    batch.delete(&k);
-                    if let DirtyKey::Group { app, group_id } = key {
-                        // A dismissed group takes all its member slots along.
-                        let (from, to) = keys::member_range(partition, app, group_id);
-                        batch.delete_range(from, to);
-                    }
-                }
-            }
-        });
+        let mut entities = EntityWriter::new(batch, partition);
+        let staged = state.flush_changes(settings, deltas, |key, entity| entities.stage(key, entity));
         self.stage_checkpoint(batch, partition, state, next_offset);
         staged
     }
@@ -407,6 +435,53 @@ mod tests {
 
         store.drop_partition(3).unwrap();
         assert!(store.partitions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_group_dismissed_and_created_again_in_one_flush_keeps_no_old_member() {
+        use receiptd_wire::{Conversation, MessageSent};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let members = |op, members: &[&str]| {
+            Event::GroupMembers(GroupMembers {
+                app_id: "a1".into(),
+                group_id: "g".into(),
+                op,
+                group_type: None,
+                members: members.iter().map(|m| m.to_string()).collect(),
+                at: 0,
+            })
+        };
+        let send = |msg_id: &str| {
+            Event::MessageSent(MessageSent {
+                app_id: "a1".into(),
+                msg_id: msg_id.into(),
+                sender: "alice".into(),
+                conversation: Conversation::Group { group_id: "g".into() },
+                need_read_receipt: true,
+                sent_at: 1_732_200_000_000,
+            })
+        };
+        let (settings, mut deltas) = (SettingsTable::default(), DeltaBuffer::new());
+        let mut state = PartitionState::new();
+        fold(&mut state, &[members(MembersOp::Snapshot, &["alice", "bob", "carol", "dave"])]);
+        let mut batch = WriteBatch::default();
+        store.stage(&mut batch, 0, &mut state, &settings, &mut deltas, 1);
+        store.write(batch).unwrap();
+
+        // One flush window, staged in slices with the fold going on between.
+        fold(&mut state, &[members(MembersOp::Dismiss, &[]), members(MembersOp::Snapshot, &["alice"])]);
+        let mut batch = WriteBatch::default();
+        let mut slice = EntityWriter::new(&mut batch, 0);
+        assert_eq!(state.stage_changes(1, &settings, &mut deltas, |key, entity| slice.stage(key, entity)), 1);
+        fold(&mut state, &[members(MembersOp::Join, &["erin"]), send("m1")]);
+        store.stage(&mut batch, 0, &mut state, &settings, &mut deltas, 5);
+        store.write(batch).unwrap();
+
+        let (loaded, _) = store.load_partition(0).unwrap();
+        let unread = |s: &PartitionState| s.group_lists(&settings, "a1", "m1").map(|(_, unread)| unread);
+        assert_eq!(unread(&state), Some(vec!["erin".to_string()]));
+        assert_eq!(unread(&loaded), unread(&state), "bob, carol and dave left with the dismissed group");
     }
 
     /// Bytes of one message's state, persisted (RocksDB value) and in memory

@@ -92,6 +92,8 @@ pub(crate) struct StagedFlush {
     started: Instant,
     events: u64,
     puts: u64,
+    /// Loop turns its staging took.
+    slices: u32,
 }
 
 impl StagedFlush {
@@ -115,8 +117,9 @@ impl StagedFlush {
         }
         metrics.flushed_events.fetch_add(self.events, Relaxed);
         metrics.store_puts.fetch_add(self.puts, Relaxed);
+        metrics.flush_slices.fetch_add(self.slices.into(), Relaxed);
         metrics.flush_took(self.started.elapsed().as_secs_f64(), self.events);
-        tracing::debug!(events = self.events, puts = self.puts, "flushed");
+        tracing::debug!(events = self.events, puts = self.puts, slices = self.slices, "flushed");
         Ok(self.offsets)
     }
 
@@ -374,8 +377,26 @@ pub(crate) struct Engine {
     /// Generation of the records sent now; a flush takes it and moves it on.
     generation: u64,
     in_flight: Option<StagedFlush>,
+    /// A flush being staged in slices, not yet in flight.
+    staging: Option<Staging>,
     writer: StoreWriter,
 }
+
+/// The entities a flush has staged so far, slice by slice (their receipts
+/// are in the engine's delta buffer). Nothing of it is sent or written
+/// before the flush finishes: its last slice stages what is left (and what
+/// changed again meanwhile) and the checkpoints, so that the batch holds
+/// every change up to its offsets.
+struct Staging {
+    batch: receiptd_store::WriteBatch,
+    puts: u64,
+    slices: u32,
+    sync: bool,
+}
+
+/// Slices after which a flush finishes whatever is left: a fold that
+/// changes entities as fast as slices stage them must not keep a flush open.
+const MAX_STAGE_SLICES: u32 = 16;
 
 impl Engine {
     pub(crate) fn new(
@@ -398,6 +419,7 @@ impl Engine {
             pending: 0,
             generation: 0,
             in_flight: None,
+            staging: None,
             writer,
         }
     }
@@ -488,7 +510,7 @@ impl Engine {
         let mut written: BTreeMap<i32, i64> = self.take_written().into_iter().collect();
         for _ in 0..2 {
             if self.in_flight.is_none() {
-                let Some(deltas) = self.flush_begin() else { break };
+                let Some(deltas) = self.flush_begin(None) else { break };
                 deltas.send(&self.producer, &self.config.topics.deltas, &self.shared.metrics);
             }
             let staged = self.in_flight.take().expect("a flush in flight");
@@ -505,50 +527,65 @@ impl Engine {
         Ok((!written.is_empty()).then(|| written.into_iter().collect()))
     }
 
-    /// Step 1 of a flush: sweeps; takes each partition's changed receipts;
-    /// stages every touched entity plus each partition's next offset in one
-    /// batch; sets the flush in flight and returns its deltas, which the
-    /// caller sends before it checks for confirmation. `None` when nothing
-    /// changed, or while another flush is in flight.
-    pub(crate) fn flush_begin(&mut self) -> Option<DeltaBatch> {
+    /// Step 1 of a flush: sweeps; stages every touched entity, each
+    /// partition's receipts and next offset in one batch; sets the flush in
+    /// flight and returns its deltas, which the caller sends before it
+    /// checks for confirmation. With `slice`, stages at most that many
+    /// entities per call and returns `None` until a call finishes the flush
+    /// (see [`Engine::staging`]). `None` also when nothing changed, or while
+    /// another flush is in flight.
+    pub(crate) fn flush_begin(&mut self, slice: Option<usize>) -> Option<DeltaBatch> {
         if self.in_flight.is_some() {
             return None;
         }
-        let started = Instant::now();
-        if started.duration_since(self.last_sweep) >= HELD_SWEEP_EVERY {
-            self.last_sweep = started;
-            let settings = self.shared.settings.read();
-            for owned in self.partitions.values_mut() {
-                owned.state.expire_held(&self.config.limits, &mut self.fx);
-                owned.state.expire_messages(&settings, &mut self.fx);
+        let now = Instant::now();
+        if self.staging.is_none() {
+            if now.duration_since(self.last_sweep) >= HELD_SWEEP_EVERY {
+                self.last_sweep = now;
+                let settings = self.shared.settings.read();
+                for owned in self.partitions.values_mut() {
+                    owned.state.expire_held(&self.config.limits, &mut self.fx);
+                    owned.state.expire_messages(&settings, &mut self.fx);
+                }
             }
+            self.shared.metrics.add_fold(&std::mem::take(&mut self.fx).stats);
+            if self.pending == 0 && !self.partitions.values().any(|o| o.state.has_dirty()) {
+                self.producer.poll(Duration::ZERO);
+                return None;
+            }
+            let sync = now.duration_since(self.last_sync) >= self.config.sync_interval;
+            if sync {
+                self.last_sync = now;
+            }
+            self.staging = Some(Staging { batch: Default::default(), puts: 0, slices: 0, sync });
         }
-        self.shared.metrics.add_fold(&std::mem::take(&mut self.fx).stats);
-        if self.pending == 0 && !self.partitions.values().any(|o| o.state.has_dirty()) {
-            self.producer.poll(Duration::ZERO);
+        let staging = self.staging.as_mut().expect("set above");
+        staging.slices += 1;
+        let changed: usize = self.partitions.values().map(|o| o.state.changed_count()).sum();
+        if let Some(mut budget) = slice.filter(|&n| changed > n && staging.slices < MAX_STAGE_SLICES) {
+            let settings = self.shared.settings.read();
+            for (&partition, owned) in self.partitions.iter_mut() {
+                let mut slice = receiptd_store::EntityWriter::new(&mut staging.batch, partition);
+                let staged = owned
+                    .state
+                    .stage_changes(budget, &settings, &mut self.deltas, |key, entity| slice.stage(key, entity));
+                staging.puts += staged as u64;
+                budget -= staged;
+                if budget == 0 {
+                    break;
+                }
+            }
             return None;
         }
-        let sync = started.duration_since(self.last_sync) >= self.config.sync_interval;
-        if sync {
-            self.last_sync = started;
-        }
-        let mut flush = StagedFlush {
-            generation: self.generation,
-            batch: receiptd_store::WriteBatch::default(),
-            offsets: Vec::new(),
-            sync,
-            started,
-            events: self.pending,
-            puts: 0,
-        };
+        let Staging { mut batch, mut puts, sync, slices } = self.staging.take().expect("set above");
+        let mut offsets = Vec::new();
         let settings = self.shared.settings.read();
         for (&partition, owned) in self.partitions.iter_mut() {
             // A partition with a receipt to take has a changed entity too.
             if owned.unflushed > 0 || owned.state.has_dirty() {
                 let (state, deltas) = (&mut owned.state, &mut self.deltas);
-                let staged = self.store.stage(&mut flush.batch, partition, state, &settings, deltas, owned.next_offset);
-                flush.puts += staged as u64;
-                flush.offsets.push((partition, owned.next_offset));
+                puts += self.store.stage(&mut batch, partition, state, &settings, deltas, owned.next_offset) as u64;
+                offsets.push((partition, owned.next_offset));
                 owned.unflushed = 0;
             }
         }
@@ -556,11 +593,17 @@ impl Engine {
         let m = &self.shared.metrics;
         m.messages_tracked.store(self.partitions.values().map(|o| o.state.message_count() as i64).sum(), Relaxed);
         m.held_reads.store(self.partitions.values().map(|o| o.state.held_count() as i64).sum(), Relaxed);
-        let generation = flush.generation;
+        let generation = self.generation;
         self.generation += 1;
-        self.pending = 0;
-        self.in_flight = Some(flush);
+        let events = std::mem::take(&mut self.pending);
+        self.in_flight = Some(StagedFlush { generation, batch, offsets, sync, started: now, events, puts, slices });
         Some(DeltaBatch { generation, records: self.deltas.drain() })
+    }
+
+    /// Whether a flush is being staged in slices: the poll loop goes on
+    /// staging it every turn, without waiting for input.
+    pub(crate) fn staging(&self) -> bool {
+        self.staging.is_some()
     }
 
     /// Hands the flush in flight to the store writer once the broker has
@@ -639,6 +682,10 @@ impl Engine {
         deadline: Instant,
     ) -> Result<Option<Vec<(i32, i64)>>, StreamError> {
         let flushed = self.flush(Some(deadline), &|| false);
+        // A flush that failed before it finished staging leaves its slices
+        // behind; they hold entities of partitions given up now, so they
+        // must never be written (what stays owned is replayed on restart).
+        self.staging = None;
         if let Err(e) = self.sync() {
             tracing::error!(error = %e, "sync on revoke failed");
         }
@@ -707,6 +754,7 @@ mod tests {
             started: Instant::now(),
             events: 1,
             puts: 0,
+            slices: 1,
         }
     }
 
@@ -736,6 +784,7 @@ mod tests {
             max_pending_records: 100_000,
             sync_interval: Duration::from_secs(1),
             revoke_timeout: Duration::from_secs(5),
+            stage_slice: None,
             session_timeout: Duration::from_secs(10),
             limits: Default::default(),
             kafka_properties: Default::default(),

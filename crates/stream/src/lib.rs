@@ -11,7 +11,13 @@
 //!
 //! 1. takes the receipts that changed, coalesced and grouped per recipient,
 //!    and stages each touched entity once, plus each partition's next offset,
-//!    in one RocksDB `WriteBatch`; then produces the deltas;
+//!    in one RocksDB `WriteBatch`; then produces the deltas. A flush of more
+//!    than `flush.stage_slice_entities` entities is staged in slices of that
+//!    many, one per turn of the loop between batches of the fold, so that
+//!    staging never holds the loop for long; its last slice stages what is
+//!    left and what changed again meanwhile, so the batch still holds every
+//!    change up to its offsets (a receipt taken again replaces the earlier
+//!    one: still one per message per flush);
 //! 2. keeps folding while the broker confirms them (and every earlier DLQ
 //!    record), tracked per flush generation;
 //! 3. once they are all confirmed, hands the staged batch to the store

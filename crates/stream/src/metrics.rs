@@ -63,6 +63,8 @@ pub struct Metrics {
     pub store_syncs: AtomicU64,
     /// Events folded into those writes.
     pub flushed_events: AtomicU64,
+    /// Slices those flushes were staged in (one each unless large).
+    pub flush_slices: AtomicU64,
     /// Flushes that failed and will be retried.
     pub flush_errors: AtomicU64,
     /// Settings records applied.
@@ -250,6 +252,11 @@ impl Metrics {
             ("receiptd_store_writes_total", "Write batches applied to RocksDB.", &self.store_writes),
             ("receiptd_store_syncs_total", "fsyncs of the store (checkpoint boundaries only).", &self.store_syncs),
             ("receiptd_flushed_events_total", "Events covered by completed flushes.", &self.flushed_events),
+            (
+                "receiptd_flush_slices_total",
+                "Slices completed flushes were staged in, between batches of the fold.",
+                &self.flush_slices,
+            ),
             ("receiptd_flush_errors_total", "Flushes that failed and were retried.", &self.flush_errors),
             ("receiptd_settings_records_total", "Settings records applied.", &self.settings_records),
             ("receiptd_rebalances_total", "Rebalance callbacks handled (assign, revoke, error).", &self.rebalances),

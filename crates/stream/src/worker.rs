@@ -143,6 +143,9 @@ pub struct WorkerConfig {
     pub sync_interval: Duration,
     /// Longest a rebalance callback may spend flushing.
     pub revoke_timeout: Duration,
+    /// Most changed entities a flush stages per turn of the poll loop
+    /// (`None`: all at once).
+    pub stage_slice: Option<usize>,
     /// Consumer session timeout.
     pub session_timeout: Duration,
     /// Fold limits.
@@ -396,11 +399,17 @@ fn run_inner(
         if shared.metrics.store_failed.load(Relaxed) {
             break Err(StreamError::StoreFailed);
         }
-        let in_flight = engine.lock().as_ref().and_then(Engine::in_flight_since);
+        let (in_flight, staging) = {
+            let guard = engine.lock();
+            let e = guard.as_ref().expect("engine present while running");
+            (e.in_flight_since(), e.staging())
+        };
 
         // A batch of records: polled without the lock (the rebalance callback
         // takes it), decoded, then folded. Queries do not take this lock.
-        let wait = if in_flight.is_some() {
+        let wait = if staging {
+            Duration::ZERO
+        } else if in_flight.is_some() {
             DELIVERY_POLL
         } else {
             next_flush.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))
@@ -460,14 +469,15 @@ fn run_inner(
             }
         }
 
-        // Step 1 of the next flush: take the deltas and stage the batch, then
-        // send the deltas without the lock.
+        // Step 1 of the next flush: stage the batch (a slice of it per turn
+        // if it is large) and take the deltas, then send them without the
+        // lock.
         let now = Instant::now();
         let mut guard = engine.lock();
         let e = guard.as_mut().expect("engine present while running");
         let due = now >= next_flush || e.pending() >= config.max_pending_records;
         let mut deltas = None;
-        if due && e.in_flight_since().is_none() {
+        if (due || e.staging()) && e.in_flight_since().is_none() {
             let mut dead = Vec::new();
             settings.follow(shared, &mut |m, err| dead.push((m.detach(), err.clone())));
             for (m, err) in dead {
@@ -477,8 +487,10 @@ fn run_inner(
                 e.refresh_gauges();
                 next_gauges = now + Duration::from_secs(5);
             }
-            deltas = e.flush_begin();
-            next_flush = now + config.flush_interval;
+            if !e.staging() {
+                next_flush = now + config.flush_interval;
+            }
+            deltas = e.flush_begin(config.stage_slice);
         }
         // Backpressure: while the broker lags behind, stop fetching (but keep
         // polling, so the group keeps this member) once enough is pending.
