@@ -683,9 +683,12 @@ impl Engine {
     ) -> Result<Option<Vec<(i32, i64)>>, StreamError> {
         let flushed = self.flush(Some(deadline), &|| false);
         // A flush that failed before it finished staging leaves its slices
-        // behind; they hold entities of partitions given up now, so they
-        // must never be written (what stays owned is replayed on restart).
-        self.staging = None;
+        // and the receipts they took behind; they hold entities of
+        // partitions given up now, so they must never be written or sent
+        // (what stays owned is replayed on restart).
+        if self.staging.take().is_some() {
+            self.deltas.drain();
+        }
         if let Err(e) = self.sync() {
             tracing::error!(error = %e, "sync on revoke failed");
         }
