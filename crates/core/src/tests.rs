@@ -122,8 +122,6 @@ fn as_consumers_see(mut buffer: DeltaBuffer) -> Vec<DeltaRecord> {
     serde_json::from_slice(&json).expect("and read back")
 }
 
-impl Harness {}
-
 fn c2c(peer: &str) -> Conversation {
     Conversation::C2c { peer: peer.into() }
 }

@@ -150,10 +150,8 @@ impl<'a> EntityWriter<'a> {
         match entity {
             Entity::Group(meta) => batch.put(&k, encode_into(meta, v)),
             Entity::FreshGroup(meta) => {
-                if let DirtyKey::Group { app, group_id } = key {
-                    let (from, to) = keys::member_range(self.partition, app, group_id);
-                    batch.delete_range(from, to);
-                }
+                // No slot of a group of the same id before it survives.
+                delete_members(batch, self.partition, key);
                 batch.put(&k, encode_into(meta, v))
             }
             Entity::Member(user, since) => batch.put(&k, encode_into(&(user, since), v)),
@@ -162,13 +160,18 @@ impl<'a> EntityWriter<'a> {
             Entity::Held(reads) => batch.put(&k, encode_into(&reads, v)),
             Entity::Absent => {
                 batch.delete(&k);
-                if let DirtyKey::Group { app, group_id } = key {
-                    // A dismissed group takes all its member slots along.
-                    let (from, to) = keys::member_range(self.partition, app, group_id);
-                    batch.delete_range(from, to);
-                }
+                // A dismissed group takes all its member slots along.
+                delete_members(batch, self.partition, key);
             }
         }
+    }
+}
+
+/// Deletes every member slot of the group `key` names (nothing for other keys).
+fn delete_members(batch: &mut WriteBatch, partition: i32, key: &DirtyKey) {
+    if let DirtyKey::Group { app, group_id } = key {
+        let (from, to) = keys::member_range(partition, app, group_id);
+        batch.delete_range(from, to);
     }
 }
 
