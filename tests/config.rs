@@ -28,3 +28,47 @@ fn unknown_keys_and_invalid_values_stop_start_up_naming_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("http.addr"));
 }
+
+/// The kernel's view of the worker's transparent-huge-page flag (the
+/// `THP_enabled` line of /proc/PID/status), read once the worker has opened
+/// its store, which it does after applying the setting.
+fn thp_enabled_of_worker(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_receiptd"))
+        .arg("run")
+        .env("RECEIPTD_STATE__DIR", &state)
+        // Nothing listens there: the worker starts and keeps retrying.
+        .env("RECEIPTD_KAFKA__BROKERS", "127.0.0.1:1")
+        .env("RECEIPTD_HTTP__ADDR", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !state.join("CURRENT").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "receiptd exited before opening its store");
+        assert!(std::time::Instant::now() < deadline, "receiptd did not open its store in 20 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    thp_line(&status)
+}
+
+fn thp_line(status: &str) -> String {
+    status.lines().find(|l| l.starts_with("THP_enabled:")).expect("the kernel reports THP_enabled").to_owned()
+}
+
+#[test]
+fn transparent_huge_pages_are_off_unless_configured_on() {
+    assert_eq!(thp_enabled_of_worker(&[]), "THP_enabled:\t0", "off by default");
+    let own = thp_line(&std::fs::read_to_string("/proc/self/status").unwrap());
+    assert_eq!(
+        thp_enabled_of_worker(&[("RECEIPTD_STATE__TRANSPARENT_HUGE_PAGES", "true")]),
+        own,
+        "opted in, the worker keeps what it inherited"
+    );
+}

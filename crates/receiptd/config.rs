@@ -107,11 +107,22 @@ pub struct StateConfig {
     pub write_buffer_mb: usize,
     /// How often the WAL is fsynced (a checkpoint boundary), ms. Default 1000.
     pub sync_interval_ms: u64,
+    /// Let the kernel back this process's memory with transparent huge
+    /// pages. Default `false`: while the state grows, each first touch of a
+    /// huge page zeroes 2 MiB at once (and on a VM waits for the host to back
+    /// it), which stalls the poll loop for milliseconds; see BENCHMARKS.md.
+    pub transparent_huge_pages: bool,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { dir: "./data".into(), block_cache_mb: 128, write_buffer_mb: 128, sync_interval_ms: 1000 }
+        StateConfig {
+            dir: "./data".into(),
+            block_cache_mb: 128,
+            write_buffer_mb: 128,
+            sync_interval_ms: 1000,
+            transparent_huge_pages: false,
+        }
     }
 }
 
