@@ -109,8 +109,8 @@ pub struct StateConfig {
     pub sync_interval_ms: u64,
     /// Let the kernel back this process's memory with transparent huge
     /// pages. Default `false`: while the state grows, each first touch of a
-    /// huge page zeroes 2 MiB at once (and on a VM waits for the host to back
-    /// it), which stalls the poll loop for milliseconds; see BENCHMARKS.md.
+    /// huge page zeroes 2 MiB at once (on a VM the host may have to back it
+    /// then too), which stalls the poll loop for milliseconds; see BENCHMARKS.md.
     pub transparent_huge_pages: bool,
 }
 

@@ -9,20 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Opts this process out of transparent huge pages for every later page
-/// fault (the state, RocksDB's and librdkafka's buffers alike): a huge page's
-/// first touch zeroes 2 MiB in one fault, a stall of milliseconds in the
-/// poll loop while the state grows. The system setting is left alone.
-fn disable_transparent_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and no pointers.
-    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc == 0 {
-        tracing::info!("transparent huge pages disabled for this process (state.transparent_huge_pages = false)");
-    } else {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "could not disable transparent huge pages");
-    }
-}
-
 /// Installs the global tracing subscriber (`RUST_LOG` wins over config).
 pub fn init_logging(log: &LogConfig) {
     use tracing_subscriber::{filter::FilterExt, fmt, layer::SubscriberExt, util::SubscriberInitExt, Layer};
@@ -158,6 +144,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => Err(e).context("worker failed"),
+    }
+}
+
+/// Opts this process out of transparent huge pages for every later page
+/// fault (the state, RocksDB's and librdkafka's buffers alike): a huge page's
+/// first touch zeroes 2 MiB in one fault, a stall of milliseconds in the
+/// poll loop while the state grows. The system setting is left alone.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and no pointers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc == 0 {
+        tracing::info!("transparent huge pages disabled for this process (state.transparent_huge_pages = false)");
+    } else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not disable transparent huge pages");
     }
 }
 
