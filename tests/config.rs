@@ -1,15 +1,20 @@
 //! Start-up refuses bad configuration, naming the key.
 
-use std::process::Command;
+use crate::support::proc_status_field;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `receiptd run` with its state in `state_dir` and `env` on top.
+fn receiptd_run(state_dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_receiptd"));
+    command.arg("run").env("RECEIPTD_STATE__DIR", state_dir).envs(env.iter().copied());
+    command
+}
 
 fn run_with(env: &[(&str, &str)]) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_receiptd"))
-        .arg("run")
-        .env("RECEIPTD_STATE__DIR", dir.path())
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let out = receiptd_run(dir.path(), env).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -35,40 +40,32 @@ fn unknown_keys_and_invalid_values_stop_start_up_naming_the_key() {
 fn thp_enabled_of_worker(env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_receiptd"))
-        .arg("run")
-        .env("RECEIPTD_STATE__DIR", &state)
+    let mut child = receiptd_run(&state, env)
         // Nothing listens there: the worker starts and keeps retrying.
         .env("RECEIPTD_KAFKA__BROKERS", "127.0.0.1:1")
         .env("RECEIPTD_HTTP__ADDR", "127.0.0.1:0")
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while !state.join("CURRENT").exists() {
         assert!(child.try_wait().unwrap().is_none(), "receiptd exited before opening its store");
-        assert!(std::time::Instant::now() < deadline, "receiptd did not open its store in 20 s");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(Instant::now() < deadline, "receiptd did not open its store in 20 s");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let thp_enabled = proc_status_field(child.id(), "THP_enabled");
     child.kill().unwrap();
     child.wait().unwrap();
-    thp_line(&status)
-}
-
-fn thp_line(status: &str) -> String {
-    status.lines().find(|l| l.starts_with("THP_enabled:")).expect("the kernel reports THP_enabled").to_owned()
+    thp_enabled
 }
 
 #[test]
 fn transparent_huge_pages_are_off_unless_configured_on() {
-    assert_eq!(thp_enabled_of_worker(&[]), "THP_enabled:\t0", "off by default");
-    let own = thp_line(&std::fs::read_to_string("/proc/self/status").unwrap());
+    assert_eq!(thp_enabled_of_worker(&[]), "0", "off by default");
     assert_eq!(
         thp_enabled_of_worker(&[("RECEIPTD_STATE__TRANSPARENT_HUGE_PAGES", "true")]),
-        own,
+        proc_status_field("self", "THP_enabled"),
         "opted in, the worker keeps what it inherited"
     );
 }

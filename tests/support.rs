@@ -423,13 +423,8 @@ impl Worker {
 
     /// The process's peak resident set (VmHWM), MiB.
     pub fn peak_rss_mib(&self) -> u64 {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status");
+        let vm_hwm = proc_status_field(self.child.as_ref().expect("running").id(), "VmHWM");
+        let kb: u64 = vm_hwm.trim_end_matches("kB").trim().parse().expect("VmHWM in kB");
         kb / 1024
     }
 
@@ -562,4 +557,15 @@ pub fn http_request(
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// One field of /proc/PID/status (`self` for this process), its value trimmed.
+pub fn proc_status_field(pid: impl std::fmt::Display, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
 }

@@ -9,9 +9,8 @@
 //! structures' sizes a member costs about 18 bytes instead of about 90,
 //! which matters most for 100,000-member groups.
 
+use crate::sharded::hash_of;
 use hashbrown::HashTable;
-use rustc_hash::FxBuildHasher;
-use std::hash::BuildHasher;
 
 /// Member names by ordinal, with a name -> ordinal index.
 #[derive(Debug, Default)]
@@ -23,10 +22,6 @@ pub(crate) struct MemberNames {
     ends: Vec<u32>,
     /// Ordinals, hashed by their name.
     index: HashTable<u32>,
-}
-
-fn hash_of(name: &str) -> u64 {
-    FxBuildHasher.hash_one(name)
 }
 
 /// The name of `ordinal` in a buffer of names and their ends.

@@ -32,7 +32,8 @@ impl<K, V> Default for ShardedMap<K, V> {
     }
 }
 
-fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
+/// The hash every table of the core uses (FxHash), computed once per key.
+pub(crate) fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
     FxBuildHasher.hash_one(key)
 }
 

@@ -259,8 +259,7 @@ pub(crate) struct UserIds {
 impl UserIds {
     /// The shared id of `user`, made on first sight.
     pub(crate) fn intern(&mut self, user: &str) -> Id {
-        use std::hash::BuildHasher;
-        let hash = rustc_hash::FxBuildHasher.hash_one(user);
+        let hash = crate::sharded::hash_of(user);
         let entry = self.ids.entry(hash, |(_, id)| **id == *user, |(hash, _)| *hash);
         match entry {
             hashbrown::hash_table::Entry::Occupied(e) => e.get().1.clone(),
