@@ -3,10 +3,13 @@
 //! and its share of every index), and on disk with RocksDB's own
 //! `total-sst-files-size` after a flush and full compaction (LZ4, as in
 //! production), next to the sum of the stored values before compression.
+//! Each message's readers are distinct random members reading at random
+//! times within the hour after the send.
 //!
 //! `cargo bench --bench state_size`
 
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
+use receiptd_loadgen::Rng;
 use receiptd_store::{Store, StoreOptions, WriteBatch};
 use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent};
 use std::alloc::{GlobalAlloc, Layout};
@@ -63,7 +66,19 @@ fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64) {
         .collect();
     let conversation = Conversation::Group { group_id: "g".into() };
     let mut traffic = Vec::new();
+    let mut rng = Rng::new(group as u64 ^ readers as u64);
     for m in 0..messages {
+        // Distinct members other than the sender, in random order, each
+        // reading at a random time within the hour after the send: neither
+        // ordinals nor times line up for the encoding or LZ4 to exploit.
+        let mut who = std::collections::HashSet::new();
+        let mut picked = Vec::with_capacity(readers);
+        while picked.len() < readers {
+            let k = 1 + rng.below(group as u64 - 1) as usize;
+            if who.insert(k) {
+                picked.push(k);
+            }
+        }
         traffic.push(Event::MessageSent(MessageSent {
             app_id: "a1".into(),
             msg_id: format!("m{m}"),
@@ -72,13 +87,13 @@ fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64) {
             need_read_receipt: true,
             sent_at: 1_732_200_000_000,
         }));
-        for r in 0..readers {
+        for k in picked {
             traffic.push(Event::MessageRead(MessageRead {
                 app_id: "a1".into(),
-                reader: members[1 + (m * 7 + r) % (group - 1)].clone(),
+                reader: members[k].clone(),
                 conversation: conversation.clone(),
                 msg_ids: vec![format!("m{m}")],
-                read_at: 1_732_200_000_000 + r as u64,
+                read_at: 1_732_200_000_000 + rng.below(3_600_000),
                 private: false,
             }));
         }

@@ -34,6 +34,17 @@ fn unknown_keys_and_invalid_values_stop_start_up_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("http.addr"));
 }
 
+#[test]
+fn a_state_dir_of_another_format_stops_start_up_naming_both_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(receiptd_store::FORMAT_FILE), "1\n").unwrap();
+    let out = receiptd_run(dir.path(), &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let expected = format!("holds format 1 and this build reads format {}", receiptd_store::STORE_FORMAT);
+    assert!(err.contains("state.dir") && err.contains(&expected), "{err}");
+}
+
 /// The kernel's view of the worker's transparent-huge-page flag (the
 /// `THP_enabled` line of /proc/PID/status), read once the worker has opened
 /// its store, which it does after applying the setting.

@@ -68,7 +68,7 @@ fn collect(state: &PartitionState, messages: &mut Vec<Value>, marks: &mut Vec<Va
                 "read_count": read,
                 "unread_count": unread,
                 "readers": readers,
-                "hidden_reads": m.readers.iter().filter(|r| r.hidden).count(),
+                "hidden_reads": m.readers.hidden_count(),
             }));
         }
         for (reader, peer, read_at) in state.marks(app) {

@@ -430,7 +430,7 @@ impl PartitionState {
             return Outcome::Ignored;
         }
         m.tracking = Tracking::Revoked;
-        m.readers = Vec::new();
+        m.readers = Default::default();
         m.visible_reads = 0;
         if !m.dirty {
             m.dirty = true;
@@ -516,12 +516,10 @@ fn read_one(
     if m.sent_at.saturating_add(ctx.settings.retention_ms(ctx.app_id)) < ctx.watermark {
         return ReadResult::Ignored(Ignored::Expired);
     }
-    let slot = match m.readers.binary_search_by_key(&ordinal, |r| r.ordinal) {
-        Ok(_) => return ReadResult::Ignored(Ignored::Duplicate),
-        Err(slot) => slot,
-    };
     let hidden = private || !ctx.settings.receipts_on(ctx.app_id, reader);
-    m.readers.insert(slot, ReadMark { ordinal, read_at, hidden });
+    if !m.readers.insert(ReadMark { ordinal, read_at, hidden }, m.sent_at) {
+        return ReadResult::Ignored(Ignored::Duplicate);
+    }
     if !m.dirty {
         m.dirty = true;
         ctx.dirty.push(DirtyKey::Message { app: ctx.app_id.clone(), msg_id: msg_id.clone() });
@@ -629,11 +627,9 @@ fn compute_unread(settings: &SettingsTable, app_id: &str, group: &Group, m: &Mes
     if group.ordinal(&m.sender).is_some_and(|o| group.member_since(o, epoch)) {
         unread -= 1;
     }
-    let revealed_present = m
-        .readers
-        .iter()
-        .filter(|r| group.member_since(r.ordinal, epoch) && revealed_now(settings, app_id, group, r))
-        .count() as u32;
+    let revealed_present =
+        m.reads().filter(|r| group.member_since(r.ordinal, epoch) && revealed_now(settings, app_id, group, r)).count()
+            as u32;
     unread - revealed_present
 }
 
@@ -670,6 +666,6 @@ fn group_counts(settings: &SettingsTable, app_id: &str, group: &Group, m: &Messa
         };
         return (m.visible_reads, unread);
     }
-    let read = m.readers.iter().filter(|r| revealed_now(settings, app_id, group, r)).count() as u32;
+    let read = m.reads().filter(|r| revealed_now(settings, app_id, group, r)).count() as u32;
     (read, compute_unread(settings, app_id, group, m))
 }

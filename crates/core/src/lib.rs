@@ -28,6 +28,7 @@ mod fenwick;
 mod fold;
 mod members;
 mod query;
+mod readers;
 mod settings;
 mod sharded;
 mod state;
@@ -36,6 +37,7 @@ mod stats;
 pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};
 pub use query::{MemberFilter, MemberPage, QueryRefusal};
+pub use readers::Readers;
 pub use settings::SettingsTable;
 pub use sharded::ShardedMap;
 pub use state::{

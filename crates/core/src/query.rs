@@ -167,15 +167,15 @@ impl AppView {
         let start = after.map_or(0, |a| a + 1);
         let candidates: Box<dyn Iterator<Item = (u32, Option<u64>)> + '_> = match filter {
             MemberFilter::Read => {
-                let from = m.readers.partition_point(|r| r.ordinal < start);
-                Box::new(m.readers[from..].iter().filter(move |r| revealed(r)).map(|r| (r.ordinal, Some(r.read_at))))
+                let reads = m.readers.iter_from(start, m.sent_at);
+                Box::new(reads.filter(move |r| revealed(r)).map(|r| (r.ordinal, Some(r.read_at))))
             }
             MemberFilter::Unread => {
                 let sender = group.ordinal(&m.sender);
                 Box::new(
                     (start..group.users.len() as u32)
                         .filter(move |&o| group.member_since(o, *audience_epoch) && Some(o) != sender)
-                        .filter(move |&o| !m.read_mark(o).is_some_and(&revealed))
+                        .filter(move |&o| !m.read_mark(o).is_some_and(|r| revealed(&r)))
                         .map(|o| (o, None)),
                 )
             }

@@ -2,6 +2,7 @@
 //! persist and restore it (dirty keys out, entities in).
 
 use crate::fenwick::Fenwick;
+use crate::readers::Readers;
 use crate::ShardedMap;
 use parking_lot::{MappedRwLockReadGuard, RwLock};
 use receiptd_wire::GroupType;
@@ -154,8 +155,10 @@ pub struct MessageState {
     pub version: u64,
     /// Time of the latest revealed change (`sent_at` before any).
     pub timestamp: u64,
-    /// Readers sorted by ordinal; hidden ones included.
-    pub readers: Vec<ReadMark>,
+    /// Who read, when, hidden or not (8 bytes a reader; see [`Readers`]).
+    /// Read times are kept as offsets from `sent_at`, which therefore never
+    /// changes once the message exists.
+    pub readers: Readers,
     /// Readers that are revealed (not hidden).
     pub visible_reads: u32,
     /// `(read, unread)` as of the latest revealed change: what the receipt of
@@ -187,7 +190,7 @@ impl MessageState {
             tracking,
             version: 0,
             timestamp: sent_at,
-            readers: Vec::new(),
+            readers: Readers::default(),
             visible_reads: 0,
             receipt_counts: (0, 0),
             unread_cache: no_cache(),
@@ -197,8 +200,13 @@ impl MessageState {
     }
 
     /// The read mark of `ordinal`, if it read.
-    pub fn read_mark(&self, ordinal: u32) -> Option<&ReadMark> {
-        self.readers.binary_search_by_key(&ordinal, |r| r.ordinal).ok().map(|i| &self.readers[i])
+    pub fn read_mark(&self, ordinal: u32) -> Option<ReadMark> {
+        self.readers.get(ordinal, self.sent_at)
+    }
+
+    /// Every reader, hidden ones included, in ordinal order.
+    pub fn reads(&self) -> impl Iterator<Item = ReadMark> + '_ {
+        self.readers.iter(self.sent_at)
     }
 }
 
@@ -447,16 +455,12 @@ impl AppView {
             return None;
         }
         let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, group.users.name(r.ordinal));
-        let read = m
-            .readers
-            .iter()
-            .filter(|r| revealed(r))
-            .map(|r| (group.users.name(r.ordinal).to_owned(), r.read_at))
-            .collect();
+        let read =
+            m.reads().filter(|r| revealed(r)).map(|r| (group.users.name(r.ordinal).to_owned(), r.read_at)).collect();
         let sender = group.ordinal(&m.sender);
         let unread = (0..group.users.len() as u32)
             .filter(|&o| group.member_since(o, *audience_epoch) && Some(o) != sender)
-            .filter(|&o| m.read_mark(o).is_none_or(|r| !revealed(r)))
+            .filter(|&o| m.read_mark(o).is_none_or(|r| !revealed(&r)))
             .map(|o| group.users.name(o).to_owned())
             .collect();
         Some((read, unread))
