@@ -1,4 +1,4 @@
-//! A message's readers: 8 bytes each in memory, 2 to 4 on disk.
+//! A message's readers: 8 bytes each in memory, 2 to 5 on disk.
 //!
 //! A reader is a group ordinal, a read time and a hidden flag. Kept as a
 //! [`ReadMark`] per reader (ordinal, u64 time, flag, padding) that is 16
@@ -12,9 +12,10 @@
 //!
 //! Persisted, the readers are one byte string of varints: each ordinal as
 //! its gap from the previous one (with the flag in the low bit), each offset
-//! as its difference from the previous one. Readers of one message are
-//! mostly consecutive members who read within seconds of each other, so a
-//! reader takes 2 to 4 bytes instead of bincode's 11 to 13.
+//! as its difference from the previous one. A reader then takes 2 bytes
+//! when members read in turn within a second of each other, and about 5
+//! when random members read at random times within an hour, instead of
+//! bincode's 11 to 13.
 //!
 //! The offsets are relative to a send time the caller passes in (the
 //! message's own `sent_at`), which is persisted with the message; the byte

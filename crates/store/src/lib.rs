@@ -522,7 +522,6 @@ mod tests {
         let marker = dir.path().join(FORMAT_FILE);
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         assert_eq!(std::fs::read_to_string(&marker).unwrap(), format!("{STORE_FORMAT}\n"), "a new store is marked");
-        store.write(WriteBatch::default()).unwrap();
         let mut batch = WriteBatch::default();
         batch.put(keys::checkpoint(0), encode(&Checkpoint { next_offset: 1, watermark: 2 }));
         store.write(batch).unwrap();
