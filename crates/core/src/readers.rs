@@ -75,9 +75,14 @@ pub struct Readers {
 }
 
 impl Readers {
+    /// The readers kept whole (usually none).
+    fn outliers(&self) -> &[ReadMark] {
+        self.outliers.as_deref().map_or(&[], |o| o.as_slice())
+    }
+
     /// How many read (hidden reads included).
     pub fn len(&self) -> usize {
-        self.compact.len() + self.outliers.as_ref().map_or(0, |o| o.len())
+        self.compact.len() + self.outliers().len()
     }
 
     /// Whether nobody has read.
@@ -87,8 +92,7 @@ impl Readers {
 
     /// How many of the reads are hidden.
     pub fn hidden_count(&self) -> usize {
-        self.compact.iter().filter(|c| c.hidden()).count()
-            + self.outliers.as_ref().map_or(0, |o| o.iter().filter(|r| r.hidden).count())
+        self.compact.iter().filter(|c| c.hidden()).count() + self.outliers().iter().filter(|r| r.hidden).count()
     }
 
     /// Bytes the readers hold on the heap (capacity included).
@@ -105,7 +109,7 @@ impl Readers {
         if let Ok(i) = self.compact.binary_search_by_key(&ordinal, |c| c.ordinal()) {
             return Some(self.compact[i].mark(sent_at));
         }
-        let outliers = self.outliers.as_ref()?;
+        let outliers = self.outliers();
         outliers.binary_search_by_key(&ordinal, |r| r.ordinal).ok().map(|i| outliers[i])
     }
 
@@ -130,7 +134,7 @@ impl Readers {
     /// Every read from ordinal `start` on, in ordinal order.
     pub(crate) fn iter_from(&self, start: u32, sent_at: u64) -> ReadsFrom<'_> {
         let from = self.compact.partition_point(|c| c.ordinal() < start);
-        let outliers: &[ReadMark] = self.outliers.as_deref().map_or(&[], |o| o.as_slice());
+        let outliers = self.outliers();
         let outliers_from = outliers.partition_point(|r| r.ordinal < start);
         ReadsFrom { compact: &self.compact[from..], outliers: &outliers[outliers_from..], sent_at }
     }
@@ -226,7 +230,8 @@ impl Decoder<'_> {
 }
 
 impl Readers {
-    /// The persisted form (see the module docs).
+    /// The persisted form (see the module docs), in a fresh buffer.
+    #[cfg(test)]
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.encode_into(&mut out);
@@ -235,7 +240,7 @@ impl Readers {
 
     /// The persisted form, appended to `out`.
     fn encode_into(&self, out: &mut Vec<u8>) {
-        let outliers: &[ReadMark] = self.outliers.as_deref().map_or(&[], |o| o.as_slice());
+        let outliers = self.outliers();
         out.reserve(2 + 3 * self.compact.len() + 12 * outliers.len());
         put_varint(out, self.compact.len() as u64);
         let (mut next_ordinal, mut last_offset) = (0u32, OFFSET_BIAS as i64);
@@ -304,16 +309,12 @@ thread_local! {
 
 impl Serialize for Readers {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut buf) => {
-                self.encode_into(&mut buf);
-                let result = serializer.serialize_bytes(&buf);
-                buf.clear();
-                buf.shrink_to(4096);
-                result
-            }
-            // Only if a serializer serialized readers inside readers.
-            Err(_) => serializer.serialize_bytes(&self.encode()),
+        SCRATCH.with_borrow_mut(|buf| {
+            self.encode_into(buf);
+            let result = serializer.serialize_bytes(buf);
+            buf.clear();
+            buf.shrink_to(4096);
+            result
         })
     }
 }
@@ -359,6 +360,9 @@ mod tests {
         let bytes = bincode::serde::encode_to_vec(readers, bincode::config::standard()).unwrap();
         let (back, used) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         assert_eq!(used, bytes.len());
+        // A self-describing format hands the bytes back as a sequence.
+        let json = serde_json::to_string(readers).unwrap();
+        assert_eq!(&serde_json::from_str::<Readers>(&json).unwrap(), readers, "{json}");
         back
     }
 
