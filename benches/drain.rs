@@ -175,6 +175,16 @@ fn main() {
         m("receiptd_batch_gap_seconds_sum") * 1e3 / m("receiptd_batch_gap_seconds_count").max(1.0),
         100.0 * m("receiptd_batch_gap_on_cpu_seconds_total") / m("receiptd_batch_gap_seconds_sum").max(1e-9)
     );
+    let phases: Vec<String> = receiptd_stream::LOOP_PHASES
+        .iter()
+        .map(|p| format!("{p} {:.2}", m(&format!("receiptd_batch_gap_max_phase_seconds{{phase=\"{p}\"}}")) * 1e3))
+        .collect();
+    println!("longest gap by loop phase, ms: {}", phases.join(", "));
+    println!(
+        "gaps over 10 ms: {:.0}; over 20 ms: {:.0}",
+        m("receiptd_batch_gap_seconds_count") - m("receiptd_batch_gap_seconds_bucket{le=\"0.01\"}"),
+        m("receiptd_batch_gap_seconds_count") - m("receiptd_batch_gap_seconds_bucket{le=\"0.02\"}")
+    );
     let messages = m("receiptd_messages_tracked");
     println!(
         "state: {messages:.0} messages tracked, RocksDB {:.1} MiB (~{:.0} B per message), worker peak RSS {} MiB",

@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 // The fold allocates many small strings; glibc's malloc spent a quarter of
-// the worker's CPU under load (perf), mimalloc a fraction of that.
+// the worker's CPU under load (perf), mimalloc a fraction of that. It is the
+// C libraries' malloc too (the `override` feature, see Cargo.toml).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -308,20 +308,30 @@ pub(crate) fn send(
     }
 }
 
-/// The delta records a flush took, to be serialized and queued without the
-/// engine lock, before anything else of the flush is checked.
-#[must_use = "a flush's deltas must be sent before it can be confirmed"]
-pub(crate) struct DeltaBatch {
+/// The delta records of the flush in flight not yet queued in the producer.
+/// The flush cannot be confirmed before the last is queued: until then the
+/// broker may have confirmed every record queued so far.
+struct DeltaBatch {
     generation: u64,
     /// Ids shared with the state, serialized without being copied.
-    records: Vec<receiptd_wire::DeltaRecord<receiptd_core::Id>>,
+    records: std::vec::IntoIter<receiptd_wire::DeltaRecord<receiptd_core::Id>>,
 }
 
 impl DeltaBatch {
-    /// Serializes and queues the records, one per recipient (chunked if huge).
-    pub(crate) fn send(self, producer: &BaseProducer<DeliveryContext>, topic: &str, metrics: &Metrics) {
+    /// Serializes and queues records, one per recipient (chunked if huge),
+    /// until at least `receipts_budget` receipts are queued or none is left
+    /// (`None`: all of them). Returns whether none is left.
+    fn send(
+        &mut self,
+        producer: &BaseProducer<DeliveryContext>,
+        topic: &str,
+        metrics: &Metrics,
+        receipts_budget: Option<usize>,
+    ) -> bool {
         let (mut receipts, mut records, mut bytes) = (0, 0, 0);
-        for record in self.records {
+        let budget = receipts_budget.map_or(u64::MAX, |n| n as u64);
+        while receipts < budget {
+            let Some(record) = self.records.next() else { break };
             let key = delta_key(&record.app_id, &record.to);
             receipts += record.receipts.len() as u64;
             for_each_chunk(record, MAX_RECEIPTS_PER_RECORD, |chunk| {
@@ -335,6 +345,7 @@ impl DeltaBatch {
         metrics.delta_records.fetch_add(records, Relaxed);
         metrics.delta_receipts.fetch_add(receipts, Relaxed);
         metrics.delta_bytes.fetch_add(bytes, Relaxed);
+        self.records.as_slice().is_empty()
     }
 }
 
@@ -377,6 +388,8 @@ pub(crate) struct Engine {
     /// Generation of the records sent now; a flush takes it and moves it on.
     generation: u64,
     in_flight: Option<StagedFlush>,
+    /// The in-flight flush's delta records not yet queued.
+    unsent: Option<DeltaBatch>,
     /// A flush being staged in slices, not yet in flight.
     staging: Option<Staging>,
     writer: StoreWriter,
@@ -391,12 +404,16 @@ struct Staging {
     batch: receiptd_store::WriteBatch,
     puts: u64,
     slices: u32,
+    /// Slices after which it finishes whatever is left: those its changes
+    /// at the start fill, plus [`EXTRA_STAGE_SLICES`].
+    max_slices: u32,
     sync: bool,
 }
 
-/// Slices after which a flush finishes whatever is left: a fold that
-/// changes entities as fast as slices stage them must not keep a flush open.
-const MAX_STAGE_SLICES: u32 = 16;
+/// Slices a flush may take beyond those its changes at the start fill, for
+/// what the fold changes meanwhile: a fold that changes entities as fast as
+/// slices stage them must not keep a flush open.
+const EXTRA_STAGE_SLICES: usize = 16;
 
 impl Engine {
     pub(crate) fn new(
@@ -419,6 +436,7 @@ impl Engine {
             pending: 0,
             generation: 0,
             in_flight: None,
+            unsent: None,
             staging: None,
             writer,
         }
@@ -509,10 +527,10 @@ impl Engine {
         self.writer.wait_idle()?;
         let mut written: BTreeMap<i32, i64> = self.take_written().into_iter().collect();
         for _ in 0..2 {
-            if self.in_flight.is_none() {
-                let Some(deltas) = self.flush_begin(None) else { break };
-                deltas.send(&self.producer, &self.config.topics.deltas, &self.shared.metrics);
+            if self.in_flight.is_none() && !self.flush_begin(None) {
+                break;
             }
+            self.send_deltas(None);
             let staged = self.in_flight.take().expect("a flush in flight");
             await_delivery(&self.producer, &self.shared, deadline, stop)?;
             // librdkafka holds nothing now, every report served: a record of
@@ -529,14 +547,13 @@ impl Engine {
 
     /// Step 1 of a flush: sweeps; stages every touched entity, each
     /// partition's receipts and next offset in one batch; sets the flush in
-    /// flight and returns its deltas, which the caller sends before it
-    /// checks for confirmation. With `slice`, stages at most that many
-    /// entities per call and returns `None` until a call finishes the flush
-    /// (see [`Engine::staging`]). `None` also when nothing changed, or while
-    /// another flush is in flight.
-    pub(crate) fn flush_begin(&mut self, slice: Option<usize>) -> Option<DeltaBatch> {
+    /// flight with its deltas, which [`Engine::send_deltas`] queues. With
+    /// `slice`, stages at most that many entities per call and returns
+    /// false until a call finishes the flush (see [`Engine::staging`]).
+    /// False also when nothing changed, or while another flush is in flight.
+    pub(crate) fn flush_begin(&mut self, slice: Option<usize>) -> bool {
         if self.in_flight.is_some() {
-            return None;
+            return false;
         }
         let now = Instant::now();
         if self.staging.is_none() {
@@ -551,18 +568,21 @@ impl Engine {
             self.shared.metrics.add_fold(&std::mem::take(&mut self.fx).stats);
             if self.pending == 0 && !self.partitions.values().any(|o| o.state.has_dirty()) {
                 self.producer.poll(Duration::ZERO);
-                return None;
+                return false;
             }
             let sync = now.duration_since(self.last_sync) >= self.config.sync_interval;
             if sync {
                 self.last_sync = now;
             }
-            self.staging = Some(Staging { batch: Default::default(), puts: 0, slices: 0, sync });
+            let changed: usize = self.partitions.values().map(|o| o.state.changed_count()).sum();
+            let max_slices = slice.map_or(1, |n| changed.div_ceil(n.max(1)) + EXTRA_STAGE_SLICES);
+            let max_slices = u32::try_from(max_slices).unwrap_or(u32::MAX);
+            self.staging = Some(Staging { batch: Default::default(), puts: 0, slices: 0, max_slices, sync });
         }
         let staging = self.staging.as_mut().expect("set above");
         staging.slices += 1;
         let changed: usize = self.partitions.values().map(|o| o.state.changed_count()).sum();
-        if let Some(mut budget) = slice.filter(|&n| changed > n && staging.slices < MAX_STAGE_SLICES) {
+        if let Some(mut budget) = slice.filter(|&n| changed > n && staging.slices < staging.max_slices) {
             let settings = self.shared.settings.read();
             for (&partition, owned) in self.partitions.iter_mut() {
                 let mut slice = receiptd_store::EntityWriter::new(&mut staging.batch, partition);
@@ -575,9 +595,9 @@ impl Engine {
                     break;
                 }
             }
-            return None;
+            return false;
         }
-        let Staging { mut batch, mut puts, sync, slices } = self.staging.take().expect("set above");
+        let Staging { mut batch, mut puts, sync, slices, .. } = self.staging.take().expect("set above");
         let mut offsets = Vec::new();
         let settings = self.shared.settings.read();
         for (&partition, owned) in self.partitions.iter_mut() {
@@ -597,7 +617,25 @@ impl Engine {
         self.generation += 1;
         let events = std::mem::take(&mut self.pending);
         self.in_flight = Some(StagedFlush { generation, batch, offsets, sync, started: now, events, puts, slices });
-        Some(DeltaBatch { generation, records: self.deltas.drain() })
+        self.unsent = Some(DeltaBatch { generation, records: self.deltas.drain().into_iter() });
+        true
+    }
+
+    /// Step 1b: queues the in-flight flush's delta records in the producer,
+    /// at least `receipts_budget` receipts' worth per call (`None`: all), so
+    /// that a large flush is sent over several turns of the poll loop.
+    pub(crate) fn send_deltas(&mut self, receipts_budget: Option<usize>) {
+        if let Some(unsent) = self.unsent.as_mut() {
+            if unsent.send(&self.producer, &self.config.topics.deltas, &self.shared.metrics, receipts_budget) {
+                self.unsent = None;
+            }
+        }
+    }
+
+    /// Whether the in-flight flush has delta records not yet queued: the
+    /// poll loop goes on sending them every turn, without waiting for input.
+    pub(crate) fn sending(&self) -> bool {
+        self.unsent.is_some()
     }
 
     /// Whether a flush is being staged in slices: the poll loop goes on
@@ -612,7 +650,7 @@ impl Engine {
     /// it handed one over.
     pub(crate) fn write_confirmed(&mut self) -> Result<bool, StreamError> {
         let Some(generation) = self.in_flight.as_ref().map(|f| f.generation) else { return Ok(false) };
-        if !self.producer.context().settled_through(generation) {
+        if self.unsent.is_some() || !self.producer.context().settled_through(generation) {
             return Ok(false);
         }
         let staged = self.in_flight.take().expect("checked above");
@@ -689,6 +727,7 @@ impl Engine {
         if self.staging.take().is_some() {
             self.deltas.drain();
         }
+        self.unsent = None;
         if let Err(e) = self.sync() {
             tracing::error!(error = %e, "sync on revoke failed");
         }
@@ -765,12 +804,13 @@ mod tests {
         store.load_partition(0).expect("load").1.map(|c| c.next_offset)
     }
 
-    #[test]
-    fn a_flush_with_a_record_that_can_no_longer_be_confirmed_writes_nothing() {
+    /// An engine owning partition 0 of "events", with a store in a fresh
+    /// directory and a producer that never reaches a broker (nothing it
+    /// queues is confirmed but by hand).
+    fn test_engine() -> (tempfile::TempDir, Arc<Store>, Arc<BaseProducer<DeliveryContext>>, Engine) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
         let shared = Arc::new(Shared::default());
-        // Never reached: nothing below is queued in librdkafka.
         let producer = Arc::new(unreachable_producer(&shared));
         let topics = crate::Topics {
             events: "events".into(),
@@ -797,6 +837,28 @@ mod tests {
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition("events", 0);
         engine.assign(&mut assignment).unwrap();
+        (dir, store, producer, engine)
+    }
+
+    /// Folds `event` as the record at `offset` of partition 0.
+    fn ingest(engine: &mut Engine, event: Event, offset: i64) {
+        let key = receiptd_wire::conversation_key(&event);
+        let record = rdkafka::message::OwnedMessage::new(
+            Some(serde_json::to_vec(&event).unwrap()),
+            Some(key.into_bytes()),
+            "events".into(),
+            rdkafka::Timestamp::CreateTime(1),
+            0,
+            offset,
+            None,
+        );
+        engine.ingest(&record, Ok(event), &SettingsTable::default());
+    }
+
+    #[test]
+    fn a_flush_with_a_record_that_can_no_longer_be_confirmed_writes_nothing() {
+        // Never reached: nothing below is queued in librdkafka.
+        let (_dir, store, producer, mut engine) = test_engine();
         // A read of a message not seen yet: held, so the flush has state to write.
         let read = Event::MessageRead(receiptd_wire::MessageRead {
             app_id: "a".into(),
@@ -806,23 +868,54 @@ mod tests {
             read_at: 1,
             private: false,
         });
-        let key = receiptd_wire::conversation_key(&read);
-        let record = rdkafka::message::OwnedMessage::new(
-            Some(serde_json::to_vec(&read).unwrap()),
-            Some(key.into_bytes()),
-            "events".into(),
-            rdkafka::Timestamp::CreateTime(1),
-            0,
-            5,
-            None,
-        );
-        engine.ingest(&record, Ok(read), &SettingsTable::default());
+        ingest(&mut engine, read, 5);
         // Counted as sent in the flush's generation, but librdkafka never had it.
         producer.context().sent(0);
         let flushed = engine.flush(Some(Instant::now() + Duration::from_secs(5)), &|| false);
         assert!(matches!(flushed, Err(StreamError::DeliveryLost { unconfirmed: 1 })), "{flushed:?}");
         engine.writer.wait_idle().unwrap();
         assert_eq!(checkpoint(&store), None, "nothing checkpointed past a delta never confirmed");
+    }
+
+    #[test]
+    fn a_flush_sent_over_several_turns_is_not_confirmed_before_its_last_record_is_queued() {
+        let (_dir, store, producer, mut engine) = test_engine();
+        // Three readers of three peers: one delta record each.
+        for (offset, (reader, peer)) in [("bob", "alice"), ("carol", "dave"), ("erin", "frank")].into_iter().enumerate()
+        {
+            let read = Event::ConversationRead(receiptd_wire::ConversationRead {
+                app_id: "a".into(),
+                reader: reader.into(),
+                conversation: receiptd_wire::Conversation::C2c { peer: peer.into() },
+                read_at: 1,
+            });
+            ingest(&mut engine, read, offset as i64);
+        }
+        assert!(engine.flush_begin(None), "a flush with changes starts");
+        let generation = engine.in_flight.as_ref().unwrap().generation;
+        let queued = |engine: &Engine| engine.shared.metrics.delta_records.load(Relaxed);
+        // Every record queued so far is confirmed at once: the broker
+        // outpacing the loop.
+        let confirm_queued = |engine: &Engine| {
+            while engine.producer.context().unsettled().0 > 0 {
+                engine.producer.context().settled(generation);
+            }
+        };
+        let mut turns = 0;
+        while engine.sending() {
+            engine.send_deltas(Some(1));
+            turns += 1;
+            assert_eq!(queued(&engine), turns, "one record (of one receipt) per turn");
+            confirm_queued(&engine);
+            if engine.sending() {
+                assert!(!engine.write_confirmed().unwrap(), "confirmed with records still unsent");
+            }
+        }
+        assert_eq!(turns, 3);
+        assert!(engine.write_confirmed().unwrap(), "confirmed once every record is queued and settled");
+        engine.writer.wait_idle().unwrap();
+        assert_eq!(checkpoint(&store), Some(3));
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     }
 
     #[test]

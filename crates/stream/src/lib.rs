@@ -17,7 +17,9 @@
 //!    staging never holds the loop for long; its last slice stages what is
 //!    left and what changed again meanwhile, so the batch still holds every
 //!    change up to its offsets (a receipt taken again replaces the earlier
-//!    one: still one per message per flush);
+//!    one: still one per message per flush). Its delta records are queued
+//!    in the producer the same way, about that many receipts per turn, and
+//!    the flush cannot be confirmed before the last is queued;
 //! 2. keeps folding while the broker confirms them (and every earlier DLQ
 //!    record), tracked per flush generation;
 //! 3. once they are all confirmed, hands the staged batch to the store
@@ -49,7 +51,7 @@ mod metrics;
 mod settings;
 mod worker;
 
-pub use metrics::{Metrics, DLQ_REASONS};
+pub use metrics::{Metrics, DLQ_REASONS, LOOP_PHASES};
 pub use worker::{run, Shared, Topics, WorkerConfig};
 
 /// DLQ header naming why a record was not applied.

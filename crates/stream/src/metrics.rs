@@ -19,6 +19,10 @@ const FLUSH_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.
 /// Upper bounds (seconds) of the histogram of gaps between busy batches.
 const GAP_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0];
 
+/// The parts of the poll loop a gap between batches is made of, in the
+/// order a turn runs them (`receiptd_batch_gap_max_phase_seconds`).
+pub const LOOP_PHASES: [&str; 7] = ["poll", "decode", "fold", "confirm", "stage", "send", "other"];
+
 /// Upper bounds (records) of the flush-size histogram.
 const FLUSH_SIZE_BUCKETS: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
 
@@ -55,6 +59,8 @@ pub struct Metrics {
     /// The loop thread's own CPU time in all gaps, and in the longest.
     gap_on_cpu_sum_us: AtomicU64,
     gap_max_on_cpu_us: AtomicU64,
+    /// The longest gap's wall time by loop phase ([`LOOP_PHASES`]).
+    gap_max_phases_us: [AtomicU64; LOOP_PHASES.len()],
     /// Entities written to RocksDB.
     pub store_puts: AtomicU64,
     /// Write batches applied to RocksDB.
@@ -148,8 +154,10 @@ impl Metrics {
     /// was waiting (a gap with an idle input is not a stall, and is not given),
     /// and how much of it the loop thread spent on a CPU: a gap far longer
     /// than its CPU time is the thread waiting for a core, not working.
-    /// Called by the loop thread alone.
-    pub fn batch_gap(&self, seconds: f64, on_cpu_seconds: f64) {
+    /// `phases_seconds` splits the gap by the loop phase it was spent in
+    /// ([`LOOP_PHASES`]), kept for the longest gap so that a stall names its
+    /// cause. Called by the loop thread alone.
+    pub fn batch_gap(&self, seconds: f64, on_cpu_seconds: f64, phases_seconds: &[f64; LOOP_PHASES.len()]) {
         let us = (seconds * 1e6) as u64;
         let on_cpu_us = (on_cpu_seconds * 1e6) as u64;
         self.gaps.fetch_add(1, Relaxed);
@@ -159,6 +167,9 @@ impl Metrics {
         if us > self.gap_max_us.load(Relaxed) {
             self.gap_max_us.store(us, Relaxed);
             self.gap_max_on_cpu_us.store(on_cpu_us, Relaxed);
+            for (kept, phase) in self.gap_max_phases_us.iter().zip(phases_seconds) {
+                kept.store((phase * 1e6) as u64, Relaxed);
+            }
         }
         for (i, le) in GAP_BUCKETS.iter().enumerate() {
             if seconds <= *le {
@@ -328,6 +339,18 @@ impl Metrics {
             "receiptd_batch_gap_max_on_cpu_seconds {}",
             self.gap_max_on_cpu_us.load(Relaxed) as f64 / 1e6
         );
+        gauge(
+            &mut out,
+            "receiptd_batch_gap_max_phase_seconds",
+            "The longest gap's wall time by poll-loop phase (poll, decode, fold, confirm, stage, send, other).",
+        );
+        for (phase, us) in LOOP_PHASES.iter().zip(&self.gap_max_phases_us) {
+            let _ = writeln!(
+                out,
+                "receiptd_batch_gap_max_phase_seconds{{phase=\"{phase}\"}} {}",
+                us.load(Relaxed) as f64 / 1e6
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP receiptd_batch_gap_on_cpu_seconds_total The loop thread's CPU time in all gaps.\n# TYPE receiptd_batch_gap_on_cpu_seconds_total counter"

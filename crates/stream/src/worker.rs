@@ -2,6 +2,7 @@
 //! shutdown.
 
 use crate::engine::{decode, offset_list, DeliveryContext, Engine, StoreWriter};
+use crate::metrics::LOOP_PHASES;
 use crate::settings::{settle, SettingsReader};
 use crate::{Metrics, StreamError};
 use parking_lot::{Mutex as EngineLock, RwLock};
@@ -143,8 +144,8 @@ pub struct WorkerConfig {
     pub sync_interval: Duration,
     /// Longest a rebalance callback may spend flushing.
     pub revoke_timeout: Duration,
-    /// Most changed entities a flush stages per turn of the poll loop
-    /// (`None`: all at once).
+    /// Most changed entities a flush stages, and about the most delta
+    /// receipts it queues, per turn of the poll loop (`None`: all at once).
     pub stage_slice: Option<usize>,
     /// Consumer session timeout.
     pub session_timeout: Duration,
@@ -389,6 +390,7 @@ fn run_inner(
     let mut last_batch_done: Option<(Instant, f64)> = None;
     let mut paused = false;
     let mut delivery_watch = DeliveryWatch::default();
+    let mut phases = PhaseClock::new();
     let result = loop {
         if stop.load(Relaxed) {
             break Ok(());
@@ -399,22 +401,22 @@ fn run_inner(
         if shared.metrics.store_failed.load(Relaxed) {
             break Err(StreamError::StoreFailed);
         }
-        let (in_flight, staging) = {
+        let (in_flight, busy) = {
             let guard = engine.lock();
             let e = guard.as_ref().expect("engine present while running");
-            (e.in_flight_since(), e.staging())
+            (e.in_flight_since(), e.staging() || e.sending())
         };
 
         // A batch of records: polled without the lock (the rebalance callback
         // takes it), decoded, then folded. Queries do not take this lock.
-        let wait = if staging {
+        let wait = if busy {
             Duration::ZERO
         } else if in_flight.is_some() {
             DELIVERY_POLL
         } else {
             next_flush.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))
         };
-        let polling = Instant::now();
+        let polling = phases.lap(LoopPhase::Other);
         if let Some(first) = consumer.poll(wait) {
             let input_was_waiting = polling.elapsed() < Duration::from_millis(1);
             batch.push(first);
@@ -424,7 +426,9 @@ fn run_inner(
                     None => break,
                 }
             }
+            phases.lap(LoopPhase::Poll);
             let decoded: Vec<_> = batch.iter().map(|r| r.as_ref().ok().map(decode)).collect();
+            phases.lap(LoopPhase::Decode);
             let mut guard = engine.lock();
             let e = guard.as_mut().expect("engine present while running");
             // Read-locked once per batch: only this thread writes it.
@@ -438,11 +442,14 @@ fn run_inner(
             }
             drop(settings_now);
             drop(guard);
-            let done = (Instant::now(), thread_cpu_seconds());
+            let done = (phases.lap(LoopPhase::Fold), thread_cpu_seconds());
+            let spent = phases.take();
             if let (true, Some((previous, previous_cpu))) = (input_was_waiting, last_batch_done) {
-                shared.metrics.batch_gap(done.0.duration_since(previous).as_secs_f64(), done.1 - previous_cpu);
+                shared.metrics.batch_gap(done.0.duration_since(previous).as_secs_f64(), done.1 - previous_cpu, &spent);
             }
             last_batch_done = Some(done);
+        } else {
+            phases.lap(LoopPhase::Poll);
         }
         producer.poll(Duration::ZERO);
 
@@ -470,13 +477,12 @@ fn run_inner(
         }
 
         // Step 1 of the next flush: stage the batch (a slice of it per turn
-        // if it is large) and take the deltas, then send them without the
-        // lock.
-        let now = Instant::now();
+        // if it is large) and take the deltas, then queue them in the
+        // producer (also a slice per turn), between batches of the fold.
+        let now = phases.lap(LoopPhase::Confirm);
         let mut guard = engine.lock();
         let e = guard.as_mut().expect("engine present while running");
         let due = now >= next_flush || e.pending() >= config.max_pending_records;
-        let mut deltas = None;
         if (due || e.staging()) && e.in_flight_since().is_none() {
             let mut dead = Vec::new();
             settings.follow(shared, &mut |m, err| dead.push((m.detach(), err.clone())));
@@ -490,7 +496,7 @@ fn run_inner(
             if !e.staging() {
                 next_flush = now + config.flush_interval;
             }
-            deltas = e.flush_begin(config.stage_slice);
+            e.flush_begin(config.stage_slice);
         }
         // Backpressure: while the broker lags behind, stop fetching (but keep
         // polling, so the group keeps this member) once enough is pending.
@@ -499,10 +505,10 @@ fn run_inner(
         let e = guard.as_mut().expect("engine present while running");
         let flushing = e.in_flight_since().is_some();
         let over = flushing && e.pending() >= config.max_pending_records.saturating_mul(2);
+        phases.lap(LoopPhase::Stage);
+        e.send_deltas(config.stage_slice);
         drop(guard);
-        if let Some(deltas) = deltas {
-            deltas.send(&producer, &config.topics.deltas, &shared.metrics);
-        }
+        phases.lap(LoopPhase::Send);
         if !flushing {
             if shared.producer_blocked.swap(false, Relaxed) {
                 tracing::info!("broker took the pending deltas; resuming");
@@ -554,6 +560,44 @@ fn run_inner(
     };
     close(&consumer);
     outcome
+}
+
+/// A phase of the poll loop, in [`LOOP_PHASES`] order.
+#[derive(Clone, Copy)]
+enum LoopPhase {
+    Poll,
+    Decode,
+    Fold,
+    Confirm,
+    Stage,
+    Send,
+    Other,
+}
+
+/// The poll loop's wall time by phase since the last batch completion: a
+/// stall reported by the gap metrics then says where it was spent.
+struct PhaseClock {
+    lap_started: Instant,
+    spent: [f64; LOOP_PHASES.len()],
+}
+
+impl PhaseClock {
+    fn new() -> Self {
+        PhaseClock { lap_started: Instant::now(), spent: [0.0; LOOP_PHASES.len()] }
+    }
+
+    /// Charges the time since the last lap to `phase`; returns now.
+    fn lap(&mut self, phase: LoopPhase) -> Instant {
+        let now = Instant::now();
+        self.spent[phase as usize] += now.duration_since(self.lap_started).as_secs_f64();
+        self.lap_started = now;
+        now
+    }
+
+    /// The time by phase since the last call.
+    fn take(&mut self) -> [f64; LOOP_PHASES.len()] {
+        std::mem::replace(&mut self.spent, [0.0; LOOP_PHASES.len()])
+    }
 }
 
 /// The calling thread's CPU time, in seconds (0 if the clock is unavailable).
