@@ -19,8 +19,10 @@ const FLUSH_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.
 /// Upper bounds (seconds) of the histogram of gaps between busy batches.
 const GAP_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0];
 
-/// The parts of the poll loop a gap between batches is made of, in the
-/// order a turn runs them (`receiptd_batch_gap_max_phase_seconds`).
+/// The parts of the poll loop a gap between batches is made of
+/// (`receiptd_batch_gap_max_phase_seconds`): polling, decoding and folding
+/// a batch, then a flush's steps (confirming one, staging the next, sending
+/// its deltas), and the rest of a turn.
 pub const LOOP_PHASES: [&str; 7] = ["poll", "decode", "fold", "confirm", "stage", "send", "other"];
 
 /// Upper bounds (records) of the flush-size histogram.

@@ -574,6 +574,9 @@ enum LoopPhase {
     Other,
 }
 
+// One name per phase, the metric's labels in the enum's order.
+const _: () = assert!(LoopPhase::Other as usize + 1 == LOOP_PHASES.len());
+
 /// The poll loop's wall time by phase since the last batch completion: a
 /// stall reported by the gap metrics then says where it was spent.
 struct PhaseClock {
