@@ -261,8 +261,6 @@ pub(crate) struct UserIds {
     /// stalled the fold for 2 to 5 ms each time it doubled (fresh pages and
     /// moved entries).
     tables: Box<[hashbrown::HashTable<(u64, Id)>]>,
-    /// Entries in all tables.
-    len: usize,
     /// Entries after the last prune; the next waits until there are twice
     /// as many, so pruning costs O(1) per interned id, amortized.
     after_prune: usize,
@@ -273,7 +271,7 @@ const USER_ID_TABLES: usize = 64;
 
 impl Default for UserIds {
     fn default() -> Self {
-        UserIds { tables: (0..USER_ID_TABLES).map(|_| Default::default()).collect(), len: 0, after_prune: 0 }
+        UserIds { tables: (0..USER_ID_TABLES).map(|_| Default::default()).collect(), after_prune: 0 }
     }
 }
 
@@ -285,21 +283,22 @@ impl UserIds {
         let table = &mut self.tables[(hash >> 32) as usize % USER_ID_TABLES];
         match table.entry(hash, |(_, id)| **id == *user, |(hash, _)| *hash) {
             hashbrown::hash_table::Entry::Occupied(e) => e.get().1.clone(),
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                self.len += 1;
-                e.insert((hash, Id::from(user))).get().1.clone()
-            }
+            hashbrown::hash_table::Entry::Vacant(e) => e.insert((hash, Id::from(user))).get().1.clone(),
         }
+    }
+
+    /// Interned ids, in all tables.
+    fn len(&self) -> usize {
+        self.tables.iter().map(|t| t.len()).sum()
     }
 
     /// Drops ids nothing else holds any more, once the set has doubled.
     pub(crate) fn prune(&mut self) {
-        if self.len > (2 * self.after_prune).max(1024) {
+        if self.len() > (2 * self.after_prune).max(1024) {
             for table in self.tables.iter_mut() {
                 table.retain(|(_, id)| Arc::strong_count(id) > 1);
             }
-            self.len = self.tables.iter().map(|t| t.len()).sum();
-            self.after_prune = self.len;
+            self.after_prune = self.len();
         }
     }
 }
@@ -858,7 +857,7 @@ mod user_id_tests {
             users.intern(&format!("u{i}"));
         }
         users.prune();
-        assert_eq!(users.len, 1, "only the id still held elsewhere stays");
+        assert_eq!(users.len(), 1, "only the id still held elsewhere stays");
         assert!(Arc::ptr_eq(&alice, &users.intern("alice")));
         // A pruned user comes back as an equal id.
         assert_eq!(&*users.intern("bob"), "bob");
@@ -871,7 +870,7 @@ mod user_id_tests {
         for (i, id) in held.iter().enumerate() {
             assert!(Arc::ptr_eq(id, &users.intern(&format!("u{i}"))), "u{i} found after the table grew");
         }
-        assert_eq!(users.len, 5_000);
+        assert_eq!(users.len(), 5_000);
         assert!(users.tables.iter().all(|t| t.len() < 5_000 / USER_ID_TABLES * 2), "ids spread over the tables");
     }
 }

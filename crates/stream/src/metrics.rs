@@ -344,7 +344,7 @@ impl Metrics {
         gauge(
             &mut out,
             "receiptd_batch_gap_max_phase_seconds",
-            "The longest gap's wall time by poll-loop phase (poll, decode, fold, confirm, stage, send, other).",
+            "The longest gap's wall time by poll-loop phase (label phase).",
         );
         for (phase, us) in LOOP_PHASES.iter().zip(&self.gap_max_phases_us) {
             let _ = writeln!(
