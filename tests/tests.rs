@@ -23,6 +23,9 @@
 //!   the overflow is counted and memory stays under a documented bound.
 //! - `privacy`: over a randomized run, users with receipts off and private
 //!   reads never show in deltas, counts or read lists (against the oracle).
+//! - `rebalance`: partitions move to a second worker of the group and back;
+//!   the first worker's state, restored from its own checkpoints, equals the
+//!   oracle over the whole log.
 //! - `storage`: RocksDB refuses writes (failpoint); the worker stops,
 //!   unhealthy, with no offset past its last good write; after a restart its
 //!   state is exact.
@@ -39,5 +42,6 @@ mod flood;
 mod outage;
 mod pipeline;
 mod privacy;
+mod rebalance;
 mod semantics;
 mod storage;

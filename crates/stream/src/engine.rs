@@ -8,7 +8,7 @@ use crate::{
     DLQ_TRUNCATED_HEADER,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use receiptd_core::{DeltaBuffer, Effects, PartitionState, SettingsTable};
@@ -244,7 +244,7 @@ pub(crate) fn offset_list(topic: &str, offsets: &[(i32, i64)]) -> Result<TopicPa
 
 /// Decodes one record of the events topic (no engine state needed, so the
 /// worker does it outside the engine lock).
-pub(crate) fn decode(m: &BorrowedMessage<'_>) -> Result<Event, DecodeError> {
+pub(crate) fn decode<M: Message>(m: &M) -> Result<Event, DecodeError> {
     ContentType::from_header(header(m, CONTENT_TYPE_HEADER)).and_then(|ct| decode_event(m.key(), m.payload(), ct))
 }
 

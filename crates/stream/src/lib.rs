@@ -2,8 +2,11 @@
 //! offsets together, produce deltas.
 //!
 //! One worker is one thread running a `BaseConsumer` poll loop; nothing here
-//! touches the async runtime. Each turn of the loop takes up to 1,024 records,
-//! decodes them, and folds them into the owned partitions'
+//! touches the async runtime. Each turn of the loop serves the consumer's
+//! queue (rebalances, errors, statistics), takes up to 1,024 records in one
+//! call from a fetch queue that every assigned partition is forwarded to
+//! (not one `poll` per record), decodes them, and folds them into the owned
+//! partitions'
 //! [`receiptd_core::PartitionState`]s. Queries do not stop the fold: they
 //! read each partition's [`receiptd_core::PartitionView`], locking one
 //! message (and its group) at a time, as the fold does per event. Every
@@ -47,6 +50,7 @@
 #![deny(missing_docs)]
 
 mod engine;
+mod fetch;
 mod metrics;
 mod settings;
 mod worker;

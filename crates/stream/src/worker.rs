@@ -1,7 +1,9 @@
 //! The worker thread: a `BaseConsumer` poll loop, its rebalance handling, and
-//! shutdown.
+//! shutdown. Records come in batches from a [`FetchQueue`], rebalances from
+//! the consumer's own queue.
 
 use crate::engine::{decode, offset_list, DeliveryContext, Engine, StoreWriter};
+use crate::fetch::FetchQueue;
 use crate::metrics::LOOP_PHASES;
 use crate::settings::{settle, SettingsReader};
 use crate::{Metrics, StreamError};
@@ -16,11 +18,13 @@ use receiptd_store::Store;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// Most records taken from the consumer per loop turn.
 const MAX_BATCH: usize = 1024;
+/// How often assigned partitions are routed to the fetch queue again.
+const REROUTE_EVERY: Duration = Duration::from_secs(5);
 /// How long the loop waits for input while a flush's deltas are in flight,
 /// so that their confirmations are seen promptly.
 const DELIVERY_POLL: Duration = Duration::from_millis(1);
@@ -224,6 +228,9 @@ struct WorkerContext {
     shared: Arc<Shared>,
     config: Arc<WorkerConfig>,
     fatal: Mutex<Option<StreamError>>,
+    /// Where assigned partitions' records go. Weak: the poll loop owns the
+    /// queue, which must be destroyed before the consumer is.
+    fetch: Mutex<Weak<FetchQueue>>,
 }
 
 impl ClientContext for WorkerContext {
@@ -268,6 +275,11 @@ impl ConsumerContext for WorkerContext {
                     tracing::error!(error = %e, "could not restore assigned partitions");
                     *self.fatal.lock().expect("fatal lock") = Some(e);
                     return;
+                }
+                // Routed before they are assigned, so that no record of
+                // theirs is fetched into the consumer's own queue.
+                if let Some(fetch) = self.fetch.lock().expect("fetch lock").upgrade() {
+                    fetch.route(consumer, tpl);
                 }
                 let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = result {
@@ -359,6 +371,7 @@ fn run_inner(
         shared: shared.clone(),
         config: config.clone(),
         fatal: Mutex::new(None),
+        fetch: Mutex::new(Weak::new()),
     };
     let mut consumer_config = client_config(&config);
     consumer_config
@@ -383,9 +396,13 @@ fn run_inner(
     ensure_topic(&consumer, &config.topics.events)?;
     consumer.subscribe(&[&config.topics.events])?;
     tracing::info!(topic = %config.topics.events, group = %config.group_id, "worker subscribed");
+    // Declared after the consumer, so dropped before it (see `FetchQueue`).
+    let fetch = Arc::new(FetchQueue::new(&consumer));
+    *consumer.context().fetch.lock().expect("fetch lock") = Arc::downgrade(&fetch);
 
     let mut next_flush = Instant::now() + config.flush_interval;
     let mut next_gauges = Instant::now();
+    let mut next_reroute = Instant::now() + REROUTE_EVERY;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_batch_done: Option<(Instant, f64)> = None;
     let mut paused = false;
@@ -417,27 +434,26 @@ fn run_inner(
             next_flush.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))
         };
         let polling = phases.lap(LoopPhase::Other);
-        if let Some(first) = consumer.poll(wait) {
+        serve_consumer_queue(&consumer, &engine, shared);
+        if fetch.take(wait, MAX_BATCH, &mut batch) > 0 {
             let input_was_waiting = polling.elapsed() < Duration::from_millis(1);
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match consumer.poll(Duration::ZERO) {
-                    Some(m) => batch.push(m),
-                    None => break,
-                }
-            }
             phases.lap(LoopPhase::Poll);
-            let decoded: Vec<_> = batch.iter().map(|r| r.as_ref().ok().map(decode)).collect();
+            let decoded: Vec<_> = batch
+                .iter()
+                .map(|r| match r.error() {
+                    Some(err) => Err(err),
+                    None => Ok(decode(r)),
+                })
+                .collect();
             phases.lap(LoopPhase::Decode);
             let mut guard = engine.lock();
             let e = guard.as_mut().expect("engine present while running");
             // Read-locked once per batch: only this thread writes it.
             let settings_now = shared.settings.read();
             for (record, decoded) in batch.drain(..).zip(decoded) {
-                match (record, decoded) {
-                    (Ok(m), Some(decoded)) => e.ingest(&m, decoded, &settings_now),
-                    (Err(err), _) => tracing::warn!(error = %err, "consumer error"),
-                    (Ok(_), None) => unreachable!("every record is decoded"),
+                match decoded {
+                    Ok(decoded) => e.ingest(&record, decoded, &settings_now),
+                    Err(err) => tracing::warn!(error = %err, "consumer error"),
                 }
             }
             drop(settings_now);
@@ -509,6 +525,16 @@ fn run_inner(
         e.send_deltas(config.stage_slice);
         drop(guard);
         phases.lap(LoopPhase::Send);
+        if now >= next_reroute {
+            // A fetch stop of an earlier assignment that librdkafka serves
+            // only after the partition was routed again clears the route,
+            // and its records would wait unseen: route every owned
+            // partition again now and then (a no-op when nothing changed).
+            if let Ok(assignment) = consumer.assignment() {
+                fetch.route(&consumer, &assignment);
+            }
+            next_reroute = now + REROUTE_EVERY;
+        }
         if !flushing {
             if shared.producer_blocked.swap(false, Relaxed) {
                 tracing::info!("broker took the pending deltas; resuming");
@@ -611,6 +637,26 @@ fn thread_cpu_seconds() -> f64 {
         return 0.0;
     }
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// Serves the consumer's own queue: rebalances (their callbacks run
+/// inside), consumer errors, statistics and commit results. Records come
+/// through the [`FetchQueue`]; one that reaches this queue anyway (fetched
+/// before its partition was routed) is folded here, alone. Bounded, so
+/// that such records cannot hold up the loop.
+fn serve_consumer_queue(consumer: &BaseConsumer<WorkerContext>, engine: &EngineLock<Option<Engine>>, shared: &Shared) {
+    for _ in 0..MAX_BATCH {
+        match consumer.poll(Duration::ZERO) {
+            None => break,
+            Some(Err(err)) => tracing::warn!(error = %err, "consumer error"),
+            Some(Ok(record)) => {
+                let decoded = decode(&record);
+                if let Some(e) = engine.lock().as_mut() {
+                    e.ingest(&record, decoded, &shared.settings.read());
+                }
+            }
+        }
+    }
 }
 
 /// Leaves the group cleanly (the revoke callback runs inside), within a bound.
