@@ -2,7 +2,7 @@
 //! after them are still processed.
 
 use crate::support::{ev::*, *};
-use receiptd_wire::MembersOp;
+use receiptd_wire::{encode_event_bincode, MembersOp, BINCODE_CONTENT_TYPE, CONTENT_TYPE_HEADER};
 use std::time::Duration;
 
 #[test]
@@ -20,8 +20,12 @@ fn poison_and_key_mismatched_records_land_in_the_dlq_and_the_rest_is_processed()
     // A valid event under another conversation's key.
     let misplaced = serde_json::to_vec(&read("bob", group("g1"), &["m1"], t + 1)).unwrap();
     produce_raw(&producer, &topics.events, b"a1/group/g2", &misplaced);
-    // Then a good read, which must still be applied.
-    produce_events(&producer, &topics.events, &[read("bob", group("g1"), &["m1"], t + 2)]);
+    // A content type nobody decodes.
+    produce_typed(&producer, &topics.events, b"a1/group/g1", b"bob read m1", "text/plain");
+    // Then a good read, which must still be applied: in bincode, which only
+    // its content-type header tells from JSON.
+    let good = encode_event_bincode(&read("bob", group("g1"), &["m1"], t + 2));
+    produce_typed(&producer, &topics.events, b"a1/group/g1", &good, BINCODE_CONTENT_TYPE);
 
     let dir = tempfile::tempdir().unwrap();
     let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"));
@@ -29,26 +33,28 @@ fn poison_and_key_mismatched_records_land_in_the_dlq_and_the_rest_is_processed()
     worker.wait_ready(Duration::from_secs(60));
     worker.wait_caught_up(&topics.events, Duration::from_secs(60));
 
-    let dead = read_topic(&topics.dlq, Duration::from_secs(20), |r| r.len() >= 2);
-    assert_eq!(dead.len(), 2, "{dead:?}");
+    let dead = read_topic(&topics.dlq, Duration::from_secs(20), |r| r.len() >= 3);
+    assert_eq!(dead.len(), 3, "{dead:?}");
     let mut reasons: Vec<&str> = dead.iter().map(|r| r.headers["receiptd-dlq-reason"].as_str()).collect();
     reasons.sort();
-    assert_eq!(reasons, ["key_mismatch", "malformed"]);
+    assert_eq!(reasons, ["key_mismatch", "malformed", "unsupported_content_type"]);
     for r in &dead {
         assert_eq!(
             r.key.as_deref(),
-            Some(if r.headers["receiptd-dlq-reason"] == "malformed" { "a1/group/g1" } else { "a1/group/g2" })
+            Some(if r.headers["receiptd-dlq-reason"] == "key_mismatch" { "a1/group/g2" } else { "a1/group/g1" })
         );
         assert!(r.headers["receiptd-dlq-source"].starts_with(&topics.events), "{:?}", r.headers);
         assert!(!r.headers["receiptd-dlq-detail"].is_empty());
     }
-    // The original bytes are kept.
+    // The original bytes are kept, and the content type with them.
     assert!(dead.iter().any(|r| r.payload == misplaced));
+    let untyped = dead.iter().find(|r| r.headers["receiptd-dlq-reason"] == "unsupported_content_type").unwrap();
+    assert_eq!(untyped.headers.get(CONTENT_TYPE_HEADER).map(String::as_str), Some("text/plain"), "{untyped:?}");
 
     let deltas = read_deltas(&topics.deltas, 1, Duration::from_secs(20));
     assert_eq!(deltas.len(), 1);
     assert_eq!(deltas[0].receipts[0].read_count, Some(1));
-    assert_eq!(worker.metric("receiptd_dlq_records_total"), 2.0);
+    assert_eq!(worker.metric("receiptd_dlq_records_total"), 3.0);
     assert_eq!(worker.terminate(), 0);
 }
 

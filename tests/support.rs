@@ -6,7 +6,7 @@
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use receiptd_wire::{conversation_key, DeltaRecord, Event};
@@ -153,7 +153,18 @@ pub fn produce_events(producer: &BaseProducer, topic: &str, events: &[Event]) {
 }
 
 pub fn produce_raw(producer: &BaseProducer, topic: &str, key: &[u8], payload: &[u8]) {
-    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    send(producer, BaseRecord::to(topic).key(key).payload(payload));
+}
+
+/// Appends one record with a `content-type` header.
+pub fn produce_typed(producer: &BaseProducer, topic: &str, key: &[u8], payload: &[u8], content_type: &str) {
+    let headers =
+        OwnedHeaders::new().insert(Header { key: receiptd_wire::CONTENT_TYPE_HEADER, value: Some(content_type) });
+    send(producer, BaseRecord::to(topic).key(key).payload(payload).headers(headers));
+}
+
+/// Queues `record`, serving delivery reports while the queue is full.
+fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
     loop {
         match producer.send(record) {
             Ok(()) => return,

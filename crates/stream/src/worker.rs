@@ -434,8 +434,12 @@ fn run_inner(
             next_flush.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))
         };
         let polling = phases.lap(LoopPhase::Other);
-        serve_consumer_queue(&consumer, &engine, shared);
-        if fetch.take(wait, MAX_BATCH, &mut batch) > 0 {
+        // Records wait for the consumer's queue to be served first: a stray
+        // record there is older than any of its partition's in the fetch
+        // queue, and the fold skips offsets below one it has folded. While
+        // waiting for records, a rebalance waits too, at most `wait`.
+        let strays_left = serve_consumer_queue(&consumer, &engine, shared);
+        if !strays_left && fetch.take(wait, MAX_BATCH, &mut batch) > 0 {
             let input_was_waiting = polling.elapsed() < Duration::from_millis(1);
             phases.lap(LoopPhase::Poll);
             let decoded: Vec<_> = batch
@@ -642,12 +646,17 @@ fn thread_cpu_seconds() -> f64 {
 /// Serves the consumer's own queue: rebalances (their callbacks run
 /// inside), consumer errors, statistics and commit results. Records come
 /// through the [`FetchQueue`]; one that reaches this queue anyway (fetched
-/// before its partition was routed) is folded here, alone. Bounded, so
-/// that such records cannot hold up the loop.
-fn serve_consumer_queue(consumer: &BaseConsumer<WorkerContext>, engine: &EngineLock<Option<Engine>>, shared: &Shared) {
+/// before its partition was routed) is folded here, alone. Takes at most
+/// [`MAX_BATCH`] events, so that the loop goes on serving its flush; returns
+/// whether more may be waiting.
+fn serve_consumer_queue(
+    consumer: &BaseConsumer<WorkerContext>,
+    engine: &EngineLock<Option<Engine>>,
+    shared: &Shared,
+) -> bool {
     for _ in 0..MAX_BATCH {
         match consumer.poll(Duration::ZERO) {
-            None => break,
+            None => return false,
             Some(Err(err)) => tracing::warn!(error = %err, "consumer error"),
             Some(Ok(record)) => {
                 let decoded = decode(&record);
@@ -657,6 +666,7 @@ fn serve_consumer_queue(consumer: &BaseConsumer<WorkerContext>, engine: &EngineL
             }
         }
     }
+    true
 }
 
 /// Leaves the group cleanly (the revoke callback runs inside), within a bound.
