@@ -1,6 +1,8 @@
 //! End-to-end drain on a real Kafka broker: the engine's rate (consume,
 //! decode, fold, persist, produce deltas, checkpoint) against a minimal
-//! consume-only `BaseConsumer` loop over the same topic, in the same run.
+//! consume-only `BaseConsumer` loop over the same topic, in the same run,
+//! and against the same loop taking records in batches as the worker does
+//! (with the CPU per event of both loops: what per-record polling costs).
 //! Then a kill -9 and a restart: time to `/readyz` and the catch-up rate.
 //! Also reports write amplification, syncs, the longest gap between busy
 //! batches, peak RSS and persisted bytes per message.
@@ -18,6 +20,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use receiptd_loadgen::{Traffic, TrafficShape};
+use receiptd_stream::FetchQueue;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -52,10 +55,27 @@ fn prefill(traffic: &mut Traffic, topic: &str, n: u64, setup: bool) -> f64 {
     (events.len() as u64 + n) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The baseline: a minimal `BaseConsumer` loop with the worker's fetch
+/// How a consume-only loop takes its records.
+#[derive(Clone, Copy, PartialEq)]
+enum Taking {
+    /// `BaseConsumer::poll`, one record per call: the issue's baseline.
+    PerRecord,
+    /// Up to 1,024 per call from a `FetchQueue`, as the worker takes them.
+    Batched,
+}
+
+/// The calling thread's CPU time, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec for the call to fill in.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// The baseline: a minimal consume-only loop with the worker's fetch
 /// settings that touches every payload byte. Returns events/s from the
-/// first record to the last.
-fn consume_only(topic: &str, total: u64) -> f64 {
+/// first record to the last, and the loop thread's CPU µs per event.
+fn consume_only(topic: &str, total: u64, taking: Taking) -> (f64, f64) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("drain-raw-{}", std::process::id()))
@@ -71,18 +91,41 @@ fn consume_only(topic: &str, total: u64) -> f64 {
     for p in 0..PARTITIONS {
         tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
     }
+    let fetch = FetchQueue::new(&consumer);
+    if taking == Taking::Batched {
+        fetch.route(&consumer, &tpl);
+    }
     consumer.assign(&tpl).unwrap();
     let (mut seen, mut checksum, mut first) = (0u64, 0u64, None);
+    let touch = |c: u64, payload: Option<&[u8]>| {
+        payload.unwrap_or(&[]).iter().fold(c, |c, b| c.wrapping_mul(31).wrapping_add(*b as u64))
+    };
+    let mut batch = Vec::with_capacity(1024);
     while seen < total {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            checksum =
-                m.payload().unwrap_or(&[]).iter().fold(checksum, |c, b| c.wrapping_mul(31).wrapping_add(*b as u64));
-            seen += 1;
+        match taking {
+            Taking::PerRecord => {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                    first.get_or_insert_with(|| (Instant::now(), thread_cpu_seconds()));
+                    checksum = touch(checksum, m.payload());
+                    seen += 1;
+                }
+            }
+            Taking::Batched => {
+                let _ = consumer.poll(Duration::ZERO);
+                if fetch.take(Duration::from_millis(100), 1024, &mut batch) > 0 {
+                    first.get_or_insert_with(|| (Instant::now(), thread_cpu_seconds()));
+                    for m in batch.drain(..) {
+                        checksum = touch(checksum, m.payload());
+                        seen += 1;
+                    }
+                }
+            }
         }
     }
     std::hint::black_box(checksum);
-    seen as f64 / first.unwrap().elapsed().as_secs_f64()
+    let (started, cpu) = first.unwrap();
+    // One record's time and CPU before the clocks start: negligible.
+    (seen as f64 / started.elapsed().as_secs_f64(), (thread_cpu_seconds() - cpu) * 1e6 / seen as f64)
 }
 
 /// Sum of the worker's checkpointed offsets.
@@ -134,8 +177,16 @@ fn main() {
     let end: f64 = end_offsets(&topics.events).values().sum::<i64>() as f64;
     println!("prefill: {end} events appended at {rate:.0} events/s");
 
-    let raw = consume_only(&topics.events, end as u64);
-    println!("consume-only (BaseConsumer, every payload touched): {raw:.0} events/s");
+    let (raw, raw_cpu) = consume_only(&topics.events, end as u64, Taking::PerRecord);
+    println!("consume-only (BaseConsumer, every payload touched): {raw:.0} events/s, {raw_cpu:.3} us CPU per event");
+    // The same loop taking records as the worker does: what the per-record
+    // calls cost, and the rate the engine could at best approach.
+    let (batched, batched_cpu) = consume_only(&topics.events, end as u64, Taking::Batched);
+    println!(
+        "consume-only, batched as the worker takes records: {batched:.0} events/s, {batched_cpu:.3} us CPU per event \
+         ({:.2} x the per-record loop's CPU)",
+        batched_cpu / raw_cpu
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"));
@@ -155,7 +206,7 @@ fn main() {
         cpu.0 * 1e6 / end,
         cpu.1 * 1e6 / end
     );
-    println!("engine / consume-only: {:.3}", engine / raw);
+    println!("engine / consume-only: {:.3} (engine / batched consume-only: {:.3})", engine / raw, engine / batched);
 
     let m = |name: &str| worker.metric(name);
     let (events, puts, writes, syncs) = (

@@ -25,8 +25,9 @@ use std::time::Duration;
 
 /// The queue every assigned partition's fetched records are forwarded to.
 /// Must be dropped before its consumer: the worker keeps the only strong
-/// reference, declared after the consumer.
-pub(crate) struct FetchQueue {
+/// reference, declared after the consumer. Public for the drain bench,
+/// which measures a consume-only loop on it beside `BaseConsumer::poll`.
+pub struct FetchQueue {
     queue: NonNull<rdsys::rd_kafka_queue_t>,
 }
 
@@ -36,7 +37,8 @@ unsafe impl Send for FetchQueue {}
 unsafe impl Sync for FetchQueue {}
 
 impl FetchQueue {
-    pub(crate) fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Self {
+    /// A queue of `consumer`'s, with no partition routed to it yet.
+    pub fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Self {
         // SAFETY: the client pointer is valid while the consumer lives.
         let queue = unsafe { rdsys::rd_kafka_queue_new(consumer.client().native_ptr()) };
         FetchQueue { queue: NonNull::new(queue).expect("rd_kafka_queue_new returns a queue") }
@@ -46,7 +48,7 @@ impl FetchQueue {
     /// assigned, so that no record of theirs reaches the consumer's queue;
     /// idempotent, so it may be repeated to heal a partition whose
     /// forwarding a late fetch stop of an earlier assignment cleared.
-    pub(crate) fn route<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, partitions: &TopicPartitionList) {
+    pub fn route<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, partitions: &TopicPartitionList) {
         for element in partitions.elements() {
             let (partition, Ok(topic)) = (element.partition(), CString::new(element.topic())) else { continue };
             // SAFETY: valid client and topic; the partition's handle is
@@ -67,7 +69,7 @@ impl FetchQueue {
 
     /// Appends up to `max` records to `out`: waits up to `wait` for the
     /// first, then takes whatever else is already fetched. Returns how many.
-    pub(crate) fn take(&self, wait: Duration, max: usize, out: &mut Vec<FetchedRecord>) -> usize {
+    pub fn take(&self, wait: Duration, max: usize, out: &mut Vec<FetchedRecord>) -> usize {
         if max == 0 {
             return 0;
         }
@@ -113,7 +115,7 @@ impl Drop for FetchQueue {
 /// One record taken from a [`FetchQueue`], destroyed when dropped. It may
 /// carry a consumer error instead of data ([`FetchedRecord::error`]).
 #[repr(transparent)]
-pub(crate) struct FetchedRecord(NonNull<rdsys::rd_kafka_message_t>);
+pub struct FetchedRecord(NonNull<rdsys::rd_kafka_message_t>);
 
 impl FetchedRecord {
     fn raw(&self) -> &rdsys::rd_kafka_message_t {
@@ -122,7 +124,7 @@ impl FetchedRecord {
     }
 
     /// The consumer error this record stands for, if it is not data.
-    pub(crate) fn error(&self) -> Option<KafkaError> {
+    pub fn error(&self) -> Option<KafkaError> {
         let err = self.raw().err;
         (err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
             .then(|| KafkaError::MessageConsumption(err.into()))
@@ -202,7 +204,7 @@ impl Message for FetchedRecord {
 }
 
 /// A [`FetchedRecord`]'s headers, read in place.
-pub(crate) struct FetchedHeaders {
+pub struct FetchedHeaders {
     _opaque: [u8; 0],
 }
 

@@ -55,6 +55,7 @@ mod metrics;
 mod settings;
 mod worker;
 
+pub use fetch::{FetchQueue, FetchedHeaders, FetchedRecord};
 pub use metrics::{Metrics, DLQ_REASONS, LOOP_PHASES};
 pub use worker::{run, Shared, Topics, WorkerConfig};
 
