@@ -10,9 +10,10 @@
 //! only rebalances, errors, statistics and commit results, still served by
 //! `BaseConsumer::poll` every turn of the loop.
 //!
-//! Rebalances must never reach `rd_kafka_consume_batch_queue`: with the
-//! event API it would not hand them to the application, so this queue
-//! receives partition fetch queues only, never the consumer's.
+//! Rebalances must never reach `rd_kafka_consume_batch_queue`: with
+//! rdkafka's event API, librdkafka would serve one there by unassigning
+//! every partition. So this queue receives partition fetch queues only,
+//! never the consumer's.
 
 use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -24,9 +25,8 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 /// The queue every assigned partition's fetched records are forwarded to.
-/// Must be dropped before its consumer: the worker keeps the only strong
-/// reference, declared after the consumer. Public for the drain bench,
-/// which measures a consume-only loop on it beside `BaseConsumer::poll`.
+/// Public for the drain bench, which measures a consume-only loop on it
+/// beside `BaseConsumer::poll`.
 pub struct FetchQueue {
     queue: NonNull<rdsys::rd_kafka_queue_t>,
 }
@@ -38,7 +38,13 @@ unsafe impl Sync for FetchQueue {}
 
 impl FetchQueue {
     /// A queue of `consumer`'s, with no partition routed to it yet.
-    pub fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Self {
+    ///
+    /// # Safety
+    ///
+    /// The queue must be dropped before `consumer` is: librdkafka's client
+    /// must outlive its queues. (The worker keeps the only strong reference,
+    /// declared after the consumer.)
+    pub unsafe fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Self {
         // SAFETY: the client pointer is valid while the consumer lives.
         let queue = unsafe { rdsys::rd_kafka_queue_new(consumer.client().native_ptr()) };
         FetchQueue { queue: NonNull::new(queue).expect("rd_kafka_queue_new returns a queue") }

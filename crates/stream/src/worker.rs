@@ -396,8 +396,9 @@ fn run_inner(
     ensure_topic(&consumer, &config.topics.events)?;
     consumer.subscribe(&[&config.topics.events])?;
     tracing::info!(topic = %config.topics.events, group = %config.group_id, "worker subscribed");
-    // Declared after the consumer, so dropped before it (see `FetchQueue`).
-    let fetch = Arc::new(FetchQueue::new(&consumer));
+    // SAFETY: declared after the consumer, so dropped before it; the
+    // context holds only a weak reference.
+    let fetch = Arc::new(unsafe { FetchQueue::new(&consumer) });
     *consumer.context().fetch.lock().expect("fetch lock") = Arc::downgrade(&fetch);
 
     let mut next_flush = Instant::now() + config.flush_interval;
