@@ -6,8 +6,11 @@
 //! First the worker's drain rate is measured on a prefilled backlog. Then the
 //! bench mix is offered at 25%, 50%, 80% and 100% of that rate; one event in 100 is a
 //! probe: a read of a C2C message of its own, whose receipt is traced, and a
-//! record on a pipe topic, read back by a plain consumer. This runs at the
-//! default flush window (50 ms) and at 5 ms.
+//! record on a pipe topic, read back by a plain consumer. This runs with the
+//! defaults (a 50 ms window, and a flush as soon as the input is drained),
+//! then with the window alone at 50 ms and at 5 ms. Every mode drains its
+//! own backlog first (so that each worker holds the same state), and all are
+//! offered shares of the first mode's drain rate, so that their rows compare.
 //!
 //! `cargo bench --bench latency`. Uses RECEIPTD_TEST_BROKERS, or starts a
 //! broker with deploy/kafka.sh and stops it after.
@@ -167,10 +170,30 @@ fn run_load(
     (e, p, folded)
 }
 
+/// The flush modes to run, in order: `RECEIPTD_LATENCY_MODES`, a comma-separated
+/// list of windows in ms, each with a `+` to flush when caught up too
+/// (default `50+,50,5`). The first mode also warms the broker, so an A/B
+/// comparison should run each mode more than once, in both orders
+/// (`50,50+,50+,50`).
+fn modes() -> Vec<(u64, bool)> {
+    let list = std::env::var("RECEIPTD_LATENCY_MODES").unwrap_or_else(|_| "50+,50,5".into());
+    list.split(',')
+        .map(|m| {
+            let m = m.trim();
+            let window = m.trim_end_matches('+');
+            let ms = window.parse().unwrap_or_else(|_| panic!("RECEIPTD_LATENCY_MODES: {m:?} is not a window in ms"));
+            (ms, m.ends_with('+'))
+        })
+        .collect()
+}
+
 fn main() {
     let _broker = BenchBroker::ensure();
     let mut summary = Vec::new();
-    for flush_ms in [50u64, 5] {
+    let mut offered_base: Option<f64> = None;
+    for (flush_ms, caught_up) in modes() {
+        let mode =
+            if caught_up { format!("{flush_ms} ms + when caught up") } else { format!("{flush_ms} ms window only") };
         let topics = Topics::create("latency");
         let pipe = format!("{}.pipe", topics.events);
         create_topics(&[(&pipe, 1, false)]);
@@ -184,7 +207,8 @@ fn main() {
         let end: f64 = end_offsets(&topics.events).values().sum::<i64>() as f64;
         let dir = tempfile::tempdir().unwrap();
         let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"))
-            .env("RECEIPTD_FLUSH__INTERVAL_MS", &flush_ms.to_string());
+            .env("RECEIPTD_FLUSH__INTERVAL_MS", &flush_ms.to_string())
+            .env("RECEIPTD_FLUSH__WHEN_CAUGHT_UP", &caught_up.to_string());
         worker.start();
         worker.wait_ready(Duration::from_secs(120));
         let began = Instant::now();
@@ -192,16 +216,17 @@ fn main() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let drain = end / began.elapsed().as_secs_f64();
-        println!("flush {flush_ms} ms: drain rate {drain:.0} events/s");
+        let base = *offered_base.get_or_insert(drain);
+        println!("flush {mode}: drain rate {drain:.0} events/s; loads are shares of {base:.0}");
 
         for (i, share) in [0.25, 0.5, 0.8, 1.0].into_iter().enumerate() {
             let (mut e, mut p, folded) =
-                run_load(&worker, &topics, &pipe, drain * share, &mut traffic, i as u64 * 10_000_000);
+                run_load(&worker, &topics, &pipe, base * share, &mut traffic, i as u64 * 10_000_000);
             let row = [0.5, 0.99, 0.999].map(|q| (pct(&mut e, q), pct(&mut p, q)));
             println!(
-                "flush {flush_ms} ms, {:.0}% load ({:.0} events/s offered, {folded:.0} folded): engine p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; pipe p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; p99 difference {:.1} ms ({} probes)",
+                "flush {mode}, {:.0}% load ({:.0} events/s offered, {folded:.0} folded): engine p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; pipe p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; p99 difference {:.1} ms ({} probes)",
                 share * 100.0,
-                drain * share,
+                base * share,
                 row[0].0,
                 row[1].0,
                 row[2].0,
@@ -211,17 +236,30 @@ fn main() {
                 row[1].0 - row[1].1,
                 e.len()
             );
-            summary.push((flush_ms, share, drain * share, folded, row));
+            summary.push((flush_ms, caught_up, share, base * share, folded, row));
         }
+        let started = |trigger: &str| worker.metric(&format!("receiptd_flush_starts_total{{trigger=\"{trigger}\"}}"));
+        println!(
+            "flush {mode}: {} flushes ({} by the window, {} by pending records, {} caught up), {} delta receipts, {} store puts",
+            worker.metric("receiptd_flush_duration_seconds_count"),
+            started("window"),
+            started("pending"),
+            started("caught_up"),
+            worker.metric("receiptd_delta_receipts_total"),
+            worker.metric("receiptd_store_puts_total"),
+        );
         assert_eq!(worker.terminate(), 0);
     }
-    println!("\n| flush window | load | offered / folded events/s | engine p50 / p99 / p99.9 | pipe p50 / p99 / p99.9 | p99 difference |");
+    println!("\n| flush | load | offered / folded events/s | engine p50 / p99 / p99.9 | pipe p50 / p99 / p99.9 | p99 difference |");
     println!("|---|---|---|---|---|---|");
-    let mut csv =
-        String::from("flush_ms,share,offered,folded,engine_p50,engine_p99,engine_p999,pipe_p50,pipe_p99,pipe_p999\n");
-    for (flush_ms, share, offered, folded, r) in summary {
+    let mut csv = String::from(
+        "flush_ms,caught_up,share,offered,folded,engine_p50,engine_p99,engine_p999,pipe_p50,pipe_p99,pipe_p999\n",
+    );
+    for (flush_ms, caught_up, share, offered, folded, r) in summary {
+        let mode =
+            if caught_up { format!("{flush_ms} ms + when caught up") } else { format!("{flush_ms} ms window only") };
         println!(
-            "| {flush_ms} ms | {:.0}% | {offered:.0} / {folded:.0} | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} ms |",
+            "| {mode} | {:.0}% | {offered:.0} / {folded:.0} | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} ms |",
             share * 100.0,
             r[0].0,
             r[1].0,
@@ -232,7 +270,7 @@ fn main() {
             r[1].0 - r[1].1
         );
         csv += &format!(
-            "{flush_ms},{share},{offered:.0},{folded:.0},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2}\n",
+            "{flush_ms},{caught_up},{share},{offered:.0},{folded:.0},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2}\n",
             r[0].0, r[1].0, r[2].0, r[0].1, r[1].1, r[2].1
         );
     }

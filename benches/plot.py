@@ -13,20 +13,41 @@ import matplotlib.pyplot as plt  # noqa: E402
 source = sys.argv[1] if len(sys.argv) > 1 else "target/latency.csv"
 out = sys.argv[2] if len(sys.argv) > 2 else "docs/bench/latency.png"
 rows = list(csv.DictReader(open(source)))
-windows = sorted({r["flush_ms"] for r in rows}, key=int, reverse=True)
+
+def mode(r):
+    # Runs before the caught-up flush have no such column: window only.
+    when = r.get("caught_up", "false") == "true"
+    return f"{r['flush_ms']} ms" + (" + when caught up" if when else " window only")
+
+
+# Rows come mode by mode; a mode run again (an A/B in both orders) gets
+# a line of its own.
+runs = []
+for r in rows:
+    if not runs or mode(runs[-1][-1]) != mode(r) or float(r["share"]) <= float(runs[-1][-1]["share"]):
+        runs.append([])
+    runs[-1].append(r)
+seen = {}
+labels = []
+for run in runs:
+    name = mode(run[0])
+    seen[name] = seen.get(name, 0) + 1
+    labels.append(name if seen[name] == 1 else f"{name}, run {seen[name]}")
 
 fig, (tp, lat) = plt.subplots(1, 2, figsize=(12, 4.8))
 top = 0
-for w in windows:
-    rs = [r for r in rows if r["flush_ms"] == w]
+# One colour per run; p50 dotted, p99 solid (labelled), p99.9 dashed.
+for i, (w, rs) in enumerate(zip(labels, runs)):
+    colour = f"C{i}"
     offered = [float(r["offered"]) / 1e3 for r in rs]
     folded = [float(r["folded"]) / 1e3 for r in rs]
     top = max(top, *offered)
-    tp.plot(offered, folded, "o-", label=f"engine, {w} ms flush window")
+    tp.plot(offered, folded, "o-", color=colour, label=f"engine, {w}")
     share = [float(r["share"]) * 100 for r in rs]
     for key, style in [("engine_p50", ":"), ("engine_p99", "-"), ("engine_p999", "--")]:
-        lat.plot(share, [float(r[key]) for r in rs], style, marker="o", label=f"{key.replace('engine_', 'engine ')}, {w} ms")
-pipe = [r for r in rows if r["flush_ms"] == windows[0]]
+        label = f"engine, {w}" if key == "engine_p99" else None
+        lat.plot(share, [float(r[key]) for r in rs], style, color=colour, marker="o", markersize=3, label=label)
+pipe = runs[0]
 lat.plot([float(r["share"]) * 100 for r in pipe], [float(r["pipe_p99"]) for r in pipe], "k-", marker="s", label="bare pipe p99")
 tp.plot([0, top], [0, top], "k:", label="offered = folded")
 tp.set_xlabel("offered, k events/s")
@@ -36,7 +57,7 @@ tp.legend(fontsize=8)
 lat.set_yscale("log")
 lat.set_xlabel("offered load, % of the drain rate")
 lat.set_ylabel("read appended -> delta visible, ms")
-lat.set_title("Latency percentiles (probes counted 10 s when late)")
+lat.set_title("engine p50 dotted, p99 solid, p99.9 dashed (late probes count 10 s)")
 lat.legend(fontsize=7)
 fig.tight_layout()
 fig.savefig(out, dpi=110)

@@ -37,7 +37,8 @@ fn scripted_conversation_yields_exactly_the_expected_deltas() {
     let dir = tempfile::tempdir().unwrap();
     let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"))
         .env("RECEIPTD_FLUSH__INTERVAL_MS", "60000")
-        .env("RECEIPTD_FLUSH__MAX_PENDING_RECORDS", "9");
+        .env("RECEIPTD_FLUSH__MAX_PENDING_RECORDS", "9")
+        .env("RECEIPTD_FLUSH__WHEN_CAUGHT_UP", "false");
     worker.start();
     worker.wait_ready(Duration::from_secs(60));
 
@@ -100,4 +101,37 @@ fn scripted_conversation_yields_exactly_the_expected_deltas() {
         (m1["read_count"].as_u64(), m1["unread_count"].as_u64(), m1["version"].as_u64()),
         (Some(3), Some(0), Some(3))
     );
+}
+
+/// With the default `flush.when_caught_up`, a worker whose input is drained
+/// flushes at once: a read's receipt comes out long before a 60 s window
+/// would let it.
+#[test]
+fn a_drained_input_is_flushed_without_waiting_out_the_window() {
+    let topics = Topics::create("caughtup");
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"))
+        .env("RECEIPTD_FLUSH__INTERVAL_MS", "60000");
+    worker.start();
+    worker.wait_ready(Duration::from_secs(60));
+    let t = now_ms();
+    produce_events(
+        &producer(),
+        &topics.events,
+        &[
+            members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"], t),
+            sent("m1", "alice", group("g1"), true, t + 1),
+            read("bob", group("g1"), &["m1"], t + 10),
+        ],
+    );
+    let expected = group_receipt("m1", "g1", 1, 1, t + 10, 1);
+    let has_read = |records: &[DeltaRecord]| records.iter().any(|r| r.receipts.contains(&expected));
+    let records: Vec<DeltaRecord> = read_topic(&topics.deltas, Duration::from_secs(20), |r| {
+        has_read(&r.iter().filter_map(|r| serde_json::from_slice(&r.payload).ok()).collect::<Vec<_>>())
+    })
+    .into_iter()
+    .map(|r| serde_json::from_slice(&r.payload).expect("delta records are JSON"))
+    .collect();
+    assert!(has_read(&records), "no receipt within 20 s of a 60 s window: {records:?}\n{}", worker.log_tail());
+    assert_eq!(worker.terminate(), 0);
 }

@@ -144,8 +144,14 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlushConfig {
-    /// Flush window, ms (1 to 60000). Default 50.
+    /// Flush window, ms (1 to 60000): the longest a change waits for its
+    /// flush while input keeps coming. Default 50.
     pub interval_ms: u64,
+    /// Also start a flush as soon as the input is drained (no record
+    /// waiting) and no flush is in flight, instead of waiting out the
+    /// window: at low load a change leaves within about a broker round
+    /// trip, and under load flushes still grow to the window. Default true.
+    pub when_caught_up: bool,
     /// Flush early once this many records are pending. Default 100000.
     pub max_pending_records: u64,
     /// Longest a rebalance or shutdown may spend flushing, ms. Default 10000.
@@ -161,6 +167,7 @@ impl Default for FlushConfig {
     fn default() -> Self {
         FlushConfig {
             interval_ms: 50,
+            when_caught_up: true,
             max_pending_records: 100_000,
             revoke_timeout_ms: 10_000,
             stage_slice_entities: 1024,
@@ -407,6 +414,7 @@ mod tests {
         assert_eq!(c.state.dir, PathBuf::from("./data"));
         assert_eq!(c.http.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.flush.interval_ms, 50);
+        assert!(c.flush.when_caught_up);
         assert!(c.apps.is_empty());
     }
 
@@ -420,6 +428,7 @@ mod tests {
             env(&[
                 ("RECEIPTD_KAFKA__BROKERS", "k2:9092"),
                 ("RECEIPTD_FLUSH__INTERVAL_MS", "75"),
+                ("RECEIPTD_FLUSH__WHEN_CAUGHT_UP", "false"),
                 ("RECEIPTD_KAFKA__GROUP_ID", "123"),
                 ("RECEIPTD_APPS__MyApp__TOKEN", "0123456789abcdef"),
                 ("RECEIPTD_TEST_BROKERS", "ignored: not a SECTION__KEY"),
@@ -429,6 +438,7 @@ mod tests {
         assert_eq!(c.kafka.brokers, "k2:9092");
         assert_eq!(c.kafka.group_id, "123");
         assert_eq!(c.flush.interval_ms, 75);
+        assert!(!c.flush.when_caught_up);
         assert_eq!(c.apps["MyApp"].token, "0123456789abcdef");
     }
 

@@ -43,6 +43,7 @@ pub fn worker_config(c: &Config) -> WorkerConfig {
             dlq: c.topics.dlq.clone(),
         },
         flush_interval: Duration::from_millis(c.flush.interval_ms),
+        flush_when_caught_up: c.flush.when_caught_up,
         max_pending_records: c.flush.max_pending_records,
         sync_interval: Duration::from_millis(c.state.sync_interval_ms),
         revoke_timeout: Duration::from_millis(c.flush.revoke_timeout_ms),

@@ -824,6 +824,7 @@ mod tests {
             instance_id: None,
             topics,
             flush_interval: Duration::from_millis(50),
+            flush_when_caught_up: true,
             max_pending_records: 100_000,
             sync_interval: Duration::from_secs(1),
             revoke_timeout: Duration::from_secs(5),

@@ -9,8 +9,10 @@
 //! partitions'
 //! [`receiptd_core::PartitionState`]s. Queries do not stop the fold: they
 //! read each partition's [`receiptd_core::PartitionView`], locking one
-//! message (and its group) at a time, as the fold does per event. Every
-//! flush interval (50 ms by default) the worker:
+//! message (and its group) at a time, as the fold does per event. As soon
+//! as the input is drained and no flush is in flight (`flush.when_caught_up`),
+//! and at least every flush interval (50 ms by default) while input keeps
+//! coming, the worker:
 //!
 //! 1. takes the receipts that changed, coalesced and grouped per recipient,
 //!    and stages each touched entity once, plus each partition's next offset,
@@ -56,7 +58,7 @@ mod settings;
 mod worker;
 
 pub use fetch::{FetchQueue, FetchedHeaders, FetchedRecord};
-pub use metrics::{Metrics, DLQ_REASONS, LOOP_PHASES};
+pub use metrics::{FlushTrigger, Metrics, DLQ_REASONS, FLUSH_TRIGGERS, LOOP_PHASES};
 pub use worker::{run, Shared, Topics, WorkerConfig};
 
 /// DLQ header naming why a record was not applied.

@@ -25,6 +25,29 @@ const GAP_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.
 /// its deltas), and the rest of a turn.
 pub const LOOP_PHASES: [&str; 7] = ["poll", "decode", "fold", "confirm", "stage", "send", "other"];
 
+/// What started a flush (`receiptd_flush_starts_total`): the window ran out,
+/// `max_pending_records` were waiting, or the input was drained
+/// (`flush.when_caught_up`). [`FlushTrigger`] indexes it.
+pub const FLUSH_TRIGGERS: [&str; 3] = ["window", "pending", "caught_up"];
+
+/// What started a flush, in [`FLUSH_TRIGGERS`] order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushTrigger {
+    /// The flush window ran out.
+    Window,
+    /// `max_pending_records` records were waiting.
+    Pending,
+    /// The input was drained, with no flush in flight.
+    CaughtUp,
+}
+
+impl FlushTrigger {
+    /// Its label in [`FLUSH_TRIGGERS`].
+    pub fn as_str(self) -> &'static str {
+        FLUSH_TRIGGERS[self as usize]
+    }
+}
+
 /// Upper bounds (records) of the flush-size histogram.
 const FLUSH_SIZE_BUCKETS: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
 
@@ -51,6 +74,7 @@ pub struct Metrics {
     pub delta_failures: AtomicU64,
     /// Flushes completed.
     pub flushes: AtomicU64,
+    flush_starts: [AtomicU64; FLUSH_TRIGGERS.len()],
     flush_buckets: [AtomicU64; 10],
     flush_seconds_sum_us: AtomicU64,
     flush_size_buckets: [AtomicU64; 8],
@@ -134,6 +158,16 @@ impl Metrics {
     /// Events folded, all kinds and outcomes.
     pub fn events_total(&self) -> u64 {
         self.events.iter().flatten().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Counts a flush started, by what started it.
+    pub fn flush_started(&self, trigger: FlushTrigger) {
+        self.flush_starts[trigger as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Flushes started by `trigger` so far.
+    pub fn flush_starts(&self, trigger: FlushTrigger) -> u64 {
+        self.flush_starts[trigger as usize].load(Relaxed)
     }
 
     /// Records one flush's duration and how many records it covered.
@@ -276,6 +310,14 @@ impl Metrics {
         ] {
             counter(&mut out, name, help);
             let _ = writeln!(out, "{name} {}", c.load(Relaxed));
+        }
+        counter(&mut out, "receiptd_flush_starts_total", "Flushes started, by what started them.");
+        for (i, trigger) in FLUSH_TRIGGERS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "receiptd_flush_starts_total{{trigger=\"{trigger}\"}} {}",
+                self.flush_starts[i].load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# HELP receiptd_flush_duration_seconds Time to produce deltas and commit one flush.\n# TYPE receiptd_flush_duration_seconds histogram");
         for (i, le) in FLUSH_BUCKETS.iter().enumerate() {

@@ -4,7 +4,7 @@
 
 use crate::engine::{decode, offset_list, DeliveryContext, Engine, StoreWriter};
 use crate::fetch::FetchQueue;
-use crate::metrics::LOOP_PHASES;
+use crate::metrics::{FlushTrigger, LOOP_PHASES};
 use crate::settings::{settle, SettingsReader};
 use crate::{Metrics, StreamError};
 use parking_lot::{Mutex as EngineLock, RwLock};
@@ -140,8 +140,11 @@ pub struct WorkerConfig {
     pub instance_id: Option<String>,
     /// Topic names.
     pub topics: Topics,
-    /// How often pending work is flushed.
+    /// How often pending work is flushed while input keeps coming.
     pub flush_interval: Duration,
+    /// Also flush as soon as the input is drained and no flush is in
+    /// flight, without waiting out `flush_interval`.
+    pub flush_when_caught_up: bool,
     /// Flush early once this many records are pending.
     pub max_pending_records: u64,
     /// How often the store is fsynced (a checkpoint boundary).
@@ -440,7 +443,10 @@ fn run_inner(
         // queue, and the fold skips offsets below one it has folded. While
         // waiting for records, a rebalance waits too, at most `wait`.
         let strays_left = serve_consumer_queue(&consumer, &engine, shared);
-        if !strays_left && fetch.take(wait, MAX_BATCH, &mut batch) > 0 {
+        let taken = if strays_left { 0 } else { fetch.take(wait, MAX_BATCH, &mut batch) };
+        // Fewer than a full batch: nothing more had arrived.
+        let caught_up = !strays_left && taken < MAX_BATCH;
+        if taken > 0 {
             let input_was_waiting = polling.elapsed() < Duration::from_millis(1);
             phases.lap(LoopPhase::Poll);
             let decoded: Vec<_> = batch
@@ -503,8 +509,19 @@ fn run_inner(
         let now = phases.lap(LoopPhase::Confirm);
         let mut guard = engine.lock();
         let e = guard.as_mut().expect("engine present while running");
-        let due = now >= next_flush || e.pending() >= config.max_pending_records;
-        if (due || e.staging()) && e.in_flight_since().is_none() {
+        // Caught up, a flush need not wait out the window: with one flush in
+        // flight at a time, flushes come about one broker round trip apart
+        // at low load and grow with the input under load.
+        let trigger = if now >= next_flush {
+            Some(FlushTrigger::Window)
+        } else if e.pending() >= config.max_pending_records {
+            Some(FlushTrigger::Pending)
+        } else if config.flush_when_caught_up && caught_up && e.pending() > 0 {
+            Some(FlushTrigger::CaughtUp)
+        } else {
+            None
+        };
+        if (trigger.is_some() || e.staging()) && e.in_flight_since().is_none() {
             let mut dead = Vec::new();
             settings.follow(shared, &mut |m, err| dead.push((m.detach(), err.clone())));
             for (m, err) in dead {
@@ -514,10 +531,15 @@ fn run_inner(
                 e.refresh_gauges();
                 next_gauges = now + Duration::from_secs(5);
             }
-            if !e.staging() {
+            let (starting, pending) = (!e.staging(), e.pending());
+            if starting {
                 next_flush = now + config.flush_interval;
             }
-            e.flush_begin(config.stage_slice);
+            let staged_whole = e.flush_begin(config.stage_slice);
+            if let (true, Some(trigger)) = (starting && (staged_whole || e.staging()), trigger) {
+                shared.metrics.flush_started(trigger);
+                tracing::trace!(trigger = trigger.as_str(), pending, "flush started");
+            }
         }
         // Backpressure: while the broker lags behind, stop fetching (but keep
         // polling, so the group keeps this member) once enough is pending.
