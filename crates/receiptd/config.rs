@@ -50,7 +50,13 @@ pub struct KafkaConfig {
     /// Consumer session timeout, ms. Default 10000.
     pub session_timeout_ms: u64,
     /// Extra librdkafka properties for every client (security, tuning).
-    /// Default: none.
+    /// They override the worker's tuning defaults (`linger.ms` 2 for the
+    /// producer; `queued.max.messages.kbytes` 32768 and
+    /// `fetch.queue.backoff.ms` 5 for the consumer); naming a property the
+    /// worker relies on (`enable.auto.commit`, `isolation.level`, ...: see
+    /// `receiptd_stream::RESERVED_CLIENT_PROPERTIES`) is refused. Default:
+    /// none.
+    #[serde(deserialize_with = "string_map")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -246,6 +252,15 @@ fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     })
 }
 
+/// A map of scalars as strings: librdkafka takes every property as one,
+/// whether the file or an environment override wrote it as a number or bool.
+fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    struct AsString(#[serde(deserialize_with = "string")] String);
+    let map = BTreeMap::<String, AsString>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, AsString(v))| (k, v)).collect())
+}
+
 fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     string(d).map(Some)
 }
@@ -329,6 +344,10 @@ impl Config {
         .into_iter()
         .filter(|(bad, _)| *bad)
         .map(|(_, msg)| msg.to_owned())
+        .chain(self.kafka.properties.keys().filter_map(|key| {
+            let (_, why) = receiptd_stream::RESERVED_CLIENT_PROPERTIES.iter().find(|(k, _)| k == key)?;
+            Some(format!("kafka.properties.{key}: receiptd sets this itself ({why})"))
+        }))
         .chain(
             self.apps
                 .iter()
@@ -429,6 +448,7 @@ mod tests {
                 ("RECEIPTD_KAFKA__BROKERS", "k2:9092"),
                 ("RECEIPTD_FLUSH__INTERVAL_MS", "75"),
                 ("RECEIPTD_FLUSH__WHEN_CAUGHT_UP", "false"),
+                ("RECEIPTD_KAFKA__PROPERTIES__linger.ms", "0"),
                 ("RECEIPTD_KAFKA__GROUP_ID", "123"),
                 ("RECEIPTD_APPS__MyApp__TOKEN", "0123456789abcdef"),
                 ("RECEIPTD_TEST_BROKERS", "ignored: not a SECTION__KEY"),
@@ -439,6 +459,7 @@ mod tests {
         assert_eq!(c.kafka.group_id, "123");
         assert_eq!(c.flush.interval_ms, 75);
         assert!(!c.flush.when_caught_up);
+        assert_eq!(c.kafka.properties["linger.ms"], "0", "a tuning property is accepted");
         assert_eq!(c.apps["MyApp"].token, "0123456789abcdef");
     }
 
@@ -448,6 +469,8 @@ mod tests {
         let e = err(&[("RECEIPTD_KAFKA__BROKERZ", "x")]);
         assert!(e.contains("kafka.brokerz") || e.contains("brokerz"), "{e}");
         assert!(e.contains("RECEIPTD_KAFKA__BROKERZ"), "{e}");
+        let e = err(&[("RECEIPTD_KAFKA__PROPERTIES__enable.auto.commit", "true")]);
+        assert!(e.contains("`kafka.properties.enable.auto.commit`: receiptd sets this itself"), "{e}");
         let e = err(&[("RECEIPTD_FLUSH__INTERVAL_MS", "soon")]);
         assert!(e.contains("flush.interval_ms"), "{e}");
         let e = err(&[("RECEIPTD_FLUSH__INTERVAL_MS", "0")]);

@@ -812,27 +812,7 @@ mod tests {
         let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
         let shared = Arc::new(Shared::default());
         let producer = Arc::new(unreachable_producer(&shared));
-        let topics = crate::Topics {
-            events: "events".into(),
-            settings: "settings".into(),
-            deltas: "deltas".into(),
-            dlq: "dlq".into(),
-        };
-        let config = Arc::new(WorkerConfig {
-            brokers: "127.0.0.1:9".into(),
-            group_id: "g".into(),
-            instance_id: None,
-            topics,
-            flush_interval: Duration::from_millis(50),
-            flush_when_caught_up: true,
-            max_pending_records: 100_000,
-            sync_interval: Duration::from_secs(1),
-            revoke_timeout: Duration::from_secs(5),
-            stage_slice: None,
-            session_timeout: Duration::from_secs(10),
-            limits: Default::default(),
-            kafka_properties: Default::default(),
-        });
+        let config = Arc::new(WorkerConfig::for_tests("127.0.0.1:9"));
         let writer = StoreWriter::start(store.clone(), shared.clone()).unwrap();
         let mut engine = Engine::new(config, store.clone(), producer.clone(), shared, writer);
         let mut assignment = TopicPartitionList::new();

@@ -59,7 +59,7 @@ mod worker;
 
 pub use fetch::{FetchQueue, FetchedHeaders, FetchedRecord};
 pub use metrics::{FlushTrigger, Metrics, DLQ_REASONS, FLUSH_TRIGGERS, LOOP_PHASES};
-pub use worker::{run, Shared, Topics, WorkerConfig};
+pub use worker::{run, Shared, Topics, WorkerConfig, RESERVED_CLIENT_PROPERTIES};
 
 /// DLQ header naming why a record was not applied.
 pub const DLQ_REASON_HEADER: &str = "receiptd-dlq-reason";

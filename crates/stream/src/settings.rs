@@ -6,7 +6,7 @@ use crate::{Shared, StreamError, WorkerConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use receiptd_core::SettingsTable;
 use receiptd_wire::{decode_setting, ContentType, DecodeError, CONTENT_TYPE_HEADER};
 use std::sync::atomic::Ordering::Relaxed;
@@ -65,19 +65,7 @@ impl SettingsReader {
         stop: &std::sync::atomic::AtomicBool,
         dead_letter: &mut dyn FnMut(&BorrowedMessage<'_>, &DecodeError),
     ) -> Result<Self, StreamError> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.brokers)
-            // librdkafka wants a group even for manual assignment; this one
-            // never subscribes and never commits.
-            .set("group.id", format!("{}.settings-reader", config.group_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
-        for (k, v) in &config.kafka_properties {
-            client.set(k, v);
-        }
-        let consumer: BaseConsumer = client.create()?;
+        let consumer: BaseConsumer = crate::worker::settings_reader_config(config).create()?;
         let topic = config.topics.settings.clone();
         let metadata =
             settle("settings topic metadata", || consumer.fetch_metadata(Some(&topic), Duration::from_secs(30)))?;

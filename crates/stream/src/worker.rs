@@ -162,6 +162,33 @@ pub struct WorkerConfig {
     pub kafka_properties: BTreeMap<String, String>,
 }
 
+#[cfg(test)]
+impl WorkerConfig {
+    /// The defaults, group `g`, topics named after their role.
+    pub(crate) fn for_tests(brokers: &str) -> WorkerConfig {
+        WorkerConfig {
+            brokers: brokers.into(),
+            group_id: "g".into(),
+            instance_id: None,
+            topics: Topics {
+                events: "events".into(),
+                settings: "settings".into(),
+                deltas: "deltas".into(),
+                dlq: "dlq".into(),
+            },
+            flush_interval: Duration::from_millis(50),
+            flush_when_caught_up: true,
+            max_pending_records: 100_000,
+            sync_interval: Duration::from_secs(1),
+            revoke_timeout: Duration::from_secs(5),
+            stage_slice: None,
+            session_timeout: Duration::from_secs(10),
+            limits: Default::default(),
+            kafka_properties: Default::default(),
+        }
+    }
+}
+
 /// State shared between the worker, the HTTP server and the demo.
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -322,13 +349,94 @@ impl ConsumerContext for WorkerContext {
     }
 }
 
-fn client_config(config: &WorkerConfig) -> ClientConfig {
+/// librdkafka properties the worker sets itself, each with why: the extra
+/// properties of its configuration may not name them (the binary refuses
+/// such a configuration at load, and the worker sets these last anyway).
+pub const RESERVED_CLIENT_PROPERTIES: [(&str, &str); 15] = [
+    ("bootstrap.servers", "set by kafka.brokers"),
+    ("group.id", "set by kafka.group_id"),
+    ("group.instance.id", "set by kafka.instance_id"),
+    ("session.timeout.ms", "set by kafka.session_timeout_ms"),
+    ("heartbeat.interval.ms", "follows kafka.session_timeout_ms"),
+    ("enable.auto.commit", "offsets live in the state store, written with the state they produced"),
+    ("enable.auto.offset.store", "offsets live in the state store, written with the state they produced"),
+    ("auto.offset.reset", "the log is the truth: a partition with no stored offset is read from its start"),
+    ("partition.assignment.strategy", "the worker assigns and revokes incrementally (cooperative-sticky)"),
+    ("isolation.level", "only committed records are folded"),
+    ("enable.partition.eof", "the poll loop takes no end-of-partition events"),
+    ("statistics.interval.ms", "the lag metrics read librdkafka's statistics every second"),
+    ("enable.idempotence", "deltas are produced idempotently, in order"),
+    ("message.timeout.ms", "a flush waits for its deltas, and none is ever dropped"),
+    ("transactional.id", "the worker's producer is not transactional: its offsets live in the state store"),
+];
+
+/// A client's configuration: the worker's defaults for it, which the
+/// configured extra properties override (tuning), then `reserved` (the
+/// settings it relies on, see [`RESERVED_CLIENT_PROPERTIES`]) over both.
+fn client_config(config: &WorkerConfig, defaults: &[(&str, &str)], reserved: &[(&str, String)]) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.brokers);
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
     for (k, v) in &config.kafka_properties {
         c.set(k, v);
     }
+    c.set("bootstrap.servers", &config.brokers);
+    for (k, v) in reserved {
+        c.set(*k, v);
+    }
     c
+}
+
+/// The delta and DLQ producer's configuration.
+fn producer_config(config: &WorkerConfig) -> ClientConfig {
+    client_config(
+        config,
+        &[("linger.ms", "2"), ("queue.buffering.max.kbytes", "65536")],
+        &[
+            ("enable.idempotence", "true".into()),
+            // Never give up on a delta: the flush waits, and offsets stay put.
+            ("message.timeout.ms", "0".into()),
+        ],
+    )
+}
+
+/// The events consumer's configuration.
+fn consumer_config(config: &WorkerConfig) -> ClientConfig {
+    let session_ms = config.session_timeout.as_millis();
+    let mut reserved = vec![
+        ("group.id", config.group_id.clone()),
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("auto.offset.reset", "earliest".into()),
+        ("partition.assignment.strategy", "cooperative-sticky".into()),
+        ("isolation.level", "read_committed".into()),
+        ("session.timeout.ms", session_ms.to_string()),
+        ("heartbeat.interval.ms", (session_ms / 3).max(100).to_string()),
+        ("statistics.interval.ms", "1000".into()),
+        ("enable.partition.eof", "false".into()),
+    ];
+    if let Some(id) = &config.instance_id {
+        reserved.push(("group.instance.id", id.clone()));
+    }
+    // Once the prefetch queue is full, look again soon: the default (1 s)
+    // leaves the worker idle once it has drained the queue.
+    client_config(config, &[("queued.max.messages.kbytes", "32768"), ("fetch.queue.backoff.ms", "5")], &reserved)
+}
+
+/// The settings reader's configuration: librdkafka wants a group even for
+/// manual assignment; this one never subscribes and never commits.
+pub(crate) fn settings_reader_config(config: &WorkerConfig) -> ClientConfig {
+    client_config(
+        config,
+        &[],
+        &[
+            ("group.id", format!("{}.settings-reader", config.group_id)),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("enable.partition.eof", "false".into()),
+        ],
+    )
 }
 
 /// Runs a worker on the calling thread until `stop` is set (then flushes,
@@ -351,15 +459,8 @@ fn run_inner(
     stop: &Arc<AtomicBool>,
 ) -> Result<(), StreamError> {
     let config = Arc::new(config);
-    let producer: Arc<BaseProducer<DeliveryContext>> = Arc::new(
-        client_config(&config)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "2")
-            // Never give up on a delta: the flush waits, and offsets stay put.
-            .set("message.timeout.ms", "0")
-            .set("queue.buffering.max.kbytes", "65536")
-            .create_with_context(DeliveryContext::new(shared.clone()))?,
-    );
+    let producer: Arc<BaseProducer<DeliveryContext>> =
+        Arc::new(producer_config(&config).create_with_context(DeliveryContext::new(shared.clone()))?);
 
     let writer = StoreWriter::start(store.clone(), shared.clone()).map_err(StreamError::Spawn)?;
     let mut engine = Engine::new(config.clone(), store.clone(), producer.clone(), shared.clone(), writer);
@@ -376,26 +477,7 @@ fn run_inner(
         fatal: Mutex::new(None),
         fetch: Mutex::new(Weak::new()),
     };
-    let mut consumer_config = client_config(&config);
-    consumer_config
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("isolation.level", "read_committed")
-        .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
-        .set("heartbeat.interval.ms", (config.session_timeout.as_millis() / 3).max(100).to_string())
-        .set("statistics.interval.ms", "1000")
-        .set("queued.max.messages.kbytes", "32768")
-        // Once the prefetch queue is full, look again soon: the default (1 s)
-        // leaves the worker idle once it has drained the queue.
-        .set("fetch.queue.backoff.ms", "5")
-        .set("enable.partition.eof", "false");
-    if let Some(id) = &config.instance_id {
-        consumer_config.set("group.instance.id", id);
-    }
-    let consumer: BaseConsumer<WorkerContext> = consumer_config.create_with_context(context)?;
+    let consumer: BaseConsumer<WorkerContext> = consumer_config(&config).create_with_context(context)?;
     ensure_topic(&consumer, &config.topics.events)?;
     consumer.subscribe(&[&config.topics.events])?;
     tracing::info!(topic = %config.topics.events, group = %config.group_id, "worker subscribed");
@@ -734,6 +816,60 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    fn config_with(properties: &[(&str, &str)]) -> WorkerConfig {
+        WorkerConfig {
+            instance_id: Some("pod-0".into()),
+            kafka_properties: properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..WorkerConfig::for_tests("k1:9092")
+        }
+    }
+
+    #[test]
+    fn extra_properties_override_the_tuning_defaults_but_never_a_reserved_setting() {
+        let defaults = config_with(&[]);
+        assert_eq!(producer_config(&defaults).get("linger.ms"), Some("2"));
+        assert_eq!(consumer_config(&defaults).get("fetch.queue.backoff.ms"), Some("5"));
+
+        let tuned = config_with(&[
+            ("linger.ms", "0"),
+            ("fetch.queue.backoff.ms", "20"),
+            ("security.protocol", "ssl"),
+            // Refused at config load; set over anyway if they got here.
+            ("enable.auto.commit", "true"),
+            ("enable.idempotence", "false"),
+            ("group.id", "other"),
+        ]);
+        let (producer, consumer, reader) =
+            (producer_config(&tuned), consumer_config(&tuned), settings_reader_config(&tuned));
+        assert_eq!(producer.get("linger.ms"), Some("0"));
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("20"));
+        for client in [&producer, &consumer, &reader] {
+            assert_eq!(client.get("security.protocol"), Some("ssl"), "security reaches every client");
+            assert_eq!(client.get("bootstrap.servers"), Some("k1:9092"));
+        }
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("group.id"), Some("g"));
+        assert_eq!(consumer.get("group.instance.id"), Some("pod-0"));
+        assert_eq!(reader.get("enable.auto.commit"), Some("false"));
+        assert_eq!(reader.get("group.id"), Some("g.settings-reader"));
+        // Every property a client is given as reserved is in the public list
+        // the configuration is checked against.
+        let listed: Vec<&str> = RESERVED_CLIENT_PROPERTIES.iter().map(|(k, _)| *k).collect();
+        for client in [&producer, &consumer, &reader] {
+            for key in client.config_map().keys() {
+                let tuning = [
+                    "linger.ms",
+                    "queue.buffering.max.kbytes",
+                    "queued.max.messages.kbytes",
+                    "fetch.queue.backoff.ms",
+                    "security.protocol",
+                ];
+                assert!(listed.contains(key) || tuning.contains(key), "{key} is neither reserved nor tuning");
+            }
+        }
     }
 
     #[test]
