@@ -133,5 +133,7 @@ fn a_drained_input_is_flushed_without_waiting_out_the_window() {
     .map(|r| serde_json::from_slice(&r.payload).expect("delta records are JSON"))
     .collect();
     assert!(has_read(&records), "no receipt within 20 s of a 60 s window: {records:?}\n{}", worker.log_tail());
+    assert!(worker.metric("receiptd_flush_starts_total{trigger=\"caught_up\"}") >= 1.0);
+    assert_eq!(worker.metric("receiptd_flush_starts_total{trigger=\"window\"}"), 0.0);
     assert_eq!(worker.terminate(), 0);
 }

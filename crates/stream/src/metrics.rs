@@ -165,11 +165,6 @@ impl Metrics {
         self.flush_starts[trigger as usize].fetch_add(1, Relaxed);
     }
 
-    /// Flushes started by `trigger` so far.
-    pub fn flush_starts(&self, trigger: FlushTrigger) -> u64 {
-        self.flush_starts[trigger as usize].load(Relaxed)
-    }
-
     /// Records one flush's duration and how many records it covered.
     pub fn flush_took(&self, seconds: f64, records: u64) {
         for (i, le) in FLUSH_SIZE_BUCKETS.iter().enumerate() {

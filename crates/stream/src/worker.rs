@@ -349,9 +349,11 @@ impl ConsumerContext for WorkerContext {
     }
 }
 
-/// librdkafka properties the worker sets itself, each with why: the extra
-/// properties of its configuration may not name them (the binary refuses
-/// such a configuration at load, and the worker sets these last anyway).
+/// librdkafka properties the worker decides itself, each with why: the
+/// extra properties of its configuration may not name them. The binary
+/// refuses such a configuration at load; a library caller that passes one
+/// anyway has it overridden where a client sets the property itself (every
+/// one here but `transactional.id`, which no client sets).
 pub const RESERVED_CLIENT_PROPERTIES: [(&str, &str); 15] = [
     ("bootstrap.servers", "set by kafka.brokers"),
     ("group.id", "set by kafka.group_id"),
