@@ -50,8 +50,9 @@ pub struct KafkaConfig {
     /// Consumer session timeout, ms. Default 10000.
     pub session_timeout_ms: u64,
     /// Extra librdkafka properties for every client (security, tuning).
-    /// They override the worker's tuning defaults (`linger.ms` 2 for the
-    /// producer; `queued.max.messages.kbytes` 32768 and
+    /// They override the worker's tuning defaults (`linger.ms` 2 and
+    /// `queue.buffering.max.kbytes` 65536 for the producer;
+    /// `queued.max.messages.kbytes` 32768 and
     /// `fetch.queue.backoff.ms` 5 for the consumer); naming a property the
     /// worker relies on (`enable.auto.commit`, `isolation.level`, ...: see
     /// `receiptd_stream::RESERVED_CLIENT_PROPERTIES`) is refused. Default:
