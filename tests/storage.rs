@@ -52,7 +52,8 @@ fn a_failing_store_stops_the_worker_unhealthy_and_loses_nothing() {
     let end = end_offsets(&topics.events);
     assert_eq!(committed(&worker.group, &topics.events, &end), committed_then, "no offset moves after the failure");
     assert_ne!(worker.terminate(), 0, "a worker whose store failed exits non-zero");
-    assert!(worker.log_tail().contains("injected write failure"), "the log names the failure");
+    let log = worker.log_text();
+    assert!(log.contains("injected write failure"), "the log names the failure:\n{log}");
     let stored: i64 =
         worker.inspect()["partitions"].as_array().unwrap().iter().map(|p| p["next_offset"].as_i64().unwrap_or(0)).sum();
     assert!(stored < end.values().sum::<i64>(), "the failure came before the end of the log");
