@@ -262,7 +262,7 @@ impl PartitionState {
         let msg_id = Id::from(e.msg_id.as_str());
         dirty.push(DirtyKey::Message { app: app.id.clone(), msg_id: msg_id.clone() });
         app.by_sent_at.push(e.sent_at, msg_id.clone());
-        app.view.messages.insert(msg_id.clone(), message);
+        app.view.messages.insert(msg_id.clone(), Box::new(message));
 
         // Reads that came first are applied now, in their arrival order.
         if let Some(held) = app.held.remove(&e.msg_id) {

@@ -112,7 +112,7 @@ impl AppView {
         if !same {
             return Err(QueryRefusal::NotFound);
         }
-        Ok(m)
+        Ok(MappedRwLockReadGuard::map(m, |m| &**m))
     }
 
     fn queryable(

@@ -244,7 +244,10 @@ pub(crate) struct Mark {
 #[derive(Debug, Default)]
 pub(crate) struct AppView {
     pub(crate) groups: ShardedMap<Id, Group>,
-    pub(crate) messages: ShardedMap<Id, MessageState>,
+    /// Boxed: the shards of a partition grow together, and a growth step
+    /// moves (and faults in fresh memory for) 24 bytes per message, not the
+    /// whole state.
+    pub(crate) messages: ShardedMap<Id, Box<MessageState>>,
     /// (reader, peer) -> the reader's conversation-read mark.
     pub(crate) marks: ShardedMap<(Id, Id), Mark>,
 }
@@ -553,7 +556,8 @@ impl PartitionState {
 
     /// A message's state, read-locked until the guard drops.
     pub fn message(&self, app: &str, msg_id: &str) -> Option<MappedRwLockReadGuard<'_, MessageState>> {
-        self.apps.get(app)?.view.messages.get(msg_id)
+        let m = self.apps.get(app)?.view.messages.get(msg_id)?;
+        Some(MappedRwLockReadGuard::map(m, |m| &**m))
     }
 
     /// Read and unread counts of a message: `(read, unread)`. For C2C,
@@ -713,13 +717,13 @@ impl PartitionState {
                 });
             }
             DirtyKey::Message { msg_id, .. } => {
-                let take = |m: &mut MessageState| {
+                let take = |m: &mut Box<MessageState>| {
                     if clear {
                         m.dirty = false;
                     }
                     crate::fold::take_message_receipt(settings, app, msg_id, m, deltas);
                 };
-                state.view.messages.update_then_read(&**msg_id, take, |m| hand(Entity::Message(m)));
+                state.view.messages.update_then_read(&**msg_id, take, |m| hand(Entity::Message(&**m)));
             }
             DirtyKey::Mark { reader, peer, .. } => {
                 let ids = (reader.clone(), peer.clone());
@@ -776,7 +780,7 @@ impl PartitionState {
         }
         let msg_id = Id::from(msg_id);
         app.by_sent_at.push(message.sent_at, msg_id.clone());
-        app.view.messages.insert(msg_id, message);
+        app.view.messages.insert(msg_id, Box::new(message));
     }
 
     /// Restores a conversation read mark.
