@@ -187,13 +187,21 @@ fn modes() -> Vec<(u64, bool)> {
         .collect()
 }
 
+/// A mode as the bench's lines and table name it.
+fn mode_name(flush_ms: u64, caught_up: bool) -> String {
+    if caught_up {
+        format!("{flush_ms} ms + when caught up")
+    } else {
+        format!("{flush_ms} ms window only")
+    }
+}
+
 fn main() {
     let _broker = BenchBroker::ensure();
     let mut summary = Vec::new();
     let mut offered_base: Option<f64> = None;
     for (flush_ms, caught_up) in modes() {
-        let mode =
-            if caught_up { format!("{flush_ms} ms + when caught up") } else { format!("{flush_ms} ms window only") };
+        let mode = mode_name(flush_ms, caught_up);
         let topics = Topics::create("latency");
         let pipe = format!("{}.pipe", topics.events);
         create_topics(&[(&pipe, 1, false)]);
@@ -256,8 +264,7 @@ fn main() {
         "flush_ms,caught_up,share,offered,folded,engine_p50,engine_p99,engine_p999,pipe_p50,pipe_p99,pipe_p999\n",
     );
     for (flush_ms, caught_up, share, offered, folded, r) in summary {
-        let mode =
-            if caught_up { format!("{flush_ms} ms + when caught up") } else { format!("{flush_ms} ms window only") };
+        let mode = mode_name(flush_ms, caught_up);
         println!(
             "| {mode} | {:.0}% | {offered:.0} / {folded:.0} | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} ms |",
             share * 100.0,

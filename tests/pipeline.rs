@@ -126,12 +126,7 @@ fn a_drained_input_is_flushed_without_waiting_out_the_window() {
     );
     let expected = group_receipt("m1", "g1", 1, 1, t + 10, 1);
     let has_read = |records: &[DeltaRecord]| records.iter().any(|r| r.receipts.contains(&expected));
-    let records: Vec<DeltaRecord> = read_topic(&topics.deltas, Duration::from_secs(20), |r| {
-        has_read(&r.iter().filter_map(|r| serde_json::from_slice(&r.payload).ok()).collect::<Vec<_>>())
-    })
-    .into_iter()
-    .map(|r| serde_json::from_slice(&r.payload).expect("delta records are JSON"))
-    .collect();
+    let records = read_deltas_until(&topics.deltas, Duration::from_secs(20), has_read);
     assert!(has_read(&records), "no receipt within 20 s of a 60 s window: {records:?}\n{}", worker.log_tail());
     assert!(worker.metric("receiptd_flush_starts_total{trigger=\"caught_up\"}") >= 1.0);
     assert_eq!(worker.metric("receiptd_flush_starts_total{trigger=\"window\"}"), 0.0);

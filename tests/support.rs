@@ -225,19 +225,22 @@ pub fn read_topic(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bo
 
 /// Reads delta records until `count` have arrived (or the timeout).
 pub fn read_deltas(topic: &str, count: usize, timeout: Duration) -> Vec<DeltaRecord> {
-    read_topic(topic, timeout, |r| r.len() >= count)
-        .into_iter()
-        .map(|r| serde_json::from_slice(&r.payload).expect("delta records are JSON"))
-        .collect()
+    parse_deltas(&read_topic(topic, timeout, |r| r.len() >= count))
+}
+
+/// Delta records of a topic, read until `done` holds of them or `timeout`.
+pub fn read_deltas_until(topic: &str, timeout: Duration, done: impl Fn(&[DeltaRecord]) -> bool) -> Vec<DeltaRecord> {
+    parse_deltas(&read_topic(topic, timeout, |r| done(&parse_deltas(r))))
+}
+
+fn parse_deltas(records: &[Record]) -> Vec<DeltaRecord> {
+    records.iter().map(|r| serde_json::from_slice(&r.payload).expect("delta records are JSON")).collect()
 }
 
 /// Every delta record of a topic, up to its current end.
 pub fn all_deltas(topic: &str) -> Vec<DeltaRecord> {
     let total: i64 = end_offsets(topic).values().sum();
-    read_topic(topic, Duration::from_secs(60), |r| r.len() as i64 >= total)
-        .into_iter()
-        .map(|r| serde_json::from_slice(&r.payload).expect("delta records are JSON"))
-        .collect()
+    parse_deltas(&read_topic(topic, Duration::from_secs(60), |r| r.len() as i64 >= total))
 }
 
 /// The high watermark of each partition of a topic.

@@ -372,6 +372,15 @@ pub const RESERVED_CLIENT_PROPERTIES: [(&str, &str); 15] = [
     ("transactional.id", "the worker's producer is not transactional: its offsets live in the state store"),
 ];
 
+/// The producer's tuning defaults, which `kafka_properties` override.
+pub(crate) const PRODUCER_TUNING: [(&str, &str); 2] = [("linger.ms", "2"), ("queue.buffering.max.kbytes", "65536")];
+
+/// The events consumer's tuning defaults, which `kafka_properties` override.
+/// Once the prefetch queue is full, it looks again after 5 ms: librdkafka's
+/// default (1 s) leaves the worker idle once it has drained the queue.
+pub(crate) const CONSUMER_TUNING: [(&str, &str); 2] =
+    [("queued.max.messages.kbytes", "32768"), ("fetch.queue.backoff.ms", "5")];
+
 /// A client's configuration: the worker's defaults for it, which the
 /// configured extra properties override (tuning), then `reserved` (the
 /// settings it relies on, see [`RESERVED_CLIENT_PROPERTIES`]) over both.
@@ -394,7 +403,7 @@ fn client_config(config: &WorkerConfig, defaults: &[(&str, &str)], reserved: &[(
 fn producer_config(config: &WorkerConfig) -> ClientConfig {
     client_config(
         config,
-        &[("linger.ms", "2"), ("queue.buffering.max.kbytes", "65536")],
+        &PRODUCER_TUNING,
         &[
             ("enable.idempotence", "true".into()),
             // Never give up on a delta: the flush waits, and offsets stay put.
@@ -421,9 +430,7 @@ fn consumer_config(config: &WorkerConfig) -> ClientConfig {
     if let Some(id) = &config.instance_id {
         reserved.push(("group.instance.id", id.clone()));
     }
-    // Once the prefetch queue is full, look again soon: the default (1 s)
-    // leaves the worker idle once it has drained the queue.
-    client_config(config, &[("queued.max.messages.kbytes", "32768"), ("fetch.queue.backoff.ms", "5")], &reserved)
+    client_config(config, &CONSUMER_TUNING, &reserved)
 }
 
 /// The settings reader's configuration: librdkafka wants a group even for
@@ -862,14 +869,11 @@ mod tests {
         let listed: Vec<&str> = RESERVED_CLIENT_PROPERTIES.iter().map(|(k, _)| *k).collect();
         for client in [&producer, &consumer, &reader] {
             for key in client.config_map().keys() {
-                let tuning = [
-                    "linger.ms",
-                    "queue.buffering.max.kbytes",
-                    "queued.max.messages.kbytes",
-                    "fetch.queue.backoff.ms",
-                    "security.protocol",
-                ];
-                assert!(listed.contains(key) || tuning.contains(key), "{key} is neither reserved nor tuning");
+                let tuning = PRODUCER_TUNING.iter().chain(&CONSUMER_TUNING).any(|(k, _)| k == key);
+                assert!(
+                    listed.contains(key) || tuning || *key == "security.protocol",
+                    "{key} is neither reserved nor tuning"
+                );
             }
         }
     }
