@@ -17,7 +17,7 @@ use std::hint::black_box;
 
 // The binary's allocator, so that the figures are the worker's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: receiptd_alloc::Allocator = receiptd_alloc::Allocator;
 
 const RECORDS: usize = 100_000;
 

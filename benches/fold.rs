@@ -11,10 +11,12 @@
 //! `cargo bench --bench fold`
 //!
 //! The same reads can also be counted instead of timed, which the shared,
-//! noisy machines this runs on cannot disturb: `benches/fold_counts.sh` runs
-//! this binary under callgrind with `RECEIPTD_FOLD_COUNTED=hot|uniform` and
-//! reports instructions and simulated cache misses per read (on 100,000
-//! messages, so that valgrind finishes in minutes).
+//! noisy machines this runs on cannot disturb: `benches/counted.sh fold` runs
+//! this binary under callgrind with `RECEIPTD_FOLD_COUNTED=hot|uniform|mix`
+//! and reports instructions and simulated cache misses per event (on 100,000
+//! messages, so that valgrind finishes in minutes). `mix` is the drain
+//! bench's traffic (`TrafficShape::bench()`: a send in five events, early,
+//! duplicate and private reads), counted after 300,000 events of warm-up.
 
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 // The binary's allocator, so that the figures are the worker's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: receiptd_alloc::Allocator = receiptd_alloc::Allocator;
 
 const APP: &str = "bench";
 const MESSAGES: u64 = 1_000_000;
@@ -232,10 +234,9 @@ fn reads_bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// Folds `events`, taking receipts every 1,000 as the timed bench does. Not
-/// inlined: callgrind counts this function alone.
-#[inline(never)]
-fn counted_reads(state: &mut PartitionState, settings: &SettingsTable, limits: &Limits, events: &[Event]) {
+/// Folds `events`, taking receipts every 1,000 as the timed bench does.
+#[inline(always)]
+fn fold_events(state: &mut PartitionState, settings: &SettingsTable, limits: &Limits, events: &[Event]) {
     let mut fx = Effects::default();
     let mut deltas = DeltaBuffer::new();
     for (i, e) in events.iter().enumerate() {
@@ -246,18 +247,36 @@ fn counted_reads(state: &mut PartitionState, settings: &SettingsTable, limits: &
     }
 }
 
-/// One pass of 200,000 reads, for callgrind (see the module docs).
+/// What callgrind counts (`benches/counted.sh` names it): not inlined, so
+/// that the count starts and stops here; the warm-up inlines `fold_events`
+/// instead of calling this.
+#[inline(never)]
+fn counted_fold(state: &mut PartitionState, settings: &SettingsTable, limits: &Limits, events: &[Event]) {
+    fold_events(state, settings, limits, events)
+}
+
+/// Events counted per case.
+const COUNTED_EVENTS: usize = 200_000;
+
+/// One pass of 200,000 events, for callgrind (see the module docs).
 fn counted(case: &str) {
-    let hot = match case {
-        "hot" => true,
-        "uniform" => false,
-        other => panic!("RECEIPTD_FOLD_COUNTED={other}: expected hot or uniform"),
-    };
     let (settings, limits) = (SettingsTable::default(), Limits::default());
-    let mut state = live_state(COUNTED, &settings, &limits);
-    let events: Vec<Event> = reads(COUNTED, hot, 7, 200_000).iter().map(|&(m, r)| read_event(COUNTED, m, r)).collect();
-    counted_reads(&mut state, &settings, &limits, &events);
-    println!("folded {} {case} reads", events.len());
+    let (mut state, events): (PartitionState, Vec<Event>) = match case {
+        "hot" | "uniform" => {
+            let reads = reads(COUNTED, case == "hot", 7, COUNTED_EVENTS);
+            (live_state(COUNTED, &settings, &limits), reads.iter().map(|&(m, r)| read_event(COUNTED, m, r)).collect())
+        }
+        "mix" => {
+            let mut traffic = Traffic::new(TrafficShape::bench());
+            let mut state = PartitionState::new();
+            // `take` starts with the setup (the groups' snapshots).
+            fold_events(&mut state, &settings, &limits, &traffic.take(300_000));
+            (state, (0..COUNTED_EVENTS).map(|_| traffic.next_event()).collect())
+        }
+        other => panic!("RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform or mix"),
+    };
+    counted_fold(&mut state, &settings, &limits, &events);
+    println!("folded {} {case} events", events.len());
 }
 
 criterion_group!(benches, demo_mix, reads_bench);

@@ -22,15 +22,15 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Relaxed);
-        mimalloc::MiMalloc.alloc(layout)
+        receiptd_alloc::Allocator.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as isize, Relaxed);
-        mimalloc::MiMalloc.dealloc(ptr, layout)
+        receiptd_alloc::Allocator.dealloc(ptr, layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
-        mimalloc::MiMalloc.realloc(ptr, layout, new_size)
+        receiptd_alloc::Allocator.realloc(ptr, layout, new_size)
     }
 }
 

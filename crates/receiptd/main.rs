@@ -20,7 +20,7 @@ use std::process::ExitCode;
 // the worker's CPU under load (perf), mimalloc a fraction of that. It is the
 // C libraries' malloc too (the `override` feature, see Cargo.toml).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: receiptd_alloc::Allocator = receiptd_alloc::Allocator;
 
 #[derive(Parser)]
 #[command(name = "receiptd", version, about = "Read-receipt engine for chat backends")]
