@@ -327,15 +327,36 @@ pub(crate) struct AppState {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SendTimeIndex {
     buckets: std::collections::BTreeMap<u64, Vec<(u64, Id)>>,
+    /// The bucket pushed to last, kept out of `buckets`: messages arrive in
+    /// about send-time order, so most pushes land here without a search of
+    /// the tree (which cost more than the rest of a send's bookkeeping).
+    open: Option<(u64, Vec<(u64, Id)>)>,
 }
 
 impl SendTimeIndex {
     pub(crate) fn push(&mut self, sent_at: u64, msg_id: Id) {
-        self.buckets.entry(sent_at / 1000).or_default().push((sent_at, msg_id));
+        let second = sent_at / 1000;
+        match &mut self.open {
+            Some((open, list)) if *open == second => list.push((sent_at, msg_id)),
+            _ => {
+                self.close();
+                let mut list = self.buckets.remove(&second).unwrap_or_default();
+                list.push((sent_at, msg_id));
+                self.open = Some((second, list));
+            }
+        }
+    }
+
+    /// Puts the open bucket back in the tree (whose key it never is while open).
+    fn close(&mut self) {
+        if let Some((second, list)) = self.open.take() {
+            self.buckets.insert(second, list);
+        }
     }
 
     /// Removes every entry sent before `cutoff`, handing each to `expire`.
     pub(crate) fn pop_before(&mut self, cutoff: u64, mut expire: impl FnMut(u64, Id)) {
+        self.close();
         while let Some(mut first) = self.buckets.first_entry() {
             let second = *first.key();
             if second.saturating_mul(1000) >= cutoff {
@@ -876,5 +897,44 @@ mod user_id_tests {
         }
         assert_eq!(users.len(), 5_000);
         assert!(users.tables.iter().all(|t| t.len() < 5_000 / USER_ID_TABLES * 2), "ids spread over the tables");
+    }
+}
+
+#[cfg(test)]
+mod send_time_index_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Pushes in about send-time order (steps back included) and
+        /// expiries at rising cutoffs: each expiry hands over exactly the
+        /// entries sent before its cutoff, oldest second first and in push
+        /// order within a second, as a sorted list would.
+        #[test]
+        fn expires_what_a_sorted_list_would(
+            steps in prop::collection::vec((0u64..3_000, any::<bool>(), 0u64..6_000), 1..300),
+        ) {
+            let mut index = SendTimeIndex::default();
+            // (sent_at, push number) of every entry not expired yet.
+            let mut naive: Vec<(u64, u64)> = Vec::new();
+            let (mut now, mut cutoff) = (10_000u64, 0u64);
+            for (n, (step, back, expiry)) in steps.into_iter().enumerate() {
+                let n = n as u64;
+                // Mostly forward in time, sometimes back by up to 3 s.
+                now = if back { now.saturating_sub(step) } else { now + step };
+                index.push(now, Id::from(n.to_string().as_str()));
+                naive.push((now, n));
+                // Now and then an expiry, at a cutoff up to 3 s behind.
+                if expiry >= 3_000 {
+                    cutoff = cutoff.max(now.saturating_sub(expiry - 3_000));
+                    let mut expired = Vec::new();
+                    index.pop_before(cutoff, |t, id| expired.push((t, id.parse::<u64>().unwrap())));
+                    let (mut want, kept): (Vec<_>, Vec<_>) = naive.iter().partition(|(t, _)| *t < cutoff);
+                    want.sort_by_key(|&(t, n)| (t / 1000, n));
+                    prop_assert_eq!(expired, want, "cutoff {}", cutoff);
+                    naive = kept;
+                }
+            }
+        }
     }
 }
