@@ -13,7 +13,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use receiptd_core::{DeltaBuffer, Effects, PartitionState, SettingsTable};
 use receiptd_store::Store;
-use receiptd_wire::{decode_event, delta_key, ContentType, DecodeError, Event, CONTENT_TYPE_HEADER};
+use receiptd_wire::{decode_event, delta_key_into, ContentType, DecodeError, Event, CONTENT_TYPE_HEADER};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -330,16 +330,22 @@ impl DeltaBatch {
     ) -> bool {
         let (mut receipts, mut records, mut bytes) = (0, 0, 0);
         let budget = receipts_budget.map_or(u64::MAX, |n| n as u64);
+        // One key and one payload buffer for every record: the producer
+        // copies both, and a fresh buffer per record grew through several
+        // reallocations each time.
+        let (mut key, mut payload) = (Vec::new(), Vec::new());
         while receipts < budget {
             let Some(record) = self.records.next() else { break };
-            let key = delta_key(&record.app_id, &record.to);
+            key.clear();
+            delta_key_into(&mut key, &record.app_id, &record.to);
             receipts += record.receipts.len() as u64;
             for_each_chunk(record, MAX_RECEIPTS_PER_RECORD, |chunk| {
-                let payload = serde_json::to_vec(chunk).expect("delta records always serialize");
+                payload.clear();
+                serde_json::to_writer(&mut payload, chunk).expect("delta records always serialize");
                 bytes += payload.len() as u64;
                 records += 1;
                 let to = BaseRecord::with_opaque_to(topic, self.generation as usize);
-                send(producer, metrics, to.key(key.as_bytes()).payload(&payload[..]));
+                send(producer, metrics, to.key(&key[..]).payload(&payload[..]));
             });
         }
         metrics.delta_records.fetch_add(records, Relaxed);

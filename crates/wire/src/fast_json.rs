@@ -156,11 +156,13 @@ impl<'a> Cursor<'a> {
 
     fn strings(&mut self) -> Option<Vec<String>> {
         self.expect(b'[')?;
-        let mut all = Vec::new();
         if self.peek()? == b']' {
             self.at += 1;
-            return Some(all);
+            return Some(Vec::new());
         }
+        // Most lists are one message id: allocate for one, not through the
+        // growth path (which starts at four).
+        let mut all = Vec::with_capacity(1);
         loop {
             all.push(self.string()?);
             match self.peek()? {
