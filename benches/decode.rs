@@ -4,6 +4,11 @@
 //! shape) and through serde_json alone (`decode_event_reference`), in the
 //! same run.
 //!
+//! Also the other way: the delta records the worker writes, as JSON, by
+//! `DeltaRecord::write_json` (what the worker uses) and by `serde_json`, in
+//! the same run. The records are those the fold of 200,000 events of the
+//! same mix produces, receipts taken every 1,000 events.
+//!
 //! `cargo bench --bench decode`
 //!
 //! Counted instead of timed: `benches/counted.sh decode` runs this binary
@@ -11,8 +16,11 @@
 //! instructions and simulated cache misses per record.
 
 use criterion::{criterion_group, Criterion, Throughput};
+use receiptd_core::{DeltaBuffer, Effects, Id, Limits, PartitionState, SettingsTable};
 use receiptd_loadgen::{Traffic, TrafficShape};
-use receiptd_wire::{conversation_key, decode_event, decode_event_reference, ContentType, DecodeError, Event};
+use receiptd_wire::{
+    conversation_key, decode_event, decode_event_reference, ContentType, DecodeError, DeltaRecord, Event,
+};
 use std::hint::black_box;
 
 // The binary's allocator, so that the figures are the worker's.
@@ -60,7 +68,53 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode);
+/// The delta records of folding the bench mix, as the worker's flushes
+/// would hand them to the producer.
+fn delta_records() -> Vec<DeltaRecord<Id>> {
+    let (settings, limits) = (SettingsTable::default(), Limits::default());
+    let (mut state, mut fx, mut deltas) = (PartitionState::new(), Effects::default(), DeltaBuffer::new());
+    let mut records = Vec::new();
+    for (i, e) in Traffic::new(TrafficShape::bench()).take(200_000).iter().enumerate() {
+        state.apply(&settings, &limits, e, 2, &mut fx);
+        if i % 1_000 == 999 {
+            state.take_receipts(&settings, &mut deltas);
+            records.extend(deltas.drain());
+        }
+    }
+    records
+}
+
+fn encode_deltas(c: &mut Criterion) {
+    let records = delta_records();
+    let receipts: usize = records.iter().map(|r| r.receipts.len()).sum();
+    println!("{} delta records, {receipts} receipts", records.len());
+    let mut group = c.benchmark_group("encode_deltas");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.sample_size(20);
+    // One buffer reused for every record, as the worker does.
+    let mut out = Vec::new();
+    group.bench_function("write_json", |b| {
+        b.iter(|| {
+            for r in &records {
+                out.clear();
+                r.write_json(&mut out);
+                black_box(&out);
+            }
+        })
+    });
+    group.bench_function("serde_json", |b| {
+        b.iter(|| {
+            for r in &records {
+                out.clear();
+                serde_json::to_writer(&mut out, r).expect("delta records serialize");
+                black_box(&out);
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, encode_deltas);
 
 fn main() {
     if let Ok(case) = std::env::var("RECEIPTD_DECODE_COUNTED") {

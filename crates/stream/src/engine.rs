@@ -341,7 +341,7 @@ impl DeltaBatch {
             receipts += record.receipts.len() as u64;
             for_each_chunk(record, MAX_RECEIPTS_PER_RECORD, |chunk| {
                 payload.clear();
-                serde_json::to_writer(&mut payload, chunk).expect("delta records always serialize");
+                chunk.write_json(&mut payload);
                 bytes += payload.len() as u64;
                 records += 1;
                 let to = BaseRecord::with_opaque_to(topic, self.generation as usize);
