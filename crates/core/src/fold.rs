@@ -218,51 +218,60 @@ impl PartitionState {
         let watermark = self.watermark;
         let PartitionState { apps, view, dirty, held_count, held_by_time, .. } = self;
         let app = app_entry(apps, view, &e.app_id);
-        if app.view.messages.contains_key(e.msg_id.as_str()) {
-            stats.ignore(Ignored::DuplicateMessage);
-            return Outcome::Ignored;
-        }
-        if e.sent_at.saturating_add(settings.retention_ms(&e.app_id)) < watermark {
-            // Already past retention when it arrives: never tracked.
-            stats.ignore(Ignored::Expired);
-            return Outcome::Ignored;
-        }
-        let (target, tracking) = match &e.conversation {
-            Conversation::Group { group_id } => match app.view.groups.get_entry(group_id.as_str()) {
-                None => (
-                    MessageTarget::Group { group_id: Id::from(group_id.as_str()), audience_epoch: 0 },
-                    Tracking::UnknownGroup,
-                ),
-                Some(entry) => {
-                    // The group's own id, shared rather than copied.
-                    let (group_id, g) = &*entry;
+        // Already past retention when it arrives: never tracked.
+        let expired = e.sent_at.saturating_add(settings.retention_ms(&e.app_id)) < watermark;
+        let mut inserted = None;
+        // One lookup finds a duplicate or inserts the new message.
+        let duplicate = app.view.messages.insert_if_absent(e.msg_id.as_str(), || {
+            if expired {
+                return None;
+            }
+            let (target, tracking) = match &e.conversation {
+                Conversation::Group { group_id } => match app.view.groups.get_entry(group_id.as_str()) {
+                    None => (
+                        MessageTarget::Group { group_id: Id::from(group_id.as_str()), audience_epoch: 0 },
+                        Tracking::UnknownGroup,
+                    ),
+                    Some(entry) => {
+                        // The group's own id, shared rather than copied.
+                        let (group_id, g) = &*entry;
+                        let tracking = if !e.need_read_receipt {
+                            Tracking::NoReceiptRequested
+                        } else if g.meta.group_type.is_some_and(|t| !settings.group_type_enabled(&e.app_id, t)) {
+                            Tracking::GroupTypeDisabled
+                        } else {
+                            Tracking::Tracked
+                        };
+                        (MessageTarget::Group { group_id: group_id.clone(), audience_epoch: g.meta.epoch }, tracking)
+                    }
+                },
+                Conversation::C2c { peer } => {
                     let tracking = if !e.need_read_receipt {
                         Tracking::NoReceiptRequested
-                    } else if g.meta.group_type.is_some_and(|t| !settings.group_type_enabled(&e.app_id, t)) {
-                        Tracking::GroupTypeDisabled
+                    } else if !settings.c2c_receipts(&e.app_id) {
+                        Tracking::C2cDisabled
                     } else {
                         Tracking::Tracked
                     };
-                    (MessageTarget::Group { group_id: group_id.clone(), audience_epoch: g.meta.epoch }, tracking)
+                    (MessageTarget::C2c { peer: app.users.intern(peer) }, tracking)
                 }
-            },
-            Conversation::C2c { peer } => {
-                let tracking = if !e.need_read_receipt {
-                    Tracking::NoReceiptRequested
-                } else if !settings.c2c_receipts(&e.app_id) {
-                    Tracking::C2cDisabled
-                } else {
-                    Tracking::Tracked
-                };
-                (MessageTarget::C2c { peer: app.users.intern(peer) }, tracking)
-            }
+            };
+            let mut message = MessageState::new(app.users.intern(&e.sender), target, e.sent_at, tracking);
+            message.dirty = true;
+            let msg_id = Id::from(e.msg_id.as_str());
+            inserted = Some(msg_id.clone());
+            Some((msg_id, Box::new(message)))
+        });
+        if duplicate {
+            stats.ignore(Ignored::DuplicateMessage);
+            return Outcome::Ignored;
+        }
+        let Some(msg_id) = inserted else {
+            stats.ignore(Ignored::Expired);
+            return Outcome::Ignored;
         };
-        let mut message = MessageState::new(app.users.intern(&e.sender), target, e.sent_at, tracking);
-        message.dirty = true;
-        let msg_id = Id::from(e.msg_id.as_str());
         dirty.push(DirtyKey::Message { app: app.id.clone(), msg_id: msg_id.clone() });
         app.by_sent_at.push(e.sent_at, msg_id.clone());
-        app.view.messages.insert(msg_id.clone(), Box::new(message));
 
         // Reads that came first are applied now, in their arrival order.
         if let Some(held) = app.held.remove(&e.msg_id) {

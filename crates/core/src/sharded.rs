@@ -124,6 +124,30 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         })
     }
 
+    /// Inserts the entry `make` returns if `key` is absent, with one lookup
+    /// for both; `make` may decline (`None`). Returns whether `key` was
+    /// present, in which case `make` is not called. `make` runs under the
+    /// shard's write lock: it must not touch this map, and the key it
+    /// returns must equal `key`.
+    pub(crate) fn insert_if_absent<Q>(&self, key: &Q, make: impl FnOnce() -> Option<(K, V)>) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = hash_of(key);
+        let mut shard = self.shards[shard_of(hash)].write();
+        match shard.entry(hash, |(k, _)| k.borrow() == key, rehash) {
+            Entry::Occupied(_) => true,
+            Entry::Vacant(vacant) => {
+                if let Some(entry) = make() {
+                    debug_assert!(entry.0.borrow() == key, "the entry's key is the key looked up");
+                    vacant.insert(entry);
+                }
+                false
+            }
+        }
+    }
+
     /// Whether `key` is present.
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where

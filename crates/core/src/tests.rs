@@ -49,13 +49,18 @@ impl Harness {
     }
 
     fn send(&mut self, msg: &str, sender: &str, conversation: Conversation, need: bool) {
+        self.send_at(msg, sender, conversation, need, self.clock);
+    }
+
+    /// A send whose send time is not the clock's (a late arrival).
+    fn send_at(&mut self, msg: &str, sender: &str, conversation: Conversation, need: bool, sent_at: u64) {
         self.apply(Event::MessageSent(MessageSent {
             app_id: APP.into(),
             msg_id: msg.into(),
             sender: sender.into(),
             conversation,
             need_read_receipt: need,
-            sent_at: self.clock,
+            sent_at,
         }));
     }
 
@@ -531,14 +536,8 @@ fn retention_drops_old_messages_and_never_tracks_late_ones() {
     h.read_group("bob", "g1", &["m1"]);
     assert_eq!(h.ignored(Ignored::Expired), 1);
     // A message arriving with a send time already past retention.
-    h.apply(Event::MessageSent(MessageSent {
-        app_id: APP.into(),
-        msg_id: "m2".into(),
-        sender: "alice".into(),
-        conversation: Conversation::Group { group_id: "g1".into() },
-        need_read_receipt: true,
-        sent_at: h.clock - 3 * 86_400_000,
-    }));
+    let late = h.clock - 3 * 86_400_000;
+    h.send_at("m2", "alice", Conversation::Group { group_id: "g1".into() }, true, late);
     assert!(h.state.message(APP, "m2").is_none());
     assert_eq!(h.ignored(Ignored::Expired), 2);
     h.send_group("m3", "alice", "g1");
@@ -548,6 +547,26 @@ fn retention_drops_old_messages_and_never_tracks_late_ones() {
     assert!(h.state.message(APP, "m3").is_some());
     assert_eq!(h.fx.stats.expired_messages, 1);
     assert_eq!(h.changed(), vec![DirtyKey::Message { app: APP.into(), msg_id: "m1".into() }]);
+}
+
+#[test]
+fn a_message_sent_again_is_a_duplicate_and_the_first_stays() {
+    let mut h = Harness::new();
+    h.settings.apply(Setting::AppConfig(AppConfig { retention_days: 1, ..AppConfig::defaults(APP) }));
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);
+    h.send_group("m1", "alice", "g1");
+    h.read_group("bob", "g1", &["m1"]);
+    h.changed();
+    // The same id again, from someone else, and again with a send time
+    // past retention: duplicates both, and nothing changes.
+    h.send_group("m1", "carol", "g1");
+    let late = h.clock - 3 * 86_400_000;
+    h.send_at("m1", "carol", Conversation::Group { group_id: "g1".into() }, true, late);
+    assert_eq!(h.ignored(Ignored::DuplicateMessage), 2);
+    assert_eq!(h.ignored(Ignored::Expired), 0);
+    assert_eq!(&*h.state.message(APP, "m1").unwrap().sender, "alice");
+    assert_eq!(h.counts("m1"), (1, 1));
+    assert!(h.changed().is_empty());
 }
 
 fn receipts_switch(h: &mut Harness, user: &str, on: bool) {
