@@ -398,8 +398,16 @@ pub(crate) struct Engine {
     unsent: Option<DeltaBatch>,
     /// A flush being staged in slices, not yet in flight.
     staging: Option<Staging>,
+    /// Bytes of the last flush's write batch: the next one reserves as much
+    /// (up to [`MAX_BATCH_RESERVE`]), so that it is not grown by doubling,
+    /// copying and faulting in fresh pages at each step.
+    last_batch_bytes: usize,
     writer: StoreWriter,
 }
+
+/// Most bytes a write batch reserves up front: one huge flush (a snapshot
+/// of a 100,000-member group) must not make every later batch as large.
+const MAX_BATCH_RESERVE: usize = 16 << 20;
 
 /// The entities a flush has staged so far, slice by slice (their receipts
 /// are in the engine's delta buffer). Nothing of it is sent or written
@@ -444,6 +452,7 @@ impl Engine {
             in_flight: None,
             unsent: None,
             staging: None,
+            last_batch_bytes: 0,
             writer,
         }
     }
@@ -583,7 +592,8 @@ impl Engine {
             let changed: usize = self.partitions.values().map(|o| o.state.changed_count()).sum();
             let max_slices = slice.map_or(1, |n| changed.div_ceil(n.max(1)) + EXTRA_STAGE_SLICES);
             let max_slices = u32::try_from(max_slices).unwrap_or(u32::MAX);
-            self.staging = Some(Staging { batch: Default::default(), puts: 0, slices: 0, max_slices, sync });
+            let batch = receiptd_store::WriteBatch::with_capacity_bytes(self.last_batch_bytes.min(MAX_BATCH_RESERVE));
+            self.staging = Some(Staging { batch, puts: 0, slices: 0, max_slices, sync });
         }
         let staging = self.staging.as_mut().expect("set above");
         staging.slices += 1;
@@ -616,6 +626,7 @@ impl Engine {
             }
         }
         drop(settings);
+        self.last_batch_bytes = batch.size_in_bytes();
         let m = &self.shared.metrics;
         m.messages_tracked.store(self.partitions.values().map(|o| o.state.message_count() as i64).sum(), Relaxed);
         m.held_reads.store(self.partitions.values().map(|o| o.state.held_count() as i64).sum(), Relaxed);
