@@ -36,14 +36,19 @@ fn recipient_hash(app: &str, to: &str) -> u64 {
     FxBuildHasher.hash_one((app, to))
 }
 
-/// What makes a receipt one recipient's receipt of one thing: the message
-/// (with its peer for C2C), or for a conversation receipt the reader.
+/// What makes a receipt one recipient's receipt of one thing: the message,
+/// or for a conversation receipt (no message) the reader. Not the peer of
+/// a message receipt: a message id names one message at a time, and if
+/// its message expired and the id came back as a message of another kind
+/// (a group message after a C2C one) within one flush staged in slices,
+/// the later receipt replaces the earlier one.
 fn receipt_hash(record: usize, r: &Receipt<Id>) -> u64 {
-    FxBuildHasher.hash_one((record, &*r.msg_id, r.user_id.as_deref()))
+    let reader = if r.msg_id.is_empty() { r.user_id.as_deref() } else { None };
+    FxBuildHasher.hash_one((record, &*r.msg_id, reader))
 }
 
 fn same_receipt(a: &Receipt<Id>, b: &Receipt<Id>) -> bool {
-    a.msg_id == b.msg_id && a.user_id == b.user_id
+    a.msg_id == b.msg_id && (!a.msg_id.is_empty() || a.user_id == b.user_id)
 }
 
 impl DeltaBuffer {
