@@ -16,12 +16,18 @@
 //! and reports instructions and simulated cache misses per event (on 100,000
 //! messages, so that valgrind finishes in minutes). `mix` is the drain
 //! bench's traffic (`TrafficShape::bench()`: a send in five events, early,
-//! duplicate and private reads), counted after 300,000 events of warm-up.
+//! duplicate and private reads), counted after 300,000 events of warm-up;
+//! `mix_config` is the same with settings as a production app has them:
+//! its config (the defaults), and a user with receipts off (one who sends
+//! and reads nothing here, so that every event folds as in `mix`; but
+//! with someone off, unread counts are recounted instead of cached).
 
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
 use receiptd_loadgen::{Rng, Traffic, TrafficShape};
-use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent};
+use receiptd_wire::{
+    AppConfig, Conversation, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent, Setting, UserSettings,
+};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -260,20 +266,26 @@ const COUNTED_EVENTS: usize = 200_000;
 
 /// One pass of 200,000 events, for callgrind (see the module docs).
 fn counted(case: &str) {
-    let (settings, limits) = (SettingsTable::default(), Limits::default());
+    let (mut settings, limits) = (SettingsTable::default(), Limits::default());
+    if case == "mix_config" {
+        let app_id = TrafficShape::bench().app_id;
+        settings.apply(Setting::AppConfig(AppConfig::defaults(&app_id)));
+        let off = UserSettings { app_id, user: "private-user".into(), read_receipts: false, at: 0 };
+        settings.apply(Setting::UserSettings(off));
+    }
     let (mut state, events): (PartitionState, Vec<Event>) = match case {
         "hot" | "uniform" => {
             let reads = reads(COUNTED, case == "hot", 7, COUNTED_EVENTS);
             (live_state(COUNTED, &settings, &limits), reads.iter().map(|&(m, r)| read_event(COUNTED, m, r)).collect())
         }
-        "mix" => {
+        "mix" | "mix_config" => {
             let mut traffic = Traffic::new(TrafficShape::bench());
             let mut state = PartitionState::new();
             // `take` starts with the setup (the groups' snapshots).
             fold_events(&mut state, &settings, &limits, &traffic.take(300_000));
             (state, (0..COUNTED_EVENTS).map(|_| traffic.next_event()).collect())
         }
-        other => panic!("RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform or mix"),
+        other => panic!("RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform, mix or mix_config"),
     };
     counted_fold(&mut state, &settings, &limits, &events);
     println!("folded {} {case} events", events.len());

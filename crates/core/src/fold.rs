@@ -6,8 +6,8 @@ use crate::state::{
     ReadMark, Tracking, NOT_A_MEMBER,
 };
 use crate::stats::{FoldStats, Ignored, Outcome};
-use crate::SettingsTable;
 use crate::ShardedMap;
+use crate::{AppSettings, SettingsTable};
 use receiptd_wire::{Conversation, Event, GroupMembers, MembersOp, MessageRead, MessageSent, Receipt};
 use rustc_hash::FxHashSet;
 
@@ -218,8 +218,9 @@ impl PartitionState {
         let watermark = self.watermark;
         let PartitionState { apps, view, dirty, held_count, held_by_time, .. } = self;
         let app = app_entry(apps, view, &e.app_id);
+        let app_settings = settings.app(&e.app_id);
         // Already past retention when it arrives: never tracked.
-        let expired = e.sent_at.saturating_add(settings.retention_ms(&e.app_id)) < watermark;
+        let expired = e.sent_at.saturating_add(app_settings.retention_ms()) < watermark;
         let mut inserted = None;
         // One lookup finds a duplicate or inserts the new message.
         let duplicate = app.view.messages.insert_if_absent(e.msg_id.as_str(), || {
@@ -237,7 +238,7 @@ impl PartitionState {
                         let (group_id, g) = &*entry;
                         let tracking = if !e.need_read_receipt {
                             Tracking::NoReceiptRequested
-                        } else if g.meta.group_type.is_some_and(|t| !settings.group_type_enabled(&e.app_id, t)) {
+                        } else if g.meta.group_type.is_some_and(|t| !app_settings.group_type_enabled(t)) {
                             Tracking::GroupTypeDisabled
                         } else {
                             Tracking::Tracked
@@ -248,7 +249,7 @@ impl PartitionState {
                 Conversation::C2c { peer } => {
                     let tracking = if !e.need_read_receipt {
                         Tracking::NoReceiptRequested
-                    } else if !settings.c2c_receipts(&e.app_id) {
+                    } else if !app_settings.c2c_receipts() {
                         Tracking::C2cDisabled
                     } else {
                         Tracking::Tracked
@@ -286,7 +287,7 @@ impl PartitionState {
                     stats.ignore(Ignored::HoldExpired);
                     continue;
                 }
-                let ctx = ReadCtx { settings, app_id: &app.id, watermark, dirty };
+                let ctx = ReadCtx { settings: app_settings, app_id: &app.id, watermark, dirty };
                 match read_one(ctx, &app.view, &h.reader, &h.conversation, &e.msg_id, h.read_at, h.private) {
                     ReadResult::Ignored(reason) => stats.ignore(reason),
                     ReadResult::Hidden => stats.hidden_reads += 1,
@@ -307,11 +308,12 @@ impl PartitionState {
     ) -> Outcome {
         let mut any_applied = false;
         let mut any_held = false;
+        let app_settings = settings.app(&e.app_id);
         for msg_id in &e.msg_ids {
             let watermark = self.watermark;
             let PartitionState { apps, view, dirty, .. } = self;
             let app = app_entry(apps, view, &e.app_id);
-            let ctx = ReadCtx { settings, app_id: &app.id, watermark, dirty };
+            let ctx = ReadCtx { settings: app_settings, app_id: &app.id, watermark, dirty };
             match read_one(ctx, &app.view, &e.reader, &e.conversation, msg_id, e.read_at, e.private) {
                 ReadResult::Revealed => any_applied = true,
                 ReadResult::Hidden => {
@@ -382,7 +384,8 @@ impl PartitionState {
         read_at: u64,
         stats: &mut FoldStats,
     ) -> Outcome {
-        if !settings.c2c_receipts(app_id) {
+        let app_settings = settings.app(app_id);
+        if !app_settings.c2c_receipts() {
             stats.ignore(Ignored::C2cDisabled);
             return Outcome::Ignored;
         }
@@ -406,7 +409,7 @@ impl PartitionState {
             dirty.push(DirtyKey::Mark { app: app_state.id.clone(), reader: reader_id.clone(), peer: peer_id.clone() });
         }
         // Its receipt is taken with the flush of the changed key just listed.
-        if settings.receipts_on(app_id, reader) {
+        if app_settings.receipts_on(reader) {
             mark.delta_pending = true;
         } else {
             stats.hidden_reads += 1;
@@ -475,7 +478,8 @@ fn leave(group: &mut Group, ordinal: u32) {
 
 /// What one read needs besides the app's state.
 struct ReadCtx<'a> {
-    settings: &'a SettingsTable,
+    /// The app's settings, found once per event.
+    settings: AppSettings<'a>,
     app_id: &'a Id,
     watermark: u64,
     dirty: &'a mut Vec<DirtyKey>,
@@ -522,10 +526,10 @@ fn read_one(
         }
         MessageTarget::C2c { .. } => 0,
     };
-    if m.sent_at.saturating_add(ctx.settings.retention_ms(ctx.app_id)) < ctx.watermark {
+    if m.sent_at.saturating_add(ctx.settings.retention_ms()) < ctx.watermark {
         return ReadResult::Ignored(Ignored::Expired);
     }
-    let hidden = private || !ctx.settings.receipts_on(ctx.app_id, reader);
+    let hidden = private || !ctx.settings.receipts_on(reader);
     if !m.readers.insert(ReadMark { ordinal, read_at, hidden }, m.sent_at) {
         return ReadResult::Ignored(Ignored::Duplicate);
     }
@@ -546,14 +550,14 @@ fn read_one(
                 // moves by one; a stale one is recomputed from the readers.
                 // While someone is off, the count depends on who is: it is not
                 // cached, or a cache taken then would outlive their switch.
-                if ctx.settings.anyone_off(ctx.app_id) {
+                if ctx.settings.anyone_off() {
                     m.unread_cache = crate::state::no_cache();
                 } else if m.unread_cache.0 == group.meta.epoch {
                     m.unread_cache.1 = m.unread_cache.1.saturating_sub(1);
                 } else {
-                    m.unread_cache = (group.meta.epoch, compute_unread(ctx.settings, ctx.app_id, group, m));
+                    m.unread_cache = (group.meta.epoch, compute_unread(ctx.settings, group, m));
                 }
-                group_counts(ctx.settings, ctx.app_id, group, m)
+                group_counts(ctx.settings, group, m)
             }
             None => (m.visible_reads, 0),
         },
@@ -623,13 +627,13 @@ fn untracked_reason(tracking: Tracking) -> Option<ReadResult> {
 
 /// Whether a reader is revealed now: not hidden at read time, and the reader's
 /// receipts are on today (a user with receipts off is never revealed).
-fn revealed_now(settings: &SettingsTable, app_id: &str, group: &Group, r: &ReadMark) -> bool {
-    !r.hidden && settings.receipts_on(app_id, group.users.name(r.ordinal))
+fn revealed_now(settings: AppSettings<'_>, group: &Group, r: &ReadMark) -> bool {
+    !r.hidden && settings.receipts_on(group.users.name(r.ordinal))
 }
 
 /// Eligible members not revealed as readers: members since the audience
 /// epoch, minus the sender, minus revealed readers still members.
-fn compute_unread(settings: &SettingsTable, app_id: &str, group: &Group, m: &MessageState) -> u32 {
+fn compute_unread(settings: AppSettings<'_>, group: &Group, m: &MessageState) -> u32 {
     let MessageTarget::Group { audience_epoch, .. } = &m.target else { return 0 };
     let epoch = *audience_epoch;
     let mut unread = group.eligible(epoch);
@@ -637,44 +641,35 @@ fn compute_unread(settings: &SettingsTable, app_id: &str, group: &Group, m: &Mes
         unread -= 1;
     }
     let revealed_present =
-        m.reads().filter(|r| group.member_since(r.ordinal, epoch) && revealed_now(settings, app_id, group, r)).count()
-            as u32;
+        m.reads().filter(|r| group.member_since(r.ordinal, epoch) && revealed_now(settings, group, r)).count() as u32;
     unread - revealed_present
 }
 
 /// `(read, unread)` of a message as its sender may see them now.
-pub(crate) fn counts(
-    settings: &SettingsTable,
-    app_id: &str,
-    groups: &ShardedMap<Id, Group>,
-    m: &MessageState,
-) -> (u32, u32) {
+pub(crate) fn counts(settings: AppSettings<'_>, groups: &ShardedMap<Id, Group>, m: &MessageState) -> (u32, u32) {
     if m.tracking != Tracking::Tracked {
         return (0, 0);
     }
     match &m.target {
         MessageTarget::C2c { peer } => {
-            let read = u32::from(m.visible_reads > 0 && settings.receipts_on(app_id, peer));
+            let read = u32::from(m.visible_reads > 0 && settings.receipts_on(peer));
             (read, 1 - read)
         }
         MessageTarget::Group { group_id, .. } => match groups.get(&**group_id) {
             None => (0, 0),
-            Some(group) => group_counts(settings, app_id, &group, m),
+            Some(group) => group_counts(settings, &group, m),
         },
     }
 }
 
-fn group_counts(settings: &SettingsTable, app_id: &str, group: &Group, m: &MessageState) -> (u32, u32) {
-    if !settings.anyone_off(app_id) {
+fn group_counts(settings: AppSettings<'_>, group: &Group, m: &MessageState) -> (u32, u32) {
+    if !settings.anyone_off() {
         // The common case: every revealed read counts, and the unread count
         // is cached per membership epoch.
-        let unread = if m.unread_cache.0 == group.meta.epoch {
-            m.unread_cache.1
-        } else {
-            compute_unread(settings, app_id, group, m)
-        };
+        let unread =
+            if m.unread_cache.0 == group.meta.epoch { m.unread_cache.1 } else { compute_unread(settings, group, m) };
         return (m.visible_reads, unread);
     }
-    let read = m.reads().filter(|r| revealed_now(settings, app_id, group, r)).count() as u32;
-    (read, compute_unread(settings, app_id, group, m))
+    let read = m.reads().filter(|r| revealed_now(settings, group, r)).count() as u32;
+    (read, compute_unread(settings, group, m))
 }

@@ -38,7 +38,7 @@ pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};
 pub use query::{MemberFilter, MemberPage, QueryRefusal};
 pub use readers::Readers;
-pub use settings::SettingsTable;
+pub use settings::{AppSettings, SettingsTable};
 pub use sharded::ShardedMap;
 pub use state::{
     DirtyKey, Entity, GroupLists, GroupMeta, HeldRead, Id, MessageState, MessageTarget, PartitionState, PartitionView,

@@ -5,7 +5,7 @@
 //! sees half a fold, and a count never contradicts the list it summarizes.
 
 use crate::state::{AppView, MessageState, MessageTarget, PartitionView, ReadMark, Tracking};
-use crate::SettingsTable;
+use crate::{AppSettings, SettingsTable};
 use parking_lot::MappedRwLockReadGuard;
 use receiptd_wire::{Conversation, Receipt};
 
@@ -60,7 +60,7 @@ impl PartitionView {
         requester: &str,
         conversation: &Conversation,
     ) -> Result<Receipt, QueryRefusal> {
-        let asked = Asked { settings, app, watermark: self.watermark(), msg_id, requester };
+        let asked = Asked { settings: settings.app(app), watermark: self.watermark(), msg_id, requester };
         self.app(app).ok_or(QueryRefusal::NotFound)?.receipt(&asked, conversation)
     }
 
@@ -78,15 +78,15 @@ impl PartitionView {
         after: Option<u32>,
         count: usize,
     ) -> Result<MemberPage, QueryRefusal> {
-        let asked = Asked { settings, app, watermark: self.watermark(), msg_id, requester };
+        let asked = Asked { settings: settings.app(app), watermark: self.watermark(), msg_id, requester };
         self.app(app).ok_or(QueryRefusal::NotFound)?.member_page(&asked, group_id, filter, after, count)
     }
 }
 
 /// One question about one message.
 struct Asked<'a> {
-    settings: &'a SettingsTable,
-    app: &'a str,
+    /// The app's settings, found once per question.
+    settings: AppSettings<'a>,
     watermark: u64,
     msg_id: &'a str,
     requester: &'a str,
@@ -120,15 +120,15 @@ impl AppView {
         asked: &Asked<'_>,
         conversation: &Conversation,
     ) -> Result<MappedRwLockReadGuard<'_, MessageState>, QueryRefusal> {
-        let Asked { settings, app, watermark, msg_id, requester } = *asked;
+        let Asked { settings, watermark, msg_id, requester } = *asked;
         let m = self.located(msg_id, requester, conversation)?;
-        if m.tracking != Tracking::Tracked || m.sent_at.saturating_add(settings.retention_ms(app)) < watermark {
+        if m.tracking != Tracking::Tracked || m.sent_at.saturating_add(settings.retention_ms()) < watermark {
             return Err(QueryRefusal::NotFound);
         }
         if *m.sender != *requester {
             return Err(QueryRefusal::Forbidden);
         }
-        if !settings.may_receive(app, requester) {
+        if !settings.may_receive(requester) {
             return Err(QueryRefusal::ReceiptsDisabled);
         }
         Ok(m)
@@ -136,7 +136,7 @@ impl AppView {
 
     fn receipt(&self, asked: &Asked<'_>, conversation: &Conversation) -> Result<Receipt, QueryRefusal> {
         let m = self.queryable(asked, conversation)?;
-        let (read, unread) = crate::fold::counts(asked.settings, asked.app, &self.groups, &m);
+        let (read, unread) = crate::fold::counts(asked.settings, &self.groups, &m);
         let msg_id = asked.msg_id;
         Ok(match &m.target {
             MessageTarget::Group { group_id, .. } => {
@@ -156,14 +156,14 @@ impl AppView {
         after: Option<u32>,
         count: usize,
     ) -> Result<MemberPage, QueryRefusal> {
-        let (settings, app) = (asked.settings, asked.app);
+        let settings = asked.settings;
         let conversation = Conversation::Group { group_id: group_id.to_owned() };
         let m_guard = self.queryable(asked, &conversation)?;
         let m: &MessageState = &m_guard;
         let MessageTarget::Group { audience_epoch, .. } = &m.target else { return Err(QueryRefusal::NotFound) };
         let group_guard = self.groups.get(group_id).ok_or(QueryRefusal::NotFound)?;
         let group = &*group_guard;
-        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, group.users.name(r.ordinal));
+        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(group.users.name(r.ordinal));
         let start = after.map_or(0, |a| a + 1);
         let candidates: Box<dyn Iterator<Item = (u32, Option<u64>)> + '_> = match filter {
             MemberFilter::Read => {

@@ -31,47 +31,107 @@ impl SettingsTable {
         }
     }
 
+    /// One app's settings, looked up once for the questions that follow.
+    /// The fold asks several per read (retention, the reader's switch,
+    /// whether anyone is off); asked of the table, each hashed the app id
+    /// again, a fifth of the fold's instructions once an app had a config.
+    pub fn app(&self, app: &str) -> AppSettings<'_> {
+        AppSettings { config: self.apps.get(app), off: self.receipts_off.get(app).filter(|off| !off.is_empty()) }
+    }
+
     /// Whether C2C receipts are on for the app (default true).
     pub fn c2c_receipts(&self, app: &str) -> bool {
-        self.apps.get(app).is_none_or(|c| c.c2c_receipts)
+        self.app(app).c2c_receipts()
     }
 
     /// Whether receipts are on for a group type (default Work, Public, Meeting).
     pub fn group_type_enabled(&self, app: &str, group_type: GroupType) -> bool {
-        match self.apps.get(app) {
+        self.app(app).group_type_enabled(group_type)
+    }
+
+    /// Whether a user whose receipts are off also gets none (default true).
+    pub fn reciprocal_privacy(&self, app: &str) -> bool {
+        self.app(app).reciprocal_privacy()
+    }
+
+    /// Retention in days (default 30).
+    pub fn retention_days(&self, app: &str) -> u32 {
+        self.app(app).retention_days()
+    }
+
+    /// Whether any user of the app has receipts off (the fold's fast path
+    /// needs none to be).
+    pub fn anyone_off(&self, app: &str) -> bool {
+        self.app(app).anyone_off()
+    }
+
+    /// Retention in milliseconds, the unit the fold's clock counts in.
+    pub fn retention_ms(&self, app: &str) -> u64 {
+        self.app(app).retention_ms()
+    }
+
+    /// Whether the user's reads may be revealed.
+    pub fn receipts_on(&self, app: &str, user: &str) -> bool {
+        self.app(app).receipts_on(user)
+    }
+
+    /// Whether the user may receive receipts for their own messages.
+    pub fn may_receive(&self, app: &str, user: &str) -> bool {
+        self.app(app).may_receive(user)
+    }
+}
+
+/// One app's settings, from [`SettingsTable::app`]: its config (if it has
+/// one) and its users with receipts off (if any), each found once. Every
+/// default lives here.
+#[derive(Debug, Clone, Copy)]
+pub struct AppSettings<'a> {
+    config: Option<&'a AppConfig>,
+    /// `None` when nobody is off.
+    off: Option<&'a rustc_hash::FxHashSet<String>>,
+}
+
+impl AppSettings<'_> {
+    /// Whether C2C receipts are on (default true).
+    pub fn c2c_receipts(&self) -> bool {
+        self.config.is_none_or(|c| c.c2c_receipts)
+    }
+
+    /// Whether receipts are on for a group type (default Work, Public, Meeting).
+    pub fn group_type_enabled(&self, group_type: GroupType) -> bool {
+        match self.config {
             Some(c) => c.group_receipt_types.contains(&group_type),
             None => matches!(group_type, GroupType::Work | GroupType::Public | GroupType::Meeting),
         }
     }
 
     /// Whether a user whose receipts are off also gets none (default true).
-    pub fn reciprocal_privacy(&self, app: &str) -> bool {
-        self.apps.get(app).is_none_or(|c| c.reciprocal_privacy)
+    pub fn reciprocal_privacy(&self) -> bool {
+        self.config.is_none_or(|c| c.reciprocal_privacy)
     }
 
     /// Retention in days (default 30).
-    pub fn retention_days(&self, app: &str) -> u32 {
-        self.apps.get(app).map_or(30, |c| c.retention_days)
-    }
-
-    /// Whether any user of the app has receipts off (the fold's fast path
-    /// needs none to be).
-    pub fn anyone_off(&self, app: &str) -> bool {
-        self.receipts_off.get(app).is_some_and(|off| !off.is_empty())
+    pub fn retention_days(&self) -> u32 {
+        self.config.map_or(30, |c| c.retention_days)
     }
 
     /// Retention in milliseconds, the unit the fold's clock counts in.
-    pub fn retention_ms(&self, app: &str) -> u64 {
-        u64::from(self.retention_days(app)) * 86_400_000
+    pub fn retention_ms(&self) -> u64 {
+        u64::from(self.retention_days()) * 86_400_000
+    }
+
+    /// Whether any user has receipts off (the fold's fast path needs none to be).
+    pub fn anyone_off(&self) -> bool {
+        self.off.is_some()
     }
 
     /// Whether the user's reads may be revealed.
-    pub fn receipts_on(&self, app: &str, user: &str) -> bool {
-        self.receipts_off.get(app).is_none_or(|off| !off.contains(user))
+    pub fn receipts_on(&self, user: &str) -> bool {
+        self.off.is_none_or(|off| !off.contains(user))
     }
 
     /// Whether the user may receive receipts for their own messages.
-    pub fn may_receive(&self, app: &str, user: &str) -> bool {
-        !self.reciprocal_privacy(app) || self.receipts_on(app, user)
+    pub fn may_receive(&self, user: &str) -> bool {
+        !self.reciprocal_privacy() || self.receipts_on(user)
     }
 }

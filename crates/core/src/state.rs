@@ -486,7 +486,7 @@ impl AppView {
 
     pub(crate) fn counts(&self, settings: &crate::SettingsTable, app: &str, msg_id: &str) -> Option<(u32, u32)> {
         let m = self.messages.get(msg_id)?;
-        Some(crate::fold::counts(settings, app, &self.groups, &m))
+        Some(crate::fold::counts(settings.app(app), &self.groups, &m))
     }
 
     /// See [`PartitionState::group_lists`].
@@ -497,7 +497,8 @@ impl AppView {
         if m.tracking != Tracking::Tracked {
             return None;
         }
-        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(app, group.users.name(r.ordinal));
+        let settings = settings.app(app);
+        let revealed = |r: &ReadMark| !r.hidden && settings.receipts_on(group.users.name(r.ordinal));
         let read =
             m.reads().filter(|r| revealed(r)).map(|r| (group.users.name(r.ordinal).to_owned(), r.read_at)).collect();
         let sender = group.ordinal(&m.sender);
