@@ -2,8 +2,8 @@
 
 use crate::deltas::{DeltaBuffer, ReceiptChange};
 use crate::state::{
-    app_entry, AppView, DirtyKey, Group, HeldList, HeldRead, Id, Mark, MessageState, MessageTarget, PartitionState,
-    ReadMark, Tracking, NOT_A_MEMBER,
+    app_entry, AppView, CountedUnder, DirtyKey, Group, HeldList, HeldRead, Id, Mark, MessageState, MessageTarget,
+    PartitionState, ReadMark, Tracking, NOT_A_MEMBER,
 };
 use crate::stats::{FoldStats, Ignored, Outcome};
 use crate::ShardedMap;
@@ -444,6 +444,7 @@ impl PartitionState {
         m.tracking = Tracking::Revoked;
         m.readers = Default::default();
         m.visible_reads = 0;
+        m.counted_under = CountedUnder::default();
         if !m.dirty {
             m.dirty = true;
             dirty.push(DirtyKey::Message { app: app.id.clone(), msg_id: msg_id.clone() });
@@ -546,18 +547,18 @@ fn read_one(
     m.receipt_counts = match &m.target {
         MessageTarget::Group { .. } => match group.as_deref() {
             Some(group) => {
-                // The new reader was eligible and unread, so a fresh cache only
-                // moves by one; a stale one is recomputed from the readers.
-                // While someone is off, the count depends on who is: it is not
-                // cached, or a cache taken then would outlive their switch.
-                if ctx.settings.anyone_off() {
-                    m.unread_cache = crate::state::no_cache();
-                } else if m.unread_cache.0 == group.meta.epoch {
-                    m.unread_cache.1 = m.unread_cache.1.saturating_sub(1);
+                // The new reader was eligible, unread and is revealed now, so
+                // counts taken under the same epoch and switches move by one;
+                // otherwise they are counted again (with this read).
+                let (epoch, switches) = (group.meta.epoch, ctx.settings.switches());
+                let counts = if m.counted_under.holds(epoch, switches) {
+                    let (read, unread) = m.receipt_counts;
+                    (read + 1, unread.saturating_sub(1))
                 } else {
-                    m.unread_cache = (group.meta.epoch, compute_unread(ctx.settings, group, m));
-                }
-                group_counts(ctx.settings, group, m)
+                    count_group(ctx.settings, group, m)
+                };
+                m.counted_under = CountedUnder::new(epoch, switches);
+                counts
             }
             None => (m.visible_reads, 0),
         },
@@ -662,14 +663,24 @@ pub(crate) fn counts(settings: AppSettings<'_>, groups: &ShardedMap<Id, Group>, 
     }
 }
 
+/// `(read, unread)` of a group message now: its receipt's counts if taken
+/// under the group's epoch and the app's switches, else counted.
 fn group_counts(settings: AppSettings<'_>, group: &Group, m: &MessageState) -> (u32, u32) {
-    if !settings.anyone_off() {
-        // The common case: every revealed read counts, and the unread count
-        // is cached per membership epoch.
-        let unread =
-            if m.unread_cache.0 == group.meta.epoch { m.unread_cache.1 } else { compute_unread(settings, group, m) };
-        return (m.visible_reads, unread);
+    if m.counted_under.holds(group.meta.epoch, settings.switches()) {
+        m.receipt_counts
+    } else {
+        count_group(settings, group, m)
     }
-    let read = m.reads().filter(|r| revealed_now(settings, group, r)).count() as u32;
+}
+
+/// Counts a group message's readers: every revealed read, and the eligible
+/// members not revealed as readers.
+fn count_group(settings: AppSettings<'_>, group: &Group, m: &MessageState) -> (u32, u32) {
+    let read = if settings.anyone_off() {
+        m.reads().filter(|r| revealed_now(settings, group, r)).count() as u32
+    } else {
+        // Nobody is off: every read not hidden when it was made is revealed.
+        m.visible_reads
+    };
     (read, compute_unread(settings, group, m))
 }

@@ -8,8 +8,17 @@ use rustc_hash::FxHashMap;
 #[derive(Debug, Clone, Default)]
 pub struct SettingsTable {
     apps: FxHashMap<String, AppConfig>,
-    /// (app, user) with receipts turned off. Users absent have them on.
-    receipts_off: FxHashMap<String, rustc_hash::FxHashSet<String>>,
+    /// Each app's users with receipts turned off. Users absent have them on.
+    receipts_off: FxHashMap<String, OffUsers>,
+}
+
+/// One app's users with receipts off, and how often that set has changed.
+#[derive(Debug, Clone, Default)]
+struct OffUsers {
+    users: rustc_hash::FxHashSet<String>,
+    /// Changes to `users` so far, saturating at `u32::MAX`: counts cached
+    /// under one value are those of an unchanged set (see [`AppSettings::switches`]).
+    switches: u32,
 }
 
 impl SettingsTable {
@@ -22,10 +31,9 @@ impl SettingsTable {
             }
             Setting::UserSettings(u) => {
                 let off = self.receipts_off.entry(u.app_id).or_default();
-                if u.read_receipts {
-                    off.remove(&u.user);
-                } else {
-                    off.insert(u.user);
+                let changed = if u.read_receipts { off.users.remove(&u.user) } else { off.users.insert(u.user) };
+                if changed {
+                    off.switches = off.switches.saturating_add(1);
                 }
             }
         }
@@ -36,7 +44,7 @@ impl SettingsTable {
     /// whether anyone is off); asked of the table, each hashed the app id
     /// again, a fifth of the fold's instructions once an app had a config.
     pub fn app(&self, app: &str) -> AppSettings<'_> {
-        AppSettings { config: self.apps.get(app), off: self.receipts_off.get(app).filter(|off| !off.is_empty()) }
+        AppSettings { config: self.apps.get(app), off: self.receipts_off.get(app) }
     }
 
     /// Whether C2C receipts are on for the app (default true).
@@ -87,8 +95,8 @@ impl SettingsTable {
 #[derive(Debug, Clone, Copy)]
 pub struct AppSettings<'a> {
     config: Option<&'a AppConfig>,
-    /// `None` when nobody is off.
-    off: Option<&'a rustc_hash::FxHashSet<String>>,
+    /// `None` when no user of the app ever switched.
+    off: Option<&'a OffUsers>,
 }
 
 impl AppSettings<'_> {
@@ -122,12 +130,20 @@ impl AppSettings<'_> {
 
     /// Whether any user has receipts off (the fold's fast path needs none to be).
     pub fn anyone_off(&self) -> bool {
-        self.off.is_some()
+        self.off.is_some_and(|off| !off.users.is_empty())
     }
 
     /// Whether the user's reads may be revealed.
     pub fn receipts_on(&self, user: &str) -> bool {
-        self.off.is_none_or(|off| !off.contains(user))
+        self.off.is_none_or(|off| !off.users.contains(user))
+    }
+
+    /// How often the set of users with receipts off has changed, or `None`
+    /// once that count has saturated. Two equal values mean the same set, so
+    /// counts that depend on who is off may be cached under it.
+    pub fn switches(&self) -> Option<u32> {
+        let switches = self.off.map_or(0, |off| off.switches);
+        (switches != u32::MAX).then_some(switches)
     }
 
     /// Whether the user may receive receipts for their own messages.

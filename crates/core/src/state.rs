@@ -165,11 +165,13 @@ pub struct MessageState {
     /// `version` says, fixed so that a replayed receipt is identical to the
     /// original whatever the flush windows were.
     pub receipt_counts: (u32, u32),
-    /// (group epoch, unread) computed at that epoch while nobody in the app
-    /// had receipts off; recomputed when the group's membership moves on.
-    /// Derived, so never persisted.
-    #[serde(skip, default = "no_cache")]
-    pub(crate) unread_cache: (u32, u32),
+    /// The group's membership epoch and the app's receipt switches that
+    /// `receipt_counts` were counted under: while both hold, they are the
+    /// counts now, and a new revealed read moves them by one instead of a
+    /// recount over every reader (which, while anyone in the app has
+    /// receipts off, looks each reader up). Derived, so never persisted.
+    #[serde(skip)]
+    pub(crate) counted_under: CountedUnder,
     #[serde(skip)]
     pub(crate) dirty: bool,
     /// A revealed change not yet taken by `take_receipts`.
@@ -177,8 +179,32 @@ pub struct MessageState {
     pub(crate) delta_pending: bool,
 }
 
-pub(crate) fn no_cache() -> (u32, u32) {
-    (NOT_A_MEMBER, 0)
+/// What a group message's counts were counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CountedUnder {
+    /// The group's membership epoch; [`NOT_A_MEMBER`] when not counted.
+    epoch: u32,
+    /// The app's [`crate::AppSettings::switches`].
+    switches: u32,
+}
+
+impl Default for CountedUnder {
+    fn default() -> Self {
+        CountedUnder { epoch: NOT_A_MEMBER, switches: 0 }
+    }
+}
+
+impl CountedUnder {
+    /// Counted under this epoch and these switches (`None`, saturated:
+    /// never counts as cached).
+    pub(crate) fn new(epoch: u32, switches: Option<u32>) -> Self {
+        switches.map_or_else(Self::default, |switches| CountedUnder { epoch, switches })
+    }
+
+    /// Whether counts taken under `self` still hold under these.
+    pub(crate) fn holds(&self, epoch: u32, switches: Option<u32>) -> bool {
+        self.epoch == epoch && epoch != NOT_A_MEMBER && Some(self.switches) == switches
+    }
 }
 
 impl MessageState {
@@ -193,7 +219,7 @@ impl MessageState {
             readers: Readers::default(),
             visible_reads: 0,
             receipt_counts: (0, 0),
-            unread_cache: no_cache(),
+            counted_under: CountedUnder::default(),
             dirty: false,
             delta_pending: false,
         }
