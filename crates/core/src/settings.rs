@@ -42,7 +42,8 @@ impl SettingsTable {
     /// One app's settings, looked up once for the questions that follow.
     /// The fold asks several per read (retention, the reader's switch,
     /// whether anyone is off); asked of the table, each hashed the app id
-    /// again, a fifth of the fold's instructions once an app had a config.
+    /// again: a fifth of the fold's instructions once the app had a config
+    /// and a user had switched.
     pub fn app(&self, app: &str) -> AppSettings<'_> {
         AppSettings { config: self.apps.get(app), off: self.receipts_off.get(app) }
     }
