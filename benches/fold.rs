@@ -200,18 +200,11 @@ fn reads_bench(c: &mut Criterion) {
         let mut next = 0;
         group.bench_function(format!("receiptd/{name}"), |b| {
             b.iter_custom(|iters| {
-                let mut fx = Effects::default();
-                let mut deltas = DeltaBuffer::new();
                 let started = Instant::now();
                 for _ in 0..iters {
                     let chunk = &events[next * CHUNK..(next + 1) * CHUNK];
                     next = (next + 1) % CHUNKS;
-                    for (i, e) in chunk.iter().enumerate() {
-                        state.apply(&settings, &limits, e, 2, &mut fx);
-                        if i % 1_000 == 999 {
-                            flush(&mut state, &settings, &mut deltas);
-                        }
-                    }
+                    fold_events(&mut state, &settings, &limits, chunk);
                 }
                 started.elapsed()
             })

@@ -53,27 +53,6 @@ impl SettingsTable {
         self.app(app).c2c_receipts()
     }
 
-    /// Whether receipts are on for a group type (default Work, Public, Meeting).
-    pub fn group_type_enabled(&self, app: &str, group_type: GroupType) -> bool {
-        self.app(app).group_type_enabled(group_type)
-    }
-
-    /// Whether a user whose receipts are off also gets none (default true).
-    pub fn reciprocal_privacy(&self, app: &str) -> bool {
-        self.app(app).reciprocal_privacy()
-    }
-
-    /// Retention in days (default 30).
-    pub fn retention_days(&self, app: &str) -> u32 {
-        self.app(app).retention_days()
-    }
-
-    /// Whether any user of the app has receipts off (the fold's fast path
-    /// needs none to be).
-    pub fn anyone_off(&self, app: &str) -> bool {
-        self.app(app).anyone_off()
-    }
-
     /// Retention in milliseconds, the unit the fold's clock counts in.
     pub fn retention_ms(&self, app: &str) -> u64 {
         self.app(app).retention_ms()

@@ -525,12 +525,19 @@ fn a_receipt_is_fixed_by_its_version_whatever_the_flush_window() {
     assert_eq!(run(true)[0].receipts[0].unread_count, Some(2));
 }
 
-#[test]
-fn retention_drops_old_messages_and_never_tracks_late_ones() {
+/// An app keeping messages for a day, and `m1` sent by alice to g1 (alice,
+/// bob and carol).
+fn one_day_retention_with_m1() -> Harness {
     let mut h = Harness::new();
     h.settings.apply(Setting::AppConfig(AppConfig { retention_days: 1, ..AppConfig::defaults(APP) }));
     h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);
     h.send_group("m1", "alice", "g1");
+    h
+}
+
+#[test]
+fn retention_drops_old_messages_and_never_tracks_late_ones() {
+    let mut h = one_day_retention_with_m1();
     h.clock += 2 * 86_400_000;
     // A read two days later: past retention, changes nothing.
     h.read_group("bob", "g1", &["m1"]);
@@ -551,10 +558,7 @@ fn retention_drops_old_messages_and_never_tracks_late_ones() {
 
 #[test]
 fn a_message_sent_again_is_a_duplicate_and_the_first_stays() {
-    let mut h = Harness::new();
-    h.settings.apply(Setting::AppConfig(AppConfig { retention_days: 1, ..AppConfig::defaults(APP) }));
-    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);
-    h.send_group("m1", "alice", "g1");
+    let mut h = one_day_retention_with_m1();
     h.read_group("bob", "g1", &["m1"]);
     h.changed();
     // The same id again, from someone else, and again with a send time
