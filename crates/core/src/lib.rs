@@ -26,6 +26,7 @@
 mod deltas;
 mod fenwick;
 mod fold;
+mod id;
 mod members;
 mod query;
 mod readers;
@@ -36,6 +37,7 @@ mod stats;
 
 pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};
+pub use id::INLINE_BYTES;
 pub use query::{MemberFilter, MemberPage, QueryRefusal};
 pub use readers::Readers;
 pub use settings::{AppSettings, SettingsTable};

@@ -68,7 +68,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     }
 
     /// The stored key and its value, read-locked until the guard drops: for a
-    /// caller that keeps the key (a shared id) without copying it.
+    /// caller that keeps the key (an id) without building it again.
     pub(crate) fn get_entry<Q>(&self, key: &Q) -> Option<MappedRwLockReadGuard<'_, (K, V)>>
     where
         K: Borrow<Q>,

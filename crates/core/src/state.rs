@@ -23,12 +23,7 @@ pub(crate) fn take_retaining<T>(list: &mut Vec<T>) -> Vec<T> {
     std::mem::replace(list, next)
 }
 
-/// An id (app, group, message, user) shared instead of copied: the state's
-/// map keys, the dirty and pending key lists, the send-time index and the
-/// receipts all point at one allocation, so marking a message dirty or
-/// taking its receipt clones a pointer, never the string. Persisted and
-/// serialized exactly as a string.
-pub type Id = Arc<str>;
+pub use crate::id::Id;
 
 /// `since` of an ordinal that is not a member now.
 pub const NOT_A_MEMBER: u32 = u32::MAX;
@@ -278,9 +273,9 @@ pub(crate) struct AppView {
     pub(crate) marks: ShardedMap<(Id, Id), Mark>,
 }
 
-/// One shared id per user of an app, so that the senders and C2C peers of
-/// its messages point at one allocation each instead of holding a copy per
-/// message. Only sharing depends on it, never a result: a pruned user seen
+/// One shared id per user of an app whose id is too long to sit inline, so
+/// that the senders and C2C peers of its messages point at one allocation
+/// each instead of holding a copy per message. Only sharing depends on it, never a result: a pruned user seen
 /// again gets a new allocation, and messages keep the ones they hold.
 #[derive(Debug)]
 pub(crate) struct UserIds {
@@ -305,8 +300,14 @@ impl Default for UserIds {
 }
 
 impl UserIds {
-    /// The shared id of `user`, made on first sight.
+    /// The id of `user`: inline if short, else one shared id per user, made
+    /// on first sight. Only long ids are kept in the tables: a short one
+    /// takes no memory beyond its holder's, and making it costs less than
+    /// finding it.
     pub(crate) fn intern(&mut self, user: &str) -> Id {
+        if user.len() <= crate::INLINE_BYTES {
+            return Id::from(user);
+        }
         let hash = crate::sharded::hash_of(user);
         // Bits the tables' own buckets and control bytes do not use.
         let table = &mut self.tables[(hash >> 32) as usize % USER_ID_TABLES];
@@ -325,7 +326,7 @@ impl UserIds {
     pub(crate) fn prune(&mut self) {
         if self.len() > (2 * self.after_prune).max(1024) {
             for table in self.tables.iter_mut() {
-                table.retain(|(_, id)| Arc::strong_count(id) > 1);
+                table.retain(|(_, id)| id.held_elsewhere());
             }
             self.after_prune = self.len();
         }
@@ -343,7 +344,8 @@ pub(crate) struct AppState {
     /// Messages by send time, oldest first: retention pops from the top
     /// instead of scanning. Entries of messages gone already are skipped.
     pub(crate) by_sent_at: SendTimeIndex,
-    /// Senders and C2C peers, shared by the messages that name them.
+    /// Senders and C2C peers too long to sit inline, shared by the messages
+    /// that name them.
     pub(crate) users: UserIds,
 }
 
@@ -898,29 +900,43 @@ pub(crate) fn app_entry<'a>(
 mod user_id_tests {
     use super::*;
 
+    /// A user id too long to sit inline.
+    fn long(name: &str) -> String {
+        format!("{name}@{}", "x".repeat(crate::INLINE_BYTES))
+    }
+
     #[test]
-    fn one_allocation_per_user_and_pruning_drops_only_the_unheld() {
+    fn one_allocation_per_long_user_and_pruning_drops_only_the_unheld() {
         let mut users = UserIds::default();
-        let alice = users.intern("alice");
-        assert!(Arc::ptr_eq(&alice, &users.intern("alice")), "a user seen again shares the first id");
-        assert!(!Arc::ptr_eq(&alice, &users.intern("bob")));
+        let alice = users.intern(&long("alice"));
+        assert!(Id::same_memory(&alice, &users.intern(&long("alice"))), "a user seen again shares the first id");
+        assert!(!Id::same_memory(&alice, &users.intern(&long("bob"))));
         // Past the threshold, a prune keeps alice (held here) and drops the rest.
         for i in 0..2_000 {
-            users.intern(&format!("u{i}"));
+            users.intern(&long(&format!("u{i}")));
         }
         users.prune();
         assert_eq!(users.len(), 1, "only the id still held elsewhere stays");
-        assert!(Arc::ptr_eq(&alice, &users.intern("alice")));
+        assert!(Id::same_memory(&alice, &users.intern(&long("alice"))));
         // A pruned user comes back as an equal id.
-        assert_eq!(&*users.intern("bob"), "bob");
+        assert_eq!(&*users.intern(&long("bob")), long("bob"));
+    }
+
+    #[test]
+    fn short_user_ids_are_inline_and_not_kept() {
+        let mut users = UserIds::default();
+        let bob = users.intern("bob");
+        assert_eq!(&*bob, "bob");
+        assert!(!bob.is_shared());
+        assert_eq!(users.len(), 0, "nothing to share, so nothing kept");
     }
 
     #[test]
     fn ids_stay_shared_as_the_table_grows() {
         let mut users = UserIds::default();
-        let held: Vec<Id> = (0..5_000).map(|i| users.intern(&format!("u{i}"))).collect();
+        let held: Vec<Id> = (0..5_000).map(|i| users.intern(&long(&format!("u{i}")))).collect();
         for (i, id) in held.iter().enumerate() {
-            assert!(Arc::ptr_eq(id, &users.intern(&format!("u{i}"))), "u{i} found after the table grew");
+            assert!(Id::same_memory(id, &users.intern(&long(&format!("u{i}")))), "u{i} found after the table grew");
         }
         assert_eq!(users.len(), 5_000);
         assert!(users.tables.iter().all(|t| t.len() < 5_000 / USER_ID_TABLES * 2), "ids spread over the tables");

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 /// flush, keyed `{app_id}/{to}`.
 ///
 /// Generic over how it holds its ids (`S`), so that the worker serializes
-/// ids it shares with its state (`Arc<str>`) without copying them into
-/// `String`s first; the JSON is the same either way.
+/// the ids of its state (`receiptd_core::Id`, any `AsRef<str>`) without
+/// copying them into `String`s first; the JSON is the same either way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(bound(deserialize = "S: Deserialize<'de>"))]
 pub struct DeltaRecord<S = String> {

@@ -1,0 +1,259 @@
+//! [`Id`]: an id (app, group, message, user) kept inline when short and
+//! shared when long.
+//!
+//! The fold compares and clones ids on every event: map keys, a message's
+//! sender and group, dirty-key lists, receipts. As `Arc<str>`, each compare
+//! read a separate allocation (a cache miss: comparing ids was the largest
+//! leaf of the drain's poll loop) and each clone or drop was an atomic
+//! count on it. Most ids are short (`u1234`, a snowflake number), so an id
+//! of at most [`INLINE_BYTES`] bytes is stored in the 24 bytes of the `Id`
+//! itself: compared where it sits, copied without touching shared memory,
+//! no allocation. Longer ids (the contract allows 128 bytes) stay one
+//! shared allocation, as before.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// The longest id kept inline: what fits beside its length and the tag in
+/// 24 bytes, the size of a `String`.
+pub const INLINE_BYTES: usize = 22;
+
+/// An id: a string, inline up to [`INLINE_BYTES`] bytes, else shared. Equal,
+/// ordered, hashed, persisted and serialized exactly as the string it holds,
+/// so a map keyed by `Id` is looked up by `&str`.
+pub struct Id(Repr);
+
+enum Repr {
+    /// The first `len` bytes of `bytes` are the id, valid UTF-8.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_BYTES],
+    },
+    Shared(Arc<str>),
+}
+
+// The reason for the type: no larger than the `String` it stands for.
+const _: () = assert!(std::mem::size_of::<Id>() == 24);
+
+impl Id {
+    /// The id as a string.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Inline { len, bytes } => {
+                // SAFETY: built only by `From<&str>` from a whole `str` of
+                // `len` bytes: valid UTF-8 up to `len`.
+                unsafe { std::str::from_utf8_unchecked(bytes.get_unchecked(..*len as usize)) }
+            }
+            Repr::Shared(s) => s,
+        }
+    }
+
+    /// Whether the id sits in shared memory (longer than [`INLINE_BYTES`]).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.0, Repr::Shared(_))
+    }
+
+    /// Whether anything but `self` holds this id's shared memory: false for
+    /// an inline id, which is nobody's to share.
+    pub(crate) fn held_elsewhere(&self) -> bool {
+        match &self.0 {
+            Repr::Inline { .. } => false,
+            Repr::Shared(s) => Arc::strong_count(s) > 1,
+        }
+    }
+
+    /// Whether both are the same shared memory (interning's test).
+    #[cfg(test)]
+    pub(crate) fn same_memory(a: &Id, b: &Id) -> bool {
+        matches!((&a.0, &b.0), (Repr::Shared(a), Repr::Shared(b)) if Arc::ptr_eq(a, b))
+    }
+}
+
+impl Clone for Id {
+    #[inline]
+    fn clone(&self) -> Self {
+        match &self.0 {
+            // SAFETY: an inline id owns nothing (bytes only), so a bitwise
+            // copy is a whole, independent id: one 24-byte move instead of
+            // the derived field-by-field copy (a fifth of the fold's time
+            // spent in `Id` went there).
+            Repr::Inline { .. } => unsafe { std::ptr::read(self) },
+            Repr::Shared(s) => Id(Repr::Shared(Arc::clone(s))),
+        }
+    }
+}
+
+impl From<&str> for Id {
+    #[inline]
+    fn from(s: &str) -> Self {
+        if s.len() <= INLINE_BYTES {
+            let mut bytes = [0; INLINE_BYTES];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Id(Repr::Inline { len: s.len() as u8, bytes })
+        } else {
+            Id(Repr::Shared(Arc::from(s)))
+        }
+    }
+}
+
+/// The empty id (as `String::default()`).
+impl Default for Id {
+    fn default() -> Self {
+        Id::from("")
+    }
+}
+
+impl From<String> for Id {
+    fn from(s: String) -> Self {
+        Id::from(s.as_str())
+    }
+}
+
+impl From<&String> for Id {
+    fn from(s: &String) -> Self {
+        Id::from(s.as_str())
+    }
+}
+
+impl Deref for Id {
+    type Target = str;
+    #[inline]
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Id {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for Id {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Id {
+    #[inline]
+    fn eq(&self, other: &Id) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Id {}
+
+impl PartialEq<str> for Id {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialOrd for Id {
+    fn partial_cmp(&self, other: &Id) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Id {
+    fn cmp(&self, other: &Id) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+/// As the string's: a map keyed by `Id` finds keys by `&str`.
+impl Hash for Id {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl serde::de::Visitor<'_> for IdVisitor {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Id, E> {
+                Ok(Id::from(s))
+            }
+        }
+        deserializer.deserialize_str(IdVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::hash_map::DefaultHasher;
+
+    fn hash(value: &(impl Hash + ?Sized)) -> u64 {
+        let mut h = DefaultHasher::new();
+        value.hash(&mut h);
+        h.finish()
+    }
+
+    #[test]
+    fn short_ids_are_inline_and_long_ones_shared() {
+        assert!(!Id::from("").is_shared());
+        assert!(!Id::from("a".repeat(INLINE_BYTES).as_str()).is_shared());
+        assert!(Id::from("a".repeat(INLINE_BYTES + 1).as_str()).is_shared());
+        let long = Id::from("x".repeat(128));
+        assert!(!long.held_elsewhere());
+        let copy = long.clone();
+        assert!(long.held_elsewhere() && Id::same_memory(&long, &copy), "a long id's clone shares it");
+        assert!(!Id::from("u1").held_elsewhere());
+    }
+
+    proptest! {
+        /// Whatever its length and characters, an id is its string: the same
+        /// text, equality, order, hash, and bytes in bincode and JSON.
+        #[test]
+        fn an_id_behaves_as_its_string(a in "\\PC{0,40}", b in "\\PC{0,40}") {
+            let (ia, ib) = (Id::from(a.as_str()), Id::from(b.clone()));
+            prop_assert_eq!(ia.as_str(), a.as_str());
+            prop_assert_eq!(&*ib, b.as_str());
+            prop_assert_eq!(ia == ib, a == b);
+            prop_assert_eq!(ia.cmp(&ib), a.cmp(&b));
+            prop_assert_eq!(hash(&ia), hash(a.as_str()));
+            prop_assert_eq!(format!("{ia:?}"), format!("{a:?}"));
+            prop_assert_eq!(ia.to_string(), a.clone());
+            let config = bincode::config::standard();
+            let encoded = bincode::serde::encode_to_vec(&ia, config).unwrap();
+            prop_assert_eq!(&encoded, &bincode::serde::encode_to_vec(&a, config).unwrap());
+            let (decoded, _): (Id, usize) = bincode::serde::decode_from_slice(&encoded, config).unwrap();
+            prop_assert_eq!(&decoded, &ia);
+            let json = serde_json::to_string(&ia).unwrap();
+            prop_assert_eq!(&json, &serde_json::to_string(&a).unwrap());
+            prop_assert_eq!(serde_json::from_str::<Id>(&json).unwrap(), ia);
+        }
+    }
+}
