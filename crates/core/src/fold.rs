@@ -120,12 +120,11 @@ impl PartitionState {
             let retention = settings.retention_ms(app_id);
             // Expired: sent_at + retention < watermark.
             let (messages, id) = (&app.view.messages, &app.id);
-            app.by_sent_at.pop_before(watermark.saturating_sub(retention), |sent_at, msg_id| {
-                if messages.get(&*msg_id).is_some_and(|m| m.sent_at == sent_at) {
-                    messages.remove(&*msg_id);
-                    fx.stats.expired_messages += 1;
-                    dirty.push(DirtyKey::Message { app: id.clone(), msg_id });
-                }
+            let sent_at = |msg_id: &str| messages.get(msg_id).map(|m| m.sent_at);
+            app.by_sent_at.pop_before(watermark.saturating_sub(retention), sent_at, |msg_id| {
+                messages.remove(&*msg_id);
+                fx.stats.expired_messages += 1;
+                dirty.push(DirtyKey::Message { app: id.clone(), msg_id });
             });
             app.users.prune();
         }

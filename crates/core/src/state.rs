@@ -352,24 +352,26 @@ pub(crate) struct AppState {
 /// Message ids by send time, in one-second buckets. A push moves at most one
 /// small vector (a binary heap of a million ids is one buffer, and each time
 /// it doubles the fold stalls while it is copied); expiry pops whole buckets.
+/// An entry is the id alone (24 bytes, not 32 with its time): its message
+/// knows when it was sent, and expiry asks it.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SendTimeIndex {
-    buckets: std::collections::BTreeMap<u64, Vec<(u64, Id)>>,
+    buckets: std::collections::BTreeMap<u64, Vec<Id>>,
     /// The bucket pushed to last, kept out of `buckets`: messages arrive in
     /// about send-time order, so most pushes land here without a search of
     /// the tree (which cost more than the rest of a send's bookkeeping).
-    open: Option<(u64, Vec<(u64, Id)>)>,
+    open: Option<(u64, Vec<Id>)>,
 }
 
 impl SendTimeIndex {
     pub(crate) fn push(&mut self, sent_at: u64, msg_id: Id) {
         let second = sent_at / 1000;
         match &mut self.open {
-            Some((open, list)) if *open == second => list.push((sent_at, msg_id)),
+            Some((open, list)) if *open == second => list.push(msg_id),
             _ => {
                 self.close();
                 let mut list = self.buckets.remove(&second).unwrap_or_default();
-                list.push((sent_at, msg_id));
+                list.push(msg_id);
                 self.open = Some((second, list));
             }
         }
@@ -382,23 +384,38 @@ impl SendTimeIndex {
         }
     }
 
-    /// Removes every entry sent before `cutoff`, handing each to `expire`.
-    pub(crate) fn pop_before(&mut self, cutoff: u64, mut expire: impl FnMut(u64, Id)) {
+    /// Hands every message sent before `cutoff` to `expire`, oldest second
+    /// first (within a second, in the order of its first entry there); `sent_at` tells when a
+    /// message was sent (`None`: it is gone). An entry whose message is gone
+    /// or was sent again in another second (an id used again) is dropped:
+    /// that message has an entry of its own, in its own second.
+    pub(crate) fn pop_before(
+        &mut self,
+        cutoff: u64,
+        sent_at: impl Fn(&str) -> Option<u64>,
+        mut expire: impl FnMut(Id),
+    ) {
         self.close();
         while let Some(mut first) = self.buckets.first_entry() {
             let second = *first.key();
             if second.saturating_mul(1000) >= cutoff {
                 break;
             }
-            if second.saturating_add(1).saturating_mul(1000) <= cutoff {
-                first.remove().into_iter().for_each(|(t, id)| expire(t, id));
-                continue;
+            // Entries kept: messages of this second not sent before `cutoff`
+            // (none unless the bucket straddles it).
+            first.get_mut().retain(|id| match sent_at(id) {
+                Some(t) if t / 1000 == second && t < cutoff => {
+                    expire(id.clone());
+                    false
+                }
+                Some(t) => t / 1000 == second,
+                None => false,
+            });
+            if first.get().is_empty() {
+                first.remove();
+            } else {
+                break;
             }
-            // The bucket straddles the cutoff: only some of it goes.
-            let (gone, kept): (Vec<_>, Vec<_>) = first.get_mut().drain(..).partition(|(t, _)| *t < cutoff);
-            *first.get_mut() = kept;
-            gone.into_iter().for_each(|(t, id)| expire(t, id));
-            break;
         }
     }
 }
@@ -949,33 +966,50 @@ mod send_time_index_tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// Pushes in about send-time order (steps back included) and
-        /// expiries at rising cutoffs: each expiry hands over exactly the
-        /// entries sent before its cutoff, oldest second first and in push
-        /// order within a second, as a sorted list would.
+        /// Sends in about send-time order (steps back included), ids used
+        /// again once their message is gone, messages removed (revoked), and
+        /// expiries at rising cutoffs: each expiry hands over exactly the live
+        /// messages sent before its cutoff, each once, oldest second first.
         #[test]
         fn expires_what_a_sorted_list_would(
-            steps in prop::collection::vec((0u64..3_000, any::<bool>(), 0u64..6_000), 1..300),
+            steps in prop::collection::vec((0u64..3_000, any::<bool>(), 0u64..6_000, 0u64..40), 1..300),
         ) {
             let mut index = SendTimeIndex::default();
-            // (sent_at, push number) of every entry not expired yet.
-            let mut naive: Vec<(u64, u64)> = Vec::new();
+            // Live messages: id -> sent_at.
+            let mut live: std::collections::HashMap<String, u64> = Default::default();
             let (mut now, mut cutoff) = (10_000u64, 0u64);
-            for (n, (step, back, expiry)) in steps.into_iter().enumerate() {
-                let n = n as u64;
+            for (step, back, expiry, id) in steps {
+                let id = id.to_string();
                 // Mostly forward in time, sometimes back by up to 3 s.
                 now = if back { now.saturating_sub(step) } else { now + step };
-                index.push(now, Id::from(n.to_string().as_str()));
-                naive.push((now, n));
+                if step % 7 == 0 {
+                    // A revoke: gone, its entry left behind.
+                    live.remove(&id);
+                } else if !live.contains_key(&id) {
+                    live.insert(id.clone(), now);
+                    index.push(now, Id::from(id.as_str()));
+                }
                 // Now and then an expiry, at a cutoff up to 3 s behind.
                 if expiry >= 3_000 {
                     cutoff = cutoff.max(now.saturating_sub(expiry - 3_000));
+                    let mut want: Vec<(u64, String)> =
+                        live.iter().filter(|(_, &t)| t < cutoff).map(|(id, &t)| (t / 1000, id.clone())).collect();
+                    want.sort();
+                    // Expiry removes each message it hands over, as the fold does.
                     let mut expired = Vec::new();
-                    index.pop_before(cutoff, |t, id| expired.push((t, id.parse::<u64>().unwrap())));
-                    let (mut want, kept): (Vec<_>, Vec<_>) = naive.iter().partition(|(t, _)| *t < cutoff);
-                    want.sort_by_key(|&(t, n)| (t / 1000, n));
+                    let known = std::cell::RefCell::new(std::mem::take(&mut live));
+                    index.pop_before(
+                        cutoff,
+                        |id| known.borrow().get(id).copied(),
+                        |id| {
+                            let t = known.borrow_mut().remove(&*id).expect("a live message");
+                            expired.push((t / 1000, id.to_string()));
+                        },
+                    );
+                    live = known.into_inner();
+                    prop_assert!(expired.windows(2).all(|w| w[0].0 <= w[1].0), "oldest second first: {:?}", expired);
+                    expired.sort();
                     prop_assert_eq!(expired, want, "cutoff {}", cutoff);
-                    naive = kept;
                 }
             }
         }
