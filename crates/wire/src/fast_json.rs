@@ -107,7 +107,10 @@ impl<'a> Cursor<'a> {
             return None;
         }
         self.at = end + 1;
-        self.text.get(start..end)
+        // SAFETY: `text` is `bytes` as UTF-8, and `start` and `end` sit just
+        // after and at an ASCII quote, so both are character boundaries
+        // (checking them cost 3% of the decoder's instructions).
+        Some(unsafe { self.text.get_unchecked(start..end) })
     }
 
     fn string(&mut self) -> Option<String> {
