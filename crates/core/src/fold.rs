@@ -113,7 +113,7 @@ impl PartitionState {
 
     /// Drops messages past their app's retention (counted from `sent_at`, in
     /// record time), oldest first, without scanning: each app keeps its
-    /// messages in a heap by send time. Storage deletes what this drops.
+    /// message ids in an index by send time. Storage deletes what this drops.
     pub fn expire_messages(&mut self, settings: &SettingsTable, fx: &mut Effects) {
         let PartitionState { apps, watermark, dirty, .. } = self;
         for (app_id, app) in apps.iter_mut() {

@@ -275,8 +275,9 @@ pub(crate) struct AppView {
 
 /// One shared id per user of an app whose id is too long to sit inline, so
 /// that the senders and C2C peers of its messages point at one allocation
-/// each instead of holding a copy per message. Only sharing depends on it, never a result: a pruned user seen
-/// again gets a new allocation, and messages keep the ones they hold.
+/// each instead of holding a copy per message. Only sharing depends on it,
+/// never a result: a pruned user seen again gets a new allocation, and
+/// messages keep the ones they hold.
 #[derive(Debug)]
 pub(crate) struct UserIds {
     /// Each id with its hash, in [`USER_ID_TABLES`] tables picked by the
@@ -385,10 +386,11 @@ impl SendTimeIndex {
     }
 
     /// Hands every message sent before `cutoff` to `expire`, oldest second
-    /// first (within a second, in the order of its first entry there); `sent_at` tells when a
-    /// message was sent (`None`: it is gone). An entry whose message is gone
-    /// or was sent again in another second (an id used again) is dropped:
-    /// that message has an entry of its own, in its own second.
+    /// first (within a second, in the order of its first entry there).
+    /// `sent_at` tells when a message was sent (`None`: it is gone). An
+    /// entry whose message is gone or was sent again in another second (an
+    /// id used again) is dropped: that message has an entry of its own, in
+    /// its own second.
     pub(crate) fn pop_before(
         &mut self,
         cutoff: u64,
