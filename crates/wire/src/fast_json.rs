@@ -11,6 +11,10 @@
 //! forms and every error decode exactly as before, and whatever this accepts,
 //! serde_json accepts as the same event: the property test below and the
 //! `decode_json` fuzz target check that.
+//!
+//! Keys are first expected where serde writes them (`type`, then the
+//! event's fields in declared order), each tried as one literal; a key out
+//! of that order is read as any key is.
 
 use crate::event::{ConversationType, EventType, FlatConversation, FlatEvent};
 use crate::{Conversation, Event, GroupType, MembersOp};
