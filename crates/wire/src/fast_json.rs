@@ -318,6 +318,24 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    /// A conversation in the form serde writes it, `{"type":"group",
+    /// "group_id":...}` or `{"type":"c2c","peer":...}`, read by literals;
+    /// `None` for any other form, which `conversation` then reads as any
+    /// object.
+    fn usual_conversation(&mut self) -> Option<Conversation> {
+        if !(self.literal(b"{") && self.literal(b"\"type\":")) {
+            return None;
+        }
+        let conversation = if self.literal(b"\"group\",") && self.literal(b"\"group_id\":") {
+            Conversation::Group { group_id: self.string()? }
+        } else if self.literal(b"\"c2c\",") && self.literal(b"\"peer\":") {
+            Conversation::C2c { peer: self.string()? }
+        } else {
+            return None;
+        };
+        self.literal(b"}").then_some(conversation)
+    }
+
     fn conversation(&mut self) -> Option<Conversation> {
         let start = self.at;
         if let Some(conversation) = self.usual_conversation() {
@@ -335,26 +353,6 @@ impl<'a> Cursor<'a> {
             .build()
             .ok()
             .map(Conversation::from)
-    }
-}
-
-impl Cursor<'_> {
-    /// A conversation in the form serde writes it, `{"type":"group",
-    /// "group_id":...}` or `{"type":"c2c","peer":...}`, read by literals;
-    /// `None` for any other form, which `conversation` then reads as any
-    /// object.
-    fn usual_conversation(&mut self) -> Option<Conversation> {
-        if !(self.literal(b"{") && self.literal(b"\"type\":")) {
-            return None;
-        }
-        let conversation = if self.literal(b"\"group\",") && self.literal(b"\"group_id\":") {
-            Conversation::Group { group_id: self.string()? }
-        } else if self.literal(b"\"c2c\",") && self.literal(b"\"peer\":") {
-            Conversation::C2c { peer: self.string()? }
-        } else {
-            return None;
-        };
-        self.literal(b"}").then_some(conversation)
     }
 }
 
