@@ -102,12 +102,6 @@ impl From<String> for Id {
     }
 }
 
-impl From<&String> for Id {
-    fn from(s: &String) -> Self {
-        Id::from(s.as_str())
-    }
-}
-
 impl Deref for Id {
     type Target = str;
     #[inline]

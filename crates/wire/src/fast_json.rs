@@ -183,17 +183,16 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// An object, handing each key to `field`, which reads the value.
-    fn object(&mut self, mut field: impl FnMut(&'a str, &mut Self) -> Option<()>) -> Option<()> {
+    /// An object, handing the cursor to `member` at each member, which reads
+    /// its key and value.
+    fn members(&mut self, mut member: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         self.expect(b'{')?;
         if self.peek()? == b'}' {
             self.at += 1;
             return Some(());
         }
         loop {
-            let key = self.str()?;
-            self.expect(b':')?;
-            field(key, self)?;
+            member(self)?;
             match self.peek()? {
                 b',' => self.at += 1,
                 b'}' => {
@@ -203,6 +202,15 @@ impl<'a> Cursor<'a> {
                 _ => return None,
             }
         }
+    }
+
+    /// An object, handing each key to `field`, which reads the value.
+    fn object(&mut self, mut field: impl FnMut(&'a str, &mut Self) -> Option<()>) -> Option<()> {
+        self.members(|c| {
+            let key = c.str()?;
+            c.expect(b':')?;
+            field(key, c)
+        })
     }
 
     /// `literal` at the cursor (after any whitespace), taken if there.
@@ -247,57 +255,49 @@ impl<'a> Cursor<'a> {
         let (mut msg_id, mut sender, mut conversation, mut need_read_receipt, mut sent_at) =
             (None, None, None, None, None);
         let (mut reader, mut msg_ids, mut read_at, mut private, mut at) = (None, None, None, None, None);
-        self.expect(b'{')?;
         // The keys expected next, in the order serde writes them: each is
         // first tried as a literal. Any other key, order or spacing is read
         // as any key is, and ends the expectations.
         let mut usual: &[EventField] = &[EventField::Type];
-        loop {
+        self.members(|c| {
             let (field, expected) = match usual.split_first() {
-                Some((&next, rest)) if self.usual_key(next) => {
+                Some((&next, rest)) if c.usual_key(next) => {
                     usual = rest;
                     (next, true)
                 }
                 _ => {
                     usual = &[];
-                    let key = self.str()?;
-                    self.expect(b':')?;
+                    let key = c.str()?;
+                    c.expect(b':')?;
                     (event_field(key)?, false)
                 }
             };
             // Every field but `type` is optional: `null` reads as absent.
             match field {
                 EventField::Type => {
-                    once(&mut kind, self.str().and_then(event_type))?;
+                    once(&mut kind, c.str().and_then(event_type))?;
                     if expected {
                         usual = kind.as_ref().map_or(&[], usual_order);
                     }
+                    Some(())
                 }
-                EventField::AppId => once(&mut app_id, self.or_null(Self::string))?,
-                EventField::GroupId => once(&mut group_id, self.or_null(Self::string))?,
-                EventField::Op => once(&mut op, self.or_null(|c| c.str().and_then(members_op)))?,
-                EventField::GroupType => once(&mut group_type_, self.or_null(|c| c.str().and_then(group_type)))?,
-                EventField::Members => once(&mut members, self.or_null(Self::strings))?,
-                EventField::MsgId => once(&mut msg_id, self.or_null(Self::string))?,
-                EventField::Sender => once(&mut sender, self.or_null(Self::string))?,
-                EventField::Conversation => once(&mut conversation, self.or_null(Self::conversation))?,
-                EventField::NeedReadReceipt => once(&mut need_read_receipt, self.or_null(Self::bool))?,
-                EventField::SentAt => once(&mut sent_at, self.or_null(Self::u64))?,
-                EventField::Reader => once(&mut reader, self.or_null(Self::string))?,
-                EventField::MsgIds => once(&mut msg_ids, self.or_null(Self::strings))?,
-                EventField::ReadAt => once(&mut read_at, self.or_null(Self::u64))?,
-                EventField::Private => once(&mut private, self.or_null(Self::bool))?,
-                EventField::At => once(&mut at, self.or_null(Self::u64))?,
+                EventField::AppId => once(&mut app_id, c.or_null(Self::string)),
+                EventField::GroupId => once(&mut group_id, c.or_null(Self::string)),
+                EventField::Op => once(&mut op, c.or_null(|c| c.str().and_then(members_op))),
+                EventField::GroupType => once(&mut group_type_, c.or_null(|c| c.str().and_then(group_type))),
+                EventField::Members => once(&mut members, c.or_null(Self::strings)),
+                EventField::MsgId => once(&mut msg_id, c.or_null(Self::string)),
+                EventField::Sender => once(&mut sender, c.or_null(Self::string)),
+                EventField::Conversation => once(&mut conversation, c.or_null(Self::conversation)),
+                EventField::NeedReadReceipt => once(&mut need_read_receipt, c.or_null(Self::bool)),
+                EventField::SentAt => once(&mut sent_at, c.or_null(Self::u64)),
+                EventField::Reader => once(&mut reader, c.or_null(Self::string)),
+                EventField::MsgIds => once(&mut msg_ids, c.or_null(Self::strings)),
+                EventField::ReadAt => once(&mut read_at, c.or_null(Self::u64)),
+                EventField::Private => once(&mut private, c.or_null(Self::bool)),
+                EventField::At => once(&mut at, c.or_null(Self::u64)),
             }
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
+        })?;
         Some(FlatEvent {
             kind: kind?,
             app_id: app_id.flatten(),
