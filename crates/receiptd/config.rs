@@ -163,10 +163,12 @@ pub struct FlushConfig {
     pub max_pending_records: u64,
     /// Longest a rebalance or shutdown may spend flushing, ms. Default 10000.
     pub revoke_timeout_ms: u64,
-    /// Most changed entities a flush stages, and about the most delta
-    /// receipts it queues in the producer, between two batches of the fold;
-    /// a larger flush is staged and sent in slices, so that neither holds
-    /// the poll loop for long. 0 does each in one step. Default 1024.
+    /// Changed entities a flush stages between two batches of the fold,
+    /// beyond those the fold changed since the last slice (so the backlog
+    /// shrinks every turn), and about the most delta receipts it queues in
+    /// the producer; a larger flush is staged and sent in slices, so that
+    /// neither holds the poll loop for long. 0 does each in one step.
+    /// Default 1024.
     pub stage_slice_entities: usize,
 }
 

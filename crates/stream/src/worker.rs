@@ -151,8 +151,9 @@ pub struct WorkerConfig {
     pub sync_interval: Duration,
     /// Longest a rebalance callback may spend flushing.
     pub revoke_timeout: Duration,
-    /// Most changed entities a flush stages, and about the most delta
-    /// receipts it queues, per turn of the poll loop (`None`: all at once).
+    /// Changed entities a flush stages per turn of the poll loop, beyond
+    /// those the fold changed since its last slice, and about the most delta
+    /// receipts it queues per turn (`None`: all at once).
     pub stage_slice: Option<usize>,
     /// Consumer session timeout.
     pub session_timeout: Duration,
