@@ -119,6 +119,14 @@ pub struct StateConfig {
     /// huge page zeroes 2 MiB at once (on a VM the host may have to back it
     /// then too), which stalls the poll loop for milliseconds; see BENCHMARKS.md.
     pub transparent_huge_pages: bool,
+    /// Have the allocator unmap the memory it gives back to the OS
+    /// (`MADV_DONTNEED`, mimalloc's own default). Default `false`: it gives
+    /// it back with `MADV_FREE`, which the kernel takes only when it runs
+    /// short (a container's memory limit included), so a page used again
+    /// before then is neither faulted in nor zeroed. Unmapped, the memory
+    /// each flush frees and allocates again was faulted in and zeroed anew:
+    /// runs of 2 to 4 ms in the poll loop; see BENCHMARKS.md.
+    pub unmap_freed_memory: bool,
 }
 
 impl Default for StateConfig {
@@ -129,6 +137,7 @@ impl Default for StateConfig {
             write_buffer_mb: 128,
             sync_interval_ms: 1000,
             transparent_huge_pages: false,
+            unmap_freed_memory: false,
         }
     }
 }

@@ -109,6 +109,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if !config.state.transparent_huge_pages {
         disable_transparent_huge_pages();
     }
+    if !config.state.unmap_freed_memory {
+        receiptd_alloc::purge_lazily();
+        tracing::info!("freed memory goes back to the OS with MADV_FREE (state.unmap_freed_memory = false)");
+    }
     let store = open_store(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -15,12 +15,21 @@
 //! #[global_allocator]
 //! static ALLOCATOR: receiptd_alloc::Allocator = receiptd_alloc::Allocator;
 //! ```
+//!
+//! The worker also calls [`purge_lazily`] (unless configured not to):
+//! mimalloc hands freed memory back to the OS a second after it was freed,
+//! and by default with `MADV_DONTNEED`, which unmaps it. Each flush frees and allocates again
+//! megabytes (delta records, write batches), so under load the fold and
+//! the flush kept faulting in and zeroing pages that had just been given
+//! back: runs of 2 to 4 ms in the poll loop (perf: `clear_page_erms` under
+//! page faults, TLB shootdowns under `madvise`), and a fifth of its page
+//! faults in the drain bench.
 
 #![no_std]
 #![deny(missing_docs)]
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::ffi::c_void;
+use core::ffi::{c_int, c_long, c_void};
 use libmimalloc_sys as mi;
 
 /// The largest alignment every mimalloc block has: one machine word.
@@ -28,6 +37,29 @@ const WORD_ALIGN: usize = core::mem::size_of::<usize>();
 
 /// mimalloc as the global allocator; see the crate docs.
 pub struct Allocator;
+
+/// `mi_option_purge_decommits` in the vendored mimalloc's `mi_option_t`
+/// (libmimalloc-sys names no constant for it); a test checks the index.
+const PURGE_DECOMMITS: c_int = 5;
+
+// mimalloc's option calls: libmimalloc-sys declares them only with its
+// `extended` feature, which needs a crate (`cty`) this build does without.
+unsafe extern "C" {
+    #[cfg(test)]
+    fn mi_option_get(option: c_int) -> c_long;
+    fn mi_option_set(option: c_int, value: c_long);
+}
+
+/// Has mimalloc give freed memory back to the OS with `MADV_FREE` instead
+/// of unmapping it (`MADV_DONTNEED`): the kernel still takes such pages
+/// whenever it runs short, a container's memory limit included, but a page
+/// used again before then is neither faulted in nor zeroed. Memory is still
+/// given back a second after it is freed (mimalloc's `purge_delay`). May be
+/// called at any time; later purges follow it.
+pub fn purge_lazily() {
+    // SAFETY: sets an option in range; mimalloc reads it at each purge.
+    unsafe { mi_option_set(PURGE_DECOMMITS, 0) }
+}
 
 // SAFETY: every method forwards to mimalloc, which returns null on failure
 // and otherwise a block of at least the requested size; blocks from
@@ -76,6 +108,29 @@ mod tests {
     /// Every size up to 4 KiB and past a page, at every alignment up to 4
     /// KiB: the block is aligned, writable to its end, and survives growth
     /// and shrinking with its contents.
+    /// mimalloc reads its options from the environment when the process
+    /// loads, so a child with `MIMALLOC_PURGE_DECOMMITS` set shows which
+    /// index the option has.
+    #[test]
+    fn purge_decommits_is_the_option_at_its_index() {
+        const CHILD: &str = "RECEIPTD_ALLOC_TEST_CHILD";
+        // SAFETY: reads an option in range.
+        let value = || unsafe { mi_option_get(PURGE_DECOMMITS) };
+        if std::env::var_os(CHILD).is_some() {
+            assert_eq!(value(), 7, "the option set in the environment");
+            purge_lazily();
+            assert_eq!(value(), 0, "purge_lazily sets it");
+            return;
+        }
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::purge_decommits_is_the_option_at_its_index", "--nocapture"])
+            .env(CHILD, "1")
+            .env("MIMALLOC_PURGE_DECOMMITS", "7")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the child test failed: {status}");
+    }
+
     #[test]
     fn blocks_are_aligned_and_keep_their_contents_through_realloc() {
         let sizes: Vec<usize> = (1..=256).chain((257..=4096).step_by(61)).chain([65_536, 1 << 20]).collect();
