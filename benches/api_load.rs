@@ -232,4 +232,5 @@ fn main() {
     }
     println!("  load: offered {offered:.0} events/s, folded {folded:.0} events/s during the rounds");
     assert_eq!(worker.terminate(), 0);
+    topics.delete(&[]);
 }

@@ -267,4 +267,5 @@ fn main() {
         cpu.0 * 1e6 / replayed.max(1.0)
     );
     assert_eq!(worker.terminate(), 0);
+    topics.delete(&[]);
 }

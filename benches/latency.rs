@@ -257,6 +257,7 @@ fn main() {
             worker.metric("receiptd_store_puts_total"),
         );
         assert_eq!(worker.terminate(), 0);
+        topics.delete(&[&pipe]);
     }
     println!("\n| flush | load | offered / folded events/s | engine p50 / p99 / p99.9 | pipe p50 / p99 / p99.9 | p99 difference |");
     println!("|---|---|---|---|---|---|");

@@ -97,6 +97,22 @@ impl Topics {
         t
     }
 
+    /// Deletes the four topics and `extra` ones: a bench's topics hold
+    /// gigabytes (each 10 M-event drain run about 4 GB), which a broker kept
+    /// for many runs would fill its disk with.
+    pub fn delete(&self, extra: &[&str]) {
+        let mut names = vec![&*self.events, &*self.settings, &*self.deltas, &*self.dlq];
+        names.extend_from_slice(extra);
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = runtime.block_on(admin.delete_topics(&names, &options)).expect("delete topics");
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("deleting topic {t}: {e}"));
+        }
+    }
+
     /// Another deltas topic (for a second, independent run).
     pub fn with_deltas(&self, suffix: &str) -> Topics {
         let deltas = format!("{}-{suffix}", self.deltas);
