@@ -427,15 +427,21 @@ struct Staging {
 }
 
 /// How many changed entities the next slice of a flush stages: a slice's
-/// worth, plus what the fold changed since the last slice. The backlog
-/// then shrinks by a slice every turn however fast the fold changes
-/// entities, and the last slice stages about a slice's worth. With a fixed
-/// budget, a fold that outran the slices (fresh groups' member slots, at
-/// the start of the drain bench) left its backlog to the last slice: 31,000
-/// entities staged in one step, 8 ms of the poll loop.
+/// worth, plus what the fold changed since the last slice, up to
+/// [`MAX_SLICE_GROWTH`] slices' worth. The backlog then shrinks by a slice
+/// every turn unless the fold changes more than that per turn, and the
+/// last slice stages about a slice's worth. With a fixed budget, a fold
+/// that outran the slices (fresh groups' member slots, at the start of the
+/// drain bench) left its backlog to the last slice: 31,000 entities staged
+/// in one step, 8 ms of the poll loop. The cap spreads a burst (a snapshot
+/// of a 100,000-member group) over several turns instead.
 fn slice_budget(slice: usize, changed: usize, left_after_last_slice: usize) -> usize {
-    slice.saturating_add(changed.saturating_sub(left_after_last_slice))
+    let added = changed.saturating_sub(left_after_last_slice);
+    slice.saturating_add(added).min(slice.saturating_mul(MAX_SLICE_GROWTH))
 }
+
+/// Most slices' worth one slice stages (see [`slice_budget`]).
+const MAX_SLICE_GROWTH: usize = 8;
 
 /// Slices a flush may take beyond those its changes at the start fill, for
 /// what the fold changes meanwhile: a fold that changes entities as fast as
@@ -973,6 +979,14 @@ mod tests {
         assert!(most <= slice + per_turn, "no slice staged a backlog: {staged_per_turn:?}");
         assert_eq!(flush.puts as usize, backlog + per_turn * (staged_per_turn.len() - 1), "every change staged once");
         producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
+    #[test]
+    fn a_burst_of_changes_is_staged_over_several_slices() {
+        assert_eq!(slice_budget(10, 100, 100), 10, "nothing added: a slice's worth");
+        assert_eq!(slice_budget(10, 130, 100), 40, "a slice's worth and what was added");
+        assert_eq!(slice_budget(10, 600, 100), 10 * MAX_SLICE_GROWTH, "a burst: capped");
+        assert_eq!(slice_budget(10, 50, 100), 10, "fewer than before (restaged elsewhere): a slice's worth");
     }
 
     #[test]

@@ -19,8 +19,8 @@
 //!    in one RocksDB `WriteBatch`; then produces the deltas. A flush of more
 //!    than `flush.stage_slice_entities` entities is staged in slices, one
 //!    per turn of the loop between batches of the fold: that many, plus
-//!    what the fold changed since the last slice, so that the backlog
-//!    shrinks every turn and staging never holds the loop for long. Its
+//!    what the fold changed since the last slice (up to eight times that
+//!    many in all), so that the backlog shrinks every turn and staging never holds the loop for long. Its
 //!    last slice stages what is left and what changed again meanwhile, so the batch still holds every
 //!    change up to its offsets (a receipt taken again replaces the earlier
 //!    one: still one per message per flush). Its delta records are queued
