@@ -6,7 +6,7 @@ use crate::state::{
     PartitionState, ReadMark, Tracking, NOT_A_MEMBER,
 };
 use crate::stats::{FoldStats, Ignored, Outcome};
-use crate::ShardedMap;
+use crate::{same_str, ShardedMap};
 use crate::{AppSettings, SettingsTable};
 use receiptd_wire::{Conversation, Event, GroupMembers, MembersOp, MessageRead, MessageSent, Receipt};
 use rustc_hash::FxHashSet;
@@ -432,8 +432,8 @@ impl PartitionState {
         };
         let (msg_id, m) = &mut *entry;
         let same_place = match (&m.target, conversation) {
-            (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => **group_id == **g,
-            (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => **peer == **p,
+            (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => same_str(group_id, g),
+            (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => same_str(peer, p),
             _ => false,
         };
         if *m.sender != *sender || !same_place || m.tracking == Tracking::Revoked {
@@ -497,12 +497,12 @@ fn read_one(
 ) -> ReadResult {
     let Some(mut entry) = app.messages.get_entry_mut(msg_id) else { return ReadResult::Unknown };
     let (msg_id, m) = &mut *entry;
-    if *m.sender == *reader {
+    if m.sender == *reader {
         return ReadResult::Ignored(Ignored::Sender);
     }
     let same_conversation = match (&m.target, conversation) {
-        (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => **group_id == **g,
-        (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => **peer == *reader && **p == *m.sender,
+        (MessageTarget::Group { group_id, .. }, Conversation::Group { group_id: g }) => same_str(group_id, g),
+        (MessageTarget::C2c { peer }, Conversation::C2c { peer: p }) => *peer == *reader && m.sender == **p,
         _ => false,
     };
     if !same_conversation {

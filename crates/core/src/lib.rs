@@ -37,11 +37,12 @@ mod stats;
 
 pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};
+pub use id::same_str;
 pub use id::INLINE_BYTES;
 pub use query::{MemberFilter, MemberPage, QueryRefusal};
 pub use readers::Readers;
 pub use settings::{AppSettings, SettingsTable};
-pub use sharded::ShardedMap;
+pub use sharded::{KeyEq, ShardedMap};
 pub use state::{
     DirtyKey, Entity, GroupLists, GroupMeta, HeldRead, Id, MessageState, MessageTarget, PartitionState, PartitionView,
     ReadMark, Tracking, NOT_A_MEMBER,

@@ -11,6 +11,7 @@
 //! Guards must not nest within one map: a thread that holds a shard and asks
 //! for it again (even to read) can deadlock. Take a value, use it, drop it.
 
+use crate::id::{same_str, Id};
 use hashbrown::hash_table::{Entry, HashTable};
 use parking_lot::{MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rustc_hash::FxBuildHasher;
@@ -32,6 +33,49 @@ impl<K, V> Default for ShardedMap<K, V> {
     }
 }
 
+/// How the maps compare a stored key with the key looked up: as `==`, but
+/// strings and ids by [`same_str`], without a call to `memcmp` for short
+/// ones (every event looks up a message or a group by id).
+pub trait KeyEq {
+    /// Whether `self` and `other` are the same key.
+    fn key_eq(&self, other: &Self) -> bool;
+}
+
+impl KeyEq for str {
+    #[inline]
+    fn key_eq(&self, other: &str) -> bool {
+        same_str(self, other)
+    }
+}
+
+impl KeyEq for String {
+    #[inline]
+    fn key_eq(&self, other: &String) -> bool {
+        same_str(self, other)
+    }
+}
+
+impl KeyEq for Id {
+    #[inline]
+    fn key_eq(&self, other: &Id) -> bool {
+        self == other
+    }
+}
+
+impl KeyEq for u32 {
+    #[inline]
+    fn key_eq(&self, other: &u32) -> bool {
+        self == other
+    }
+}
+
+impl<A: KeyEq, B: KeyEq> KeyEq for (A, B) {
+    #[inline]
+    fn key_eq(&self, other: &(A, B)) -> bool {
+        self.0.key_eq(&other.0) && self.1.key_eq(&other.1)
+    }
+}
+
 /// The hash every table of the core uses (FxHash), computed once per key.
 pub(crate) fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
     FxBuildHasher.hash_one(key)
@@ -48,12 +92,12 @@ fn rehash<K: Hash, V>(entry: &(K, V)) -> u64 {
     hash_of(&entry.0)
 }
 
-impl<K: Hash + Eq, V> ShardedMap<K, V> {
+impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
     /// The value of `key`, read-locked until the guard drops.
     pub fn get<Q>(&self, key: &Q) -> Option<MappedRwLockReadGuard<'_, V>>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + KeyEq + ?Sized,
     {
         self.get_entry(key).map(|e| MappedRwLockReadGuard::map(e, |(_, v)| v))
     }
@@ -62,7 +106,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub fn get_mut<Q>(&self, key: &Q) -> Option<MappedRwLockWriteGuard<'_, V>>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + KeyEq + ?Sized,
     {
         self.get_entry_mut(key).map(|e| MappedRwLockWriteGuard::map(e, |(_, v)| v))
     }
@@ -72,11 +116,11 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub(crate) fn get_entry<Q>(&self, key: &Q) -> Option<MappedRwLockReadGuard<'_, (K, V)>>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + KeyEq + ?Sized,
     {
         let hash = hash_of(key);
         let shard = self.shards[shard_of(hash)].read();
-        RwLockReadGuard::try_map(shard, |t| t.find(hash, |(k, _)| k.borrow() == key)).ok()
+        RwLockReadGuard::try_map(shard, |t| t.find(hash, |(k, _)| k.borrow().key_eq(key))).ok()
     }
 
     /// The stored key and its value, write-locked until the guard drops. The
@@ -84,11 +128,11 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub(crate) fn get_entry_mut<Q>(&self, key: &Q) -> Option<MappedRwLockWriteGuard<'_, (K, V)>>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + KeyEq + ?Sized,
     {
         let hash = hash_of(key);
         let shard = self.shards[shard_of(hash)].write();
-        RwLockWriteGuard::try_map(shard, |t| t.find_mut(hash, |(k, _)| k.borrow() == key)).ok()
+        RwLockWriteGuard::try_map(shard, |t| t.find_mut(hash, |(k, _)| k.borrow().key_eq(key))).ok()
     }
 
     /// Changes the value of `key` under the shard's write lock, then
@@ -104,11 +148,11 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     ) -> Option<R>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + KeyEq + ?Sized,
     {
         let hash = hash_of(key);
         let mut shard = self.shards[shard_of(hash)].write();
-        let index = shard.find_bucket_index(hash, |(k, _)| k.borrow() == key)?;
+        let index = shard.find_bucket_index(hash, |(k, _)| k.borrow().key_eq(key))?;
         update(&mut shard.get_bucket_mut(index).expect("found under this lock").1);
         let shard = RwLockWriteGuard::downgrade(shard);
         Some(read(&shard.get_bucket(index).expect("unchanged under this lock").1))
@@ -118,7 +162,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> MappedRwLockWriteGuard<'_, V> {
         let hash = hash_of(&key);
         let shard = self.shards[shard_of(hash)].write();
-        RwLockWriteGuard::map(shard, |t| match t.entry(hash, |(k, _)| *k == key, rehash) {
+        RwLockWriteGuard::map(shard, |t| match t.entry(hash, |(k, _)| k.key_eq(&key), rehash) {
             Entry::Occupied(e) => &mut e.into_mut().1,
             Entry::Vacant(e) => &mut e.insert((key, make())).into_mut().1,
         })
@@ -132,15 +176,15 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub(crate) fn insert_if_absent<Q>(&self, key: &Q, make: impl FnOnce() -> Option<(K, V)>) -> bool
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + KeyEq + ?Sized,
     {
         let hash = hash_of(key);
         let mut shard = self.shards[shard_of(hash)].write();
-        match shard.entry(hash, |(k, _)| k.borrow() == key, rehash) {
+        match shard.entry(hash, |(k, _)| k.borrow().key_eq(key), rehash) {
             Entry::Occupied(_) => true,
             Entry::Vacant(vacant) => {
                 if let Some(entry) = make() {
-                    debug_assert!(entry.0.borrow() == key, "the entry's key is the key looked up");
+                    debug_assert!(entry.0.borrow().key_eq(key), "the entry's key is the key looked up");
                     vacant.insert(entry);
                 }
                 false
@@ -152,17 +196,17 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + KeyEq + ?Sized,
     {
         let hash = hash_of(key);
-        self.shards[shard_of(hash)].read().find(hash, |(k, _)| k.borrow() == key).is_some()
+        self.shards[shard_of(hash)].read().find(hash, |(k, _)| k.borrow().key_eq(key)).is_some()
     }
 
     /// Inserts, returning the value replaced.
     pub fn insert(&self, key: K, value: V) -> Option<V> {
         let hash = hash_of(&key);
         let mut shard = self.shards[shard_of(hash)].write();
-        match shard.entry(hash, |(k, _)| *k == key, rehash) {
+        match shard.entry(hash, |(k, _)| k.key_eq(&key), rehash) {
             Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().1, value)),
             Entry::Vacant(e) => {
                 e.insert((key, value));
@@ -175,11 +219,11 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub fn remove<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + KeyEq + ?Sized,
     {
         let hash = hash_of(key);
         let mut shard = self.shards[shard_of(hash)].write();
-        shard.find_entry(hash, |(k, _)| k.borrow() == key).ok().map(|e| e.remove().0 .1)
+        shard.find_entry(hash, |(k, _)| k.borrow().key_eq(key)).ok().map(|e| e.remove().0 .1)
     }
 
     /// Keeps only the entries `keep` says yes to, one shard at a time.
@@ -214,7 +258,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone, V> ShardedMap<K, V> {
+impl<K: Hash + KeyEq + Clone, V> ShardedMap<K, V> {
     /// Every key, cloned, in no particular order.
     pub fn keys(&self) -> Vec<K> {
         let mut keys = Vec::with_capacity(self.len());

@@ -312,7 +312,7 @@ impl UserIds {
         let hash = crate::sharded::hash_of(user);
         // Bits the tables' own buckets and control bytes do not use.
         let table = &mut self.tables[(hash >> 32) as usize % USER_ID_TABLES];
-        match table.entry(hash, |(_, id)| **id == *user, |(hash, _)| *hash) {
+        match table.entry(hash, |(_, id)| *id == *user, |(hash, _)| *hash) {
             hashbrown::hash_table::Entry::Occupied(e) => e.get().1.clone(),
             hashbrown::hash_table::Entry::Vacant(e) => e.insert((hash, Id::from(user))).get().1.clone(),
         }
