@@ -98,7 +98,7 @@ impl Topics {
     }
 
     /// Deletes the four topics and `extra` ones: a bench's topics hold
-    /// gigabytes (each 10 M-event drain run about 4 GB), which a broker kept
+    /// gigabytes (a 10 M-event drain run several), which a broker kept
     /// for many runs would fill its disk with.
     pub fn delete(&self, extra: &[&str]) {
         let mut names = vec![&*self.events, &*self.settings, &*self.deltas, &*self.dlq];

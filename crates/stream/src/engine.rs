@@ -982,7 +982,7 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_of_changes_is_staged_over_several_slices() {
+    fn a_slice_stages_a_slice_and_what_was_added_up_to_a_cap() {
         assert_eq!(slice_budget(10, 100, 100), 10, "nothing added: a slice's worth");
         assert_eq!(slice_budget(10, 130, 100), 40, "a slice's worth and what was added");
         assert_eq!(slice_budget(10, 600, 100), 10 * MAX_SLICE_GROWTH, "a burst: capped");

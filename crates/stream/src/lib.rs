@@ -20,8 +20,9 @@
 //!    than `flush.stage_slice_entities` entities is staged in slices, one
 //!    per turn of the loop between batches of the fold: that many, plus
 //!    what the fold changed since the last slice (up to eight times that
-//!    many in all), so that the backlog shrinks every turn and staging never holds the loop for long. Its
-//!    last slice stages what is left and what changed again meanwhile, so the batch still holds every
+//!    many in all), so that the backlog shrinks every turn and staging
+//!    never holds the loop for long. Its last slice stages what is left
+//!    and what changed again meanwhile, so the batch still holds every
 //!    change up to its offsets (a receipt taken again replaces the earlier
 //!    one: still one per message per flush). Its delta records are queued
 //!    in the producer the same way, about that many receipts per turn, and

@@ -153,8 +153,8 @@ pub struct WorkerConfig {
     pub revoke_timeout: Duration,
     /// Changed entities a flush stages per turn of the poll loop, beyond
     /// those the fold changed since its last slice (at most eight times
-    /// this many in all), and about the most delta
-    /// receipts it queues per turn (`None`: all at once).
+    /// this many in all), and about the most delta receipts it queues per
+    /// turn (`None`: all at once).
     pub stage_slice: Option<usize>,
     /// Consumer session timeout.
     pub session_timeout: Duration,
