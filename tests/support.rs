@@ -103,14 +103,8 @@ impl Topics {
     pub fn delete(&self, extra: &[&str]) {
         let mut names = vec![&*self.events, &*self.settings, &*self.deltas, &*self.dlq];
         names.extend_from_slice(extra);
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = runtime.block_on(admin.delete_topics(&names, &options)).expect("delete topics");
-        for r in results {
-            r.unwrap_or_else(|(t, e)| panic!("deleting topic {t}: {e}"));
-        }
+        let Admin { client, runtime, options } = Admin::new();
+        check_topics("deleting", runtime.block_on(client.delete_topics(&names, &options)));
     }
 
     /// Another deltas topic (for a second, independent run).
@@ -133,20 +127,38 @@ pub fn create_topics(topics: &[(&str, i32, bool)]) {
 
 /// Creates topics with per-topic configs.
 pub fn create_topics_with(topics: &[(&str, i32, Vec<(&str, &str)>)]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(name, partitions, configs)| {
             configs.iter().fold(NewTopic::new(name, *partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v))
         })
         .collect();
-    let results = runtime
-        .block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))
-        .expect("create topics");
-    for r in results {
-        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    let Admin { client, runtime, options } = Admin::new();
+    check_topics("creating", runtime.block_on(client.create_topics(&new, &options)));
+}
+
+/// An admin client of the test broker, a runtime to wait for its answers,
+/// and the options every request here uses.
+struct Admin {
+    client: AdminClient<DefaultClientContext>,
+    runtime: tokio::runtime::Runtime,
+    options: AdminOptions,
+}
+
+impl Admin {
+    fn new() -> Admin {
+        Admin {
+            client: ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client"),
+            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            options: AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        }
+    }
+}
+
+/// Panics, naming the topic, unless every topic's request succeeded.
+fn check_topics(doing: &str, results: rdkafka::error::KafkaResult<Vec<rdkafka::admin::TopicResult>>) {
+    for r in results.unwrap_or_else(|e| panic!("{doing} topics: {e}")) {
+        r.unwrap_or_else(|(t, e)| panic!("{doing} topic {t}: {e}"));
     }
 }
 
