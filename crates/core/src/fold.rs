@@ -116,8 +116,8 @@ impl PartitionState {
     /// message ids in an index by send time. Storage deletes what this drops.
     pub fn expire_messages(&mut self, settings: &SettingsTable, fx: &mut Effects) {
         let PartitionState { apps, watermark, dirty, .. } = self;
-        for (app_id, app) in apps.iter_mut() {
-            let retention = settings.retention_ms(app_id);
+        for app in apps.iter_mut() {
+            let retention = settings.retention_ms(&app.id);
             // Expired: sent_at + retention < watermark.
             let (messages, id) = (&app.view.messages, &app.id);
             let sent_at = |msg_id: &str| messages.get(msg_id).map(|m| m.sent_at);
