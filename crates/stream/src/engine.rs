@@ -320,13 +320,15 @@ struct DeltaBatch {
 impl DeltaBatch {
     /// Serializes and queues records, one per recipient (chunked if huge),
     /// until at least `receipts_budget` receipts are queued or none is left
-    /// (`None`: all of them). Returns whether none is left.
+    /// (`None`: all of them), and hands each sent record's receipt list back
+    /// to `deltas` for reuse. Returns whether none is left.
     fn send(
         &mut self,
         producer: &BaseProducer<DeliveryContext>,
         topic: &str,
         metrics: &Metrics,
         receipts_budget: Option<usize>,
+        deltas: &mut DeltaBuffer,
     ) -> bool {
         let (mut receipts, mut records, mut bytes) = (0, 0, 0);
         let budget = receipts_budget.map_or(u64::MAX, |n| n as u64);
@@ -339,7 +341,7 @@ impl DeltaBatch {
             key.clear();
             delta_key_into(&mut key, &record.app_id, &record.to);
             receipts += record.receipts.len() as u64;
-            for_each_chunk(record, MAX_RECEIPTS_PER_RECORD, |chunk| {
+            let sent = for_each_chunk(record, MAX_RECEIPTS_PER_RECORD, |chunk| {
                 payload.clear();
                 chunk.write_json(&mut payload);
                 bytes += payload.len() as u64;
@@ -347,6 +349,7 @@ impl DeltaBatch {
                 let to = BaseRecord::with_opaque_to(topic, self.generation as usize);
                 send(producer, metrics, to.key(&key[..]).payload(&payload[..]));
             });
+            deltas.recycle(sent);
         }
         metrics.delta_records.fetch_add(records, Relaxed);
         metrics.delta_receipts.fetch_add(receipts, Relaxed);
@@ -357,12 +360,13 @@ impl DeltaBatch {
 
 /// Hands `record` to `each` in records of at most `max` receipts, in order;
 /// nothing for a record without receipts. Chunks are split off, not copied,
-/// and a usual record is one chunk, handed over as it is.
+/// and a usual record is one chunk, handed over as it is. Returns the last
+/// chunk's list (a usual record's own), for reuse.
 fn for_each_chunk<S>(
     mut record: receiptd_wire::DeltaRecord<S>,
     max: usize,
     mut each: impl FnMut(&receiptd_wire::DeltaRecord<S>),
-) {
+) -> Vec<receiptd_wire::Receipt<S>> {
     let mut rest = std::mem::take(&mut record.receipts);
     while !rest.is_empty() {
         let tail = if rest.len() > max { rest.split_off(max) } else { Vec::new() };
@@ -370,6 +374,7 @@ fn for_each_chunk<S>(
         each(&record);
         rest = tail;
     }
+    std::mem::take(&mut record.receipts)
 }
 
 /// A partition this worker owns.
@@ -664,7 +669,8 @@ impl Engine {
     /// that a large flush is sent over several turns of the poll loop.
     pub(crate) fn send_deltas(&mut self, receipts_budget: Option<usize>) {
         if let Some(unsent) = self.unsent.as_mut() {
-            if unsent.send(&self.producer, &self.config.topics.deltas, &self.shared.metrics, receipts_budget) {
+            let (topic, metrics) = (&self.config.topics.deltas, &self.shared.metrics);
+            if unsent.send(&self.producer, topic, metrics, receipts_budget, &mut self.deltas) {
                 self.unsent = None;
             }
         }
@@ -1010,6 +1016,8 @@ mod tests {
         assert_eq!(split.concat(), (0..1_201).collect::<Vec<_>>(), "every receipt once, in order");
         assert_eq!(chunks(500).iter().map(Vec::len).collect::<Vec<_>>(), [500]);
         assert!(chunks(0).is_empty(), "no record for no receipts");
+        let reusable = for_each_chunk(record(3), 500, |_| {});
+        assert_eq!(reusable.len(), 3, "a record of one chunk gives its own list back, for reuse");
     }
 
     #[test]
