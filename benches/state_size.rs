@@ -1,6 +1,7 @@
 //! Bytes per live message, counted: in memory with a counting allocator
 //! around the binary's allocator (the message's state, its map entry and id,
-//! and its share of every index), and on disk with RocksDB's own
+//! and its share of every index), both as requested and as the allocator's
+//! blocks (requests rounded up to mimalloc's size classes), and on disk with RocksDB's own
 //! `total-sst-files-size` after a flush and full compaction (LZ4, as in
 //! production), next to the sum of the stored values before compression.
 //! Each message's readers are distinct random members reading at random
@@ -17,20 +18,37 @@ use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 
 struct Counting;
 
+/// Bytes requested and live.
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+/// Bytes of the blocks holding them: requests rounded up to mimalloc's size
+/// classes, what the process's memory pays.
+static LIVE_BLOCKS: AtomicIsize = AtomicIsize::new(0);
+
+fn block_of(ptr: *mut u8) -> isize {
+    // SAFETY: called on blocks of `receiptd_alloc::Allocator` while live.
+    unsafe { receiptd_alloc::usable_size(ptr) as isize }
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let ptr = receiptd_alloc::Allocator.alloc(layout);
         LIVE.fetch_add(layout.size() as isize, Relaxed);
-        receiptd_alloc::Allocator.alloc(layout)
+        LIVE_BLOCKS.fetch_add(block_of(ptr), Relaxed);
+        ptr
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as isize, Relaxed);
+        LIVE_BLOCKS.fetch_sub(block_of(ptr), Relaxed);
         receiptd_alloc::Allocator.dealloc(ptr, layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
-        receiptd_alloc::Allocator.realloc(ptr, layout, new_size)
+        let old_block = block_of(ptr);
+        let new = receiptd_alloc::Allocator.realloc(ptr, layout, new_size);
+        if !new.is_null() {
+            LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+            LIVE_BLOCKS.fetch_add(block_of(new) - old_block, Relaxed);
+        }
+        new
     }
 }
 
@@ -47,8 +65,8 @@ fn apply(state: &mut PartitionState, events: &[Event]) {
     drop(deltas.drain());
 }
 
-/// (in-memory bytes per message, SST bytes per message, value bytes per message)
-fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64) {
+/// Bytes per message: (in memory requested, in memory as blocks, SST, values)
+fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64, f64) {
     let members: Vec<String> = (0..group).map(|i| format!("u{i}")).collect();
     let snapshot: Vec<Event> = members
         .chunks(100_000)
@@ -109,22 +127,23 @@ fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64) {
     apply(&mut state, &snapshot);
     store.stage(&mut WriteBatch::default(), 0, &mut state, &settings, &mut deltas, 0);
 
-    let before = LIVE.load(Relaxed);
+    let (before, blocks_before) = (LIVE.load(Relaxed), LIVE_BLOCKS.load(Relaxed));
     apply(&mut state, &traffic);
     let mut batch = WriteBatch::default();
     let staged = store.stage(&mut batch, 0, &mut state, &settings, &mut deltas, 0);
     assert_eq!(staged, messages, "the traffic changed each message, and nothing else");
     let in_memory = (LIVE.load(Relaxed) - before) as f64 / messages as f64;
+    let in_blocks = (LIVE_BLOCKS.load(Relaxed) - blocks_before) as f64 / messages as f64;
     let values = batch.size_in_bytes() as f64 / messages as f64;
     store.write(batch).unwrap();
     let disk = store.compact_all().unwrap() as f64 / messages as f64;
     drop(traffic);
-    (in_memory, disk, values)
+    (in_memory, in_blocks, disk, values)
 }
 
 fn main() {
-    println!("| group | reads per message | messages | in memory, B/msg | target | on disk (SST, LZ4), B/msg | write batch, B/msg | target (G <= 1024) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| group | reads per message | messages | in memory, B/msg | as allocator blocks | target | on disk (SST, LZ4), B/msg | write batch, B/msg | target (G <= 1024) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (group, readers, messages) in [
         (32, 8, 50_000),
         (32, 31, 50_000),
@@ -133,7 +152,7 @@ fn main() {
         (100_000, 10, 2_000),
         (100_000, 1_000, 200),
     ] {
-        let (mem, disk, values) = measure(group, readers, messages);
+        let (mem, blocks, disk, values) = measure(group, readers, messages);
         let mem_target = 8 * group.div_ceil(64) + 16;
         let disk_target = if group <= 1_024 {
             format!("{}", group.div_ceil(8).min(2 * readers) + 12)
@@ -141,7 +160,7 @@ fn main() {
             "grows with reads".into()
         };
         println!(
-            "| {group} | {readers} | {messages} | {mem:.0} | {mem_target} | {disk:.0} | {values:.0} | {disk_target} |"
+            "| {group} | {readers} | {messages} | {mem:.0} | {blocks:.0} | {mem_target} | {disk:.0} | {values:.0} | {disk_target} |"
         );
     }
 }

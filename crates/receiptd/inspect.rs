@@ -63,7 +63,7 @@ fn collect(state: &PartitionState, messages: &mut Vec<Value>, marks: &mut Vec<Va
                 "sender": m.sender,
                 "conversation": conversation,
                 "tracking": format!("{:?}", m.tracking),
-                "version": m.version,
+                "version": m.version(),
                 "timestamp": m.timestamp,
                 "read_count": read,
                 "unread_count": unread,

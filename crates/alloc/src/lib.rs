@@ -49,6 +49,19 @@ unsafe extern "C" {
     #[cfg(test)]
     fn mi_option_get(option: c_int) -> c_long;
     fn mi_option_set(option: c_int, value: c_long);
+    fn mi_usable_size(p: *const c_void) -> usize;
+}
+
+/// The bytes mimalloc holds for a block it allocated: the request rounded
+/// up to its size class (136 bytes take a 160-byte block). What memory
+/// accounting counts, where the requested size undercounts.
+///
+/// # Safety
+///
+/// `ptr` is a live block from [`Allocator`], or null (0).
+pub unsafe fn usable_size(ptr: *const u8) -> usize {
+    // SAFETY: the caller's contract; mimalloc answers 0 for null.
+    unsafe { mi_usable_size(ptr.cast()) }
 }
 
 /// Has mimalloc give freed memory back to the OS with `MADV_FREE` instead

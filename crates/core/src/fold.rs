@@ -541,7 +541,6 @@ fn read_one(
         return ReadResult::Hidden;
     }
     m.visible_reads += 1;
-    m.version += 1;
     m.timestamp = m.timestamp.max(read_at);
     m.receipt_counts = match &m.target {
         MessageTarget::Group { .. } => match group.as_deref() {
@@ -587,9 +586,9 @@ pub(crate) fn take_message_receipt(
     let (read, unread) = m.receipt_counts;
     let receipt = match &m.target {
         MessageTarget::Group { group_id, .. } => {
-            Receipt::group(msg_id.clone(), group_id.clone(), read, unread, m.timestamp, m.version)
+            Receipt::group(msg_id.clone(), group_id.clone(), read, unread, m.timestamp, m.version())
         }
-        MessageTarget::C2c { peer } => Receipt::c2c(msg_id.clone(), peer.clone(), read > 0, m.timestamp, m.version),
+        MessageTarget::C2c { peer } => Receipt::c2c(msg_id.clone(), peer.clone(), read > 0, m.timestamp, m.version()),
     };
     deltas.push(ReceiptChange { app: app.clone(), to: m.sender.clone(), receipt });
 }

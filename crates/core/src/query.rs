@@ -140,10 +140,10 @@ impl AppView {
         let msg_id = asked.msg_id;
         Ok(match &m.target {
             MessageTarget::Group { group_id, .. } => {
-                Receipt::group(msg_id.to_owned(), str::to_owned(group_id), read, unread, m.timestamp, m.version)
+                Receipt::group(msg_id.to_owned(), str::to_owned(group_id), read, unread, m.timestamp, m.version())
             }
             MessageTarget::C2c { peer } => {
-                Receipt::c2c(msg_id.to_owned(), str::to_owned(peer), read > 0, m.timestamp, m.version)
+                Receipt::c2c(msg_id.to_owned(), str::to_owned(peer), read > 0, m.timestamp, m.version())
             }
         })
     }

@@ -229,7 +229,7 @@ fn reads_are_idempotent() {
     h.read_group("bob", "g1", &["m1", "m1"]);
     assert_eq!(h.counts("m1"), (1, 1));
     assert_eq!(h.ignored(Ignored::Duplicate), 2);
-    assert_eq!(h.state.message(APP, "m1").unwrap().version, 1);
+    assert_eq!(h.state.message(APP, "m1").unwrap().version(), 1);
 }
 
 #[test]
