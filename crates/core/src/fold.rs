@@ -120,11 +120,15 @@ impl PartitionState {
             let retention = settings.retention_ms(&app.id);
             // Expired: sent_at + retention < watermark.
             let (messages, id) = (&app.view.messages, &app.id);
-            let sent_at = |msg_id: &str| messages.get(msg_id).map(|m| m.sent_at);
-            app.by_sent_at.pop_before(watermark.saturating_sub(retention), sent_at, |msg_id| {
-                messages.remove(&*msg_id);
-                fx.stats.expired_messages += 1;
-                dirty.push(DirtyKey::Message { app: id.clone(), msg_id });
+            let cutoff = watermark.saturating_sub(retention);
+            app.by_sent_at.pop_before(cutoff, |id_hash, second| {
+                let sent_in_second = |(_, m): &(Id, Box<MessageState>)| m.sent_at / 1000 == second;
+                let expired = |entry: &(Id, Box<MessageState>)| sent_in_second(entry) && entry.1.sent_at < cutoff;
+                while let Some((msg_id, _)) = messages.remove_by_hash(id_hash, expired) {
+                    fx.stats.expired_messages += 1;
+                    dirty.push(DirtyKey::Message { app: id.clone(), msg_id });
+                }
+                messages.any_by_hash(id_hash, sent_in_second)
             });
             app.users.prune();
         }
@@ -271,7 +275,7 @@ impl PartitionState {
             return Outcome::Ignored;
         };
         dirty.push(DirtyKey::Message { app: app.id.clone(), msg_id: msg_id.clone() });
-        app.by_sent_at.push(e.sent_at, msg_id.clone());
+        app.by_sent_at.push(e.sent_at, crate::sharded::hash_of(e.msg_id.as_str()));
 
         // Reads that came first are applied now, in their arrival order.
         if let Some(held) = app.held.remove(&e.msg_id) {

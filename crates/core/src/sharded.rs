@@ -77,6 +77,7 @@ impl<A: KeyEq, B: KeyEq> KeyEq for (A, B) {
 }
 
 /// The hash every table of the core uses (FxHash), computed once per key.
+/// An [`Id`] hashes as its string.
 pub(crate) fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
     FxBuildHasher.hash_one(key)
 }
@@ -224,6 +225,20 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
         let hash = hash_of(key);
         let mut shard = self.shards[shard_of(hash)].write();
         shard.find_entry(hash, |(k, _)| k.borrow().key_eq(key)).ok().map(|e| e.remove().0 .1)
+    }
+
+    /// Removes one entry of hash `hash` (see [`hash_of`]) that `matches`,
+    /// for a caller that kept a key's hash instead of the key: an index
+    /// 8 bytes an entry instead of an id's 24. Keys of equal hashes are
+    /// told apart only by `matches`.
+    pub(crate) fn remove_by_hash(&self, hash: u64, mut matches: impl FnMut(&(K, V)) -> bool) -> Option<(K, V)> {
+        let mut shard = self.shards[shard_of(hash)].write();
+        shard.find_entry(hash, |entry| matches(entry)).ok().map(|e| e.remove().0)
+    }
+
+    /// Whether an entry of hash `hash` `matches`; see [`Self::remove_by_hash`].
+    pub(crate) fn any_by_hash(&self, hash: u64, mut matches: impl FnMut(&(K, V)) -> bool) -> bool {
+        self.shards[shard_of(hash)].read().find(hash, |entry| matches(entry)).is_some()
     }
 
     /// Keeps only the entries `keep` says yes to, one shard at a time.

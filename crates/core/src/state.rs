@@ -424,29 +424,31 @@ pub(crate) struct AppState {
     pub(crate) users: UserIds,
 }
 
-/// Message ids by send time, in one-second buckets. A push moves at most one
+/// Messages by send time, in one-second buckets. A push moves at most one
 /// small vector (a binary heap of a million ids is one buffer, and each time
 /// it doubles the fold stalls while it is copied); expiry pops whole buckets.
-/// An entry is the id alone (24 bytes, not 32 with its time): its message
-/// knows when it was sent, and expiry asks it.
+/// An entry is the hash of the message's id in the messages map (8 bytes;
+/// the id itself took 24): the map finds the message by it, and the message
+/// knows its id and when it was sent.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SendTimeIndex {
-    buckets: std::collections::BTreeMap<u64, Vec<Id>>,
+    buckets: std::collections::BTreeMap<u64, Vec<u64>>,
     /// The bucket pushed to last, kept out of `buckets`: messages arrive in
     /// about send-time order, so most pushes land here without a search of
     /// the tree (which cost more than the rest of a send's bookkeeping).
-    open: Option<(u64, Vec<Id>)>,
+    open: Option<(u64, Vec<u64>)>,
 }
 
 impl SendTimeIndex {
-    pub(crate) fn push(&mut self, sent_at: u64, msg_id: Id) {
+    /// Adds a message sent at `sent_at`, by its id's hash.
+    pub(crate) fn push(&mut self, sent_at: u64, id_hash: u64) {
         let second = sent_at / 1000;
         match &mut self.open {
-            Some((open, list)) if *open == second => list.push(msg_id),
+            Some((open, list)) if *open == second => list.push(id_hash),
             _ => {
                 self.close();
                 let mut list = self.buckets.remove(&second).unwrap_or_default();
-                list.push(msg_id);
+                list.push(id_hash);
                 self.open = Some((second, list));
             }
         }
@@ -459,18 +461,14 @@ impl SendTimeIndex {
         }
     }
 
-    /// Hands every message sent before `cutoff` to `expire`, oldest second
-    /// first (within a second, in the order of its first entry there).
-    /// `sent_at` tells when a message was sent (`None`: it is gone). An
-    /// entry whose message is gone or was sent again in another second (an
-    /// id used again) is dropped: that message has an entry of its own, in
-    /// its own second.
-    pub(crate) fn pop_before(
-        &mut self,
-        cutoff: u64,
-        sent_at: impl Fn(&str) -> Option<u64>,
-        mut expire: impl FnMut(Id),
-    ) {
+    /// Expires every message sent before `cutoff`, oldest second first
+    /// (within a second, in the order of its first entry there).
+    /// `expire(id_hash, second)` removes the messages of that hash sent in
+    /// that second before `cutoff`, and says whether one of them, sent at or
+    /// after `cutoff`, is left; the entry is dropped if not. So an entry
+    /// whose message is gone, or was sent again in another second (an id
+    /// used again, which has an entry of its own there), is dropped.
+    pub(crate) fn pop_before(&mut self, cutoff: u64, mut expire: impl FnMut(u64, u64) -> bool) {
         self.close();
         while let Some(mut first) = self.buckets.first_entry() {
             let second = *first.key();
@@ -479,14 +477,7 @@ impl SendTimeIndex {
             }
             // Entries kept: messages of this second not sent before `cutoff`
             // (none unless the bucket straddles it).
-            first.get_mut().retain(|id| match sent_at(id) {
-                Some(t) if t / 1000 == second && t < cutoff => {
-                    expire(id.clone());
-                    false
-                }
-                Some(t) => t / 1000 == second,
-                None => false,
-            });
+            first.get_mut().retain(|&id_hash| expire(id_hash, second));
             if first.get().is_empty() {
                 first.remove();
             } else {
@@ -919,9 +910,8 @@ impl PartitionState {
         if let MessageTarget::C2c { peer } = &mut message.target {
             *peer = app.users.intern(peer);
         }
-        let msg_id = Id::from(msg_id);
-        app.by_sent_at.push(message.sent_at, msg_id.clone());
-        app.view.messages.insert(msg_id, Box::new(message));
+        app.by_sent_at.push(message.sent_at, hash_of(msg_id));
+        app.view.messages.insert(Id::from(msg_id), Box::new(message));
     }
 
     /// Restores a conversation read mark.
@@ -1134,43 +1124,49 @@ mod send_time_index_tests {
         /// again once their message is gone, messages removed (revoked), and
         /// expiries at rising cutoffs: each expiry hands over exactly the live
         /// messages sent before its cutoff, each once, oldest second first.
+        /// Entries are ids' hashes; here ids equal mod 8 share one, so
+        /// that messages of one hash are told apart as the map does, by
+        /// their send time.
         #[test]
         fn expires_what_a_sorted_list_would(
             steps in prop::collection::vec((0u64..3_000, any::<bool>(), 0u64..6_000, 0u64..40), 1..300),
         ) {
+            let hash = |id: u64| id % 8;
             let mut index = SendTimeIndex::default();
             // Live messages: id -> sent_at.
-            let mut live: std::collections::HashMap<String, u64> = Default::default();
+            let mut live: std::collections::HashMap<u64, u64> = Default::default();
             let (mut now, mut cutoff) = (10_000u64, 0u64);
             for (step, back, expiry, id) in steps {
-                let id = id.to_string();
                 // Mostly forward in time, sometimes back by up to 3 s.
                 now = if back { now.saturating_sub(step) } else { now + step };
                 if step % 7 == 0 {
                     // A revoke: gone, its entry left behind.
                     live.remove(&id);
-                } else if !live.contains_key(&id) {
-                    live.insert(id.clone(), now);
-                    index.push(now, Id::from(id.as_str()));
+                } else if let std::collections::hash_map::Entry::Vacant(new) = live.entry(id) {
+                    new.insert(now);
+                    index.push(now, hash(id));
                 }
                 // Now and then an expiry, at a cutoff up to 3 s behind.
                 if expiry >= 3_000 {
                     cutoff = cutoff.max(now.saturating_sub(expiry - 3_000));
-                    let mut want: Vec<(u64, String)> =
-                        live.iter().filter(|(_, &t)| t < cutoff).map(|(id, &t)| (t / 1000, id.clone())).collect();
+                    let mut want: Vec<(u64, u64)> =
+                        live.iter().filter(|(_, &t)| t < cutoff).map(|(&id, &t)| (t / 1000, id)).collect();
                     want.sort();
-                    // Expiry removes each message it hands over, as the fold does.
+                    // As the fold does: removes the messages of the hash
+                    // sent in the second before the cutoff, and keeps the
+                    // entry while one of the second is left.
                     let mut expired = Vec::new();
-                    let known = std::cell::RefCell::new(std::mem::take(&mut live));
-                    index.pop_before(
-                        cutoff,
-                        |id| known.borrow().get(id).copied(),
-                        |id| {
-                            let t = known.borrow_mut().remove(&*id).expect("a live message");
-                            expired.push((t / 1000, id.to_string()));
-                        },
-                    );
-                    live = known.into_inner();
+                    index.pop_before(cutoff, |id_hash, second| {
+                        let in_second = |(&id, &t): (&u64, &u64)| hash(id) == id_hash && t / 1000 == second;
+                        live.retain(|id, t| {
+                            let gone = in_second((id, t)) && *t < cutoff;
+                            if gone {
+                                expired.push((*t / 1000, *id));
+                            }
+                            !gone
+                        });
+                        live.iter().any(in_second)
+                    });
                     prop_assert!(expired.windows(2).all(|w| w[0].0 <= w[1].0), "oldest second first: {:?}", expired);
                     expired.sort();
                     prop_assert_eq!(expired, want, "cutoff {}", cutoff);

@@ -557,6 +557,30 @@ fn retention_drops_old_messages_and_never_tracks_late_ones() {
 }
 
 #[test]
+fn messages_of_a_second_the_cutoff_falls_in_expire_each_in_its_turn() {
+    let mut h = one_day_retention_with_m1();
+    // A second boundary 10 s after m1 was sent.
+    let (second, day) = ((h.clock / 1_000 + 10) * 1_000, 86_400_000);
+    let g1 = || Conversation::Group { group_id: "g1".into() };
+    h.clock = second;
+    h.send_at("m2", "alice", g1(), true, second + 100);
+    h.send_at("m3", "alice", g1(), true, second + 900);
+    // The watermark a day after the middle of that second.
+    h.clock = second + 500 + day - 1;
+    h.read_group("bob", "g1", &["m3"]);
+    h.state.expire_messages(&h.settings, &mut h.fx);
+    assert!(h.state.message(APP, "m1").is_none() && h.state.message(APP, "m2").is_none());
+    assert!(h.state.message(APP, "m3").is_some(), "sent after the cutoff, in the same second");
+    assert_eq!(h.fx.stats.expired_messages, 2);
+    // A second later, its turn.
+    h.clock += 1_000;
+    h.read_group("carol", "g1", &["m1"]);
+    h.state.expire_messages(&h.settings, &mut h.fx);
+    assert!(h.state.message(APP, "m3").is_none(), "the entry of its second was kept for it");
+    assert_eq!(h.fx.stats.expired_messages, 3);
+}
+
+#[test]
 fn a_message_sent_again_is_a_duplicate_and_the_first_stays() {
     let mut h = one_day_retention_with_m1();
     h.read_group("bob", "g1", &["m1"]);
