@@ -123,28 +123,13 @@ impl Borrow<str> for Id {
     }
 }
 
-/// Whether two strings are equal: `a == b`, but up to 16 bytes with at
-/// most two loads of 8, 4 or 1 bytes from each, never a call to `memcmp`.
-/// Ids are mostly that short, the fold compares several per event, and
-/// `memcmp`'s call and dispatch on the length cost more than the compare:
-/// it was 8% of the fold's instructions on the drain's mix.
+/// Whether two strings are equal: `a == b` through
+/// [`receiptd_wire::same_bytes`], which compares up to 16 bytes with two
+/// loads from each side instead of a call to `memcmp`. Ids are mostly
+/// that short, and the fold compares several per event.
 #[inline]
 pub fn same_str(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    // Two loads that overlap when `n` is under twice the load's size.
-    let u64_at = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().expect("8 bytes"));
-    let u32_at = |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().expect("4 bytes"));
-    match n {
-        0 => true,
-        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
-        4..=7 => u32_at(a, 0) == u32_at(b, 0) && u32_at(a, n - 4) == u32_at(b, n - 4),
-        8..=16 => u64_at(a, 0) == u64_at(b, 0) && u64_at(a, n - 8) == u64_at(b, n - 8),
-        _ => a == b,
-    }
+    receiptd_wire::same_bytes(a.as_bytes(), b.as_bytes())
 }
 
 impl PartialEq for Id {

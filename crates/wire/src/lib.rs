@@ -38,7 +38,7 @@ pub use event::{
     AppConfig, Conversation, ConversationRead, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageRevoked,
     MessageSent, Setting, UserSettings,
 };
-pub use keys::{conversation_key, delta_key, delta_key_into, is_conversation_key, settings_key};
+pub use keys::{conversation_key, delta_key, delta_key_into, is_conversation_key, same_bytes, settings_key};
 
 /// Longest id (app, user, group, message) in bytes.
 pub const MAX_ID_BYTES: usize = 128;
