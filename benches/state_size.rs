@@ -1,9 +1,10 @@
 //! Bytes per live message, counted: in memory with a counting allocator
 //! around the binary's allocator (the message's state, its map entry and id,
 //! and its share of every index), both as requested and as the allocator's
-//! blocks (requests rounded up to mimalloc's size classes), and on disk with RocksDB's own
-//! `total-sst-files-size` after a flush and full compaction (LZ4, as in
-//! production), next to the sum of the stored values before compression.
+//! blocks (requests rounded up to mimalloc's size classes); and on disk
+//! with RocksDB's own `total-sst-files-size` after a flush and full
+//! compaction (LZ4, as in production), next to the sum of the stored values
+//! before compression.
 //! Each message's readers are distinct random members reading at random
 //! times within the hour after the send.
 //!

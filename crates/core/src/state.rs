@@ -627,6 +627,7 @@ impl AppView {
 /// read its [`PartitionView`] at the same time.
 #[derive(Debug, Default)]
 pub struct PartitionState {
+    /// Every app with state here, the one found last checked first.
     pub(crate) apps: Apps,
     pub(crate) view: Arc<PartitionView>,
     /// Highest record timestamp folded; the fold's only clock.
@@ -999,23 +1000,9 @@ impl Apps {
     pub(crate) fn iter_mut(&mut self) -> std::slice::IterMut<'_, AppState> {
         self.states.iter_mut()
     }
-}
 
-/// An app's state, created (and shown to queries) on first use. Takes the
-/// fields apart so that the fold can borrow the rest of the partition too.
-/// Inlined, with the creation out of line: the usual case is a compare.
-#[inline]
-pub(crate) fn app_entry<'a>(apps: &'a mut Apps, view: &PartitionView, app: &str) -> &'a mut AppState {
-    let i = match apps.find(app) {
-        Some(i) => i,
-        None => apps.create(view, app),
-    };
-    apps.last = i;
-    &mut apps.states[i]
-}
-
-impl Apps {
-    /// Adds `app`, which is not here yet, and shows it to queries.
+    /// Adds `app`, which is not here yet, and shows it to queries. Out of
+    /// line, so that [`app_entry`] inlines down to the compare.
     #[cold]
     #[inline(never)]
     fn create(&mut self, view: &PartitionView, app: &str) -> usize {
@@ -1033,6 +1020,18 @@ impl Apps {
         states.push(state);
         i
     }
+}
+
+/// An app's state, created (and shown to queries) on first use. Takes the
+/// fields apart so that the fold can borrow the rest of the partition too.
+#[inline]
+pub(crate) fn app_entry<'a>(apps: &'a mut Apps, view: &PartitionView, app: &str) -> &'a mut AppState {
+    let i = match apps.find(app) {
+        Some(i) => i,
+        None => apps.create(view, app),
+    };
+    apps.last = i;
+    &mut apps.states[i]
 }
 
 #[cfg(test)]
