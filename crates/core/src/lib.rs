@@ -23,6 +23,7 @@
 
 #![deny(missing_docs)]
 
+mod by_id;
 mod deltas;
 mod fenwick;
 mod fold;

@@ -1,33 +1,20 @@
 //! The settings table: every app's `app_config` and every user's switch, as
 //! read from the compacted `receipts.settings` topic. The fold only reads it.
 
+use crate::by_id::{ById, Named};
 use crate::id::same_str;
 use crate::sharded::hash_of;
 use hashbrown::HashTable;
 use receiptd_wire::{AppConfig, GroupType, Setting};
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// App configs and user receipt switches, keyed by app.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SettingsTable {
     /// Every app with a config or a user who switched: one lookup finds
-    /// both, and ids compare without `memcmp` (two maps of owned strings,
-    /// each looked up, were 14% of the fold's instructions once an app had
-    /// its config and a user had switched). Apps are never removed.
-    apps: Vec<AppEntry>,
-    /// Indexes into `apps`, hashed by app id.
-    index: HashTable<u32>,
-    /// The app answered last, compared before any hash: events come in
-    /// runs of one app. Only a hint (queries of other apps move it too), so
-    /// relaxed.
-    last: AtomicU32,
-}
-
-impl Clone for SettingsTable {
-    fn clone(&self) -> Self {
-        let last = AtomicU32::new(self.last.load(Relaxed));
-        SettingsTable { apps: self.apps.clone(), index: self.index.clone(), last }
-    }
+    /// both, the app answered last first, and ids compare without `memcmp`
+    /// (two maps of owned strings, each looked up, were 14% of the fold's
+    /// instructions once an app had its config and a user had switched).
+    apps: ById<AppEntry>,
 }
 
 /// One app's settings as stored.
@@ -37,6 +24,12 @@ struct AppEntry {
     config: Option<AppConfig>,
     /// Its users with receipts turned off. Users absent have them on.
     off: OffUsers,
+}
+
+impl Named for AppEntry {
+    fn name(&self) -> &str {
+        &self.app_id
+    }
 }
 
 /// One app's users with receipts off, and how often that set has changed.
@@ -92,33 +85,11 @@ impl SettingsTable {
 
     /// The app's entry, added empty if it has none.
     fn entry(&mut self, app: &str) -> &mut AppEntry {
-        let i = match self.find(app) {
-            Some(i) => i,
-            None => {
-                let SettingsTable { apps, index, .. } = self;
-                let i = apps.len();
-                index.insert_unique(hash_of(app), i as u32, |&j| hash_of(apps[j as usize].app_id.as_str()));
-                apps.push(AppEntry { app_id: app.to_owned(), config: None, off: OffUsers::default() });
-                i
-            }
-        };
-        &mut self.apps[i]
-    }
-
-    /// The index of `app`'s entry: the last app answered if it is that one,
-    /// else by its hash.
-    fn find(&self, app: &str) -> Option<usize> {
-        if self.apps.is_empty() {
-            return None;
-        }
-        let last = self.last.load(Relaxed) as usize;
-        if self.apps.get(last).is_some_and(|e| same_str(&e.app_id, app)) {
-            return Some(last);
-        }
-        let apps = &self.apps;
-        let i = *self.index.find(hash_of(app), |&i| same_str(&apps[i as usize].app_id, app))?;
-        self.last.store(i, Relaxed);
-        Some(i as usize)
+        self.apps.get_or_insert_with(app, || AppEntry {
+            app_id: app.to_owned(),
+            config: None,
+            off: OffUsers::default(),
+        })
     }
 
     /// One app's settings, looked up once for the questions that follow.
@@ -127,8 +98,8 @@ impl SettingsTable {
     /// again: a fifth of the fold's instructions once the app had a config
     /// and a user had switched.
     pub fn app(&self, app: &str) -> AppSettings<'_> {
-        match self.find(app) {
-            Some(i) => AppSettings { config: self.apps[i].config.as_ref(), off: Some(&self.apps[i].off) },
+        match self.apps.get(app) {
+            Some(e) => AppSettings { config: e.config.as_ref(), off: Some(&e.off) },
             None => AppSettings { config: None, off: None },
         }
     }

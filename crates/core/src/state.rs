@@ -958,54 +958,20 @@ impl PartitionState {
     }
 }
 
-/// The apps of a partition by id. Events come in runs of one app (most
-/// deployments have a single app), so the app found last is compared first:
-/// a compare of two short ids instead of a hash and a probe on every event
-/// (the lookup was 9% of the fold's instructions).
-#[derive(Debug, Default)]
-pub(crate) struct Apps {
-    states: Vec<AppState>,
-    /// Indexes into `states`, hashed by app id. Apps are never removed.
-    index: hashbrown::HashTable<u32>,
-    /// Index of the app found last; 0 (or nothing) when there is none.
-    last: usize,
+impl crate::by_id::Named for AppState {
+    fn name(&self) -> &str {
+        self.id.as_str()
+    }
 }
 
-impl Apps {
-    #[inline]
-    fn find(&self, app: &str) -> Option<usize> {
-        if self.states.get(self.last).is_some_and(|a| crate::id::same_str(a.id.as_str(), app)) {
-            return Some(self.last);
-        }
-        let states = &self.states;
-        self.index
-            .find(hash_of(app), |&i| crate::id::same_str(states[i as usize].id.as_str(), app))
-            .map(|&i| i as usize)
-    }
+/// A partition's apps, the one found last checked first.
+pub(crate) type Apps = crate::by_id::ById<AppState>;
 
-    pub(crate) fn get(&self, app: &str) -> Option<&AppState> {
-        self.find(app).map(|i| &self.states[i])
-    }
-
-    pub(crate) fn get_mut(&mut self, app: &str) -> Option<&mut AppState> {
-        let i = self.find(app)?;
-        self.last = i;
-        Some(&mut self.states[i])
-    }
-
-    pub(crate) fn iter(&self) -> std::slice::Iter<'_, AppState> {
-        self.states.iter()
-    }
-
-    pub(crate) fn iter_mut(&mut self) -> std::slice::IterMut<'_, AppState> {
-        self.states.iter_mut()
-    }
-
-    /// Adds `app`, which is not here yet, and shows it to queries. Out of
-    /// line, so that [`app_entry`] inlines down to the compare.
-    #[cold]
-    #[inline(never)]
-    fn create(&mut self, view: &PartitionView, app: &str) -> usize {
+/// An app's state, created (and shown to queries) on first use. Takes the
+/// fields apart so that the fold can borrow the rest of the partition too.
+#[inline]
+pub(crate) fn app_entry<'a>(apps: &'a mut Apps, view: &PartitionView, app: &str) -> &'a mut AppState {
+    apps.get_or_insert_with(app, || {
         let state = AppState {
             id: Id::from(app),
             view: Default::default(),
@@ -1014,24 +980,8 @@ impl Apps {
             users: Default::default(),
         };
         view.apps.write().insert(app.to_owned(), state.view.clone());
-        let Apps { states, index, .. } = self;
-        let i = states.len();
-        index.insert_unique(hash_of(app), i as u32, |&j| hash_of(states[j as usize].id.as_str()));
-        states.push(state);
-        i
-    }
-}
-
-/// An app's state, created (and shown to queries) on first use. Takes the
-/// fields apart so that the fold can borrow the rest of the partition too.
-#[inline]
-pub(crate) fn app_entry<'a>(apps: &'a mut Apps, view: &PartitionView, app: &str) -> &'a mut AppState {
-    let i = match apps.find(app) {
-        Some(i) => i,
-        None => apps.create(view, app),
-    };
-    apps.last = i;
-    &mut apps.states[i]
+        state
+    })
 }
 
 #[cfg(test)]
@@ -1039,30 +989,13 @@ mod apps_tests {
     use super::*;
 
     #[test]
-    fn the_app_found_last_is_not_taken_for_another() {
+    fn an_app_is_made_and_shown_to_queries_once() {
         let (mut apps, view) = (Apps::default(), PartitionView::default());
-        let long = format!("app-{}", "x".repeat(crate::INLINE_BYTES));
-        let names = ["a", "ab", "b", long.as_str(), "app-"];
-        assert!(apps.get("a").is_none() && apps.get_mut("a").is_none(), "no app before the first event");
-        // Interleaved, so that each lookup follows one of another app.
-        for round in 0..3 {
-            for (k, name) in names.iter().enumerate() {
-                assert_eq!(app_entry(&mut apps, &view, name).id.as_str(), *name);
-                for other in names {
-                    assert_eq!(
-                        apps.get(other).map(|a| a.id.as_str()),
-                        (round > 0 || names[..=k].contains(&other)).then_some(other)
-                    );
-                    assert_eq!(
-                        apps.get_mut(other).map(|a| a.id.as_str().to_owned()).as_deref(),
-                        apps.get(other).map(|a| a.id.as_str())
-                    );
-                }
-            }
+        for name in ["a", "b", "a", "ab", "b"] {
+            assert_eq!(app_entry(&mut apps, &view, name).id.as_str(), name);
         }
-        assert_eq!(apps.iter().count(), names.len(), "each app created once");
-        assert!(apps.get("abc").is_none() && apps.get("").is_none() && apps.get("x").is_none());
-        assert_eq!(view.apps.read().len(), names.len(), "each app shown to queries once");
+        assert_eq!(apps.iter().count(), 3);
+        assert_eq!(view.apps.read().len(), 3, "each app shown to queries once");
     }
 }
 
