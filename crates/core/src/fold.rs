@@ -226,7 +226,7 @@ impl PartitionState {
         let expired = e.sent_at.saturating_add(app_settings.retention_ms()) < watermark;
         let mut inserted = None;
         // One lookup finds a duplicate or inserts the new message.
-        let duplicate = app.view.messages.insert_if_absent(e.msg_id.as_str(), || {
+        let id_hash = app.view.messages.insert_if_absent(e.msg_id.as_str(), || {
             if expired {
                 return None;
             }
@@ -266,16 +266,16 @@ impl PartitionState {
             inserted = Some(msg_id.clone());
             Some((msg_id, Box::new(message)))
         });
-        if duplicate {
+        let Some(id_hash) = id_hash else {
             stats.ignore(Ignored::DuplicateMessage);
             return Outcome::Ignored;
-        }
+        };
         let Some(msg_id) = inserted else {
             stats.ignore(Ignored::Expired);
             return Outcome::Ignored;
         };
         dirty.push(DirtyKey::Message { app: app.id.clone(), msg_id: msg_id.clone() });
-        app.by_sent_at.push(e.sent_at, crate::sharded::hash_of(e.msg_id.as_str()));
+        app.by_sent_at.push(e.sent_at, id_hash);
 
         // Reads that came first are applied now, in their arrival order.
         if let Some(held) = app.held.remove(&e.msg_id) {

@@ -170,11 +170,12 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
     }
 
     /// Inserts the entry `make` returns if `key` is absent, with one lookup
-    /// for both; `make` may decline (`None`). Returns whether `key` was
-    /// present, in which case `make` is not called. `make` runs under the
-    /// shard's write lock: it must not touch this map, and the key it
-    /// returns must equal `key`.
-    pub(crate) fn insert_if_absent<Q>(&self, key: &Q, make: impl FnOnce() -> Option<(K, V)>) -> bool
+    /// for both; `make` may decline (`None`). Returns `None` if `key` was
+    /// present, in which case `make` is not called, else the key's hash
+    /// (what an index by hash keeps; see [`Self::remove_by_hash`]). `make`
+    /// runs under the shard's write lock: it must not touch this map, and
+    /// the key it returns must equal `key`.
+    pub(crate) fn insert_if_absent<Q>(&self, key: &Q, make: impl FnOnce() -> Option<(K, V)>) -> Option<u64>
     where
         K: Borrow<Q>,
         Q: Hash + KeyEq + ?Sized,
@@ -182,13 +183,13 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
         let hash = hash_of(key);
         let mut shard = self.shards[shard_of(hash)].write();
         match shard.entry(hash, |(k, _)| k.borrow().key_eq(key), rehash) {
-            Entry::Occupied(_) => true,
+            Entry::Occupied(_) => None,
             Entry::Vacant(vacant) => {
                 if let Some(entry) = make() {
                     debug_assert!(entry.0.borrow().key_eq(key), "the entry's key is the key looked up");
                     vacant.insert(entry);
                 }
-                false
+                Some(hash)
             }
         }
     }
