@@ -11,7 +11,7 @@
 mod support;
 
 use receiptd_loadgen::{Traffic, TrafficShape};
-use receiptd_wire::{Event, GroupMembers, GroupType, MembersOp};
+use receiptd_wire::{Event, GroupMembers, GroupType, Id, MembersOp};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -155,7 +155,7 @@ fn main() {
                 group_id: "huge".into(),
                 op: if i == 0 { MembersOp::Snapshot } else { MembersOp::Join },
                 group_type: (i == 0).then_some(GroupType::Work),
-                members: chunk.to_vec(),
+                members: chunk.iter().map(|u| Id::from(u.as_str())).collect(),
                 at: t,
             })
         })

@@ -29,7 +29,8 @@ use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
 use receiptd_loadgen::{Rng, Traffic, TrafficShape};
 use receiptd_wire::{
-    AppConfig, Conversation, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent, Setting, UserSettings,
+    AppConfig, Conversation, Event, GroupMembers, GroupType, Id, MembersOp, MessageRead, MessageSent, Setting,
+    UserSettings,
 };
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -116,9 +117,9 @@ fn reads(shape: Shape, hot: bool, seed: u64, n: usize) -> Vec<(u64, u64)> {
 fn read_event(shape: Shape, m: u64, reader: u64) -> Event {
     Event::MessageRead(MessageRead {
         app_id: APP.into(),
-        reader: format!("u{reader}"),
-        conversation: Conversation::Group { group_id: format!("g{}", m % shape.groups) },
-        msg_ids: vec![format!("m{m}")],
+        reader: format!("u{reader}").into(),
+        conversation: Conversation::Group { group_id: format!("g{}", m % shape.groups).into() },
+        msg_ids: vec![format!("m{m}").into()],
         read_at: 2,
         private: false,
     })
@@ -131,10 +132,10 @@ fn live_state(shape: Shape, settings: &SettingsTable, limits: &Limits) -> Partit
     for g in 0..shape.groups {
         let e = Event::GroupMembers(GroupMembers {
             app_id: APP.into(),
-            group_id: format!("g{g}"),
+            group_id: format!("g{g}").into(),
             op: MembersOp::Snapshot,
             group_type: Some(GroupType::Work),
-            members: (0..GROUP_SIZE).map(|k| format!("u{}", member(g, k))).collect(),
+            members: (0..GROUP_SIZE).map(|k| Id::from(format!("u{}", member(g, k)))).collect(),
             at: 1,
         });
         state.apply(settings, limits, &e, 1, &mut fx);
@@ -143,9 +144,9 @@ fn live_state(shape: Shape, settings: &SettingsTable, limits: &Limits) -> Partit
         let g = m % shape.groups;
         let e = Event::MessageSent(MessageSent {
             app_id: APP.into(),
-            msg_id: format!("m{m}"),
-            sender: format!("u{}", member(g, 0)),
-            conversation: Conversation::Group { group_id: format!("g{g}") },
+            msg_id: format!("m{m}").into(),
+            sender: format!("u{}", member(g, 0)).into(),
+            conversation: Conversation::Group { group_id: format!("g{g}").into() },
             need_read_receipt: true,
             sent_at: 1,
         });
@@ -262,7 +263,7 @@ fn counted_fold(state: &mut PartitionState, settings: &SettingsTable, limits: &L
 
 /// `e` with its message ids as Tencent IM forms them (38 bytes here).
 fn long_msg_ids(mut e: Event) -> Event {
-    let long = |id: &mut String| *id = format!("144115233874815003-1608262010-{id}");
+    let long = |id: &mut Id| *id = Id::from(format!("144115233874815003-1608262010-{id}"));
     match &mut e {
         Event::MessageSent(s) => long(&mut s.msg_id),
         Event::MessageRevoked(r) => long(&mut r.msg_id),

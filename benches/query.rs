@@ -5,7 +5,7 @@
 //! `cargo bench --bench query`
 
 use receiptd_core::{Effects, Limits, MemberFilter, PartitionState, SettingsTable};
-use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent};
+use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, Id, MembersOp, MessageRead, MessageSent};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -26,15 +26,15 @@ fn build() -> PartitionState {
             group_id: "huge".into(),
             op: if i == 0 { MembersOp::Snapshot } else { MembersOp::Join },
             group_type: Some(GroupType::Work),
-            members: chunk.to_vec(),
+            members: chunk.iter().map(|u| Id::from(u.as_str())).collect(),
             at: T0,
         }));
     }
     for m in 0..100 {
         apply(Event::MessageSent(MessageSent {
             app_id: "a1".into(),
-            msg_id: format!("m{m}"),
-            sender: users[0].clone(),
+            msg_id: format!("m{m}").into(),
+            sender: users[0].clone().into(),
             conversation: g.clone(),
             need_read_receipt: true,
             sent_at: T0,
@@ -44,15 +44,15 @@ fn build() -> PartitionState {
     for (i, u) in users.iter().enumerate().skip(1) {
         let mut msg_ids = Vec::new();
         if i % 2 == 0 {
-            msg_ids.push("m0".to_string());
+            msg_ids.push("m0".to_string().into());
         }
         if i % 997 == 0 {
-            msg_ids.extend((1..100).map(|m| format!("m{m}")));
+            msg_ids.extend((1..100).map(|m| Id::from(format!("m{m}"))));
         }
         if !msg_ids.is_empty() {
             apply(Event::MessageRead(MessageRead {
                 app_id: "a1".into(),
-                reader: u.clone(),
+                reader: u.clone().into(),
                 conversation: g.clone(),
                 msg_ids,
                 read_at: T0 + i as u64,

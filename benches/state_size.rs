@@ -13,7 +13,7 @@
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
 use receiptd_loadgen::Rng;
 use receiptd_store::{Store, StoreOptions, WriteBatch};
-use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent};
+use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, Id, MembersOp, MessageRead, MessageSent};
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 
@@ -78,7 +78,7 @@ fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64, f64
                 group_id: "g".into(),
                 op: if i == 0 { MembersOp::Snapshot } else { MembersOp::Join },
                 group_type: Some(GroupType::Work),
-                members: chunk.to_vec(),
+                members: chunk.iter().map(|u| Id::from(u.as_str())).collect(),
                 at: 0,
             })
         })
@@ -100,8 +100,8 @@ fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64, f64
         }
         traffic.push(Event::MessageSent(MessageSent {
             app_id: "a1".into(),
-            msg_id: format!("m{m}"),
-            sender: members[0].clone(),
+            msg_id: format!("m{m}").into(),
+            sender: members[0].clone().into(),
             conversation: conversation.clone(),
             need_read_receipt: true,
             sent_at: 1_732_200_000_000,
@@ -109,9 +109,9 @@ fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64, f64
         for k in picked {
             traffic.push(Event::MessageRead(MessageRead {
                 app_id: "a1".into(),
-                reader: members[k].clone(),
+                reader: members[k].clone().into(),
                 conversation: conversation.clone(),
-                msg_ids: vec![format!("m{m}")],
+                msg_ids: vec![format!("m{m}").into()],
                 read_at: 1_732_200_000_000 + rng.below(3_600_000),
                 private: false,
             }));

@@ -1,7 +1,7 @@
 //! The query API over real HTTP, against a worker on the real broker.
 
 use crate::support::{ev::*, *};
-use receiptd_wire::{Event, GroupMembers, GroupType, MembersOp};
+use receiptd_wire::{Event, GroupMembers, GroupType, Id, MembersOp};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -47,7 +47,7 @@ fn query_api_auth_access_bad_input_paging_and_ops() {
                 group_id: "g1".into(),
                 op: MembersOp::Snapshot,
                 group_type: Some(GroupType::Work),
-                members: members.clone(),
+                members: members.iter().map(|u| Id::from(u.as_str())).collect(),
                 at: t,
             }),
             sent("big", "alice", group("g1"), true, t + 1),

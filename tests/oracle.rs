@@ -42,20 +42,20 @@ impl Oracle {
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::GroupMembers(e) => {
-                let (av, members) = self.groups.entry(e.group_id.clone()).or_default();
+                let (av, members) = self.groups.entry(e.group_id.to_string()).or_default();
                 match e.op {
                     MembersOp::Leave => e.members.iter().for_each(|u| {
-                        members.remove(u);
+                        members.remove(u.as_str());
                     }),
                     MembersOp::Join | MembersOp::Snapshot => {
                         if e.op == MembersOp::Snapshot {
                             *av = e.group_type == Some(GroupType::AVChatRoom);
-                            members.retain(|u, _| e.members.contains(u));
+                            members.retain(|u, _| e.members.iter().any(|m| m == u));
                         }
                         for u in &e.members {
-                            if !members.contains_key(u) {
+                            if !members.contains_key(u.as_str()) {
                                 self.generation += 1;
-                                members.insert(u.clone(), self.generation);
+                                members.insert(u.to_string(), self.generation);
                             }
                         }
                     }
@@ -63,26 +63,26 @@ impl Oracle {
                 }
             }
             Event::MessageSent(e) => {
-                if self.messages.contains_key(&e.msg_id) {
+                if self.messages.contains_key(e.msg_id.as_str()) {
                     return;
                 }
                 let (group, peer) = match &e.conversation {
-                    Conversation::Group { group_id } => (Some(group_id.clone()), String::new()),
-                    Conversation::C2c { peer } => (None, peer.clone()),
+                    Conversation::Group { group_id } => (Some(group_id.to_string()), String::new()),
+                    Conversation::C2c { peer } => (None, peer.to_string()),
                 };
                 let (tracked, audience) = match &group {
                     Some(g) => match self.groups.get(g) {
                         Some((av, members)) => {
                             let mut audience = members.clone();
-                            audience.remove(&e.sender);
+                            audience.remove(e.sender.as_str());
                             (e.need_read_receipt && !av, audience)
                         }
                         None => (false, BTreeMap::new()),
                     },
                     None => (e.need_read_receipt, BTreeMap::new()),
                 };
-                let msg = Msg { sender: e.sender.clone(), group, peer, tracked, audience, reads: BTreeMap::new() };
-                self.messages.insert(e.msg_id.clone(), msg);
+                let msg = Msg { sender: e.sender.to_string(), group, peer, tracked, audience, reads: BTreeMap::new() };
+                self.messages.insert(e.msg_id.to_string(), msg);
                 let (mine, rest) = std::mem::take(&mut self.held).into_iter().partition(|(id, _)| *id == e.msg_id);
                 self.held = rest;
                 for (id, read) in mine {
@@ -121,14 +121,14 @@ impl Oracle {
             (None, Conversation::C2c { peer }) => *peer == m.sender,
             _ => false,
         };
-        if e.reader == m.sender || !right_place || !m.tracked || m.reads.contains_key(&e.reader) {
+        if e.reader == m.sender || !right_place || !m.tracked || m.reads.contains_key(e.reader.as_str()) {
             return;
         }
         if !self.eligible(m, &e.reader) {
             return;
         }
-        let hidden = e.private || self.off.contains(&e.reader);
-        self.messages.get_mut(msg_id).expect("present").reads.insert(e.reader.clone(), hidden);
+        let hidden = e.private || self.off.contains(e.reader.as_str());
+        self.messages.get_mut(msg_id).expect("present").reads.insert(e.reader.to_string(), hidden);
     }
 
     /// A tracked message's sender, group (None for C2C) and revealed readers.

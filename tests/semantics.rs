@@ -4,7 +4,7 @@
 //! group's exact counts.
 
 use crate::support::{ev::*, *};
-use receiptd_wire::{AppConfig, Event, GroupMembers, GroupType, MembersOp, MessageRevoked, Setting, UserSettings};
+use receiptd_wire::{AppConfig, Event, GroupMembers, GroupType, Id, MembersOp, MessageRevoked, Setting, UserSettings};
 use std::time::{Duration, Instant};
 
 fn produce_settings(producer: &rdkafka::producer::BaseProducer, topic: &str, settings: &[Setting]) {
@@ -25,7 +25,7 @@ fn snapshot(g: &str, group_type: GroupType, members: &[&str], at: u64) -> Event 
         group_id: g.into(),
         op: MembersOp::Snapshot,
         group_type: Some(group_type),
-        members: members.iter().map(|m| m.to_string()).collect(),
+        members: members.iter().map(|m| Id::from(m.to_string())).collect(),
         at,
     })
 }
@@ -138,7 +138,7 @@ fn a_100k_member_group_has_exact_counts() {
             group_id: "huge".into(),
             op: if i == 0 { MembersOp::Snapshot } else { MembersOp::Join },
             group_type: (i == 0).then_some(GroupType::Community),
-            members: chunk.to_vec(),
+            members: chunk.iter().map(|u| Id::from(u.as_str())).collect(),
             at: t,
         }));
     }
@@ -161,7 +161,7 @@ fn a_100k_member_group_has_exact_counts() {
         group_id: "huge".into(),
         op: MembersOp::Leave,
         group_type: None,
-        members: users[50_000..50_500].to_vec(),
+        members: users[50_000..50_500].iter().map(|u| Id::from(u.as_str())).collect(),
         at: t + 3,
     }));
     events.push(members("huge", MembersOp::Join, &["latecomer"], t + 3));

@@ -542,7 +542,7 @@ pub mod ev {
             group_id: g.into(),
             op,
             group_type: (op == MembersOp::Snapshot).then_some(GroupType::Work),
-            members: users.iter().map(|u| u.to_string()).collect(),
+            members: users.iter().map(|u| Id::from(u.to_string())).collect(),
             at,
         })
     }
@@ -561,7 +561,7 @@ pub mod ev {
             app_id: APP.into(),
             reader: reader.into(),
             conversation,
-            msg_ids: msgs.iter().map(|m| m.to_string()).collect(),
+            msg_ids: msgs.iter().map(|m| Id::from(m.to_string())).collect(),
             read_at: at,
             private: false,
         })

@@ -12,7 +12,7 @@ use axum::http::Request;
 use libfuzzer_sys::fuzz_target;
 use receiptd_core::{Effects, Limits, PartitionState, PartitionView, SettingsTable};
 use receiptd_http::Backend;
-use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent};
+use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, Id, MembersOp, MessageRead, MessageSent};
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use tower::ServiceExt;
@@ -41,7 +41,7 @@ impl Backend for Fixed {
 fn state() -> PartitionState {
     let (settings, limits, mut fx) = (SettingsTable::default(), Limits::default(), Effects::default());
     let mut state = PartitionState::new();
-    let members: Vec<String> = (0..300).map(|i| format!("u{i}")).collect();
+    let members: Vec<Id> = (0..300).map(|i| Id::from(format!("u{i}"))).collect();
     let mut events = vec![Event::GroupMembers(GroupMembers {
         app_id: "a1".into(),
         group_id: "g1".into(),

@@ -7,9 +7,9 @@
 //! of the fold's instructions, and the settings' two maps 14% more once an
 //! app had its config.
 
-use crate::id::same_str;
 use crate::sharded::hash_of;
 use hashbrown::HashTable;
+use receiptd_wire::same_str;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// What a [`ById`] finds an entry by.

@@ -102,11 +102,11 @@ impl PartitionState {
                 fx.stats.ignored[Ignored::HoldExpired as usize] += dropped as u64;
                 if !list.dirty {
                     list.dirty = true;
-                    dirty.push(DirtyKey::Held { app: app.id.clone(), msg_id: Id::from(msg_id.as_str()) });
+                    dirty.push(DirtyKey::Held { app: app.id.clone(), msg_id: msg_id.clone() });
                 }
             }
             if list.reads.is_empty() {
-                app.held.remove(&msg_id);
+                app.held.remove(msg_id.as_str());
             }
         }
     }
@@ -138,7 +138,7 @@ impl PartitionState {
         let PartitionState { apps, view, dirty, .. } = self;
         let app_state = app_entry(apps, view, &e.app_id);
         let (app_id, app) = (&app_state.id, &app_state.view);
-        let group_id = Id::from(e.group_id.as_str());
+        let group_id = e.group_id.clone();
         if e.op == MembersOp::Dismiss {
             let Some(group) = app.groups.remove(&*group_id) else {
                 stats.ignore(Ignored::UnknownTarget);
@@ -171,7 +171,7 @@ impl PartitionState {
         match e.op {
             MembersOp::Snapshot => {
                 group.meta.group_type = e.group_type;
-                let keep: FxHashSet<&str> = e.members.iter().map(String::as_str).collect();
+                let keep: FxHashSet<&str> = e.members.iter().map(Id::as_str).collect();
                 for ordinal in 0..group.users.len() as u32 {
                     if group.since[ordinal as usize] != NOT_A_MEMBER && !keep.contains(group.users.name(ordinal)) {
                         leave(group, ordinal);
@@ -232,10 +232,9 @@ impl PartitionState {
             }
             let (target, tracking) = match &e.conversation {
                 Conversation::Group { group_id } => match app.view.groups.get_entry(group_id.as_str()) {
-                    None => (
-                        MessageTarget::Group { group_id: Id::from(group_id.as_str()), audience_epoch: 0 },
-                        Tracking::UnknownGroup,
-                    ),
+                    None => {
+                        (MessageTarget::Group { group_id: group_id.clone(), audience_epoch: 0 }, Tracking::UnknownGroup)
+                    }
                     Some(entry) => {
                         // The group's own id, shared rather than copied.
                         let (group_id, g) = &*entry;
@@ -262,7 +261,7 @@ impl PartitionState {
             };
             let mut message = MessageState::new(app.users.intern(&e.sender), target, e.sent_at, tracking);
             message.dirty = true;
-            let msg_id = Id::from(e.msg_id.as_str());
+            let msg_id = e.msg_id.clone();
             inserted = Some(msg_id.clone());
             Some((msg_id, Box::new(message)))
         });
@@ -278,7 +277,7 @@ impl PartitionState {
         app.by_sent_at.push(e.sent_at, id_hash);
 
         // Reads that came first are applied now, in their arrival order.
-        if let Some(held) = app.held.remove(&e.msg_id) {
+        if let Some(held) = app.held.remove(e.msg_id.as_str()) {
             *held_count -= held.reads.len();
             for h in &held.reads {
                 held_by_time.remove(&(h.held_at, e.app_id.clone(), e.msg_id.clone()));
@@ -311,13 +310,15 @@ impl PartitionState {
     ) -> Outcome {
         let mut any_applied = false;
         let mut any_held = false;
-        let app_settings = settings.app(&e.app_id);
+        // Each id read out of its `Id` once, not once per message.
+        let (app_id, reader) = (e.app_id.as_str(), e.reader.as_str());
+        let app_settings = settings.app(app_id);
         for msg_id in &e.msg_ids {
             let watermark = self.watermark;
             let PartitionState { apps, view, dirty, .. } = self;
-            let app = app_entry(apps, view, &e.app_id);
+            let app = app_entry(apps, view, app_id);
             let ctx = ReadCtx { settings: app_settings, app_id: &app.id, watermark, dirty };
-            match read_one(ctx, &app.view, &e.reader, &e.conversation, msg_id, e.read_at, e.private) {
+            match read_one(ctx, &app.view, reader, &e.conversation, msg_id, e.read_at, e.private) {
                 ReadResult::Revealed => any_applied = true,
                 ReadResult::Hidden => {
                     stats.hidden_reads += 1;
@@ -340,14 +341,7 @@ impl PartitionState {
         }
     }
 
-    fn hold(
-        &mut self,
-        limits: &Limits,
-        e: &MessageRead,
-        msg_id: &str,
-        record_time: u64,
-        stats: &mut FoldStats,
-    ) -> bool {
+    fn hold(&mut self, limits: &Limits, e: &MessageRead, msg_id: &Id, record_time: u64, stats: &mut FoldStats) -> bool {
         if self.held_count >= limits.max_held_reads {
             // Free what has expired before refusing: the decision then depends
             // only on live held reads, so a replay decides the same way.
@@ -361,8 +355,8 @@ impl PartitionState {
         }
         let PartitionState { apps, view, dirty, held_count, held_by_time, .. } = self;
         let app = app_entry(apps, view, &e.app_id);
-        held_by_time.insert((record_time, e.app_id.clone(), msg_id.to_owned()));
-        let list: &mut HeldList = app.held.entry(msg_id.to_owned()).or_default();
+        held_by_time.insert((record_time, e.app_id.clone(), msg_id.clone()));
+        let list: &mut HeldList = app.held.entry(msg_id.clone()).or_default();
         list.reads.push(HeldRead {
             reader: e.reader.clone(),
             conversation: e.conversation.clone(),
@@ -373,7 +367,7 @@ impl PartitionState {
         *held_count += 1;
         if !list.dirty {
             list.dirty = true;
-            dirty.push(DirtyKey::Held { app: app.id.clone(), msg_id: Id::from(msg_id) });
+            dirty.push(DirtyKey::Held { app: app.id.clone(), msg_id: msg_id.clone() });
         }
         true
     }
@@ -382,8 +376,8 @@ impl PartitionState {
         &mut self,
         settings: &SettingsTable,
         app_id: &str,
-        reader: &str,
-        peer: &str,
+        reader: &Id,
+        peer: &Id,
         read_at: u64,
         stats: &mut FoldStats,
     ) -> Outcome {
@@ -396,7 +390,7 @@ impl PartitionState {
         let app_state = app_entry(apps, view, app_id);
         let app = &app_state.view;
         // The map's key and the changed key share these two ids.
-        let (reader_id, peer_id) = (Id::from(reader), Id::from(peer));
+        let (reader_id, peer_id) = (reader.clone(), peer.clone());
         let mut mark = app.marks.get_or_insert_with((reader_id.clone(), peer_id.clone()), || Mark {
             read_at: 0,
             dirty: false,

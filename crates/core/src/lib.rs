@@ -27,7 +27,6 @@ mod by_id;
 mod deltas;
 mod fenwick;
 mod fold;
-mod id;
 mod members;
 mod query;
 mod readers;
@@ -38,10 +37,9 @@ mod stats;
 
 pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};
-pub use id::same_str;
-pub use id::INLINE_BYTES;
 pub use query::{MemberFilter, MemberPage, QueryRefusal};
 pub use readers::Readers;
+pub use receiptd_wire::{same_str, INLINE_BYTES};
 pub use settings::{AppSettings, SettingsTable};
 pub use sharded::{KeyEq, ShardedMap};
 pub use state::{

@@ -44,7 +44,7 @@ impl MemberNames {
 
     /// The ordinal of `name`, if it has one.
     pub(crate) fn ordinal(&self, name: &str) -> Option<u32> {
-        self.index.find(hash_of(name), |&o| crate::id::same_str(self.name(o), name)).copied()
+        self.index.find(hash_of(name), |&o| receiptd_wire::same_str(self.name(o), name)).copied()
     }
 
     /// Hands `name` the next ordinal. The caller checks it has none yet.

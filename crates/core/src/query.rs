@@ -7,7 +7,7 @@
 use crate::state::{AppView, MessageState, MessageTarget, PartitionView, ReadMark, Tracking};
 use crate::{AppSettings, SettingsTable};
 use parking_lot::MappedRwLockReadGuard;
-use receiptd_wire::{Conversation, Receipt};
+use receiptd_wire::{Conversation, Id, Receipt};
 
 /// Why a message's receipt cannot be given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +157,7 @@ impl AppView {
         count: usize,
     ) -> Result<MemberPage, QueryRefusal> {
         let settings = asked.settings;
-        let conversation = Conversation::Group { group_id: group_id.to_owned() };
+        let conversation = Conversation::Group { group_id: Id::from(group_id) };
         let m_guard = self.queryable(asked, &conversation)?;
         let m: &MessageState = &m_guard;
         let MessageTarget::Group { audience_epoch, .. } = &m.target else { return Err(QueryRefusal::NotFound) };

@@ -2,9 +2,9 @@
 //! read from the compacted `receipts.settings` topic. The fold only reads it.
 
 use crate::by_id::{ById, Named};
-use crate::id::same_str;
 use crate::sharded::hash_of;
 use hashbrown::HashTable;
+use receiptd_wire::same_str;
 use receiptd_wire::{AppConfig, GroupType, Setting};
 
 /// App configs and user receipt switches, keyed by app.

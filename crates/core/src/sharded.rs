@@ -11,9 +11,9 @@
 //! Guards must not nest within one map: a thread that holds a shard and asks
 //! for it again (even to read) can deadlock. Take a value, use it, drop it.
 
-use crate::id::{same_str, Id};
 use hashbrown::hash_table::{Entry, HashTable};
 use parking_lot::{MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use receiptd_wire::{same_str, Id};
 use rustc_hash::FxBuildHasher;
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};

@@ -24,7 +24,7 @@ pub(crate) fn take_retaining<T>(list: &mut Vec<T>) -> Vec<T> {
     std::mem::replace(list, next)
 }
 
-pub use crate::id::Id;
+pub use receiptd_wire::Id;
 
 /// `since` of an ordinal that is not a member now.
 pub const NOT_A_MEMBER: u32 = u32::MAX;
@@ -309,7 +309,7 @@ impl MessageState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldRead {
     /// Who read.
-    pub reader: String,
+    pub reader: Id,
     /// The read's conversation, relative to the reader.
     pub conversation: receiptd_wire::Conversation,
     /// When, Unix ms.
@@ -415,7 +415,7 @@ pub(crate) struct AppState {
     /// The app's id, shared by every key naming it.
     pub(crate) id: Id,
     pub(crate) view: Arc<AppView>,
-    pub(crate) held: FxHashMap<String, HeldList>,
+    pub(crate) held: FxHashMap<Id, HeldList>,
     /// Messages by send time, oldest first: retention pops from the top
     /// instead of scanning. Entries of messages gone already are skipped.
     pub(crate) by_sent_at: SendTimeIndex,
@@ -637,7 +637,7 @@ pub struct PartitionState {
     /// msg_id). Expiry pops from the front instead of scanning every held
     /// read, which matters when a flood of reads for messages that never
     /// come keeps the hold buffer at its cap.
-    pub(crate) held_by_time: std::collections::BTreeSet<(u64, String, String)>,
+    pub(crate) held_by_time: std::collections::BTreeSet<(u64, Id, Id)>,
     /// Every entity changed since the last flush, each listed once (its
     /// `dirty` flag says it is listed). Messages and marks with a receipt
     /// to take are among them: a revealed change marks its entity changed.
@@ -926,10 +926,11 @@ impl PartitionState {
     /// Restores the reads held for a message.
     pub fn restore_held(&mut self, app: &str, msg_id: &str, reads: Vec<HeldRead>) {
         self.held_count += reads.len();
+        let (app, msg_id) = (Id::from(app), Id::from(msg_id));
         for r in &reads {
-            self.held_by_time.insert((r.held_at, app.to_owned(), msg_id.to_owned()));
+            self.held_by_time.insert((r.held_at, app.clone(), msg_id.clone()));
         }
-        self.app_mut(app).held.insert(msg_id.to_owned(), HeldList { reads, dirty: false });
+        self.app_mut(&app).held.insert(msg_id, HeldList { reads, dirty: false });
     }
 
     /// Rebuilds what is derived from restored entities (member counts by epoch).

@@ -39,7 +39,7 @@ impl Harness {
             group_id: group.into(),
             op,
             group_type: (op == MembersOp::Snapshot).then_some(GroupType::Work),
-            members: members.iter().map(|m| m.to_string()).collect(),
+            members: members.iter().map(|&m| Id::from(m)).collect(),
             at: self.clock,
         }));
     }
@@ -73,7 +73,7 @@ impl Harness {
             app_id: APP.into(),
             reader: reader.into(),
             conversation,
-            msg_ids: msgs.iter().map(|m| m.to_string()).collect(),
+            msg_ids: msgs.iter().map(|&m| Id::from(m)).collect(),
             read_at: self.clock + 5,
             private,
         }));

@@ -160,27 +160,27 @@ impl Model {
     fn members(&mut self, e: &GroupMembers) {
         match e.op {
             MembersOp::Dismiss => {
-                if self.groups.remove(&e.group_id).is_some() {
+                if self.groups.remove(e.group_id.as_str()).is_some() {
                     self.messages.retain(|_, m| m.group.as_deref() != Some(e.group_id.as_str()));
                 }
             }
             MembersOp::Leave => {
-                if let Some((_, members)) = self.groups.get_mut(&e.group_id) {
+                if let Some((_, members)) = self.groups.get_mut(e.group_id.as_str()) {
                     for u in &e.members {
-                        members.remove(u);
+                        members.remove(u.as_str());
                     }
                 }
             }
             MembersOp::Join | MembersOp::Snapshot => {
-                let (av, members) = self.groups.entry(e.group_id.clone()).or_insert((false, BTreeMap::new()));
+                let (av, members) = self.groups.entry(e.group_id.to_string()).or_insert((false, BTreeMap::new()));
                 if e.op == MembersOp::Snapshot {
                     *av = e.group_type == Some(GroupType::AVChatRoom);
-                    members.retain(|u, _| e.members.contains(u));
+                    members.retain(|u, _| e.members.iter().any(|m| m == u));
                 }
                 for u in &e.members {
-                    if !members.contains_key(u) {
+                    if !members.contains_key(u.as_str()) {
                         self.generation += 1;
-                        members.insert(u.clone(), self.generation);
+                        members.insert(u.to_string(), self.generation);
                     }
                 }
             }
@@ -188,28 +188,28 @@ impl Model {
     }
 
     fn send(&mut self, e: &MessageSent) {
-        if self.messages.contains_key(&e.msg_id) || e.sent_at + DAY < self.watermark {
+        if self.messages.contains_key(e.msg_id.as_str()) || e.sent_at + DAY < self.watermark {
             return;
         }
         let (group, peer) = match &e.conversation {
-            Conversation::Group { group_id } => (Some(group_id.clone()), String::new()),
-            Conversation::C2c { peer } => (None, peer.clone()),
+            Conversation::Group { group_id } => (Some(group_id.to_string()), String::new()),
+            Conversation::C2c { peer } => (None, peer.to_string()),
         };
         let (untracked, audience) = match &group {
             Some(g) => match self.groups.get(g) {
                 None => (true, BTreeMap::new()),
                 Some((av, members)) => {
                     let mut audience = members.clone();
-                    audience.remove(&e.sender);
+                    audience.remove(e.sender.as_str());
                     (!e.need_read_receipt || *av, audience)
                 }
             },
             None => (!e.need_read_receipt, BTreeMap::new()),
         };
         self.messages.insert(
-            e.msg_id.clone(),
+            e.msg_id.to_string(),
             ModelMsg {
-                sender: e.sender.clone(),
+                sender: e.sender.to_string(),
                 group,
                 peer,
                 sent_at: e.sent_at,
@@ -249,13 +249,13 @@ impl Model {
             || m.revoked
             || !self.eligible(&m, &e.reader)
             || m.sent_at + DAY < self.watermark
-            || m.reads.contains_key(&e.reader)
+            || m.reads.contains_key(e.reader.as_str())
         {
             return;
         }
-        let hidden = e.private || self.off.contains(&e.reader);
+        let hidden = e.private || self.off.contains(e.reader.as_str());
         let mut m = m;
-        m.reads.insert(e.reader.clone(), (e.read_at, hidden));
+        m.reads.insert(e.reader.to_string(), (e.read_at, hidden));
         if !hidden {
             m.version += 1;
             let (read, unread, _) = self.counts(&m);
@@ -267,15 +267,15 @@ impl Model {
 
     fn conversation_read(&mut self, e: &ConversationRead) {
         let Conversation::C2c { peer } = &e.conversation else { return };
-        let mark = self.marks.entry((e.reader.clone(), peer.clone())).or_insert((0, false));
+        let mark = self.marks.entry((e.reader.to_string(), peer.to_string())).or_insert((0, false));
         if e.read_at > mark.0 {
             mark.0 = e.read_at;
-            mark.1 |= !self.off.contains(&e.reader);
+            mark.1 |= !self.off.contains(e.reader.as_str());
         }
     }
 
     fn revoke(&mut self, e: &MessageRevoked) {
-        if let Some(m) = self.messages.get_mut(&e.msg_id) {
+        if let Some(m) = self.messages.get_mut(e.msg_id.as_str()) {
             let place = match (&m.group, &e.conversation) {
                 (Some(g), Conversation::Group { group_id }) => g == group_id,
                 (None, Conversation::C2c { peer }) => *peer == m.peer,
@@ -396,24 +396,24 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     (op == MembersOp::Snapshot).then_some(if av { GroupType::AVChatRoom } else { GroupType::Work });
                 Some(Event::GroupMembers(GroupMembers {
                     app_id: APP.into(),
-                    group_id: format!("g{g}"),
+                    group_id: format!("g{g}").into(),
                     op,
                     group_type,
-                    members,
+                    members: members.into_iter().map(Id::from).collect(),
                     at: clock,
                 }))
             }
             Op::Send { m, sender, group, peer, need, days_back } => {
                 let sender_name = user(sender);
                 let conversation = match group {
-                    Some(g) => Conversation::Group { group_id: format!("g{g}") },
-                    None if peer % USERS == sender % USERS => Conversation::C2c { peer: user(peer + 1) },
-                    None => Conversation::C2c { peer: user(peer) },
+                    Some(g) => Conversation::Group { group_id: format!("g{g}").into() },
+                    None if peer % USERS == sender % USERS => Conversation::C2c { peer: user(peer + 1).into() },
+                    None => Conversation::C2c { peer: user(peer).into() },
                 };
                 Some(Event::MessageSent(MessageSent {
                     app_id: APP.into(),
-                    msg_id: format!("m{m}"),
-                    sender: sender_name,
+                    msg_id: format!("m{m}").into(),
+                    sender: sender_name.into(),
                     conversation,
                     need_read_receipt: need,
                     sent_at: clock - u64::from(days_back) * DAY,
@@ -424,19 +424,19 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let first = format!("m{}", msgs[0]);
                 let conversation = match model.messages.get(&first) {
                     Some(m) if right_place => match &m.group {
-                        Some(g) => Conversation::Group { group_id: g.clone() },
-                        None if m.sender != reader => Conversation::C2c { peer: m.sender.clone() },
-                        None => Conversation::C2c { peer: m.peer.clone() },
+                        Some(g) => Conversation::Group { group_id: g.clone().into() },
+                        None if m.sender != reader => Conversation::C2c { peer: m.sender.clone().into() },
+                        None => Conversation::C2c { peer: m.peer.clone().into() },
                     },
-                    _ if peer % 2 == 0 => Conversation::Group { group_id: format!("g{g}") },
-                    _ if user(peer) == reader => Conversation::C2c { peer: user(peer + 1) },
-                    _ => Conversation::C2c { peer: user(peer) },
+                    _ if peer % 2 == 0 => Conversation::Group { group_id: format!("g{g}").into() },
+                    _ if user(peer) == reader => Conversation::C2c { peer: user(peer + 1).into() },
+                    _ => Conversation::C2c { peer: user(peer).into() },
                 };
                 Some(Event::MessageRead(MessageRead {
                     app_id: APP.into(),
-                    reader,
+                    reader: reader.into(),
                     conversation,
-                    msg_ids: msgs.iter().map(|m| format!("m{m}")).collect(),
+                    msg_ids: msgs.iter().map(|m| Id::from(format!("m{m}"))).collect(),
                     read_at: clock,
                     private,
                 }))
@@ -446,8 +446,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     (user(reader), if peer % USERS == reader % USERS { user(peer + 1) } else { user(peer) });
                 Some(Event::ConversationRead(ConversationRead {
                     app_id: APP.into(),
-                    reader,
-                    conversation: Conversation::C2c { peer },
+                    reader: reader.into(),
+                    conversation: Conversation::C2c { peer: peer.into() },
                     read_at: clock,
                 }))
             }
@@ -457,16 +457,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Some(mm) if right => (
                         mm.sender.clone(),
                         match &mm.group {
-                            Some(g) => Conversation::Group { group_id: g.clone() },
-                            None => Conversation::C2c { peer: mm.peer.clone() },
+                            Some(g) => Conversation::Group { group_id: g.clone().into() },
+                            None => Conversation::C2c { peer: mm.peer.clone().into() },
                         },
                     ),
                     _ => (user(m), Conversation::Group { group_id: "g0".into() }),
                 };
                 Some(Event::MessageRevoked(MessageRevoked {
                     app_id: APP.into(),
-                    msg_id,
-                    sender,
+                    msg_id: msg_id.into(),
+                    sender: sender.into(),
                     conversation,
                     at: clock,
                 }))

@@ -11,7 +11,7 @@
 #![deny(missing_docs)]
 
 use receiptd_wire::{
-    Conversation, ConversationRead, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageSent,
+    Conversation, ConversationRead, Event, GroupMembers, GroupType, Id, MembersOp, MessageRead, MessageSent,
 };
 use std::collections::VecDeque;
 
@@ -139,8 +139,8 @@ impl TrafficShape {
 pub struct Traffic {
     shape: TrafficShape,
     rng: Rng,
-    groups: Vec<Vec<String>>,
-    recent: VecDeque<(String, String, Conversation)>,
+    groups: Vec<Vec<Id>>,
+    recent: VecDeque<(Id, Id, Conversation)>,
     early: VecDeque<Event>,
     repeats: VecDeque<Event>,
     next_msg: u64,
@@ -157,7 +157,7 @@ impl Traffic {
             .map(|&size| {
                 let size = size.min(shape.users as usize).max(2);
                 let start = rng.below(shape.users - size as u64 + 1);
-                (0..size as u64).map(|k| format!("u{}", start + k)).collect()
+                (0..size as u64).map(|k| Id::from(format!("u{}", start + k))).collect()
             })
             .collect();
         let now = shape.start_ms;
@@ -180,8 +180,8 @@ impl Traffic {
             .enumerate()
             .map(|(i, members)| {
                 Event::GroupMembers(GroupMembers {
-                    app_id: self.shape.app_id.clone(),
-                    group_id: format!("g{i}"),
+                    app_id: Id::from(self.shape.app_id.as_str()),
+                    group_id: Id::from(format!("g{i}")),
                     op: MembersOp::Snapshot,
                     group_type: Some(if i % 7 == 6 { GroupType::Meeting } else { GroupType::Work }),
                     members: members.clone(),
@@ -222,7 +222,7 @@ impl Traffic {
         if roll < self.shape.churn_percent + self.shape.send_percent + self.shape.conversation_read_percent {
             let (a, b) = self.pair();
             return Event::ConversationRead(ConversationRead {
-                app_id: self.shape.app_id.clone(),
+                app_id: Id::from(self.shape.app_id.as_str()),
                 reader: a,
                 conversation: Conversation::C2c { peer: b },
                 read_at: self.now,
@@ -235,15 +235,15 @@ impl Traffic {
         e
     }
 
-    fn pair(&mut self) -> (String, String) {
+    fn pair(&mut self) -> (Id, Id) {
         let a = self.rng.below(self.shape.users);
         let b = (a + 1 + self.rng.below(50.min(self.shape.users - 1))) % self.shape.users;
-        (format!("u{a}"), format!("u{b}"))
+        (Id::from(format!("u{a}")), Id::from(format!("u{b}")))
     }
 
     fn churn(&mut self) -> Event {
         let g = self.rng.below(self.groups.len() as u64) as usize;
-        let user = format!("u{}", self.rng.below(self.shape.users));
+        let user = Id::from(format!("u{}", self.rng.below(self.shape.users)));
         let members = &mut self.groups[g];
         let op = match members.iter().position(|m| *m == user) {
             Some(i) if members.len() > 2 => {
@@ -257,8 +257,8 @@ impl Traffic {
             }
         };
         Event::GroupMembers(GroupMembers {
-            app_id: self.shape.app_id.clone(),
-            group_id: format!("g{g}"),
+            app_id: Id::from(self.shape.app_id.as_str()),
+            group_id: Id::from(format!("g{g}")),
             op,
             group_type: None,
             members: vec![user],
@@ -267,20 +267,20 @@ impl Traffic {
     }
 
     fn send(&mut self) -> Event {
-        let msg_id = format!("m{}", self.next_msg);
+        let msg_id = Id::from(format!("m{}", self.next_msg));
         self.next_msg += 1;
         let (sender, conversation, first_reader) = if self.rng.chance(self.shape.group_percent) {
             let g = self.rng.below(self.groups.len() as u64) as usize;
             let members = &self.groups[g];
             let sender = members[self.rng.below(members.len() as u64) as usize].clone();
             let reader = members[self.rng.below(members.len() as u64) as usize].clone();
-            (sender, Conversation::Group { group_id: format!("g{g}") }, reader)
+            (sender, Conversation::Group { group_id: Id::from(format!("g{g}")) }, reader)
         } else {
             let (a, b) = self.pair();
             (a, Conversation::C2c { peer: b.clone() }, b)
         };
         let event = Event::MessageSent(MessageSent {
-            app_id: self.shape.app_id.clone(),
+            app_id: Id::from(self.shape.app_id.as_str()),
             msg_id: msg_id.clone(),
             sender: sender.clone(),
             conversation: conversation.clone(),
@@ -318,16 +318,16 @@ impl Traffic {
         self.read_of(&msg_id, &sender, &conversation, reader)
     }
 
-    fn read_of(&mut self, msg_id: &str, sender: &str, conversation: &Conversation, reader: String) -> Event {
+    fn read_of(&mut self, msg_id: &Id, sender: &Id, conversation: &Conversation, reader: Id) -> Event {
         let conversation = match conversation {
             Conversation::Group { .. } => conversation.clone(),
-            Conversation::C2c { .. } => Conversation::C2c { peer: sender.to_owned() },
+            Conversation::C2c { .. } => Conversation::C2c { peer: sender.clone() },
         };
         Event::MessageRead(MessageRead {
-            app_id: self.shape.app_id.clone(),
+            app_id: Id::from(self.shape.app_id.as_str()),
             reader,
             conversation,
-            msg_ids: vec![msg_id.to_owned()],
+            msg_ids: vec![msg_id.clone()],
             read_at: self.now,
             private: self.rng.chance(self.shape.private_percent),
         })

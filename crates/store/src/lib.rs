@@ -446,7 +446,7 @@ mod tests {
     use super::*;
     use receiptd_core::{Effects, Limits};
     use receiptd_loadgen::{Traffic, TrafficShape};
-    use receiptd_wire::{Event, GroupMembers, MembersOp};
+    use receiptd_wire::{Event, GroupMembers, Id, MembersOp};
 
     fn fold(state: &mut PartitionState, events: &[Event]) {
         let (settings, limits, mut fx) = (SettingsTable::default(), Limits::default(), Effects::default());
@@ -494,7 +494,7 @@ mod tests {
             })
         };
         let c2c = Conversation::C2c { peer: "alice".into() };
-        let members = ["alice", "bob", "carol", "dave"].map(String::from).to_vec();
+        let members = ["alice", "bob", "carol", "dave"].map(Id::from).to_vec();
         let mut state = PartitionState::new();
         fold(
             &mut state,
@@ -637,7 +637,7 @@ mod tests {
                 group_id: "g".into(),
                 op,
                 group_type: None,
-                members: members.iter().map(|m| m.to_string()).collect(),
+                members: members.iter().map(|m| Id::from(m.to_string())).collect(),
                 at: 0,
             })
         };
@@ -689,7 +689,7 @@ mod tests {
                     group_id: "g".into(),
                     op: if i == 0 { MembersOp::Snapshot } else { MembersOp::Join },
                     group_type: Some(receiptd_wire::GroupType::Work),
-                    members: chunk.to_vec(),
+                    members: chunk.iter().map(|u| Id::from(u.as_str())).collect(),
                     at: 0,
                 })
             })
@@ -698,7 +698,7 @@ mod tests {
         events.push(Event::MessageSent(MessageSent {
             app_id: "a1".into(),
             msg_id: "m".into(),
-            sender: users[0].clone(),
+            sender: users[0].clone().into(),
             conversation: group.clone(),
             need_read_receipt: true,
             sent_at: 1_732_200_000_000,
@@ -706,7 +706,7 @@ mod tests {
         for (i, u) in users[1..=readers].iter().enumerate() {
             events.push(Event::MessageRead(MessageRead {
                 app_id: "a1".into(),
-                reader: u.clone(),
+                reader: u.clone().into(),
                 conversation: group.clone(),
                 msg_ids: vec!["m".into()],
                 read_at: 1_732_200_000_000 + 1_000 * i as u64,

@@ -952,7 +952,7 @@ mod tests {
             for _ in 0..n {
                 let read = Event::ConversationRead(receiptd_wire::ConversationRead {
                     app_id: "a".into(),
-                    reader: format!("u{offset}"),
+                    reader: format!("u{offset}").into(),
                     conversation: receiptd_wire::Conversation::C2c { peer: "p".into() },
                     read_at: 1,
                 });

@@ -6,6 +6,7 @@
 //! then the fields in declaration order. The switch is serde's
 //! `is_human_readable`, so one set of types serves both encodings.
 
+use crate::Id;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Which conversation an event belongs to, relative to the event's actor.
@@ -14,12 +15,12 @@ pub enum Conversation {
     /// One-to-one: `peer` is the other party.
     C2c {
         /// The other party of the conversation.
-        peer: String,
+        peer: Id,
     },
     /// A group conversation.
     Group {
         /// The group's id.
-        group_id: String,
+        group_id: Id,
     },
 }
 
@@ -69,9 +70,9 @@ pub enum MembersOp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupMembers {
     /// The app (tenant).
-    pub app_id: String,
+    pub app_id: Id,
     /// The group.
-    pub group_id: String,
+    pub group_id: Id,
     /// What happens to the member set.
     pub op: MembersOp,
     /// The group's type; required with `snapshot`.
@@ -79,7 +80,7 @@ pub struct GroupMembers {
     pub group_type: Option<GroupType>,
     /// The members the op names (empty for `dismiss`).
     #[serde(default)]
-    pub members: Vec<String>,
+    pub members: Vec<Id>,
     /// When the change happened, Unix ms.
     pub at: u64,
 }
@@ -88,11 +89,11 @@ pub struct GroupMembers {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageSent {
     /// The app (tenant).
-    pub app_id: String,
+    pub app_id: Id,
     /// The message id, unique within the app.
-    pub msg_id: String,
+    pub msg_id: Id,
     /// Who sent it.
-    pub sender: String,
+    pub sender: Id,
     /// Where, relative to the sender.
     pub conversation: Conversation,
     /// Whether the sender asked for read receipts.
@@ -106,13 +107,13 @@ pub struct MessageSent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageRead {
     /// The app (tenant).
-    pub app_id: String,
+    pub app_id: Id,
     /// Who read.
-    pub reader: String,
+    pub reader: Id,
     /// Where, relative to the reader.
     pub conversation: Conversation,
     /// The messages read (1 to 100).
-    pub msg_ids: Vec<String>,
+    pub msg_ids: Vec<Id>,
     /// When, Unix ms.
     pub read_at: u64,
     /// A private read is recorded but never revealed.
@@ -124,9 +125,9 @@ pub struct MessageRead {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConversationRead {
     /// The app (tenant).
-    pub app_id: String,
+    pub app_id: Id,
     /// Who read.
-    pub reader: String,
+    pub reader: Id,
     /// The conversation, relative to the reader (C2C only).
     pub conversation: Conversation,
     /// The read mark, Unix ms.
@@ -137,11 +138,11 @@ pub struct ConversationRead {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageRevoked {
     /// The app (tenant).
-    pub app_id: String,
+    pub app_id: Id,
     /// The message.
-    pub msg_id: String,
+    pub msg_id: Id,
     /// Its sender.
-    pub sender: String,
+    pub sender: Id,
     /// Where, relative to the sender.
     pub conversation: Conversation,
     /// When, Unix ms.
@@ -322,18 +323,18 @@ pub(crate) enum EventType {
 pub(crate) struct FlatEvent {
     #[serde(rename = "type")]
     pub(crate) kind: EventType,
-    pub(crate) app_id: Option<String>,
-    pub(crate) group_id: Option<String>,
+    pub(crate) app_id: Option<Id>,
+    pub(crate) group_id: Option<Id>,
     pub(crate) op: Option<MembersOp>,
     pub(crate) group_type: Option<GroupType>,
-    pub(crate) members: Option<Vec<String>>,
-    pub(crate) msg_id: Option<String>,
-    pub(crate) sender: Option<String>,
+    pub(crate) members: Option<Vec<Id>>,
+    pub(crate) msg_id: Option<Id>,
+    pub(crate) sender: Option<Id>,
     pub(crate) conversation: Option<Conversation>,
     pub(crate) need_read_receipt: Option<bool>,
     pub(crate) sent_at: Option<u64>,
-    pub(crate) reader: Option<String>,
-    pub(crate) msg_ids: Option<Vec<String>>,
+    pub(crate) reader: Option<Id>,
+    pub(crate) msg_ids: Option<Vec<Id>>,
     pub(crate) read_at: Option<u64>,
     pub(crate) private: Option<bool>,
     pub(crate) at: Option<u64>,
@@ -403,11 +404,11 @@ dual_form!(Setting, SettingTagged, SettingCompact, {
 
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct C2cFields {
-    peer: String,
+    peer: Id,
 }
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct GroupFields {
-    group_id: String,
+    group_id: Id,
 }
 
 /// Private mirror of [`Conversation`] in the dual form.
@@ -431,8 +432,8 @@ pub(crate) enum ConversationType {
 pub(crate) struct FlatConversation {
     #[serde(rename = "type")]
     pub(crate) kind: ConversationType,
-    pub(crate) peer: Option<String>,
-    pub(crate) group_id: Option<String>,
+    pub(crate) peer: Option<Id>,
+    pub(crate) group_id: Option<Id>,
 }
 
 impl FlatConversation {

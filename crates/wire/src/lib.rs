@@ -19,6 +19,10 @@
 //! where serde writes it, and reads any other order too); anything it does
 //! not take, errors included, goes through serde_json, so both decode alike.
 //!
+//! Ids in events are [`Id`]s: inline up to [`INLINE_BYTES`] bytes, so
+//! decoding a usual record allocates only its list of message ids, and
+//! the state keeps the same type.
+//!
 //! Nothing here does IO.
 
 #![deny(missing_docs)]
@@ -27,6 +31,7 @@ mod codec;
 mod delta;
 mod event;
 mod fast_json;
+mod id;
 mod keys;
 
 pub use codec::{
@@ -38,6 +43,7 @@ pub use event::{
     AppConfig, Conversation, ConversationRead, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageRevoked,
     MessageSent, Setting, UserSettings,
 };
+pub use id::{same_str, Id, INLINE_BYTES};
 pub use keys::{conversation_key, delta_key, delta_key_into, is_conversation_key, same_bytes, settings_key};
 
 /// Longest id (app, user, group, message) in bytes.

@@ -10,6 +10,12 @@
 //! itself: compared where it sits, copied without touching shared memory,
 //! no allocation. Longer ids (the contract allows 128 bytes) stay one
 //! shared allocation, as before.
+//!
+//! The events' ids are `Id`s too, made as they are decoded: a record's
+//! short ids cost no allocation (a read's strings were four of its five,
+//! and their allocations and frees several percent of the worker's poll
+//! loop), and the fold keeps an event's id by copying it, or for a long
+//! one by sharing it.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Borrow;
@@ -63,7 +69,7 @@ impl Id {
 
     /// Whether anything but `self` holds this id's shared memory: false for
     /// an inline id, which is nobody's to share.
-    pub(crate) fn held_elsewhere(&self) -> bool {
+    pub fn held_elsewhere(&self) -> bool {
         match &self.0 {
             Repr::Inline { .. } => false,
             Repr::Shared(s) => Arc::strong_count(s) > 1,
@@ -71,8 +77,8 @@ impl Id {
     }
 
     /// Whether both are the same shared memory (interning's test).
-    #[cfg(test)]
-    pub(crate) fn same_memory(a: &Id, b: &Id) -> bool {
+    #[doc(hidden)]
+    pub fn same_memory(a: &Id, b: &Id) -> bool {
         matches!((&a.0, &b.0), (Repr::Shared(a), Repr::Shared(b)) if Arc::ptr_eq(a, b))
     }
 }
@@ -124,12 +130,12 @@ impl Borrow<str> for Id {
 }
 
 /// Whether two strings are equal: `a == b` through
-/// [`receiptd_wire::same_bytes`], which compares up to 16 bytes with two
+/// [`crate::same_bytes`], which compares up to 16 bytes with two
 /// loads from each side instead of a call to `memcmp`. Ids are mostly
 /// that short, and the fold compares several per event.
 #[inline]
 pub fn same_str(a: &str, b: &str) -> bool {
-    receiptd_wire::same_bytes(a.as_bytes(), b.as_bytes())
+    crate::same_bytes(a.as_bytes(), b.as_bytes())
 }
 
 impl PartialEq for Id {
@@ -148,6 +154,30 @@ impl Eq for Id {}
 impl PartialEq<str> for Id {
     #[inline]
     fn eq(&self, other: &str) -> bool {
+        same_str(self, other)
+    }
+}
+
+impl PartialEq<&str> for Id {
+    fn eq(&self, other: &&str) -> bool {
+        same_str(self, other)
+    }
+}
+
+impl PartialEq<String> for Id {
+    fn eq(&self, other: &String) -> bool {
+        same_str(self, other)
+    }
+}
+
+impl PartialEq<Id> for String {
+    fn eq(&self, other: &Id) -> bool {
+        same_str(self, other)
+    }
+}
+
+impl PartialEq<Id> for str {
+    fn eq(&self, other: &Id) -> bool {
         same_str(self, other)
     }
 }
