@@ -22,13 +22,29 @@ pub struct ReceiptChange {
 /// and recipient: a later one replaces the earlier, so that a message
 /// taken again within one flush (staged in slices) is sent once, as it is
 /// now.
+///
+/// The state takes receipts in passes over its changed entities (a slice
+/// of a flush, or receipts taken between flushes), and one pass takes at
+/// most one receipt per message and per read mark. So the receipts are
+/// indexed for replacement only once a second pass adds to the buffer
+/// before it is drained: most flushes are one pass, and indexing every
+/// receipt was a tenth of the fold bench's instructions.
 #[derive(Debug, Default)]
 pub struct DeltaBuffer {
     /// Indexes into `records`, hashed by (app, recipient). Every id is
     /// shared with the state: nothing is copied until serialization.
     index: HashTable<usize>,
-    /// (record, position) of each receipt, hashed by record and receipt.
+    /// (record, position) of each receipt, hashed by record and receipt,
+    /// while `indexed`.
     placed: HashTable<(u32, u32)>,
+    /// Whether `placed` holds every receipt: from the second pass since the
+    /// last drain, or the first public [`DeltaBuffer::push`], until the
+    /// next drain.
+    indexed: bool,
+    /// Receipts buffered.
+    receipts: usize,
+    /// Passes begun since the last drain (see [`DeltaBuffer::begin_pass`]).
+    passes: u32,
     records: Vec<DeltaRecord<Id>>,
     /// Emptied receipt lists of records already sent, for the next records:
     /// a list per recipient per flush, allocated anew, was 3% of the fold's
@@ -69,19 +85,59 @@ impl DeltaBuffer {
 
     /// Receipts buffered.
     pub fn len(&self) -> usize {
-        self.placed.len()
+        self.receipts
     }
 
     /// Whether nothing is buffered.
     pub fn is_empty(&self) -> bool {
-        self.placed.is_empty()
+        self.receipts == 0
     }
 
     /// Adds one receipt, or replaces the recipient's receipt of the same
     /// message (taken earlier in the flush, so older).
     pub fn push(&mut self, change: ReceiptChange) {
+        self.index_receipts();
+        self.add(change);
+    }
+
+    /// Starts a pass of the state's over its changed entities, whose
+    /// receipts then come through [`DeltaBuffer::push_in_pass`]. From the
+    /// second pass before a drain, receipts may repeat earlier ones.
+    pub(crate) fn begin_pass(&mut self) {
+        self.passes += 1;
+        if self.passes > 1 && self.receipts > 0 {
+            self.index_receipts();
+        }
+    }
+
+    /// Adds a receipt taken in a pass: at most one per message and per read
+    /// mark within the pass, so it replaces an earlier one only if an
+    /// earlier pass may have taken the same.
+    pub(crate) fn push_in_pass(&mut self, change: ReceiptChange) {
+        self.add(change);
+    }
+
+    /// Indexes every buffered receipt, if they are not yet: pushes from now
+    /// until the drain find the receipt they replace.
+    fn index_receipts(&mut self) {
+        if std::mem::replace(&mut self.indexed, true) {
+            return;
+        }
+        let DeltaBuffer { placed, records, .. } = self;
+        for (r, record) in records.iter().enumerate() {
+            for (p, receipt) in record.receipts.iter().enumerate() {
+                placed.insert_unique(receipt_hash(r, receipt), (r as u32, p as u32), |&(r, p)| {
+                    receipt_hash(r as usize, &records[r as usize].receipts[p as usize])
+                });
+            }
+        }
+    }
+
+    /// Adds one receipt; while indexed, replaces the recipient's receipt of
+    /// the same message.
+    fn add(&mut self, change: ReceiptChange) {
         let ReceiptChange { app, to, receipt } = change;
-        let DeltaBuffer { index, placed, records, spare } = self;
+        let DeltaBuffer { index, placed, records, spare, indexed, receipts, .. } = self;
         let hash = recipient_hash(&app, &to);
         let same = |&i: &usize| *records[i].app_id == *app && *records[i].to == *to;
         let i = match index.find(hash, same) {
@@ -93,10 +149,16 @@ impl DeltaBuffer {
                 i
             }
         };
+        *receipts += 1;
+        if !*indexed {
+            records[i].receipts.push(receipt);
+            return;
+        }
         let hash = receipt_hash(i, &receipt);
         let at = |&(r, p): &(u32, u32)| &records[r as usize].receipts[p as usize];
         if let Some(&(r, p)) = placed.find(hash, |place| same_receipt(at(place), &receipt)) {
             records[r as usize].receipts[p as usize] = receipt;
+            *receipts -= 1;
             return;
         }
         let place = (i as u32, records[i].receipts.len() as u32);
@@ -109,6 +171,7 @@ impl DeltaBuffer {
     pub fn drain(&mut self) -> Vec<DeltaRecord<Id>> {
         self.index.clear();
         self.placed.clear();
+        (self.indexed, self.receipts, self.passes) = (false, 0, 0);
         crate::state::take_retaining(&mut self.records)
     }
 
@@ -129,6 +192,31 @@ mod tests {
     fn change(to: &str, msg_id: &str, version: u64) -> ReceiptChange {
         let receipt = Receipt::group(Id::from(msg_id), Id::from("g"), 1, 0, 0, version);
         ReceiptChange { app: Id::from("a"), to: Id::from(to), receipt }
+    }
+
+    #[test]
+    fn receipts_are_indexed_from_a_second_pass_on_and_replace_earlier_ones() {
+        let mut deltas = DeltaBuffer::new();
+        deltas.begin_pass();
+        deltas.push_in_pass(change("alice", "m1", 1));
+        deltas.push_in_pass(change("alice", "m2", 1));
+        assert!(deltas.placed.is_empty(), "one pass takes each message once: nothing to index");
+        deltas.begin_pass();
+        deltas.push_in_pass(change("alice", "m1", 2));
+        deltas.push_in_pass(change("bob", "m1", 2));
+        assert_eq!(deltas.len(), 3);
+        let records = deltas.drain();
+        let taken: Vec<Vec<(&str, Option<u64>)>> =
+            records.iter().map(|r| r.receipts.iter().map(|c| (&*c.msg_id, c.version)).collect()).collect();
+        assert_eq!(
+            taken,
+            [vec![("m1", Some(2)), ("m2", Some(1))], vec![("m1", Some(2))]],
+            "the later m1 replaced the earlier, in place"
+        );
+
+        deltas.begin_pass();
+        deltas.push_in_pass(change("carol", "m3", 1));
+        assert!(deltas.placed.is_empty() && deltas.len() == 1, "a drain starts over unindexed");
     }
 
     #[test]

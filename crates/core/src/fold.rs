@@ -588,7 +588,7 @@ pub(crate) fn take_message_receipt(
         }
         MessageTarget::C2c { peer } => Receipt::c2c(msg_id.clone(), peer.clone(), read > 0, m.timestamp, m.version()),
     };
-    deltas.push(ReceiptChange { app: app.clone(), to: m.sender.clone(), receipt });
+    deltas.push_in_pass(ReceiptChange { app: app.clone(), to: m.sender.clone(), receipt });
 }
 
 /// Takes a conversation read mark's receipt into `deltas` (for `peer`) if it
@@ -607,7 +607,7 @@ pub(crate) fn take_mark_receipt(
         return;
     }
     let receipt = Receipt::conversation(reader.clone(), mark.read_at);
-    deltas.push(ReceiptChange { app: app.clone(), to: peer.clone(), receipt });
+    deltas.push_in_pass(ReceiptChange { app: app.clone(), to: peer.clone(), receipt });
 }
 
 fn untracked_reason(tracking: Tracking) -> Option<ReadResult> {

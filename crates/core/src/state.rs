@@ -774,6 +774,7 @@ impl PartitionState {
     ) -> usize {
         let keys =
             if max >= self.dirty.len() { take_retaining(&mut self.dirty) } else { self.dirty.drain(..max).collect() };
+        deltas.begin_pass();
         for key in &keys {
             self.visit_changed(key, true, settings, deltas, |entity| stage(key, entity));
         }
@@ -786,6 +787,7 @@ impl PartitionState {
     /// [`Self::flush_changes`], which then takes no receipt twice.
     pub fn take_receipts(&mut self, settings: &crate::SettingsTable, deltas: &mut crate::DeltaBuffer) {
         let keys = std::mem::take(&mut self.dirty);
+        deltas.begin_pass();
         for key in keys.iter().filter(|k| matches!(k, DirtyKey::Message { .. } | DirtyKey::Mark { .. })) {
             self.visit_changed(key, false, settings, deltas, |_| {});
         }
