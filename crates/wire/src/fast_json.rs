@@ -95,8 +95,14 @@ fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
 }
 
 impl<'a> Cursor<'a> {
+    /// Called before every token, and compact JSON has no whitespace: a
+    /// byte above the space settles it with one compare.
+    #[inline]
     fn skip_whitespace(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.at) {
+        while let Some(&c) = self.bytes.get(self.at) {
+            if c > b' ' || !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                return;
+            }
             self.at += 1;
         }
     }
