@@ -127,7 +127,8 @@ impl SettingsTable {
 
 /// One app's settings, from [`SettingsTable::app`]: its config (if it has
 /// one) and its users with receipts off (if any), each found once. Every
-/// default lives here.
+/// default lives here. Its answers are inline: each is a test of a field
+/// or two, asked for every read, where a call cost more than the test.
 #[derive(Debug, Clone, Copy)]
 pub struct AppSettings<'a> {
     config: Option<&'a AppConfig>,
@@ -137,11 +138,13 @@ pub struct AppSettings<'a> {
 
 impl AppSettings<'_> {
     /// Whether C2C receipts are on (default true).
+    #[inline]
     pub fn c2c_receipts(&self) -> bool {
         self.config.is_none_or(|c| c.c2c_receipts)
     }
 
     /// Whether receipts are on for a group type (default Work, Public, Meeting).
+    #[inline]
     pub fn group_type_enabled(&self, group_type: GroupType) -> bool {
         match self.config {
             Some(c) => c.group_receipt_types.contains(&group_type),
@@ -150,26 +153,31 @@ impl AppSettings<'_> {
     }
 
     /// Whether a user whose receipts are off also gets none (default true).
+    #[inline]
     pub fn reciprocal_privacy(&self) -> bool {
         self.config.is_none_or(|c| c.reciprocal_privacy)
     }
 
     /// Retention in days (default 30).
+    #[inline]
     pub fn retention_days(&self) -> u32 {
         self.config.map_or(30, |c| c.retention_days)
     }
 
     /// Retention in milliseconds, the unit the fold's clock counts in.
+    #[inline]
     pub fn retention_ms(&self) -> u64 {
         u64::from(self.retention_days()) * 86_400_000
     }
 
     /// Whether any user has receipts off (the fold's fast path needs none to be).
+    #[inline]
     pub fn anyone_off(&self) -> bool {
         self.off.is_some_and(|off| !off.users.is_empty())
     }
 
     /// Whether the user's reads may be revealed.
+    #[inline]
     pub fn receipts_on(&self, user: &str) -> bool {
         self.off.is_none_or(|off| !off.contains(user))
     }
@@ -177,12 +185,14 @@ impl AppSettings<'_> {
     /// How often the set of users with receipts off has changed, or `None`
     /// once that count has saturated. Two equal values mean the same set, so
     /// counts that depend on who is off may be cached under it.
+    #[inline]
     pub fn switches(&self) -> Option<u32> {
         let switches = self.off.map_or(0, |off| off.switches);
         (switches != u32::MAX).then_some(switches)
     }
 
     /// Whether the user may receive receipts for their own messages.
+    #[inline]
     pub fn may_receive(&self, user: &str) -> bool {
         !self.reciprocal_privacy() || self.receipts_on(user)
     }
