@@ -28,7 +28,13 @@ pub(crate) struct MemberNames {
 fn name_in<'a>(bytes: &'a str, ends: &[u32], ordinal: u32) -> &'a str {
     let i = ordinal as usize;
     let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-    &bytes[start..ends[i] as usize]
+    // As bytes, then as the string they are: slicing the `str` itself
+    // checks both ends for a character boundary on every lookup, and every
+    // end is the end of a whole name pushed as a `str`.
+    let name = &bytes.as_bytes()[start..ends[i] as usize];
+    // SAFETY: `bytes` is names pushed whole, and `start` and the end are
+    // where one began and ended, so the slice is one of them: UTF-8.
+    unsafe { std::str::from_utf8_unchecked(name) }
 }
 
 impl MemberNames {
@@ -101,6 +107,20 @@ mod tests {
         assert_eq!(m.ordinal("user-1000"), None);
         assert_eq!(m.ordinal("user-1"), Some(1), "a prefix of another name is not that name");
         assert!(m.heap_bytes() < 1_000 * 24, "names share one buffer: {} bytes", m.heap_bytes());
+    }
+
+    #[test]
+    fn names_of_several_bytes_a_character_come_back_whole() {
+        let mut m = MemberNames::default();
+        let names = ["é", "ünïcødé", "", "😀😀", "a"];
+        for (k, name) in names.iter().enumerate() {
+            assert_eq!(m.push(name), k as u32);
+        }
+        for (k, name) in names.iter().enumerate() {
+            assert_eq!(m.name(k as u32), *name);
+            assert_eq!(m.ordinal(name), Some(k as u32));
+        }
+        assert_eq!(m.ordinal("😀"), None, "half of a name is not a name");
     }
 
     #[test]
