@@ -138,6 +138,8 @@ impl TrafficShape {
 #[derive(Debug, Clone)]
 pub struct Traffic {
     shape: TrafficShape,
+    /// The shape's app id, made once for every event.
+    app_id: Id,
     rng: Rng,
     groups: Vec<Vec<Id>>,
     recent: VecDeque<(Id, Id, Conversation)>,
@@ -162,6 +164,7 @@ impl Traffic {
             .collect();
         let now = shape.start_ms;
         Traffic {
+            app_id: Id::from(shape.app_id.as_str()),
             shape,
             rng,
             groups,
@@ -180,7 +183,7 @@ impl Traffic {
             .enumerate()
             .map(|(i, members)| {
                 Event::GroupMembers(GroupMembers {
-                    app_id: Id::from(self.shape.app_id.as_str()),
+                    app_id: self.app_id.clone(),
                     group_id: Id::from(format!("g{i}")),
                     op: MembersOp::Snapshot,
                     group_type: Some(if i % 7 == 6 { GroupType::Meeting } else { GroupType::Work }),
@@ -222,7 +225,7 @@ impl Traffic {
         if roll < self.shape.churn_percent + self.shape.send_percent + self.shape.conversation_read_percent {
             let (a, b) = self.pair();
             return Event::ConversationRead(ConversationRead {
-                app_id: Id::from(self.shape.app_id.as_str()),
+                app_id: self.app_id.clone(),
                 reader: a,
                 conversation: Conversation::C2c { peer: b },
                 read_at: self.now,
@@ -257,7 +260,7 @@ impl Traffic {
             }
         };
         Event::GroupMembers(GroupMembers {
-            app_id: Id::from(self.shape.app_id.as_str()),
+            app_id: self.app_id.clone(),
             group_id: Id::from(format!("g{g}")),
             op,
             group_type: None,
@@ -280,7 +283,7 @@ impl Traffic {
             (a, Conversation::C2c { peer: b.clone() }, b)
         };
         let event = Event::MessageSent(MessageSent {
-            app_id: Id::from(self.shape.app_id.as_str()),
+            app_id: self.app_id.clone(),
             msg_id: msg_id.clone(),
             sender: sender.clone(),
             conversation: conversation.clone(),
@@ -324,7 +327,7 @@ impl Traffic {
             Conversation::C2c { .. } => Conversation::C2c { peer: sender.clone() },
         };
         Event::MessageRead(MessageRead {
-            app_id: Id::from(self.shape.app_id.as_str()),
+            app_id: self.app_id.clone(),
             reader,
             conversation,
             msg_ids: vec![msg_id.clone()],

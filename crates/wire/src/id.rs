@@ -151,36 +151,19 @@ impl PartialEq for Id {
 
 impl Eq for Id {}
 
-impl PartialEq<str> for Id {
-    #[inline]
-    fn eq(&self, other: &str) -> bool {
-        same_str(self, other)
-    }
+/// An id equals a string of the same text, either way round.
+macro_rules! equal_to_strings {
+    ($($left:ty => $right:ty),+) => {$(
+        impl PartialEq<$right> for $left {
+            #[inline]
+            fn eq(&self, other: &$right) -> bool {
+                same_str(self, other)
+            }
+        }
+    )+};
 }
 
-impl PartialEq<&str> for Id {
-    fn eq(&self, other: &&str) -> bool {
-        same_str(self, other)
-    }
-}
-
-impl PartialEq<String> for Id {
-    fn eq(&self, other: &String) -> bool {
-        same_str(self, other)
-    }
-}
-
-impl PartialEq<Id> for String {
-    fn eq(&self, other: &Id) -> bool {
-        same_str(self, other)
-    }
-}
-
-impl PartialEq<Id> for str {
-    fn eq(&self, other: &Id) -> bool {
-        same_str(self, other)
-    }
-}
+equal_to_strings!(Id => str, Id => &str, Id => String, String => Id, str => Id);
 
 impl PartialOrd for Id {
     fn partial_cmp(&self, other: &Id) -> Option<std::cmp::Ordering> {
