@@ -1,6 +1,6 @@
 //! The pure fold on one core: pre-decoded events into a `PartitionState`,
 //! lookup, dedupe, counts and delta emission included (receipts taken every
-//! 1,000 events, one flush window's worth).
+//! 1,000 message reads, one flush window's worth).
 //!
 //! - `fold/demo_mix_200k`: the demo's mix, from an empty state.
 //! - `reads/*`: reads into 1,000,000 live messages in groups of 32, either
@@ -24,6 +24,10 @@
 //! `mix_long_msg_ids` is `mix` with message ids of 38 bytes in the form
 //! Tencent IM gives them (`144115233874815003-1608262010-m123`): too long
 //! to sit inline in an `Id`, where the bench's own ids all do.
+//! `ten_per_read` reads ten messages an event, as a client reads a group
+//! chat's unread messages in one call: a member of a hot group's 10
+//! newest messages, 20,000 events; `one_per_read` is the same 200,000
+//! message reads, one an event. Both count per message read.
 
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
@@ -123,6 +127,29 @@ fn read_event(shape: Shape, m: u64, reader: u64) -> Event {
         read_at: 2,
         private: false,
     })
+}
+
+/// Reads of `per` messages an event: a member of the group of a hot
+/// message reads it and the `per - 1` before it in that group, in one
+/// event (`one_event`) or in one event each. `n` message reads in all.
+fn reads_of_several(shape: Shape, per: u64, one_event: bool, n: usize) -> Vec<Event> {
+    let mut events = Vec::with_capacity(n);
+    for (m, reader) in reads(shape, true, 7, n / per as usize) {
+        let msgs = (0..per).map(|k| m - k * shape.groups);
+        let read = |msgs: Vec<Id>| {
+            let mut e = read_event(shape, m, reader);
+            if let Event::MessageRead(r) = &mut e {
+                r.msg_ids = msgs;
+            }
+            e
+        };
+        if one_event {
+            events.push(read(msgs.map(|k| format!("m{k}").into()).collect()));
+        } else {
+            events.extend(msgs.map(|k| read(vec![format!("m{k}").into()])));
+        }
+    }
+    events
 }
 
 /// The state with every group and message in place.
@@ -240,15 +267,22 @@ fn reads_bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// Folds `events`, taking receipts every 1,000 as the timed bench does.
+/// Folds `events`, taking receipts every 1,000 message reads (a read of
+/// several messages counts each; any other event counts one).
 #[inline(always)]
 fn fold_events(state: &mut PartitionState, settings: &SettingsTable, limits: &Limits, events: &[Event]) {
     let mut fx = Effects::default();
     let mut deltas = DeltaBuffer::new();
-    for (i, e) in events.iter().enumerate() {
+    let mut since_flush = 0;
+    for e in events {
         state.apply(settings, limits, e, 2, &mut fx);
-        if i % 1_000 == 999 {
+        since_flush += match e {
+            Event::MessageRead(r) => r.msg_ids.len(),
+            _ => 1,
+        };
+        if since_flush >= 1_000 {
             flush(state, settings, &mut deltas);
+            since_flush = 0;
         }
     }
 }
@@ -299,7 +333,14 @@ fn counted(case: &str) {
             fold_events(&mut state, &settings, &limits, &warm_up);
             (state, (0..COUNTED_EVENTS).map(|_| ids(traffic.next_event())).collect())
         }
-        other => panic!("RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform, mix, mix_config or mix_long_msg_ids"),
+        "ten_per_read" | "one_per_read" => {
+            let reads = reads_of_several(COUNTED, 10, case == "ten_per_read", COUNTED_EVENTS);
+            (live_state(COUNTED, &settings, &limits), reads)
+        }
+        other => panic!(
+            "RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform, mix, mix_config, mix_long_msg_ids, ten_per_read \
+             or one_per_read"
+        ),
     };
     counted_fold(&mut state, &settings, &limits, &events);
     println!("folded {} {case} events", events.len());

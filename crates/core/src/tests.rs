@@ -253,6 +253,47 @@ fn sender_outsider_and_unrequested_reads_change_nothing_and_are_counted() {
 }
 
 #[test]
+fn one_read_of_several_messages_judges_each_as_its_own_read() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob"]);
+    h.members("g2", MembersOp::Snapshot, &["alice", "bob", "carol"]);
+    h.send_group("m1", "alice", "g1");
+    h.members("g1", MembersOp::Join, &["carol"]);
+    h.send_group("m2", "alice", "g1");
+    h.send_group("m3", "carol", "g1");
+    h.send_group("m4", "alice", "g2");
+    // carol joined g1 after m1 and sent m3; m4 is in another group; m9 is
+    // not sent yet; m2 is named twice. The reader's group and ordinal are
+    // looked up once for the event, and each message still judged alone.
+    h.read_group("carol", "g1", &["m9", "m1", "m2", "m3", "m4", "m2"]);
+    assert_eq!(h.counts("m1"), (0, 1));
+    assert_eq!(h.counts("m2"), (1, 1));
+    assert_eq!(h.counts("m3"), (0, 2));
+    assert_eq!(h.counts("m4"), (0, 2));
+    assert_eq!(h.ignored(Ignored::NotInAudience), 2, "m1 and m4");
+    assert_eq!(h.ignored(Ignored::Sender), 1, "m3");
+    assert_eq!(h.ignored(Ignored::Duplicate), 1, "m2 again");
+    assert_eq!(h.state.held_count(), 1, "m9");
+    assert_eq!(h.fx.stats.events[2][Outcome::Applied as usize], 1);
+    h.read_group("bob", "g1", &["m9"]);
+    h.send_group("m9", "alice", "g1");
+    assert_eq!(h.counts("m9"), (2, 0), "both held reads of m9 applied on arrival, each as its reader's");
+    // A reader with receipts off: every message of the event hidden.
+    receipts_switch(&mut h, "bob", false);
+    h.read_group("bob", "g1", &["m2", "m9", "m3"]);
+    assert_eq!(h.counts("m2"), (1, 1));
+    assert_eq!(h.counts("m3"), (0, 2));
+    assert_eq!(h.fx.stats.hidden_reads, 2, "m2 and m3; bob read m9 already");
+    // A read of messages of a group not known: each not in the audience.
+    h.read_group("bob", "g7", &["m2", "m4"]);
+    assert_eq!(h.ignored(Ignored::NotInAudience), 4);
+    // The first message unknown, the rest folded after it is held.
+    h.read_group("carol", "g2", &["m10", "m4"]);
+    assert_eq!(h.counts("m4"), (1, 1));
+    assert_eq!(h.state.held_count(), 1, "m10");
+}
+
+#[test]
 fn a_read_before_its_message_is_held_and_applied_on_arrival() {
     let mut h = Harness::new();
     h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);

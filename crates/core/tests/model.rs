@@ -81,7 +81,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(g, op, users, av)| Op::Members { g, op: if op == 3 && users % 4 != 0 { 1 } else { op }, users, av }),
         4 => (0u8..8, 0u8..USERS, prop::option::weighted(0.7, 0u8..2), 0u8..USERS, prop::bool::weighted(0.85), prop::sample::select(vec![0u8, 0, 0, 0, 2]))
             .prop_map(|(m, sender, group, peer, need, days_back)| Op::Send { m, sender, group, peer, need, days_back }),
-        8 => (0u8..USERS, prop::collection::vec(0u8..8, 1..3), prop::bool::weighted(0.15), prop::bool::weighted(0.85), 0u8..2, 0u8..USERS)
+        8 => (0u8..USERS, prop::collection::vec(0u8..8, 1..5), prop::bool::weighted(0.15), prop::bool::weighted(0.85), 0u8..2, 0u8..USERS)
             .prop_map(|(reader, msgs, private, right_place, g, peer)| Op::Read { reader, msgs, private, right_place, g, peer }),
         1 => (0u8..USERS, 0u8..USERS).prop_map(|(reader, peer)| Op::ConvRead { reader, peer }),
         1 => (0u8..8, prop::bool::weighted(0.8)).prop_map(|(m, right)| Op::Revoke { m, right }),
