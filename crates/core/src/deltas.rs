@@ -32,7 +32,7 @@ pub struct ReceiptChange {
 /// (8% with reads spread over a million messages).
 #[derive(Debug, Default)]
 pub struct DeltaBuffer {
-    /// Indexes into `records`, hashed by (app, recipient). Every id is
+    /// Indexes into `records`, hashed by recipient. Every id is
     /// shared with the state: nothing is copied until serialization.
     index: HashTable<usize>,
     /// (record, position) of each receipt, hashed by record and receipt,
@@ -45,6 +45,8 @@ pub struct DeltaBuffer {
     /// Receipts buffered.
     receipts: usize,
     records: Vec<DeltaRecord<Id>>,
+    /// The record the last receipt went to (none if past the end).
+    last: usize,
     /// Emptied receipt lists of records already sent, for the next records:
     /// a list per recipient per flush, allocated anew, was 3% of the fold's
     /// instructions and faulted fresh pages in while a flush was staged.
@@ -57,8 +59,10 @@ pub struct DeltaBuffer {
 const SPARE_LISTS: usize = crate::state::RETAINED_ENTRIES;
 const SPARE_LIST_RECEIPTS: usize = 64;
 
-fn recipient_hash(app: &str, to: &str) -> u64 {
-    FxBuildHasher.hash_one((app, to))
+/// By recipient only, and the app compared when found: every receipt paid
+/// for hashing the app as well, and a user id in two apps is rare.
+fn recipient_hash(to: &str) -> u64 {
+    FxBuildHasher.hash_one(to)
 }
 
 /// What makes a receipt one recipient's receipt of one thing: the message,
@@ -129,17 +133,25 @@ impl DeltaBuffer {
     /// same message from an earlier pass.
     pub(crate) fn push_in_pass(&mut self, change: ReceiptChange) {
         let ReceiptChange { app, to, receipt } = change;
-        let DeltaBuffer { index, placed, records, spare, indexed, receipts, .. } = self;
-        let hash = recipient_hash(&app, &to);
+        let DeltaBuffer { index, placed, records, spare, indexed, receipts, last, .. } = self;
         let same = |&i: &usize| *records[i].app_id == *app && *records[i].to == *to;
-        let i = match index.find(hash, same) {
-            Some(&i) => i,
-            None => {
-                let i = records.len();
-                index.insert_unique(hash, i, |&j| recipient_hash(&records[j].app_id, &records[j].to));
-                records.push(DeltaRecord { app_id: app, to, receipts: spare.pop().unwrap_or_default() });
-                i
-            }
+        // The recipient of the receipt before, compared first: a sender's
+        // messages changed together (one read of several) come in a run.
+        let i = if records.get(*last).is_some_and(|r| r.to == to && r.app_id == app) {
+            *last
+        } else {
+            let hash = recipient_hash(&to);
+            let i = match index.find(hash, same) {
+                Some(&i) => i,
+                None => {
+                    let i = records.len();
+                    index.insert_unique(hash, i, |&j| recipient_hash(&records[j].to));
+                    records.push(DeltaRecord { app_id: app, to, receipts: spare.pop().unwrap_or_default() });
+                    i
+                }
+            };
+            *last = i;
+            i
         };
         if !*indexed {
             records[i].receipts.push(receipt);
@@ -209,6 +221,31 @@ mod tests {
         deltas.begin_pass();
         deltas.push_in_pass(change("carol", "m3", 1));
         assert!(deltas.placed.is_empty() && deltas.len() == 1, "a drain starts over unindexed");
+    }
+
+    #[test]
+    fn each_recipient_of_each_app_gets_one_record_in_order_of_first_receipt() {
+        let mut deltas = DeltaBuffer::new();
+        let in_app = |app: &str, to: &str, msg_id: &str| ReceiptChange { app: Id::from(app), ..change(to, msg_id, 1) };
+        // Runs of one recipient (taken from the last record), a recipient
+        // seen before (found by hash), and one user id in two apps.
+        for (app, to, msg_id) in
+            [("a", "alice", "m1"), ("a", "alice", "m2"), ("a", "bob", "m3"), ("b", "alice", "m4"), ("a", "alice", "m5")]
+        {
+            deltas.push_in_pass(in_app(app, to, msg_id));
+        }
+        deltas.push_in_pass(in_app("b", "alice", "m6"));
+        deltas.push_in_pass(in_app("b", "alice", "m7"));
+        let records = deltas.drain();
+        let taken: Vec<(&str, &str, Vec<&str>)> =
+            records.iter().map(|r| (&*r.app_id, &*r.to, r.receipts.iter().map(|c| &*c.msg_id).collect())).collect();
+        assert_eq!(
+            taken,
+            [("a", "alice", vec!["m1", "m2", "m5"]), ("a", "bob", vec!["m3"]), ("b", "alice", vec!["m4", "m6", "m7"]),]
+        );
+        deltas.push_in_pass(in_app("b", "alice", "m8"));
+        let [record]: [DeltaRecord<Id>; 1] = deltas.drain().try_into().unwrap();
+        assert_eq!((&*record.app_id, record.receipts.len()), ("b", 1), "a drained record is no hint");
     }
 
     #[test]
