@@ -340,10 +340,8 @@ impl PartitionState {
                 }
             }
         }
-        if !unknown.is_empty() {
-            for msg_id in unknown {
-                any_held |= self.hold(limits, e, msg_id, record_time, stats);
-            }
+        for msg_id in unknown {
+            any_held |= self.hold(limits, e, msg_id, record_time, stats);
         }
         if any_applied {
             Outcome::Applied
