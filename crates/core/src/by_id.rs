@@ -75,21 +75,24 @@ impl<T: Named> ById<T> {
         self.find(id).map(|i| &mut self.entries[i])
     }
 
-    /// `id`'s entry, made by `make` if it has none.
-    #[inline]
+    /// `id`'s entry, made by `make` if it has none. Inlined down to the
+    /// compare with the entry found last: out of line it took 55
+    /// instructions an event (the app of every event), inline 40.
+    #[inline(always)]
     pub(crate) fn get_or_insert_with(&mut self, id: &str, make: impl FnOnce() -> T) -> &mut T {
         let i = match self.find(id) {
             Some(i) => i,
-            None => self.insert(make()),
+            None => self.insert(make),
         };
         &mut self.entries[i]
     }
 
-    /// Adds an entry whose id has none yet. Out of line, so that a lookup
-    /// inlines down to the compare.
+    /// Adds the entry `make` makes, whose id has none yet. Out of line, so
+    /// that a lookup inlines down to the compare.
     #[cold]
     #[inline(never)]
-    fn insert(&mut self, entry: T) -> usize {
+    fn insert(&mut self, make: impl FnOnce() -> T) -> usize {
+        let entry = make();
         let ById { entries, index, last } = self;
         let i = entries.len();
         index.insert_unique(hash_of(entry.name()), i as u32, |&j| hash_of(entries[j as usize].name()));
