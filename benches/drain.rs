@@ -8,8 +8,10 @@
 //! batches, peak RSS and persisted bytes per message.
 //!
 //! `cargo bench --bench drain` (10,000,000 events; set RECEIPTD_DRAIN_EVENTS
-//! for another size). Uses RECEIPTD_TEST_BROKERS, or starts a broker with
-//! deploy/kafka.sh and stops it after.
+//! for another size, and RECEIPTD_DRAIN_READ_BATCH=N for group reads that
+//! name up to N messages, as `TrafficShape::read_batch`; default 1). Uses
+//! RECEIPTD_TEST_BROKERS, or starts a broker with deploy/kafka.sh and stops
+//! it after.
 
 #[path = "../tests/support.rs"]
 #[allow(dead_code, unused_imports)]
@@ -38,21 +40,26 @@ fn fast_producer() -> BaseProducer {
         .expect("producer")
 }
 
-/// Appends `n` events (the setup first when `setup`), returns events/s.
-fn prefill(traffic: &mut Traffic, topic: &str, n: u64, setup: bool) -> f64 {
+/// Appends `n` events (the setup first when `setup`), returns events/s and
+/// the messages their reads name.
+fn prefill(traffic: &mut Traffic, topic: &str, n: u64, setup: bool) -> (f64, u64) {
     let producer = fast_producer();
     let started = Instant::now();
     let events = if setup { traffic.setup() } else { Vec::new() };
-    let send = |e: &receiptd_wire::Event| {
+    let mut message_reads = 0;
+    let mut send = |e: &receiptd_wire::Event| {
+        if let receiptd_wire::Event::MessageRead(r) = e {
+            message_reads += r.msg_ids.len() as u64;
+        }
         let payload = serde_json::to_vec(e).unwrap();
         produce_raw(&producer, topic, receiptd_wire::conversation_key(e).as_bytes(), &payload);
     };
-    events.iter().for_each(send);
+    events.iter().for_each(&mut send);
     for _ in 0..n {
         send(&traffic.next_event());
     }
     producer.flush(Duration::from_secs(600)).expect("flush prefill");
-    (events.len() as u64 + n) as f64 / started.elapsed().as_secs_f64()
+    ((events.len() as u64 + n) as f64 / started.elapsed().as_secs_f64(), message_reads)
 }
 
 /// How a consume-only loop takes its records.
@@ -174,11 +181,15 @@ fn main() {
     let _broker = BenchBroker::ensure();
     let n: u64 = std::env::var("RECEIPTD_DRAIN_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
     let topics = Topics::create("drain");
-    let mut traffic = Traffic::new(TrafficShape::bench());
+    let read_batch = std::env::var("RECEIPTD_DRAIN_READ_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut traffic = Traffic::new(TrafficShape { read_batch, ..TrafficShape::bench() });
 
-    let rate = prefill(&mut traffic, &topics.events, n, true);
+    let (rate, message_reads) = prefill(&mut traffic, &topics.events, n, true);
     let end: f64 = end_offsets(&topics.events).values().sum::<i64>() as f64;
     println!("prefill: {end} events appended at {rate:.0} events/s");
+    if read_batch > 1 {
+        println!("reads name up to {read_batch} messages: {message_reads} message reads in the prefill");
+    }
 
     let (raw, raw_cpu) = consume_only(&topics.events, end as u64, Taking::PerRecord);
     println!("consume-only (BaseConsumer, every payload touched): {raw:.0} events/s, {raw_cpu:.3} us CPU per event");
@@ -202,6 +213,12 @@ fn main() {
         first.duration_since(launched).as_secs_f64(),
         done.duration_since(launched).as_secs_f64()
     );
+    if read_batch > 1 {
+        println!(
+            "engine drain: {:.0} message reads/s",
+            message_reads as f64 / done.duration_since(first).as_secs_f64()
+        );
+    }
     // CPU time, unlike throughput, hardly moves with what else the shared
     // cores run: the figure to compare builds by.
     println!(
@@ -253,7 +270,7 @@ fn main() {
     // Recovery: kill -9 with everything processed, append a fifth more, restart.
     worker.kill9();
     let more = (n / 5).max(1);
-    prefill(&mut traffic, &topics.events, more, false);
+    let _ = prefill(&mut traffic, &topics.events, more, false);
     let end2: f64 = end_offsets(&topics.events).values().sum::<i64>() as f64;
     let restarted = Instant::now();
     worker.start();

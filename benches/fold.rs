@@ -24,6 +24,8 @@
 //! `mix_long_msg_ids` is `mix` with message ids of 38 bytes in the form
 //! Tencent IM gives them (`144115233874815003-1608262010-m123`): too long
 //! to sit inline in an `Id`, where the bench's own ids all do.
+//! `mix_read_batch` is `mix` with group reads naming up to ten messages
+//! (`TrafficShape::read_batch`), counted per event.
 //! `ten_per_read` reads ten messages an event, as a client reads a group
 //! chat's unread messages in one call: a member of a hot group's 10
 //! newest messages, 20,000 events; `one_per_read` is the same 200,000
@@ -324,9 +326,10 @@ fn counted(case: &str) {
             let reads = reads(COUNTED, case == "hot", 7, COUNTED_EVENTS);
             (live_state(COUNTED, &settings, &limits), reads.iter().map(|&(m, r)| read_event(COUNTED, m, r)).collect())
         }
-        "mix" | "mix_config" | "mix_long_msg_ids" => {
+        "mix" | "mix_config" | "mix_long_msg_ids" | "mix_read_batch" => {
             let ids: fn(Event) -> Event = if case == "mix_long_msg_ids" { long_msg_ids } else { |e| e };
-            let mut traffic = Traffic::new(TrafficShape::bench());
+            let read_batch = if case == "mix_read_batch" { 10 } else { 1 };
+            let mut traffic = Traffic::new(TrafficShape { read_batch, ..TrafficShape::bench() });
             let mut state = PartitionState::new();
             // `take` starts with the setup (the groups' snapshots).
             let warm_up: Vec<Event> = traffic.take(300_000).into_iter().map(ids).collect();
@@ -338,12 +341,15 @@ fn counted(case: &str) {
             (live_state(COUNTED, &settings, &limits), reads)
         }
         other => panic!(
-            "RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform, mix, mix_config, mix_long_msg_ids, ten_per_read \
-             or one_per_read"
+            "RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform, mix, mix_config, mix_long_msg_ids, mix_read_batch, \
+             ten_per_read or one_per_read"
         ),
     };
     counted_fold(&mut state, &settings, &limits, &events);
-    println!("folded {} {case} events", events.len());
+    let message_reads: usize =
+        events.iter().map(|e| if let Event::MessageRead(r) = e { r.msg_ids.len() } else { 0 }).sum();
+    let reads = events.iter().filter(|e| matches!(e, Event::MessageRead(_))).count();
+    println!("folded {} {case} events, {reads} reads of {message_reads} messages", events.len());
 }
 
 criterion_group!(benches, demo_mix, reads_bench);

@@ -76,6 +76,11 @@ pub struct TrafficShape {
     pub long_tail_percent: u64,
     /// Recent messages remembered as read targets.
     pub recent: usize,
+    /// Most messages one group read names: the target and the group's
+    /// messages sent just before it (not the reader's own), oldest first,
+    /// as a client reads a chat's unread messages in one call. 1 (every
+    /// shape here): one message a read.
+    pub read_batch: usize,
     /// Time of the first event, Unix ms; each event is 1 ms later. Default:
     /// now, so that event times sit near record times (retention is measured
     /// against record time).
@@ -101,6 +106,7 @@ impl TrafficShape {
             churn_percent: 0,
             long_tail_percent: 5,
             recent: 2_000,
+            read_batch: 1,
             start_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -142,6 +148,9 @@ pub struct Traffic {
     app_id: Id,
     rng: Rng,
     groups: Vec<Vec<Id>>,
+    /// Each group's latest messages with their senders, oldest first, at
+    /// most `read_batch` of them (none when it is 1).
+    latest: Vec<VecDeque<(Id, Id)>>,
     recent: VecDeque<(Id, Id, Conversation)>,
     early: VecDeque<Event>,
     repeats: VecDeque<Event>,
@@ -153,7 +162,7 @@ impl Traffic {
     /// A generator for `shape`.
     pub fn new(shape: TrafficShape) -> Self {
         let mut rng = Rng::new(shape.seed);
-        let groups = shape
+        let groups: Vec<Vec<Id>> = shape
             .group_sizes
             .iter()
             .map(|&size| {
@@ -165,6 +174,7 @@ impl Traffic {
         let now = shape.start_ms;
         Traffic {
             app_id: Id::from(shape.app_id.as_str()),
+            latest: vec![VecDeque::new(); groups.len()],
             shape,
             rng,
             groups,
@@ -277,6 +287,13 @@ impl Traffic {
             let members = &self.groups[g];
             let sender = members[self.rng.below(members.len() as u64) as usize].clone();
             let reader = members[self.rng.below(members.len() as u64) as usize].clone();
+            if self.shape.read_batch > 1 {
+                let latest = &mut self.latest[g];
+                latest.push_back((msg_id.clone(), sender.clone()));
+                if latest.len() > self.shape.read_batch {
+                    latest.pop_front();
+                }
+            }
             (sender, Conversation::Group { group_id: Id::from(format!("g{g}")) }, reader)
         } else {
             let (a, b) = self.pair();
@@ -310,15 +327,37 @@ impl Traffic {
             self.rng.below(n)
         };
         let (msg_id, sender, conversation) = self.recent[(n - 1 - back) as usize].clone();
-        let reader = match &conversation {
+        let (reader, group) = match &conversation {
             Conversation::Group { group_id } => {
                 let g: usize = group_id[1..].parse().unwrap_or(0);
                 let members = &self.groups[g];
-                members[self.rng.below(members.len() as u64) as usize].clone()
+                (members[self.rng.below(members.len() as u64) as usize].clone(), Some(g))
             }
-            Conversation::C2c { peer } => peer.clone(),
+            Conversation::C2c { peer } => (peer.clone(), None),
         };
-        self.read_of(&msg_id, &sender, &conversation, reader)
+        let mut e = self.read_of(&msg_id, &sender, &conversation, reader);
+        if let (Some(g), Event::MessageRead(read), true) = (group, &mut e, self.shape.read_batch > 1) {
+            read.msg_ids = self.batch_before(g, &msg_id, &read.reader);
+        }
+        e
+    }
+
+    /// The message ids a group read of `msg_id` names: with `read_batch`
+    /// over 1, the group's messages sent just before it too (not `reader`'s
+    /// own), oldest first, if it is among the group's latest; else itself.
+    fn batch_before(&self, g: usize, msg_id: &Id, reader: &Id) -> Vec<Id> {
+        let latest = &self.latest[g];
+        let Some(at) = latest.iter().position(|(m, _)| m == msg_id) else { return vec![msg_id.clone()] };
+        let mut before: Vec<Id> = latest
+            .range(..at)
+            .rev()
+            .filter(|(_, s)| s != reader)
+            .take(self.shape.read_batch - 1)
+            .map(|(m, _)| m.clone())
+            .collect();
+        before.reverse();
+        before.push(msg_id.clone());
+        before
     }
 
     fn read_of(&mut self, msg_id: &Id, sender: &Id, conversation: &Conversation, reader: Id) -> Event {
@@ -340,6 +379,47 @@ impl Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_reads_name_the_messages_before_their_target_when_batched() {
+        let shape = TrafficShape { start_ms: 1_732_200_000_000, read_batch: 10, ..TrafficShape::small("a1", 7) };
+        let events = Traffic::new(shape).take(20_000);
+        let mut sent = std::collections::HashMap::new();
+        let (mut reads, mut several) = (0, 0);
+        for e in &events {
+            let key = receiptd_wire::conversation_key(e);
+            let json = serde_json::to_vec(e).unwrap();
+            receiptd_wire::decode_event(Some(key.as_bytes()), Some(&json), receiptd_wire::ContentType::Json)
+                .unwrap_or_else(|err| panic!("{e:?}: {err}"));
+            match e {
+                Event::MessageSent(m) => {
+                    sent.insert(m.msg_id.clone(), (m.sender.clone(), m.conversation.clone(), m.sent_at));
+                }
+                Event::MessageRead(r) if matches!(r.conversation, Conversation::Group { .. }) => {
+                    reads += 1;
+                    assert!((1..=10).contains(&r.msg_ids.len()), "{r:?}");
+                    several += usize::from(r.msg_ids.len() > 1);
+                    let (before, target) = r.msg_ids.split_at(r.msg_ids.len() - 1);
+                    let mut last = 0;
+                    for id in before {
+                        // A message whose read overtakes it is sent later.
+                        let Some((sender, conversation, at)) = sent.get(id) else { continue };
+                        assert!(sender != &r.reader && conversation == &r.conversation, "{r:?}");
+                        assert!(*at > last, "oldest first: {r:?}");
+                        last = *at;
+                    }
+                    if let Some((_, _, at)) = sent.get(&target[0]) {
+                        assert!(*at > last, "the target last: {r:?}");
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(several * 4 > reads, "many group reads name several messages: {several} of {reads}");
+        let one = TrafficShape { start_ms: 1_732_200_000_000, ..TrafficShape::small("a1", 7) };
+        let events_of_one = Traffic::new(one).take(20_000);
+        assert!(events_of_one.iter().all(|e| !matches!(e, Event::MessageRead(r) if r.msg_ids.len() > 1)));
+    }
 
     #[test]
     fn same_shape_same_events_and_every_event_is_valid() {
