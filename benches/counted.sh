@@ -5,14 +5,15 @@
 # builds where wall-clock medians cannot.
 #
 #   benches/counted.sh fold [hot|uniform|mix|mix_config|mix_long_msg_ids|
-#                            ten_per_read|one_per_read ...]
+#                            mix_read_batch|ten_per_read|one_per_read ...]
 #     (default: all)
 #     the fold: `counted_fold` in benches/fold.rs, 200,000 reads into 100,000
 #     live messages in groups of 32 (hot or uniform), or 200,000 events of
 #     the drain's mix after 300,000 of warm-up (mix_config: with the app's
 #     config and a user with receipts off; mix_long_msg_ids: with 38-byte
-#     message ids; ten_per_read and one_per_read: the same hot message
-#     reads ten to an event or one); receipts taken every 1,000 message reads
+#     message ids; mix_read_batch: group reads naming up to ten messages;
+#     ten_per_read and one_per_read: the same hot message reads ten to an
+#     event or one); receipts taken every 1,000 message reads
 #   benches/counted.sh decode [fast|serde ...]    (default: both)
 #     decoding: `counted_decodes` in benches/decode.rs, the bench mix's
 #     100,000 JSON records once each, key check and validation included
@@ -25,7 +26,7 @@ command -v valgrind >/dev/null || { echo "counted.sh: valgrind is not installed"
 bench="${1:-}"
 shift || true
 case "$bench" in
-  fold) env_var=RECEIPTD_FOLD_COUNTED; counted='*counted_fold*'; per=200000; unit=event; default="hot uniform mix mix_config mix_long_msg_ids ten_per_read one_per_read" ;;
+  fold) env_var=RECEIPTD_FOLD_COUNTED; counted='*counted_fold*'; per=200000; unit=event; default="hot uniform mix mix_config mix_long_msg_ids mix_read_batch ten_per_read one_per_read" ;;
   decode) env_var=RECEIPTD_DECODE_COUNTED; counted='*counted_decodes*'; per=100000; unit=record; default="fast serde" ;;
   *) echo "usage: benches/counted.sh fold|decode [cases...]" >&2; exit 2 ;;
 esac
