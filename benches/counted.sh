@@ -14,9 +14,11 @@
 #     message ids; mix_read_batch: group reads naming up to ten messages;
 #     ten_per_read and one_per_read: the same hot message reads ten to an
 #     event or one); receipts taken every 1,000 message reads
-#   benches/counted.sh decode [fast|serde ...]    (default: both)
+#   benches/counted.sh decode [fast|serde|fast_read_batch ...]
+#     (default: all)
 #     decoding: `counted_decodes` in benches/decode.rs, the bench mix's
 #     100,000 JSON records once each, key check and validation included
+#     (fast_read_batch: the fast path, group reads naming up to ten messages)
 #
 # Needs valgrind (apt-get install valgrind); about a minute per case.
 # COUNTED_BENCH_BIN=<path> counts another build's bench binary (A/B).
@@ -27,7 +29,7 @@ bench="${1:-}"
 shift || true
 case "$bench" in
   fold) env_var=RECEIPTD_FOLD_COUNTED; counted='*counted_fold*'; per=200000; unit=event; default="hot uniform mix mix_config mix_long_msg_ids mix_read_batch ten_per_read one_per_read" ;;
-  decode) env_var=RECEIPTD_DECODE_COUNTED; counted='*counted_decodes*'; per=100000; unit=record; default="fast serde" ;;
+  decode) env_var=RECEIPTD_DECODE_COUNTED; counted='*counted_decodes*'; per=100000; unit=record; default="fast serde fast_read_batch" ;;
   *) echo "usage: benches/counted.sh fold|decode [cases...]" >&2; exit 2 ;;
 esac
 bin="${COUNTED_BENCH_BIN:-$(cargo bench --bench "$bench" --no-run 2>&1 | grep -o "(/[^)]*$bench-[0-9a-f]*)" | tr -d '()' | tail -1)}"

@@ -13,7 +13,9 @@
 //!
 //! Counted instead of timed: `benches/counted.sh decode` runs this binary
 //! under callgrind with `RECEIPTD_DECODE_COUNTED=fast|serde` and reports
-//! instructions and simulated cache misses per record.
+//! instructions and simulated cache misses per record; `fast_read_batch`
+//! is the fast path on the mix whose group reads name up to ten messages
+//! (`TrafficShape::read_batch`).
 
 use criterion::{criterion_group, Criterion, Throughput};
 use receiptd_core::{DeltaBuffer, Effects, Id, Limits, PartitionState, SettingsTable};
@@ -31,9 +33,10 @@ const RECORDS: usize = 100_000;
 
 type Decoder = fn(Option<&[u8]>, Option<&[u8]>, ContentType) -> Result<Event, DecodeError>;
 
-/// The bench mix as (key, JSON payload) records.
-fn records() -> Vec<(String, Vec<u8>)> {
-    let mut traffic = Traffic::new(TrafficShape::bench());
+/// The bench mix as (key, JSON payload) records, group reads naming up
+/// to `read_batch` messages.
+fn records(read_batch: usize) -> Vec<(String, Vec<u8>)> {
+    let mut traffic = Traffic::new(TrafficShape { read_batch, ..TrafficShape::bench() });
     (0..RECORDS)
         .map(|_| {
             let e = traffic.next_event();
@@ -55,7 +58,7 @@ fn counted_decodes(records: &[(String, Vec<u8>)], decoder: Decoder) {
 }
 
 fn decode(c: &mut Criterion) {
-    let records = records();
+    let records = records(1);
     let bytes: usize = records.iter().map(|(_, p)| p.len()).sum();
     println!("{RECORDS} records, {bytes} payload bytes ({} per record on average)", bytes / RECORDS);
     let mut group = c.benchmark_group("decode_json");
@@ -118,12 +121,13 @@ criterion_group!(benches, decode, encode_deltas);
 
 fn main() {
     if let Ok(case) = std::env::var("RECEIPTD_DECODE_COUNTED") {
-        let decoder: Decoder = match case.as_str() {
-            "fast" => decode_event,
-            "serde" => decode_event_reference,
-            other => panic!("RECEIPTD_DECODE_COUNTED={other}: expected fast or serde"),
+        let (decoder, read_batch): (Decoder, usize) = match case.as_str() {
+            "fast" => (decode_event, 1),
+            "serde" => (decode_event_reference, 1),
+            "fast_read_batch" => (decode_event, 10),
+            other => panic!("RECEIPTD_DECODE_COUNTED={other}: expected fast, serde or fast_read_batch"),
         };
-        counted_decodes(&records(), decoder);
+        counted_decodes(&records(read_batch), decoder);
         println!("decoded {RECORDS} records ({case})");
         return;
     }

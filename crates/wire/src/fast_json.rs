@@ -195,7 +195,14 @@ impl<'a> Cursor<'a> {
         loop {
             all.push(self.string()?);
             match self.peek()? {
-                b',' => self.at += 1,
+                b',' => {
+                    self.at += 1;
+                    if all.len() == 1 {
+                        // More than one: room for 16 at once, where growth
+                        // went 1, 4, 8, 16 for a client's read of ten.
+                        all.reserve_exact(15);
+                    }
+                }
                 b']' => {
                     self.at += 1;
                     return Some(all);
