@@ -79,7 +79,7 @@ pub struct TrafficShape {
     /// Most messages one group read names: the target and the group's
     /// messages sent just before it (not the reader's own), oldest first,
     /// as a client reads a chat's unread messages in one call. 1 (every
-    /// shape here): one message a read.
+    /// shape here) or 0: one message a read.
     pub read_batch: usize,
     /// Time of the first event, Unix ms; each event is 1 ms later. Default:
     /// now, so that event times sit near record times (retention is measured
