@@ -137,6 +137,8 @@ impl DeltaBuffer {
         let same = |&i: &usize| *records[i].app_id == *app && *records[i].to == *to;
         // The recipient of the receipt before, compared first: a sender's
         // messages changed together (one read of several) come in a run.
+        // As ids here and as strings in the table: one predicate for both
+        // counted 4 to 8 instructions more an event, either way.
         let i = if records.get(*last).is_some_and(|r| r.to == to && r.app_id == app) {
             *last
         } else {

@@ -380,6 +380,14 @@ impl Traffic {
 mod tests {
     use super::*;
 
+    /// `e` as the worker takes it: keyed, as JSON, decoded and validated.
+    fn assert_decodes(e: &Event) {
+        let key = receiptd_wire::conversation_key(e);
+        let json = serde_json::to_vec(e).unwrap();
+        receiptd_wire::decode_event(Some(key.as_bytes()), Some(&json), receiptd_wire::ContentType::Json)
+            .unwrap_or_else(|err| panic!("{e:?}: {err}"));
+    }
+
     #[test]
     fn group_reads_name_the_messages_before_their_target_when_batched() {
         let shape = TrafficShape { start_ms: 1_732_200_000_000, read_batch: 10, ..TrafficShape::small("a1", 7) };
@@ -387,10 +395,7 @@ mod tests {
         let mut sent = std::collections::HashMap::new();
         let (mut reads, mut several) = (0, 0);
         for e in &events {
-            let key = receiptd_wire::conversation_key(e);
-            let json = serde_json::to_vec(e).unwrap();
-            receiptd_wire::decode_event(Some(key.as_bytes()), Some(&json), receiptd_wire::ContentType::Json)
-                .unwrap_or_else(|err| panic!("{e:?}: {err}"));
+            assert_decodes(e);
             match e {
                 Event::MessageSent(m) => {
                     sent.insert(m.msg_id.clone(), (m.sender.clone(), m.conversation.clone(), m.sent_at));
@@ -427,11 +432,6 @@ mod tests {
         let a = Traffic::new(shape.clone()).take(20_000);
         let b = Traffic::new(shape).take(20_000);
         assert_eq!(a, b);
-        for e in &a {
-            let key = receiptd_wire::conversation_key(e);
-            let json = serde_json::to_vec(e).unwrap();
-            receiptd_wire::decode_event(Some(key.as_bytes()), Some(&json), receiptd_wire::ContentType::Json)
-                .unwrap_or_else(|err| panic!("{e:?}: {err}"));
-        }
+        a.iter().for_each(assert_decodes);
     }
 }
