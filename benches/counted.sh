@@ -14,6 +14,14 @@
 #     message ids; mix_read_batch: group reads naming up to ten messages;
 #     ten_per_read and one_per_read: the same hot message reads ten to an
 #     event or one); receipts taken every 1,000 message reads
+#   benches/counted.sh stage [mix|mix_written|mix_read_batch ...]
+#     (default: all)
+#     the flush's staging: `counted_stage` in benches/fold.rs, the drain's
+#     mix folded in windows of 50,000 events and each window's changed
+#     entities encoded into a RocksDB write batch, receipts taken; the fold
+#     itself is not counted; per event of the 200,000 folded (mix_written:
+#     and each batch written into a store, `counted_stage_write`;
+#     mix_read_batch: group reads naming up to ten messages)
 #   benches/counted.sh decode [fast|serde|fast_read_batch ...]
 #     (default: all)
 #     decoding: `counted_decodes` in benches/decode.rs, the bench mix's
@@ -29,11 +37,15 @@ bench="${1:-}"
 shift || true
 case "$bench" in
   fold) env_var=RECEIPTD_FOLD_COUNTED; counted='*counted_fold*'; per=200000; unit=event; default="hot uniform mix mix_config mix_long_msg_ids mix_read_batch ten_per_read one_per_read" ;;
+  stage) env_var=RECEIPTD_STAGE_COUNTED; counted='*counted_stage*'; per=200000; unit=event; default="mix mix_written mix_read_batch" ;;
   decode) env_var=RECEIPTD_DECODE_COUNTED; counted='*counted_decodes*'; per=100000; unit=record; default="fast serde fast_read_batch" ;;
-  *) echo "usage: benches/counted.sh fold|decode [cases...]" >&2; exit 2 ;;
+  *) echo "usage: benches/counted.sh fold|stage|decode [cases...]" >&2; exit 2 ;;
 esac
-bin="${COUNTED_BENCH_BIN:-$(cargo bench --bench "$bench" --no-run 2>&1 | grep -o "(/[^)]*$bench-[0-9a-f]*)" | tr -d '()' | tail -1)}"
-[ -x "$bin" ] || { echo "counted.sh: could not build the $bench bench" >&2; exit 1; }
+# The staging's counted case lives in the fold bench.
+target="$bench"
+[ "$bench" = stage ] && target=fold
+bin="${COUNTED_BENCH_BIN:-$(cargo bench --bench "$target" --no-run 2>&1 | grep -o "(/[^)]*$target-[0-9a-f]*)" | tr -d '()' | tail -1)}"
+[ -x "$bin" ] || { echo "counted.sh: could not build the $target bench" >&2; exit 1; }
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 for c in ${*:-$default}; do

@@ -30,6 +30,16 @@
 //! chat's unread messages in one call: a member of a hot group's 10
 //! newest messages, 20,000 events; `one_per_read` is the same 200,000
 //! message reads, one an event. Both count per message read.
+//!
+//! `RECEIPTD_STAGE_COUNTED=mix` (`benches/counted.sh stage`) counts the
+//! flush's staging instead, as the worker makes it: the drain's mix folded
+//! in windows of 50,000 events (about one flush of the drain bench), and
+//! each window's changed entities encoded into a RocksDB write batch with
+//! their receipts taken. Only the staging is counted, per event folded.
+//! `mix_written` also counts each batch's write into a store (the store
+//! writer thread's part of a flush, without its fsync);
+//! `mix_read_batch` stages the mix whose group reads name up to ten
+//! messages.
 
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
@@ -352,11 +362,82 @@ fn counted(case: &str) {
     println!("folded {} {case} events, {reads} reads of {message_reads} messages", events.len());
 }
 
+/// Events folded between two stagings in the counted stage case: about
+/// what the drain bench folds in one 50 ms flush window.
+const STAGE_WINDOW: usize = 50_000;
+
+/// What callgrind counts for `benches/counted.sh stage`: one flush's
+/// staging, receipts taken and entities encoded into `batch`.
+#[inline(never)]
+fn counted_stage(
+    state: &mut PartitionState,
+    settings: &SettingsTable,
+    deltas: &mut DeltaBuffer,
+    batch: &mut receiptd_store::BatchBuffer,
+) -> usize {
+    let mut writer = receiptd_store::EntityWriter::new(batch, 0);
+    let staged = state.flush_changes(settings, deltas, |key, entity| writer.stage(key, entity));
+    for record in deltas.drain() {
+        deltas.recycle(std::hint::black_box(record).receipts);
+    }
+    staged
+}
+
+/// What callgrind counts for `mix_written` besides the staging: the
+/// batch's write, as the store writer thread makes it.
+#[inline(never)]
+fn counted_stage_write(store: &receiptd_store::Store, batch: receiptd_store::BatchBuffer) {
+    store.write(batch).expect("the store writes");
+}
+
+/// The drain's mix folded in windows, each window's changes staged (see
+/// the module docs).
+fn counted_staging(case: &str) {
+    let read_batch = match case {
+        "mix" | "mix_written" => 1,
+        "mix_read_batch" => 10,
+        other => panic!("RECEIPTD_STAGE_COUNTED={other}: expected mix, mix_written or mix_read_batch"),
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = (case == "mix_written")
+        .then(|| receiptd_store::Store::open(dir.path(), &receiptd_store::StoreOptions::default()).expect("a store"));
+    let (settings, limits) = (SettingsTable::default(), Limits::default());
+    let mut traffic = Traffic::new(TrafficShape { read_batch, ..TrafficShape::bench() });
+    let mut state = PartitionState::new();
+    let mut deltas = DeltaBuffer::new();
+    let mut batch = receiptd_store::BatchBuffer::default();
+    let warm_up: Vec<Event> = traffic.take(300_000);
+    fold_events(&mut state, &settings, &limits, &warm_up);
+    flush(&mut state, &settings, &mut deltas);
+    let (mut staged, mut bytes) = (0, 0);
+    for _ in 0..COUNTED_EVENTS / STAGE_WINDOW {
+        let mut fx = Effects::default();
+        for e in (0..STAGE_WINDOW).map(|_| traffic.next_event()) {
+            state.apply(&settings, &limits, &e, 2, &mut fx);
+        }
+        staged += counted_stage(&mut state, &settings, &mut deltas, &mut batch);
+        bytes += batch.size_in_bytes();
+        match &store {
+            // As the worker does: the next batch reserves the last one's size.
+            Some(store) => {
+                let next = receiptd_store::BatchBuffer::with_capacity(batch.size_in_bytes());
+                counted_stage_write(store, std::mem::replace(&mut batch, next))
+            }
+            None => batch.clear(),
+        }
+    }
+    println!("staged {staged} entities ({bytes} bytes of write batch) for {COUNTED_EVENTS} {case} events");
+}
+
 criterion_group!(benches, demo_mix, reads_bench);
 
 fn main() {
     if let Ok(case) = std::env::var("RECEIPTD_FOLD_COUNTED") {
         counted(&case);
+        return;
+    }
+    if let Ok(case) = std::env::var("RECEIPTD_STAGE_COUNTED") {
+        counted_staging(&case);
         return;
     }
     benches();

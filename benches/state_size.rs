@@ -12,7 +12,7 @@
 
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
 use receiptd_loadgen::Rng;
-use receiptd_store::{Store, StoreOptions, WriteBatch};
+use receiptd_store::{BatchBuffer, Store, StoreOptions};
 use receiptd_wire::{Conversation, Event, GroupMembers, GroupType, Id, MembersOp, MessageRead, MessageSent};
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
@@ -126,11 +126,11 @@ fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64, f64
     let (settings, mut deltas) = (SettingsTable::default(), DeltaBuffer::new());
     let mut state = PartitionState::new();
     apply(&mut state, &snapshot);
-    store.stage(&mut WriteBatch::default(), 0, &mut state, &settings, &mut deltas, 0);
+    store.stage(&mut BatchBuffer::default(), 0, &mut state, &settings, &mut deltas, 0);
 
     let (before, blocks_before) = (LIVE.load(Relaxed), LIVE_BLOCKS.load(Relaxed));
     apply(&mut state, &traffic);
-    let mut batch = WriteBatch::default();
+    let mut batch = BatchBuffer::default();
     let staged = store.stage(&mut batch, 0, &mut state, &settings, &mut deltas, 0);
     assert_eq!(staged, messages, "the traffic changed each message, and nothing else");
     let in_memory = (LIVE.load(Relaxed) - before) as f64 / messages as f64;

@@ -34,6 +34,7 @@ mod settings;
 mod sharded;
 mod state;
 mod stats;
+mod stored_form;
 
 pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};

@@ -259,6 +259,12 @@ impl Readers {
         }
     }
 
+    /// The stored form as a message's field, appended to `out`: what the
+    /// serde form below writes through bincode, without its scratch copy.
+    pub(crate) fn encode_stored(&self, out: &mut Vec<u8>) {
+        crate::stored_form::put_bytes_with(out, |out| self.encode_into(out));
+    }
+
     fn decode(bytes: &[u8]) -> Result<Readers, &'static str> {
         let mut d = Decoder { bytes };
         let n = d.count()?;
@@ -358,6 +364,9 @@ mod tests {
 
     fn roundtrip(readers: &Readers) -> Readers {
         let bytes = bincode::serde::encode_to_vec(readers, bincode::config::standard()).unwrap();
+        let mut direct = vec![9];
+        readers.encode_stored(&mut direct);
+        assert_eq!(direct[1..], bytes[..], "the direct form is the serde form's bytes");
         let (back, used) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         assert_eq!(used, bytes.len());
         // A self-describing format hands the bytes back as a sequence.

@@ -15,10 +15,10 @@ use std::sync::Arc;
 /// Most entries of spare capacity a list taken once per flush keeps.
 pub(crate) const RETAINED_ENTRIES: usize = 1024;
 
-/// Takes a list filled once per flush (dirty keys, pending receipts, delta
-/// records), leaving room for a usual flush's entries so that the next flush
-/// seldom grows it (each growth copies every entry), but never more than
-/// [`RETAINED_ENTRIES`]: one huge flush must not pin memory.
+/// Takes a list filled once per flush (the dirty keys), leaving room for a
+/// usual flush's entries so that the next flush seldom grows it (each
+/// growth copies every entry), but never more than [`RETAINED_ENTRIES`]:
+/// one huge flush must not pin memory.
 pub(crate) fn take_retaining<T>(list: &mut Vec<T>) -> Vec<T> {
     let next = Vec::with_capacity(list.len().min(RETAINED_ENTRIES));
     std::mem::replace(list, next)
@@ -227,6 +227,40 @@ impl Serialize for MessageState {
             receipt_counts: self.receipt_counts,
         }
         .serialize(serializer)
+    }
+}
+
+impl MessageState {
+    /// The stored form (format 2), appended to `out`: the bytes bincode's
+    /// standard configuration writes for the serde form above, written
+    /// directly (see `stored_form`). What staging writes for a message.
+    pub fn encode_stored(&self, out: &mut Vec<u8>) {
+        use crate::stored_form::{put_bytes, put_varint};
+        let (MessageTarget::Group { group_id: conversation, .. } | MessageTarget::C2c { peer: conversation }) =
+            &self.target;
+        // Room for all but the readers (which reserve their own): two
+        // strings with their lengths, and nine integers at most 9 bytes.
+        out.reserve(2 * 9 + self.sender.len() + conversation.len() + 9 * 9);
+        put_bytes(out, self.sender.as_str().as_bytes());
+        match &self.target {
+            MessageTarget::Group { group_id, audience_epoch } => {
+                put_varint(out, 0);
+                put_bytes(out, group_id.as_str().as_bytes());
+                put_varint(out, u64::from(*audience_epoch));
+            }
+            MessageTarget::C2c { peer } => {
+                put_varint(out, 1);
+                put_bytes(out, peer.as_str().as_bytes());
+            }
+        }
+        put_varint(out, self.sent_at);
+        put_varint(out, self.tracking as u64);
+        put_varint(out, self.version());
+        put_varint(out, self.timestamp);
+        self.readers.encode_stored(out);
+        put_varint(out, u64::from(self.visible_reads));
+        put_varint(out, u64::from(self.receipt_counts.0));
+        put_varint(out, u64::from(self.receipt_counts.1));
     }
 }
 
@@ -1046,6 +1080,73 @@ mod user_id_tests {
         }
         assert_eq!(users.len(), 5_000);
         assert!(users.tables.iter().all(|t| t.len() < 5_000 / USER_ID_TABLES * 2), "ids spread over the tables");
+    }
+}
+
+#[cfg(test)]
+mod stored_form_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id() -> impl Strategy<Value = Id> {
+        // Inline and shared ids, and one too long for a one-byte length.
+        prop_oneof![
+            "[a-z0-9]{0,22}".prop_map(Id::from),
+            "[a-z0-9]{23,40}".prop_map(Id::from),
+            "[a-zé]{250,300}".prop_map(Id::from),
+        ]
+    }
+
+    fn wide_u32() -> impl Strategy<Value = u32> {
+        prop_oneof![0u32..300, 60_000u32..70_000, any::<u32>()]
+    }
+
+    fn wide_u64() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..300, 1_700_000_000_000u64..1_800_000_000_000, any::<u64>()]
+    }
+
+    proptest! {
+        /// What staging writes for a message is, byte for byte, what its
+        /// serde form writes through bincode, and reads back the same.
+        #[test]
+        fn the_direct_stored_form_is_the_serde_forms_bytes(
+            sender in id(),
+            group in prop::option::of((id(), wide_u32())),
+            peer in id(),
+            sent_at in wide_u64(),
+            tracking in 0usize..6,
+            timestamp in wide_u64(),
+            reads in prop::collection::vec((prop_oneof![0u32..2_000, any::<u32>()], wide_u64(), any::<bool>()), 0..120),
+            visible_reads in wide_u32(),
+            receipt_counts in (wide_u32(), wide_u32()),
+        ) {
+            let target = match group {
+                Some((group_id, audience_epoch)) => MessageTarget::Group { group_id, audience_epoch },
+                None => MessageTarget::C2c { peer },
+            };
+            let tracking = [
+                Tracking::Tracked,
+                Tracking::NoReceiptRequested,
+                Tracking::GroupTypeDisabled,
+                Tracking::C2cDisabled,
+                Tracking::UnknownGroup,
+                Tracking::Revoked,
+            ][tracking];
+            let mut m = MessageState::new(sender, target, sent_at, tracking);
+            for (ordinal, read_at, hidden) in reads {
+                m.readers.insert(ReadMark { ordinal, read_at, hidden }, sent_at);
+            }
+            (m.timestamp, m.visible_reads, m.receipt_counts) = (timestamp, visible_reads, receipt_counts);
+            let reference = bincode::serde::encode_to_vec(&m, bincode::config::standard()).unwrap();
+            let mut direct = vec![1, 2, 3];
+            m.encode_stored(&mut direct);
+            prop_assert_eq!(&direct[..3], &[1, 2, 3], "appended, not replaced");
+            prop_assert_eq!(&direct[3..], &reference[..]);
+            let (back, used): (MessageState, usize) =
+                bincode::serde::decode_from_slice(&direct[3..], bincode::config::standard()).unwrap();
+            prop_assert_eq!(used, reference.len());
+            prop_assert_eq!(back, m);
+        }
     }
 }
 

@@ -20,7 +20,7 @@
 //! refused at open.
 //!
 //! Exactly-once state rests on one rule: the checkpoint, which holds the next
-//! Kafka offset to consume, is written in the same `WriteBatch` as every
+//! Kafka offset to consume, is written in the same write batch as every
 //! entity the fold changed up to that offset. After any crash, the store holds
 //! a state and the offset it corresponds to, never one without the other.
 //! Per-flush writes skip fsync (a killed process loses nothing the OS has);
@@ -28,6 +28,7 @@
 
 #![deny(missing_docs)]
 
+mod batch;
 mod keys;
 
 use receiptd_core::{DeltaBuffer, DirtyKey, Entity, GroupMeta, HeldRead, MessageState, PartitionState, SettingsTable};
@@ -35,9 +36,8 @@ use rocksdb::{BlockBasedOptions, Cache, Options, WriteBufferManager, WriteOption
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub use batch::BatchBuffer;
 pub use keys::Kind;
-/// The batch type [`Store::stage`] fills.
-pub use rocksdb::WriteBatch;
 
 /// Where a partition stands: the next offset to consume and the fold's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,7 +205,7 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T,
 /// slice of a flush ([`PartitionState::stage_changes`]) stages through one;
 /// [`Store::stage`] finishes the flush with the partition's checkpoint.
 pub struct EntityWriter<'a> {
-    batch: &'a mut WriteBatch,
+    batch: &'a mut BatchBuffer,
     partition: i32,
     key: Vec<u8>,
     value: Vec<u8>,
@@ -213,7 +213,7 @@ pub struct EntityWriter<'a> {
 
 impl<'a> EntityWriter<'a> {
     /// Writes into `batch`, under `partition`'s keys.
-    pub fn new(batch: &'a mut WriteBatch, partition: i32) -> Self {
+    pub fn new(batch: &'a mut BatchBuffer, partition: i32) -> Self {
         EntityWriter { batch, partition, key: Vec::with_capacity(64), value: Vec::with_capacity(256) }
     }
 
@@ -229,7 +229,11 @@ impl<'a> EntityWriter<'a> {
                 batch.put(&k, encode_into(meta, v))
             }
             Entity::Member(user, since) => batch.put(&k, encode_into(&(user, since), v)),
-            Entity::Message(m) => batch.put(&k, encode_into(m, v)),
+            Entity::Message(m) => {
+                v.clear();
+                m.encode_stored(v);
+                batch.put(&k, &v)
+            }
             Entity::Mark(t) => batch.put(&k, encode_into(&t, v)),
             Entity::Held(reads) => batch.put(&k, encode_into(&reads, v)),
             Entity::Absent => {
@@ -242,7 +246,7 @@ impl<'a> EntityWriter<'a> {
 }
 
 /// Deletes every member slot of the group `key` names (nothing for other keys).
-fn delete_members(batch: &mut WriteBatch, partition: i32, key: &DirtyKey) {
+fn delete_members(batch: &mut BatchBuffer, partition: i32, key: &DirtyKey) {
     if let DirtyKey::Group { app, group_id } = key {
         let (from, to) = keys::member_range(partition, app, group_id);
         batch.delete_range(from, to);
@@ -358,7 +362,7 @@ impl Store {
     /// Returns how many entities were staged.
     pub fn stage(
         &self,
-        batch: &mut WriteBatch,
+        batch: &mut BatchBuffer,
         partition: i32,
         state: &mut PartitionState,
         settings: &SettingsTable,
@@ -373,13 +377,13 @@ impl Store {
 
     /// Stages the partition's checkpoint: the next offset to fold, and the
     /// state's watermark.
-    pub fn stage_checkpoint(&self, batch: &mut WriteBatch, partition: i32, state: &PartitionState, next_offset: i64) {
+    pub fn stage_checkpoint(&self, batch: &mut BatchBuffer, partition: i32, state: &PartitionState, next_offset: i64) {
         let checkpoint = Checkpoint { next_offset, watermark: state.watermark() };
         batch.put(keys::checkpoint(partition), encode(&checkpoint));
     }
 
     /// Writes a batch atomically. Not fsynced: see [`Store::sync`].
-    pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+    pub fn write(&self, batch: BatchBuffer) -> Result<(), StoreError> {
         if let Some(n) = self.fail_after {
             let write = self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if write == n || (write > n && !self.fail_once) {
@@ -388,7 +392,7 @@ impl Store {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
-        self.db.write_opt(batch, &opts).map_err(|e| self.rocks(e))
+        self.db.write_opt(batch.into_write_batch(), &opts).map_err(|e| self.rocks(e))
     }
 
     /// Makes every write so far durable (fsyncs the WAL).
@@ -398,7 +402,7 @@ impl Store {
 
     /// Drops everything of a partition.
     pub fn drop_partition(&self, partition: i32) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
+        let mut batch = BatchBuffer::default();
         batch.delete_range(keys::partition_prefix(partition), keys::partition_prefix(partition + 1));
         self.write(batch)
     }
@@ -557,7 +561,7 @@ mod tests {
         // Flush every 1,000 events, as the worker would.
         for (i, chunk) in events.chunks(1_000).enumerate() {
             fold(&mut state, chunk);
-            let mut batch = WriteBatch::default();
+            let mut batch = BatchBuffer::default();
             store.stage(
                 &mut batch,
                 3,
@@ -587,7 +591,7 @@ mod tests {
             at: 0,
         });
         fold(&mut state, &[dismiss]);
-        let mut batch = WriteBatch::default();
+        let mut batch = BatchBuffer::default();
         store.stage(&mut batch, 3, &mut state, &SettingsTable::default(), &mut DeltaBuffer::new(), 21_001);
         store.write(batch).unwrap();
         let (loaded, _) = store.load_partition(3).unwrap();
@@ -604,7 +608,7 @@ mod tests {
         let marker = dir.path().join(FORMAT_FILE);
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         assert_eq!(std::fs::read_to_string(&marker).unwrap(), format!("{STORE_FORMAT}\n"), "a new store is marked");
-        let mut batch = WriteBatch::default();
+        let mut batch = BatchBuffer::default();
         batch.put(keys::checkpoint(0), encode(&Checkpoint { next_offset: 1, watermark: 2 }));
         store.write(batch).unwrap();
         drop(store);
@@ -654,13 +658,13 @@ mod tests {
         let (settings, mut deltas) = (SettingsTable::default(), DeltaBuffer::new());
         let mut state = PartitionState::new();
         fold(&mut state, &[members(MembersOp::Snapshot, &["alice", "bob", "carol", "dave"])]);
-        let mut batch = WriteBatch::default();
+        let mut batch = BatchBuffer::default();
         store.stage(&mut batch, 0, &mut state, &settings, &mut deltas, 1);
         store.write(batch).unwrap();
 
         // One flush window, staged in slices with the fold going on between.
         fold(&mut state, &[members(MembersOp::Dismiss, &[]), members(MembersOp::Snapshot, &["alice"])]);
-        let mut batch = WriteBatch::default();
+        let mut batch = BatchBuffer::default();
         let mut slice = EntityWriter::new(&mut batch, 0);
         assert_eq!(state.stage_changes(1, &settings, &mut deltas, |key, entity| slice.stage(key, entity)), 1);
         fold(&mut state, &[members(MembersOp::Join, &["erin"]), send("m1")]);
@@ -715,7 +719,7 @@ mod tests {
         }
         let mut state = PartitionState::new();
         fold(&mut state, &events);
-        let mut batch = WriteBatch::default();
+        let mut batch = BatchBuffer::default();
         store.stage(&mut batch, 0, &mut state, &SettingsTable::default(), &mut DeltaBuffer::new(), 1);
         store.write(batch).unwrap();
         let key = keys::entity(0, &DirtyKey::Message { app: "a1".into(), msg_id: "m".into() });

@@ -85,7 +85,7 @@ impl ProducerContext for DeliveryContext {
 /// staged by the next flush.
 pub(crate) struct StagedFlush {
     generation: u64,
-    batch: receiptd_store::WriteBatch,
+    batch: receiptd_store::BatchBuffer,
     /// (partition, next offset) written in `batch`.
     offsets: Vec<(i32, i64)>,
     sync: bool,
@@ -420,7 +420,7 @@ const MAX_BATCH_RESERVE: usize = 16 << 20;
 /// changed again meanwhile) and the checkpoints, so that the batch holds
 /// every change up to its offsets.
 struct Staging {
-    batch: receiptd_store::WriteBatch,
+    batch: receiptd_store::BatchBuffer,
     puts: u64,
     slices: u32,
     /// Slices after which it finishes whatever is left: those its changes
@@ -616,7 +616,7 @@ impl Engine {
             let changed: usize = self.partitions.values().map(|o| o.state.changed_count()).sum();
             let max_slices = slice.map_or(1, |n| changed.div_ceil(n.max(1)) + EXTRA_STAGE_SLICES);
             let max_slices = u32::try_from(max_slices).unwrap_or(u32::MAX);
-            let batch = receiptd_store::WriteBatch::with_capacity_bytes(self.last_batch_bytes.min(MAX_BATCH_RESERVE));
+            let batch = receiptd_store::BatchBuffer::with_capacity(self.last_batch_bytes.min(MAX_BATCH_RESERVE));
             self.staging = Some(Staging { batch, puts: 0, slices: 0, max_slices, left: changed, sync });
         }
         let staging = self.staging.as_mut().expect("set above");
@@ -829,7 +829,7 @@ mod tests {
 
     /// A flush of partition 0 that moves its checkpoint to `next_offset`.
     fn staged(store: &Store, next_offset: i64) -> StagedFlush {
-        let mut batch = receiptd_store::WriteBatch::default();
+        let mut batch = receiptd_store::BatchBuffer::default();
         let (settings, mut deltas) = (SettingsTable::default(), DeltaBuffer::new());
         store.stage(&mut batch, 0, &mut PartitionState::new(), &settings, &mut deltas, next_offset);
         StagedFlush {

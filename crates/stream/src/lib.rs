@@ -16,7 +16,7 @@
 //!
 //! 1. takes the receipts that changed, coalesced and grouped per recipient,
 //!    and stages each touched entity once, plus each partition's next offset,
-//!    in one RocksDB `WriteBatch`; then produces the deltas. A flush of more
+//!    in one RocksDB write batch; then produces the deltas. A flush of more
 //!    than `flush.stage_slice_entities` entities is staged in slices, one
 //!    per turn of the loop between batches of the fold: that many, plus
 //!    what the fold changed since the last slice (up to eight times that
