@@ -239,8 +239,9 @@ impl MessageState {
         let (MessageTarget::Group { group_id: conversation, .. } | MessageTarget::C2c { peer: conversation }) =
             &self.target;
         // Room for all but the readers (which reserve their own): two
-        // strings with their lengths, and nine integers at most 9 bytes.
-        out.reserve(2 * 9 + self.sender.len() + conversation.len() + 9 * 9);
+        // strings, and twelve varints (their lengths and ten integers) of
+        // at most 9 bytes.
+        out.reserve(self.sender.len() + conversation.len() + 12 * 9);
         put_bytes(out, self.sender.as_str().as_bytes());
         match &self.target {
             MessageTarget::Group { group_id, audience_epoch } => {
