@@ -7,6 +7,8 @@
 //!   clustered on the newest 1,000 messages (hot) or uniform over all of
 //!   them; receiptd's fold against a naive `HashMap<u64, HashSet<u32>>` fold
 //!   of the same reads (ids pre-interned for it), in the same run.
+//! - `stage/mix_50k_window`: a flush's staging of 50,000 events of the
+//!   drain's mix (see below), timed without the fold.
 //!
 //! `cargo bench --bench fold`
 //!
@@ -39,7 +41,8 @@
 //! `mix_written` also counts each batch's write into a store (the store
 //! writer thread's part of a flush, without its fsync);
 //! `mix_read_batch` stages the mix whose group reads name up to ten
-//! messages.
+//! messages. The same staging is timed as `stage/mix_50k_window` (one
+//! window's staging per iteration; its fold is not timed).
 
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
@@ -390,6 +393,43 @@ fn counted_stage_write(store: &receiptd_store::Store, batch: receiptd_store::Bat
     store.write(batch).expect("the store writes");
 }
 
+/// The drain's mix after 300,000 events of warm-up, folded a window at a
+/// time, each window's changes staged: the counted and the timed staging.
+struct Staging {
+    settings: SettingsTable,
+    limits: Limits,
+    traffic: Traffic,
+    state: PartitionState,
+    deltas: DeltaBuffer,
+    batch: receiptd_store::BatchBuffer,
+}
+
+impl Staging {
+    fn new(read_batch: usize) -> Self {
+        let (settings, limits) = (SettingsTable::default(), Limits::default());
+        let mut traffic = Traffic::new(TrafficShape { read_batch, ..TrafficShape::bench() });
+        let (mut state, mut deltas) = (PartitionState::new(), DeltaBuffer::new());
+        let warm_up: Vec<Event> = traffic.take(300_000);
+        fold_events(&mut state, &settings, &limits, &warm_up);
+        flush(&mut state, &settings, &mut deltas);
+        Staging { settings, limits, traffic, state, deltas, batch: receiptd_store::BatchBuffer::default() }
+    }
+
+    /// Folds the next window, nothing staged.
+    fn fold_window(&mut self) {
+        let mut fx = Effects::default();
+        for _ in 0..STAGE_WINDOW {
+            let e = self.traffic.next_event();
+            self.state.apply(&self.settings, &self.limits, &e, 2, &mut fx);
+        }
+    }
+
+    /// Stages the window's changes into the batch; returns how many.
+    fn stage(&mut self) -> usize {
+        counted_stage(&mut self.state, &self.settings, &mut self.deltas, &mut self.batch)
+    }
+}
+
 /// The drain's mix folded in windows, each window's changes staged (see
 /// the module docs).
 fn counted_staging(case: &str) {
@@ -401,35 +441,50 @@ fn counted_staging(case: &str) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = (case == "mix_written")
         .then(|| receiptd_store::Store::open(dir.path(), &receiptd_store::StoreOptions::default()).expect("a store"));
-    let (settings, limits) = (SettingsTable::default(), Limits::default());
-    let mut traffic = Traffic::new(TrafficShape { read_batch, ..TrafficShape::bench() });
-    let mut state = PartitionState::new();
-    let mut deltas = DeltaBuffer::new();
-    let mut batch = receiptd_store::BatchBuffer::default();
-    let warm_up: Vec<Event> = traffic.take(300_000);
-    fold_events(&mut state, &settings, &limits, &warm_up);
-    flush(&mut state, &settings, &mut deltas);
+    let mut run = Staging::new(read_batch);
     let (mut staged, mut bytes) = (0, 0);
     for _ in 0..COUNTED_EVENTS / STAGE_WINDOW {
-        let mut fx = Effects::default();
-        for e in (0..STAGE_WINDOW).map(|_| traffic.next_event()) {
-            state.apply(&settings, &limits, &e, 2, &mut fx);
-        }
-        staged += counted_stage(&mut state, &settings, &mut deltas, &mut batch);
-        bytes += batch.size_in_bytes();
+        run.fold_window();
+        staged += run.stage();
+        bytes += run.batch.size_in_bytes();
         match &store {
             // As the worker does: the next batch reserves the last one's size.
             Some(store) => {
-                let next = receiptd_store::BatchBuffer::with_capacity(batch.size_in_bytes());
-                counted_stage_write(store, std::mem::replace(&mut batch, next))
+                let next = receiptd_store::BatchBuffer::with_capacity(run.batch.size_in_bytes());
+                counted_stage_write(store, std::mem::replace(&mut run.batch, next))
             }
-            None => batch.clear(),
+            None => run.batch.clear(),
         }
     }
     println!("staged {staged} entities ({bytes} bytes of write batch) for {COUNTED_EVENTS} {case} events");
 }
 
-criterion_group!(benches, demo_mix, reads_bench);
+/// `stage/mix_50k_window`: the staging of one window of the drain's mix,
+/// timed (the fold of the window is not).
+fn stage_bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("stage");
+    group.throughput(Throughput::Elements(STAGE_WINDOW as u64));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5));
+    let mut run = Staging::new(1);
+    group.bench_function("mix_50k_window", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                run.fold_window();
+                let started = Instant::now();
+                std::hint::black_box(run.stage());
+                spent += started.elapsed();
+                run.batch.clear();
+            }
+            spent
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, demo_mix, reads_bench, stage_bench);
 
 fn main() {
     if let Ok(case) = std::env::var("RECEIPTD_FOLD_COUNTED") {
