@@ -24,10 +24,17 @@ const TYPE_RANGE_DELETION: u8 = 0xF;
 
 /// Puts, deletes and range deletes for one atomic write, in RocksDB's
 /// write-batch format. [`crate::Store::write`] writes it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BatchBuffer {
     rep: Vec<u8>,
     count: u32,
+}
+
+/// Its size, not its bytes: a flush's batch is megabytes.
+impl std::fmt::Debug for BatchBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchBuffer").field("records", &self.count).field("bytes", &self.rep.len()).finish()
+    }
 }
 
 impl Default for BatchBuffer {
