@@ -1,9 +1,10 @@
-//! The stored form of an entity written directly, byte for byte what
-//! bincode's standard configuration writes for its serde form. Staging
-//! encodes every changed message once per flush; through serde and
-//! bincode a message of the drain's mix cost about 820 instructions, most
-//! of them in calls per field and per varint. The serde forms stay the
-//! reference: tests check that both write the same bytes.
+//! A message's stored form written directly, byte for byte what bincode's
+//! standard configuration writes for its serde form. Staging encodes
+//! every changed message once per flush; through serde and bincode a
+//! message of the drain's mix cost about 820 instructions, most of them
+//! in calls per field and per varint. The serde form stays the reference:
+//! tests check that both write the same bytes. Other entities, a sixth of
+//! a flush's in the drain's mix, still go through serde.
 
 /// Appends `v` as bincode's varint: below 251 one byte; else a marker (251,
 /// 252 or 253) and the value as a little-endian `u16`, `u32` or `u64`.
