@@ -48,6 +48,7 @@ pub use state::{
     ReadMark, Tracking, NOT_A_MEMBER,
 };
 pub use stats::{FoldStats, Ignored, Outcome, EVENT_KINDS};
+pub use stored_form::put_leb128;
 
 // The in-memory store the integration tests share names the crate.
 #[cfg(test)]

@@ -181,13 +181,7 @@ impl Iterator for ReadsFrom<'_> {
 
 // ---- persisted form ----
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
+use crate::stored_form::put_leb128 as put_varint;
 
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64

@@ -26,6 +26,18 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, v: u64) {
     }
 }
 
+/// Appends `v` as a LEB128 varint: seven bits a byte, low first, the high
+/// bit set on all but the last. A reader list's stored bytes use it, and
+/// so does RocksDB's write-batch format (`receiptd_store`'s batch).
+#[inline]
+pub fn put_leb128(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// Appends a string (or bytes) as bincode does: its length, then the bytes.
 #[inline(always)]
 pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {

@@ -116,12 +116,7 @@ impl BatchBuffer {
     #[inline]
     fn put_slice(&mut self, bytes: &[u8]) {
         let len = u32::try_from(bytes.len()).expect("RocksDB keys and values are under 4 GiB");
-        let mut v = len;
-        while v >= 0x80 {
-            self.rep.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        self.rep.push(v as u8);
+        receiptd_core::put_leb128(&mut self.rep, u64::from(len));
         self.rep.extend_from_slice(bytes);
     }
 }
