@@ -7,6 +7,8 @@
 //!   clustered on the newest 1,000 messages (hot) or uniform over all of
 //!   them; receiptd's fold against a naive `HashMap<u64, HashSet<u32>>` fold
 //!   of the same reads (ids pre-interned for it), in the same run.
+//! - `mix/*/drain_mix`: the drain bench's mix (below), folded one event
+//!   at a time and looked up ahead as the worker folds a batch.
 //! - `stage/mix_50k_window`: a flush's staging of 50,000 events of the
 //!   drain's mix (see below), timed without the fold.
 //!
@@ -44,8 +46,9 @@
 //! messages. The same staging is timed as `stage/mix_50k_window` (one
 //! window's staging per iteration; its fold is not timed).
 
-use criterion::{criterion_group, BatchSize, Criterion, Throughput};
-use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, BatchSize, BenchmarkGroup, Criterion, Throughput};
+use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable, PREFETCH_AHEAD};
 use receiptd_loadgen::{Rng, Traffic, TrafficShape};
 use receiptd_wire::{
     AppConfig, Conversation, Event, GroupMembers, GroupType, Id, MembersOp, MessageRead, MessageSent, Setting,
@@ -236,29 +239,12 @@ impl NaiveFold {
 fn reads_bench(c: &mut Criterion) {
     let settings = SettingsTable::default();
     let limits = Limits::default();
-    let mut group = c.benchmark_group("reads");
-    group.throughput(Throughput::Elements(CHUNK as u64));
-    group.sample_size(10);
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(5));
+    let mut group = timed_group(c, "reads");
     for (name, hot) in [("hot_window", true), ("uniform_1m_messages", false)] {
         let numbers = reads(TIMED, hot, 7, CHUNK * CHUNKS);
         let events: Vec<Event> = numbers.iter().map(|&(m, r)| read_event(TIMED, m, r)).collect();
 
-        let mut state = live_state(TIMED, &settings, &limits);
-        let mut next = 0;
-        group.bench_function(format!("receiptd/{name}"), |b| {
-            b.iter_custom(|iters| {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    let chunk = &events[next * CHUNK..(next + 1) * CHUNK];
-                    next = (next + 1) % CHUNKS;
-                    fold_events(&mut state, &settings, &limits, chunk);
-                }
-                started.elapsed()
-            })
-        });
-        drop(state);
+        bench_folds(&mut group, name, &events, || live_state(TIMED, &settings, &limits), &settings, &limits);
 
         let mut naive = NaiveFold::new();
         let mut next = 0;
@@ -282,22 +268,95 @@ fn reads_bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// The drain's mix after 300,000 events of warm-up, a fresh 100,000 an
+/// iteration, one event at a time and looked up ahead as the worker folds
+/// (each with a state of its own, fed the same events).
+fn mix_bench(c: &mut Criterion) {
+    let (settings, limits) = (SettingsTable::default(), Limits::default());
+    let mut traffic = Traffic::new(TrafficShape::bench());
+    let warm_up: Vec<Event> = traffic.take(300_000);
+    let events: Vec<Event> = (0..CHUNK * CHUNKS).map(|_| traffic.next_event()).collect();
+    let mut group = timed_group(c, "mix");
+    let new_state = || {
+        let mut state = PartitionState::new();
+        fold_events(&mut state, &settings, &limits, &warm_up, false);
+        state
+    };
+    bench_folds(&mut group, "drain_mix", &events, new_state, &settings, &limits);
+    group.finish();
+}
+
+/// A group timing `CHUNK` events an iteration, for a few seconds.
+fn timed_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(CHUNK as u64));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5));
+    group
+}
+
+/// Times folding `events`, `CHUNK` an iteration, the chunks in turn (from
+/// the first again once all are folded: reads then find their messages
+/// read already), into a state `new_state` makes: one event at a time
+/// (`receiptd/{name}`), then looked up ahead as the worker folds
+/// (`receiptd_prefetched/{name}`), each into a state of its own.
+fn bench_folds(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    events: &[Event],
+    new_state: impl Fn() -> PartitionState,
+    settings: &SettingsTable,
+    limits: &Limits,
+) {
+    for (fold, prefetch) in [("receiptd", false), ("receiptd_prefetched", true)] {
+        let mut state = new_state();
+        let mut next = 0;
+        group.bench_function(format!("{fold}/{name}"), |b| {
+            b.iter_custom(|iters| {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let chunk = &events[next * CHUNK..(next + 1) * CHUNK];
+                    next = (next + 1) % CHUNKS;
+                    fold_events(&mut state, settings, limits, chunk, prefetch);
+                }
+                started.elapsed()
+            })
+        });
+    }
+}
+
 /// Folds `events`, taking receipts every 1,000 message reads (a read of
 /// several messages counts each; any other event counts one).
+/// With `prefetch`, as the worker folds a batch: [`PREFETCH_AHEAD`] events
+/// looked up (`PartitionState::prefetch`), then folded.
 #[inline(always)]
-fn fold_events(state: &mut PartitionState, settings: &SettingsTable, limits: &Limits, events: &[Event]) {
+fn fold_events(
+    state: &mut PartitionState,
+    settings: &SettingsTable,
+    limits: &Limits,
+    events: &[Event],
+    prefetch: bool,
+) {
     let mut fx = Effects::default();
     let mut deltas = DeltaBuffer::new();
     let mut since_flush = 0;
-    for e in events {
-        state.apply(settings, limits, e, 2, &mut fx);
-        since_flush += match e {
-            Event::MessageRead(r) => r.msg_ids.len(),
-            _ => 1,
-        };
-        if since_flush >= 1_000 {
-            flush(state, settings, &mut deltas);
-            since_flush = 0;
+    for run in events.chunks(PREFETCH_AHEAD) {
+        if prefetch {
+            for e in run {
+                state.prefetch(e);
+            }
+        }
+        for e in run {
+            state.apply(settings, limits, e, 2, &mut fx);
+            since_flush += match e {
+                Event::MessageRead(r) => r.msg_ids.len(),
+                _ => 1,
+            };
+            if since_flush >= 1_000 {
+                flush(state, settings, &mut deltas);
+                since_flush = 0;
+            }
         }
     }
 }
@@ -306,8 +365,14 @@ fn fold_events(state: &mut PartitionState, settings: &SettingsTable, limits: &Li
 /// that the count starts and stops here; the warm-up inlines `fold_events`
 /// instead of calling this.
 #[inline(never)]
-fn counted_fold(state: &mut PartitionState, settings: &SettingsTable, limits: &Limits, events: &[Event]) {
-    fold_events(state, settings, limits, events)
+fn counted_fold(
+    state: &mut PartitionState,
+    settings: &SettingsTable,
+    limits: &Limits,
+    events: &[Event],
+    prefetch: bool,
+) {
+    fold_events(state, settings, limits, events, prefetch)
 }
 
 /// `e` with its message ids as Tencent IM forms them (38 bytes here).
@@ -327,6 +392,12 @@ const COUNTED_EVENTS: usize = 200_000;
 
 /// One pass of 200,000 events, for callgrind (see the module docs).
 fn counted(case: &str) {
+    // Any case with `_prefetched`: its events looked up ahead, as the
+    // worker folds them.
+    let (case, prefetch) = match case.strip_suffix("_prefetched") {
+        Some(case) => (case, true),
+        None => (case, false),
+    };
     let (mut settings, limits) = (SettingsTable::default(), Limits::default());
     if case == "mix_config" {
         let app_id = TrafficShape::bench().app_id;
@@ -346,7 +417,7 @@ fn counted(case: &str) {
             let mut state = PartitionState::new();
             // `take` starts with the setup (the groups' snapshots).
             let warm_up: Vec<Event> = traffic.take(300_000).into_iter().map(ids).collect();
-            fold_events(&mut state, &settings, &limits, &warm_up);
+            fold_events(&mut state, &settings, &limits, &warm_up, prefetch);
             (state, (0..COUNTED_EVENTS).map(|_| ids(traffic.next_event())).collect())
         }
         "ten_per_read" | "one_per_read" => {
@@ -355,10 +426,10 @@ fn counted(case: &str) {
         }
         other => panic!(
             "RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform, mix, mix_config, mix_long_msg_ids, mix_read_batch, \
-             ten_per_read or one_per_read"
+             ten_per_read or one_per_read, each perhaps with _prefetched"
         ),
     };
-    counted_fold(&mut state, &settings, &limits, &events);
+    counted_fold(&mut state, &settings, &limits, &events, prefetch);
     let message_reads: usize =
         events.iter().map(|e| if let Event::MessageRead(r) = e { r.msg_ids.len() } else { 0 }).sum();
     let reads = events.iter().filter(|e| matches!(e, Event::MessageRead(_))).count();
@@ -410,7 +481,7 @@ impl Staging {
         let mut traffic = Traffic::new(TrafficShape { read_batch, ..TrafficShape::bench() });
         let (mut state, mut deltas) = (PartitionState::new(), DeltaBuffer::new());
         let warm_up: Vec<Event> = traffic.take(300_000);
-        fold_events(&mut state, &settings, &limits, &warm_up);
+        fold_events(&mut state, &settings, &limits, &warm_up, false);
         flush(&mut state, &settings, &mut deltas);
         Staging { settings, limits, traffic, state, deltas, batch: receiptd_store::BatchBuffer::default() }
     }
@@ -484,7 +555,7 @@ fn stage_bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, demo_mix, reads_bench, stage_bench);
+criterion_group!(benches, demo_mix, reads_bench, mix_bench, stage_bench);
 
 fn main() {
     if let Ok(case) = std::env::var("RECEIPTD_FOLD_COUNTED") {

@@ -28,6 +28,7 @@ mod deltas;
 mod fenwick;
 mod fold;
 mod members;
+mod prefetch;
 mod query;
 mod readers;
 mod settings;
@@ -38,6 +39,7 @@ mod stored_form;
 
 pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};
+pub use prefetch::PREFETCH_AHEAD;
 pub use query::{MemberFilter, MemberPage, QueryRefusal};
 pub use readers::Readers;
 pub use receiptd_wire::{same_str, INLINE_BYTES};

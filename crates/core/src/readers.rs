@@ -104,6 +104,12 @@ impl Readers {
                 .map_or(0, |o| std::mem::size_of::<Vec<ReadMark>>() + o.capacity() * std::mem::size_of::<ReadMark>())
     }
 
+    /// Where the readers' heap memory starts (dangling when they have none):
+    /// for a prefetch.
+    pub(crate) fn heap_ptr(&self) -> *const u8 {
+        self.compact.as_ptr().cast()
+    }
+
     /// The read of `ordinal`, if it read.
     pub(crate) fn get(&self, ordinal: u32, sent_at: u64) -> Option<ReadMark> {
         if let Ok(i) = self.compact.binary_search_by_key(&ordinal, |c| c.ordinal()) {

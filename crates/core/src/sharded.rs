@@ -124,6 +124,29 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
         RwLockReadGuard::try_map(shard, |t| t.find(hash, |(k, _)| k.borrow().key_eq(key))).ok()
     }
 
+    /// The value of `key`, read without taking the shard's lock: a lock
+    /// is an atomic read-modify-write, which on x86 waits for every load
+    /// before it, so looking several keys up in a row under their locks
+    /// takes their cache misses one at a time.
+    ///
+    /// # Safety
+    ///
+    /// No thread may change the map while the reference lives. Queries
+    /// only read; the fold changes a partition's maps only through
+    /// `&mut PartitionState`, so the fold's own thread may peek while it
+    /// holds that.
+    pub(crate) unsafe fn peek<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + KeyEq + ?Sized,
+    {
+        let hash = hash_of(key);
+        // SAFETY: nothing changes the table meanwhile (the caller's
+        // contract); readers holding the lock only read it too.
+        let table = unsafe { &*self.shards[shard_of(hash)].data_ptr() };
+        table.find(hash, |(k, _)| k.borrow().key_eq(key)).map(|(_, v)| v)
+    }
+
     /// The stored key and its value, write-locked until the guard drops. The
     /// caller must not change the key.
     pub(crate) fn get_entry_mut<Q>(&self, key: &Q) -> Option<MappedRwLockWriteGuard<'_, (K, V)>>

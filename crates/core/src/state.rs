@@ -810,8 +810,11 @@ impl PartitionState {
         let keys =
             if max >= self.dirty.len() { take_retaining(&mut self.dirty) } else { self.dirty.drain(..max).collect() };
         deltas.begin_pass();
-        for key in &keys {
-            self.visit_changed(key, true, settings, deltas, |entity| stage(key, entity));
+        for run in keys.chunks(crate::PREFETCH_AHEAD) {
+            run.iter().for_each(|key| self.prefetch_changed(key));
+            for key in run {
+                self.visit_changed(key, true, settings, deltas, |entity| stage(key, entity));
+            }
         }
         keys.len()
     }
@@ -823,8 +826,11 @@ impl PartitionState {
     pub fn take_receipts(&mut self, settings: &crate::SettingsTable, deltas: &mut crate::DeltaBuffer) {
         let keys = std::mem::take(&mut self.dirty);
         deltas.begin_pass();
-        for key in keys.iter().filter(|k| matches!(k, DirtyKey::Message { .. } | DirtyKey::Mark { .. })) {
-            self.visit_changed(key, false, settings, deltas, |_| {});
+        for run in keys.chunks(crate::PREFETCH_AHEAD) {
+            run.iter().for_each(|key| self.prefetch_changed(key));
+            for key in run.iter().filter(|k| matches!(k, DirtyKey::Message { .. } | DirtyKey::Mark { .. })) {
+                self.visit_changed(key, false, settings, deltas, |_| {});
+            }
         }
         self.dirty = keys;
     }

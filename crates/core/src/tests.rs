@@ -548,6 +548,31 @@ fn demo_traffic_releases_its_early_reads() {
 }
 
 #[test]
+fn looking_events_up_ahead_changes_nothing() {
+    use receiptd_loadgen::{Traffic, TrafficShape};
+    let events = Traffic::new(TrafficShape::demo()).take(60_000);
+    // Every flush's staged values and receipts, folding with or without
+    // each run of events looked up first, as the worker does.
+    let run = |prefetch: bool| {
+        let (mut h, mut flushes) = (Harness::new(), Vec::new());
+        for (i, run) in events.chunks(PREFETCH_AHEAD).enumerate() {
+            if prefetch {
+                run.iter().for_each(|e| h.state.prefetch(e));
+            }
+            run.iter().for_each(|e| h.apply(e.clone()));
+            if i % 100 == 99 {
+                flushes.push(h.flush());
+            }
+        }
+        flushes.push(h.flush());
+        flushes
+    };
+    let (plain, prefetched) = (run(false), run(true));
+    assert!(plain.iter().map(|(staged, _)| staged.len()).sum::<usize>() > 10_000, "the mix changes state");
+    assert_eq!(plain, prefetched);
+}
+
+#[test]
 fn a_receipt_is_fixed_by_its_version_whatever_the_flush_window() {
     // Two runs of the same log, flushed at different points: the receipt of
     // each version is the same, although a member leaves in between.
@@ -785,6 +810,17 @@ fn queries_on_other_threads_see_whole_folds() {
     // move the epoch on, so cached unread counts get recomputed meanwhile.
     for (i, reader) in refs.iter().enumerate().skip(1) {
         let ids: Vec<&str> = msgs.iter().map(String::as_str).collect();
+        // Looked up first without the locks, as the worker does, while
+        // the queries hold them.
+        let read = MessageRead {
+            app_id: APP.into(),
+            reader: (*reader).into(),
+            conversation: Conversation::Group { group_id: "g".into() },
+            msg_ids: ids.iter().map(|&m| Id::from(m)).collect(),
+            read_at: 0,
+            private: false,
+        };
+        h.state.prefetch(&Event::MessageRead(read));
         h.read_group(reader, "g", &ids);
         if i % 100 == 0 {
             h.members("g", MembersOp::Join, &[&format!("late{i}")]);

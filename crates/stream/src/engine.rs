@@ -486,8 +486,16 @@ impl Engine {
         self.pending
     }
 
+    /// Looks up the state that folding `event` (record `m`'s) will read,
+    /// changing nothing: see [`receiptd_core::PREFETCH_AHEAD`].
+    pub(crate) fn prefetch<M: Message>(&mut self, m: &M, event: &Event) {
+        if let Some(owned) = self.partitions.get_mut(&m.partition()) {
+            owned.state.prefetch(event);
+        }
+    }
+
     /// Folds one record of the events topic, decoded by [`decode`].
-    pub(crate) fn ingest<M: Message>(&mut self, m: &M, decoded: Result<Event, DecodeError>, settings: &SettingsTable) {
+    pub(crate) fn ingest<M: Message>(&mut self, m: &M, decoded: &Result<Event, DecodeError>, settings: &SettingsTable) {
         self.shared.metrics.records_in.fetch_add(1, Relaxed);
         let partition = m.partition();
         let offset = m.offset();
@@ -507,9 +515,9 @@ impl Engine {
         match decoded {
             Ok(event) => {
                 let record_time = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-                owned.state.apply(settings, &self.config.limits, &event, record_time, &mut self.fx);
+                owned.state.apply(settings, &self.config.limits, event, record_time, &mut self.fx);
             }
-            Err(e) => self.dead_letter(m, &e),
+            Err(e) => self.dead_letter(m, e),
         }
     }
 
@@ -877,7 +885,7 @@ mod tests {
             offset,
             None,
         );
-        engine.ingest(&record, Ok(event), &SettingsTable::default());
+        engine.ingest(&record, &Ok(event), &SettingsTable::default());
     }
 
     #[test]

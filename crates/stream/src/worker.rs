@@ -13,7 +13,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
-use receiptd_core::{Limits, PartitionView, SettingsTable};
+use receiptd_core::{Limits, PartitionView, SettingsTable, PREFETCH_AHEAD};
 use receiptd_store::Store;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -554,12 +554,23 @@ fn run_inner(
             let e = guard.as_mut().expect("engine present while running");
             // Read-locked once per batch: only this thread writes it.
             let settings_now = shared.settings.read();
-            for (record, decoded) in batch.drain(..).zip(decoded) {
-                match decoded {
-                    Ok(decoded) => e.ingest(&record, decoded, &settings_now),
-                    Err(err) => tracing::warn!(error = %err, "consumer error"),
+            // A few events' state looked up, then those events folded: the
+            // lookups' cache misses overlap (see receiptd_core::PREFETCH_AHEAD).
+            for (records, run) in batch.chunks(PREFETCH_AHEAD).zip(decoded.chunks(PREFETCH_AHEAD)) {
+                for (record, decoded) in records.iter().zip(run) {
+                    if let Ok(Ok(event)) = decoded {
+                        e.prefetch(record, event);
+                    }
+                }
+                for (record, decoded) in records.iter().zip(run) {
+                    match decoded {
+                        Ok(decoded) => e.ingest(record, decoded, &settings_now),
+                        Err(err) => tracing::warn!(error = %err, "consumer error"),
+                    }
                 }
             }
+            batch.clear();
+            drop(decoded);
             drop(settings_now);
             drop(guard);
             let done = (phases.lap(LoopPhase::Fold), thread_cpu_seconds());
@@ -777,7 +788,7 @@ fn serve_consumer_queue(
             Some(Ok(record)) => {
                 let decoded = decode(&record);
                 if let Some(e) = engine.lock().as_mut() {
-                    e.ingest(&record, decoded, &shared.settings.read());
+                    e.ingest(&record, &decoded, &shared.settings.read());
                 }
             }
         }
