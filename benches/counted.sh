@@ -13,7 +13,9 @@
 #     config and a user with receipts off; mix_long_msg_ids: with 38-byte
 #     message ids; mix_read_batch: group reads naming up to ten messages;
 #     ten_per_read and one_per_read: the same hot message reads ten to an
-#     event or one); receipts taken every 1,000 message reads
+#     event or one); receipts taken every 1,000 message reads; any case with
+#     `_prefetched` (`mix_prefetched`): its events' messages looked up in runs
+#     before they are folded, as the worker folds
 #   benches/counted.sh stage [mix|mix_written|mix_read_batch ...]
 #     (default: all)
 #     the flush's staging: `counted_stage` in benches/fold.rs, the drain's
