@@ -59,9 +59,10 @@ fn prefetch_message(m: &crate::MessageState) {
 
 impl PartitionState {
     /// Looks up the messages folding `event` reads first (a read's messages
-    /// and their readers, a send's bucket), changing nothing. Call it for a few events ([`PREFETCH_AHEAD`]), then
-    /// fold them: see the module docs. `&mut`: it reads the maps without
-    /// their locks, which only the fold may (see `ShardedMap::peek`).
+    /// and their readers, a send's bucket), changing nothing. Call it for
+    /// a few events ([`PREFETCH_AHEAD`]), then fold them: see the module
+    /// docs. `&mut`: it reads the maps without their locks, which only the
+    /// fold may (see `ShardedMap::peek`).
     pub fn prefetch(&mut self, event: &Event) {
         let Some(app) = self.apps.get(event.app_id()) else { return };
         let view = &app.view;
