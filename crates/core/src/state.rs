@@ -810,12 +810,9 @@ impl PartitionState {
         let keys =
             if max >= self.dirty.len() { take_retaining(&mut self.dirty) } else { self.dirty.drain(..max).collect() };
         deltas.begin_pass();
-        for run in keys.chunks(crate::PREFETCH_AHEAD) {
-            run.iter().for_each(|key| self.prefetch_changed(key));
-            for key in run {
-                self.visit_changed(key, true, settings, deltas, |entity| stage(key, entity));
-            }
-        }
+        self.visit_in_runs(&keys, |state, key| {
+            state.visit_changed(key, true, settings, deltas, |entity| stage(key, entity))
+        });
         keys.len()
     }
 
@@ -826,13 +823,22 @@ impl PartitionState {
     pub fn take_receipts(&mut self, settings: &crate::SettingsTable, deltas: &mut crate::DeltaBuffer) {
         let keys = std::mem::take(&mut self.dirty);
         deltas.begin_pass();
+        self.visit_in_runs(&keys, |state, key| {
+            if matches!(key, DirtyKey::Message { .. } | DirtyKey::Mark { .. }) {
+                state.visit_changed(key, false, settings, deltas, |_| {});
+            }
+        });
+        self.dirty = keys;
+    }
+
+    /// Hands each of `keys` to `visit` in runs of [`crate::PREFETCH_AHEAD`],
+    /// each run's messages looked up first (see `prefetch`): a flush's
+    /// changed messages are cold again by then.
+    fn visit_in_runs(&mut self, keys: &[DirtyKey], mut visit: impl FnMut(&mut Self, &DirtyKey)) {
         for run in keys.chunks(crate::PREFETCH_AHEAD) {
             run.iter().for_each(|key| self.prefetch_changed(key));
-            for key in run.iter().filter(|k| matches!(k, DirtyKey::Message { .. } | DirtyKey::Mark { .. })) {
-                self.visit_changed(key, false, settings, deltas, |_| {});
-            }
+            run.iter().for_each(|key| visit(self, key));
         }
-        self.dirty = keys;
     }
 
     /// Looks `key`'s entity up once: clears its changed flags if `clear`,

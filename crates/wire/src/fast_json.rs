@@ -454,7 +454,7 @@ fn is<const N: usize>(name: &str, candidate: &[u8; N]) -> bool {
 }
 
 /// The keys of an event object.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 enum EventField {
     Type,
     AppId,
