@@ -170,38 +170,94 @@ fn run_load(
     (e, p, folded)
 }
 
-/// The flush modes to run, in order: `RECEIPTD_LATENCY_MODES`, a comma-separated
-/// list of windows in ms, each with a `+` to flush when caught up too
-/// (default `50+,50,5`). The first mode also warms the broker, so an A/B
+/// One way to run the worker: its flush window, whether it also flushes
+/// when caught up, and extra librdkafka properties for it.
+struct Mode {
+    window_ms: u64,
+    caught_up: bool,
+    /// Settings by their TOML key (`flush.max_in_flight`,
+    /// `kafka.properties.linger.ms`).
+    properties: Vec<(String, String)>,
+}
+
+impl Mode {
+    /// The mode as the bench's lines and table name it.
+    fn name(&self) -> String {
+        let mut name = if self.caught_up {
+            format!("{} ms + when caught up", self.window_ms)
+        } else {
+            format!("{} ms window only", self.window_ms)
+        };
+        for (k, v) in &self.properties {
+            name += &format!(", {k}={v}");
+        }
+        name
+    }
+}
+
+/// The environment variable that sets a worker setting given by its TOML
+/// key: `flush.max_in_flight` is `RECEIPTD_FLUSH__MAX_IN_FLIGHT`, and a
+/// librdkafka property keeps its name (`kafka.properties.linger.ms` is
+/// `RECEIPTD_KAFKA__PROPERTIES__linger.ms`).
+fn setting_variable(key: &str) -> String {
+    match key.strip_prefix("kafka.properties.") {
+        Some(property) => format!("RECEIPTD_KAFKA__PROPERTIES__{property}"),
+        None => format!("RECEIPTD_{}", key.to_uppercase().replace('.', "__")),
+    }
+}
+
+/// The modes to run, in order: `RECEIPTD_LATENCY_MODES`, a comma-separated
+/// list of windows in ms, each with a `+` to flush when caught up too, and
+/// optionally `:key=value` worker settings by their TOML key (default
+/// `50+,50,5`; `50+:flush.max_in_flight=1` runs the default mode with one
+/// flush in flight at a time). The first mode also warms the broker, so an A/B
 /// comparison should run each mode more than once, in both orders
 /// (`50,50+,50+,50`).
-fn modes() -> Vec<(u64, bool)> {
+fn modes() -> Vec<Mode> {
     let list = std::env::var("RECEIPTD_LATENCY_MODES").unwrap_or_else(|_| "50+,50,5".into());
     list.split(',')
         .map(|m| {
-            let m = m.trim();
-            let window = m.trim_end_matches('+');
-            let ms = window.parse().unwrap_or_else(|_| panic!("RECEIPTD_LATENCY_MODES: {m:?} is not a window in ms"));
-            (ms, m.ends_with('+'))
+            let mut parts = m.trim().split(':');
+            let flush = parts.next().unwrap_or_default();
+            let window = flush.trim_end_matches('+');
+            let window_ms =
+                window.parse().unwrap_or_else(|_| panic!("RECEIPTD_LATENCY_MODES: {m:?} is not a window in ms"));
+            let properties = parts
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => (k.to_owned(), v.to_owned()),
+                    _ => panic!("RECEIPTD_LATENCY_MODES: {p:?} in {m:?} is not key=value"),
+                })
+                .collect();
+            Mode { window_ms, caught_up: flush.ends_with('+'), properties }
         })
         .collect()
 }
 
-/// A mode as the bench's lines and table name it.
-fn mode_name(flush_ms: u64, caught_up: bool) -> String {
-    if caught_up {
-        format!("{flush_ms} ms + when caught up")
-    } else {
-        format!("{flush_ms} ms window only")
-    }
+/// The loads to offer in each mode, as shares of the first mode's drain
+/// rate: `RECEIPTD_LATENCY_LOADS`, a comma-separated list of percentages
+/// (default `25,50,80,100`).
+fn loads() -> Vec<f64> {
+    let list = std::env::var("RECEIPTD_LATENCY_LOADS").unwrap_or_else(|_| "25,50,80,100".into());
+    list.split(',')
+        .map(|l| {
+            let pct: f64 =
+                l.trim().parse().unwrap_or_else(|_| panic!("RECEIPTD_LATENCY_LOADS: {l:?} is not a percentage"));
+            assert!(pct > 0.0, "RECEIPTD_LATENCY_LOADS: {pct} is not a positive percentage");
+            pct / 100.0
+        })
+        .collect()
 }
 
 fn main() {
     let _broker = BenchBroker::ensure();
     let mut summary = Vec::new();
     let mut offered_base: Option<f64> = None;
-    for (flush_ms, caught_up) in modes() {
-        let mode = mode_name(flush_ms, caught_up);
+    for mode_spec in modes() {
+        let (flush_ms, caught_up) = (mode_spec.window_ms, mode_spec.caught_up);
+        let mode = mode_spec.name();
+        // The CSV's last column: `;` between properties, as commas part columns.
+        let properties: Vec<String> = mode_spec.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let properties = properties.join(";");
         let topics = Topics::create("latency");
         let pipe = format!("{}.pipe", topics.events);
         create_topics(&[(&pipe, 1, false)]);
@@ -217,6 +273,9 @@ fn main() {
         let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"))
             .env("RECEIPTD_FLUSH__INTERVAL_MS", &flush_ms.to_string())
             .env("RECEIPTD_FLUSH__WHEN_CAUGHT_UP", &caught_up.to_string());
+        for (k, v) in &mode_spec.properties {
+            worker = worker.env(&setting_variable(k), v);
+        }
         worker.start();
         worker.wait_ready(Duration::from_secs(120));
         let began = Instant::now();
@@ -227,9 +286,26 @@ fn main() {
         let base = *offered_base.get_or_insert(drain);
         println!("flush {mode}: drain rate {drain:.0} events/s; loads are shares of {base:.0}");
 
-        for (i, share) in [0.25, 0.5, 0.8, 1.0].into_iter().enumerate() {
+        for (i, share) in loads().into_iter().enumerate() {
+            let flushes = |w: &Worker| {
+                (
+                    w.metric("receiptd_flush_duration_seconds_count"),
+                    w.metric("receiptd_flush_duration_seconds_sum"),
+                    w.metric("receiptd_flush_confirm_seconds_total"),
+                )
+            };
+            let before = flushes(&worker);
             let (mut e, mut p, folded) =
                 run_load(&worker, &topics, &pipe, base * share, &mut traffic, i as u64 * 10_000_000);
+            let after = flushes(&worker);
+            // A flush's time: its deltas taken, sent and confirmed, its state written.
+            let (count, seconds, confirm) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+            println!(
+                "flush {mode}, {:.0}% load: {count:.0} flushes, {:.2} ms each on average, {:.2} ms of it until the broker confirmed its deltas",
+                share * 100.0,
+                seconds / count.max(1.0) * 1e3,
+                confirm / count.max(1.0) * 1e3
+            );
             let row = [0.5, 0.99, 0.999].map(|q| (pct(&mut e, q), pct(&mut p, q)));
             println!(
                 "flush {mode}, {:.0}% load ({:.0} events/s offered, {folded:.0} folded): engine p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; pipe p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; p99 difference {:.1} ms ({} probes)",
@@ -244,7 +320,7 @@ fn main() {
                 row[1].0 - row[1].1,
                 e.len()
             );
-            summary.push((flush_ms, caught_up, share, base * share, folded, row));
+            summary.push((mode.clone(), properties.clone(), flush_ms, caught_up, share, base * share, folded, row));
         }
         let started = |trigger: &str| worker.metric(&format!("receiptd_flush_starts_total{{trigger=\"{trigger}\"}}"));
         println!(
@@ -262,10 +338,9 @@ fn main() {
     println!("\n| flush | load | offered / folded events/s | engine p50 / p99 / p99.9 | pipe p50 / p99 / p99.9 | p99 difference |");
     println!("|---|---|---|---|---|---|");
     let mut csv = String::from(
-        "flush_ms,caught_up,share,offered,folded,engine_p50,engine_p99,engine_p999,pipe_p50,pipe_p99,pipe_p999\n",
+        "flush_ms,caught_up,share,offered,folded,engine_p50,engine_p99,engine_p999,pipe_p50,pipe_p99,pipe_p999,properties\n",
     );
-    for (flush_ms, caught_up, share, offered, folded, r) in summary {
-        let mode = mode_name(flush_ms, caught_up);
+    for (mode, properties, flush_ms, caught_up, share, offered, folded, r) in summary {
         println!(
             "| {mode} | {:.0}% | {offered:.0} / {folded:.0} | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} ms |",
             share * 100.0,
@@ -278,7 +353,7 @@ fn main() {
             r[1].0 - r[1].1
         );
         csv += &format!(
-            "{flush_ms},{caught_up},{share},{offered:.0},{folded:.0},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2}\n",
+            "{flush_ms},{caught_up},{share},{offered:.0},{folded:.0},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{properties}\n",
             r[0].0, r[1].0, r[2].0, r[0].1, r[1].1, r[2].1
         );
     }

@@ -17,7 +17,11 @@ rows = list(csv.DictReader(open(source)))
 def mode(r):
     # Runs before the caught-up flush have no such column: window only.
     when = r.get("caught_up", "false") == "true"
-    return f"{r['flush_ms']} ms" + (" + when caught up" if when else " window only")
+    name = f"{r['flush_ms']} ms" + (" + when caught up" if when else " window only")
+    # Extra worker properties, `;`-separated (runs before them have none).
+    for p in filter(None, (r.get("properties") or "").split(";")):
+        name += f", {p}"
+    return name
 
 
 # Rows come mode by mode; a mode run again (an A/B in both orders) gets

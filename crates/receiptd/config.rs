@@ -164,10 +164,18 @@ pub struct FlushConfig {
     /// flush while input keeps coming. Default 50.
     pub interval_ms: u64,
     /// Also start a flush as soon as the input is drained (no record
-    /// waiting) and no flush is in flight, instead of waiting out the
-    /// window: at low load a change leaves within about a broker round
-    /// trip, and under load flushes still grow to the window. Default true.
+    /// waiting) and there is room for another flush in flight, instead of
+    /// waiting out the window: at low load a change leaves within about a
+    /// broker round trip, and under load flushes still grow to the window.
+    /// Default true.
     pub when_caught_up: bool,
+    /// Most flushes in flight (1 to 16): flushes whose deltas are sent and
+    /// not yet confirmed by the broker. With more than one, the next flush
+    /// is staged and sent while the broker confirms the earlier ones (each
+    /// is written to the store in order, once confirmed), so a change does
+    /// not wait for the round trip of the flush before it. Each flush is a
+    /// produce request and a store write of its own. Default 2.
+    pub max_in_flight: usize,
     /// Flush early once this many records are pending. Default 100000.
     pub max_pending_records: u64,
     /// Longest a rebalance or shutdown may spend flushing, ms. Default 10000.
@@ -186,6 +194,7 @@ impl Default for FlushConfig {
         FlushConfig {
             interval_ms: 50,
             when_caught_up: true,
+            max_in_flight: 2,
             max_pending_records: 100_000,
             revoke_timeout_ms: 10_000,
             stage_slice_entities: 1024,
@@ -346,6 +355,7 @@ impl Config {
             ),
             (!(1..=60_000).contains(&self.flush.interval_ms), "flush.interval_ms: must be 1 to 60000"),
             (self.flush.max_pending_records == 0, "flush.max_pending_records: must be at least 1"),
+            (!(1..=16).contains(&self.flush.max_in_flight), "flush.max_in_flight: must be 1 to 16"),
             (self.flush.revoke_timeout_ms == 0, "flush.revoke_timeout_ms: must be at least 1"),
             (self.hold.window_ms == 0, "hold.window_ms: must be at least 1"),
             (self.hold.max_reads == 0, "hold.max_reads: must be at least 1"),
@@ -446,6 +456,7 @@ mod tests {
         assert_eq!(c.http.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.flush.interval_ms, 50);
         assert!(c.flush.when_caught_up);
+        assert_eq!(c.flush.max_in_flight, 2);
         assert!(c.apps.is_empty());
     }
 
@@ -460,6 +471,7 @@ mod tests {
                 ("RECEIPTD_KAFKA__BROKERS", "k2:9092"),
                 ("RECEIPTD_FLUSH__INTERVAL_MS", "75"),
                 ("RECEIPTD_FLUSH__WHEN_CAUGHT_UP", "false"),
+                ("RECEIPTD_FLUSH__MAX_IN_FLIGHT", "1"),
                 ("RECEIPTD_KAFKA__PROPERTIES__linger.ms", "0"),
                 ("RECEIPTD_KAFKA__GROUP_ID", "123"),
                 ("RECEIPTD_APPS__MyApp__TOKEN", "0123456789abcdef"),
@@ -471,6 +483,7 @@ mod tests {
         assert_eq!(c.kafka.group_id, "123");
         assert_eq!(c.flush.interval_ms, 75);
         assert!(!c.flush.when_caught_up);
+        assert_eq!(c.flush.max_in_flight, 1);
         assert_eq!(c.kafka.properties["linger.ms"], "0", "a tuning property is accepted");
         assert_eq!(c.apps["MyApp"].token, "0123456789abcdef");
     }
@@ -487,6 +500,10 @@ mod tests {
         assert!(e.contains("flush.interval_ms"), "{e}");
         let e = err(&[("RECEIPTD_FLUSH__INTERVAL_MS", "0")]);
         assert!(e.contains("flush.interval_ms"), "{e}");
+        for n in ["0", "17"] {
+            let e = err(&[("RECEIPTD_FLUSH__MAX_IN_FLIGHT", n)]);
+            assert!(e.contains("flush.max_in_flight") && e.contains("must be 1 to 16"), "{e}");
+        }
         let e = err(&[("RECEIPTD_HTTP__ADDR", "not-an-address")]);
         assert!(e.contains("http.addr"), "{e}");
         let e = err(&[("RECEIPTD_APPS__a1__TOKEN", "short")]);

@@ -44,6 +44,7 @@ pub fn worker_config(c: &Config) -> WorkerConfig {
         },
         flush_interval: Duration::from_millis(c.flush.interval_ms),
         flush_when_caught_up: c.flush.when_caught_up,
+        max_flushes_in_flight: c.flush.max_in_flight,
         max_pending_records: c.flush.max_pending_records,
         sync_interval: Duration::from_millis(c.state.sync_interval_ms),
         revoke_timeout: Duration::from_millis(c.flush.revoke_timeout_ms),

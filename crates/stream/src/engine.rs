@@ -14,7 +14,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use receiptd_core::{DeltaBuffer, Effects, PartitionState, SettingsTable};
 use receiptd_store::Store;
 use receiptd_wire::{decode_event, delta_key_into, ContentType, DecodeError, Event, CONTENT_TYPE_HEADER};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -398,8 +398,11 @@ pub(crate) struct Engine {
     pending: u64,
     /// Generation of the records sent now; a flush takes it and moves it on.
     generation: u64,
-    in_flight: Option<StagedFlush>,
-    /// The in-flight flush's delta records not yet queued.
+    /// Flushes whose deltas are on their way, oldest first, at most
+    /// `max_flushes_in_flight`: each is written once the broker has
+    /// confirmed its deltas and everything sent before them.
+    in_flight: VecDeque<StagedFlush>,
+    /// The newest in-flight flush's delta records not yet queued.
     unsent: Option<DeltaBatch>,
     /// A flush being staged in slices, not yet in flight.
     staging: Option<Staging>,
@@ -473,7 +476,7 @@ impl Engine {
             last_sync: Instant::now(),
             pending: 0,
             generation: 0,
-            in_flight: None,
+            in_flight: VecDeque::new(),
             unsent: None,
             staging: None,
             last_batch_bytes: 0,
@@ -557,9 +560,9 @@ impl Engine {
         send(&self.producer, &self.shared.metrics, record);
     }
 
-    /// Completes the flush in flight, if any, then flushes everything folded
-    /// since, waiting for the broker each time. Returns the offsets written,
-    /// or `None` when there was nothing to flush.
+    /// Completes the flushes in flight, if any, then flushes everything
+    /// folded since, waiting for the broker each time. Returns the offsets
+    /// written, or `None` when there was nothing to flush.
     ///
     /// `deadline` bounds each wait for the broker; past it the flush gives
     /// up without writing, which is safe for partitions about to be given up
@@ -573,23 +576,45 @@ impl Engine {
         // Flushes already confirmed go first, and their offsets with these.
         self.writer.wait_idle()?;
         let mut written: BTreeMap<i32, i64> = self.take_written().into_iter().collect();
-        for _ in 0..2 {
-            if self.in_flight.is_none() && !self.flush_begin(None) {
-                break;
+        // Each round starts a flush of what changed, if there is room for
+        // one (a flush being staged is finished), and writes every flush in
+        // flight once the broker has them all. Nothing is folded meanwhile,
+        // so a second round flushes only what the first had no room for,
+        // and a third finds nothing.
+        for _ in 0..3 {
+            if self.may_begin_flush() {
+                self.flush_begin(None);
             }
             self.send_deltas(None);
-            let staged = self.in_flight.take().expect("a flush in flight");
-            await_delivery(&self.producer, &self.shared, deadline, stop)?;
-            // librdkafka holds nothing now, every report served: a record of
-            // this flush still counted unconfirmed will never be confirmed,
-            // and writing would checkpoint past its delta.
-            if !self.producer.context().settled_through(staged.generation) {
-                let (unconfirmed, _) = self.producer.context().unsettled();
-                return Err(StreamError::DeliveryLost { unconfirmed });
+            if self.in_flight.is_empty() {
+                break;
             }
-            written.extend(staged.commit(&self.store, &self.shared.metrics)?);
+            let delivered = await_delivery(&self.producer, &self.shared, deadline, stop);
+            // Dropped unwritten if the wait failed.
+            let in_flight = std::mem::take(&mut self.in_flight);
+            delivered?;
+            for staged in in_flight {
+                // librdkafka holds nothing now, every report served: a record
+                // of this flush still counted unconfirmed will never be
+                // confirmed, and writing would checkpoint past its delta.
+                if !self.producer.context().settled_through(staged.generation) {
+                    let (unconfirmed, _) = self.producer.context().unsettled();
+                    return Err(StreamError::DeliveryLost { unconfirmed });
+                }
+                self.shared.metrics.flush_confirmed(staged.started.elapsed().as_secs_f64());
+                written.extend(staged.commit(&self.store, &self.shared.metrics)?);
+            }
         }
         Ok((!written.is_empty()).then(|| written.into_iter().collect()))
+    }
+
+    /// Whether [`Engine::flush_begin`] may be called: a flush is being
+    /// staged, or there is room for one more in flight and every record of
+    /// the newest one is queued (a flush's generation is settled only once
+    /// all of its records are counted).
+    pub(crate) fn may_begin_flush(&self) -> bool {
+        self.staging.is_some()
+            || (self.in_flight.len() < self.config.max_flushes_in_flight.max(1) && self.unsent.is_none())
     }
 
     /// Step 1 of a flush: sweeps; stages every touched entity, each
@@ -597,9 +622,10 @@ impl Engine {
     /// flight with its deltas, which [`Engine::send_deltas`] queues. With
     /// `slice`, stages at most that many entities per call and returns
     /// false until a call finishes the flush (see [`Engine::staging`]).
-    /// False also when nothing changed, or while another flush is in flight.
+    /// False also when nothing changed, or while no other flush may be in
+    /// flight (see [`Engine::may_begin_flush`]).
     pub(crate) fn flush_begin(&mut self, slice: Option<usize>) -> bool {
-        if self.in_flight.is_some() {
+        if !self.may_begin_flush() {
             return false;
         }
         let now = Instant::now();
@@ -667,7 +693,7 @@ impl Engine {
         let generation = self.generation;
         self.generation += 1;
         let events = std::mem::take(&mut self.pending);
-        self.in_flight = Some(StagedFlush { generation, batch, offsets, sync, started: now, events, puts, slices });
+        self.in_flight.push_back(StagedFlush { generation, batch, offsets, sync, started: now, events, puts, slices });
         self.unsent = Some(DeltaBatch { generation, records: self.deltas.drain().into_iter() });
         true
     }
@@ -696,18 +722,24 @@ impl Engine {
         self.staging.is_some()
     }
 
-    /// Hands the flush in flight to the store writer once the broker has
-    /// settled every record it depends on (its deltas and every earlier DLQ
-    /// record). Waits only while the writer's queue is full. Returns whether
-    /// it handed one over.
+    /// Hands the flushes in flight to the store writer, oldest first, each
+    /// once the broker has settled every record it depends on (its deltas
+    /// and every earlier delta and DLQ record). Waits only while the
+    /// writer's queue is full. Returns whether it handed any over.
     pub(crate) fn write_confirmed(&mut self) -> Result<bool, StreamError> {
-        let Some(generation) = self.in_flight.as_ref().map(|f| f.generation) else { return Ok(false) };
-        if self.unsent.is_some() || !self.producer.context().settled_through(generation) {
-            return Ok(false);
+        let mut handed_over = false;
+        while let Some(oldest) = self.in_flight.front() {
+            // The unsent records are the newest flush's.
+            let all_queued = self.unsent.is_none() || self.in_flight.len() > 1;
+            if !all_queued || !self.producer.context().settled_through(oldest.generation) {
+                break;
+            }
+            let staged = self.in_flight.pop_front().expect("checked above");
+            self.shared.metrics.flush_confirmed(staged.started.elapsed().as_secs_f64());
+            self.writer.submit(staged)?;
+            handed_over = true;
         }
-        let staged = self.in_flight.take().expect("checked above");
-        self.writer.submit(staged)?;
-        Ok(true)
+        Ok(handed_over)
     }
 
     /// Offsets the store writer has written since the last call, merged
@@ -717,9 +749,9 @@ impl Engine {
         merged.into_iter().collect()
     }
 
-    /// When the flush in flight took its deltas, if one is in flight.
+    /// When the oldest flush in flight took its deltas, if one is in flight.
     pub(crate) fn in_flight_since(&self) -> Option<Instant> {
-        self.in_flight.as_ref().map(StagedFlush::started)
+        self.in_flight.front().map(StagedFlush::started)
     }
 
     /// fsyncs the store: a checkpoint boundary.
@@ -873,6 +905,24 @@ mod tests {
         (dir, store, producer, engine)
     }
 
+    /// The checkpoint stored once the store writer has written everything
+    /// handed to it.
+    fn written_checkpoint(engine: &Engine, store: &Store) -> Option<i64> {
+        engine.writer.wait_idle().unwrap();
+        checkpoint(store)
+    }
+
+    /// `reader` marked the C2C conversation with `peer` read: one changed
+    /// read mark, and one delta record to `peer`.
+    fn conversation_read(reader: &str, peer: &str) -> Event {
+        Event::ConversationRead(receiptd_wire::ConversationRead {
+            app_id: "a".into(),
+            reader: reader.into(),
+            conversation: receiptd_wire::Conversation::C2c { peer: peer.into() },
+            read_at: 1,
+        })
+    }
+
     /// Folds `event` as the record at `offset` of partition 0.
     fn ingest(engine: &mut Engine, event: Event, offset: i64) {
         let key = receiptd_wire::conversation_key(&event);
@@ -906,8 +956,83 @@ mod tests {
         producer.context().sent(0);
         let flushed = engine.flush(Some(Instant::now() + Duration::from_secs(5)), &|| false);
         assert!(matches!(flushed, Err(StreamError::DeliveryLost { unconfirmed: 1 })), "{flushed:?}");
-        engine.writer.wait_idle().unwrap();
-        assert_eq!(checkpoint(&store), None, "nothing checkpointed past a delta never confirmed");
+        assert_eq!(written_checkpoint(&engine, &store), None, "nothing checkpointed past a delta never confirmed");
+    }
+
+    #[test]
+    fn flushes_in_flight_are_written_in_order_each_once_it_and_every_earlier_one_is_confirmed() {
+        let (_dir, store, producer, mut engine) = test_engine();
+        assert_eq!(engine.config.max_flushes_in_flight, 2);
+        // One conversation read (one delta record) per flush.
+        let read = |reader: &str| conversation_read(reader, "alice");
+        let begin = |engine: &mut Engine| {
+            let begun = engine.flush_begin(None);
+            engine.send_deltas(None);
+            begun
+        };
+        ingest(&mut engine, read("bob"), 0);
+        assert!(begin(&mut engine), "the first flush starts");
+        ingest(&mut engine, read("carol"), 1);
+        assert!(engine.may_begin_flush(), "room for a second flush while the first waits");
+        assert!(begin(&mut engine), "the second flush starts before the first is confirmed");
+        ingest(&mut engine, read("dave"), 2);
+        assert!(!engine.may_begin_flush(), "no room for a third");
+        assert!(!begin(&mut engine), "a third waits for the first to be written");
+        let generations: Vec<u64> = engine.in_flight.iter().map(|f| f.generation).collect();
+        assert_eq!(generations, [0, 1]);
+
+        // The broker confirms the second flush first: neither is written.
+        producer.context().settled(1);
+        assert!(!engine.write_confirmed().unwrap(), "the second waits for the first");
+        assert_eq!(written_checkpoint(&engine, &store), None);
+        // Then the first: both are written, in order.
+        producer.context().settled(0);
+        assert!(engine.write_confirmed().unwrap());
+        assert!(engine.in_flight.is_empty());
+        assert_eq!(
+            written_checkpoint(&engine, &store),
+            Some(2),
+            "the second flush's offset, written after the first's"
+        );
+
+        // The third read goes out with the next flush.
+        assert!(begin(&mut engine));
+        producer.context().settled(2);
+        assert!(engine.write_confirmed().unwrap());
+        assert_eq!(written_checkpoint(&engine, &store), Some(3));
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
+    #[test]
+    fn a_flush_on_revoke_writes_every_flush_in_flight_and_what_was_folded_since() {
+        let (_dir, store, producer, mut engine) = test_engine();
+        let read = |reader: &str| conversation_read(reader, "alice");
+        for (offset, reader) in ["bob", "carol"].into_iter().enumerate() {
+            ingest(&mut engine, read(reader), offset as i64);
+            assert!(engine.flush_begin(None));
+            engine.send_deltas(None);
+        }
+        ingest(&mut engine, read("dave"), 2);
+        assert!(!engine.may_begin_flush(), "two in flight, one more change waiting");
+        // The producer reaches no broker: settle every record it holds
+        // while the flush waits (purged records are reported, as failures,
+        // and settled like any other).
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let purging = {
+            let (producer, done) = (producer.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Relaxed) {
+                    producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        let written = engine.flush(Some(Instant::now() + Duration::from_secs(5)), &|| false).unwrap();
+        assert_eq!(written, Some(vec![(0, 3)]), "all three reads written: the two in flight, then the third");
+        assert!(engine.in_flight.is_empty());
+        assert_eq!(checkpoint(&store), Some(3));
+        done.store(true, Relaxed);
+        purging.join().unwrap();
     }
 
     #[test]
@@ -916,16 +1041,10 @@ mod tests {
         // Three readers of three peers: one delta record each.
         for (offset, (reader, peer)) in [("bob", "alice"), ("carol", "dave"), ("erin", "frank")].into_iter().enumerate()
         {
-            let read = Event::ConversationRead(receiptd_wire::ConversationRead {
-                app_id: "a".into(),
-                reader: reader.into(),
-                conversation: receiptd_wire::Conversation::C2c { peer: peer.into() },
-                read_at: 1,
-            });
-            ingest(&mut engine, read, offset as i64);
+            ingest(&mut engine, conversation_read(reader, peer), offset as i64);
         }
         assert!(engine.flush_begin(None), "a flush with changes starts");
-        let generation = engine.in_flight.as_ref().unwrap().generation;
+        let generation = engine.in_flight.front().unwrap().generation;
         let queued = |engine: &Engine| engine.shared.metrics.delta_records.load(Relaxed);
         // Every record queued so far is confirmed at once: the broker
         // outpacing the loop.
@@ -946,8 +1065,7 @@ mod tests {
         }
         assert_eq!(turns, 3);
         assert!(engine.write_confirmed().unwrap(), "confirmed once every record is queued and settled");
-        engine.writer.wait_idle().unwrap();
-        assert_eq!(checkpoint(&store), Some(3));
+        assert_eq!(written_checkpoint(&engine, &store), Some(3));
         producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     }
 
@@ -958,32 +1076,26 @@ mod tests {
         let mut offset = 0;
         let mut fold = |engine: &mut Engine, n: usize| {
             for _ in 0..n {
-                let read = Event::ConversationRead(receiptd_wire::ConversationRead {
-                    app_id: "a".into(),
-                    reader: format!("u{offset}").into(),
-                    conversation: receiptd_wire::Conversation::C2c { peer: "p".into() },
-                    read_at: 1,
-                });
-                ingest(engine, read, offset);
+                ingest(engine, conversation_read(&format!("u{offset}"), "p"), offset);
                 offset += 1;
             }
         };
         let (slice, backlog, per_turn) = (10, 100, 40);
         fold(&mut engine, backlog);
-        let puts = |engine: &Engine| match (&engine.staging, &engine.in_flight) {
+        let puts = |engine: &Engine| match (&engine.staging, engine.in_flight.front()) {
             (Some(staging), _) => staging.puts,
             (None, Some(flush)) => flush.puts,
             (None, None) => 0,
         };
         let mut staged_per_turn = Vec::new();
-        while engine.in_flight.is_none() {
+        while engine.in_flight.is_empty() {
             let before = puts(&engine);
             engine.flush_begin(Some(slice));
             staged_per_turn.push(puts(&engine) - before);
             // The fold changes more entities every turn than a slice stages.
             fold(&mut engine, per_turn);
         }
-        let flush = engine.in_flight.as_ref().unwrap();
+        let flush = engine.in_flight.front().unwrap();
         assert_eq!(flush.slices as usize, staged_per_turn.len());
         assert!(
             staged_per_turn.len() <= backlog / slice + 1,

@@ -10,9 +10,9 @@
 //! [`receiptd_core::PartitionState`]s. Queries do not stop the fold: they
 //! read each partition's [`receiptd_core::PartitionView`], locking one
 //! message (and its group) at a time, as the fold does per event. As soon
-//! as the input is drained and no flush is in flight (`flush.when_caught_up`),
-//! and at least every flush interval (50 ms by default) while input keeps
-//! coming, the worker:
+//! as the input is drained and there is room for another flush in flight
+//! (`flush.when_caught_up`, `flush.max_in_flight`), and at least every
+//! flush interval (50 ms by default) while input keeps coming, the worker:
 //!
 //! 1. takes the receipts that changed, coalesced and grouped per recipient,
 //!    and stages each touched entity once, plus each partition's next offset,
@@ -36,7 +36,11 @@
 //!    write it writes nothing more;
 //! 4. commits the offsets written to Kafka, only so that lag shows in tools.
 //!
-//! One flush is in flight at a time. If the broker stops confirming, the
+//! Up to `flush.max_in_flight` flushes (2 by default) are in flight at a
+//! time: the next is staged and sent while the broker confirms the earlier
+//! ones, so a change does not wait out the round trip of the flush before
+//! it; each is handed to the writer, in order, once its deltas and every
+//! earlier record are confirmed. If the broker stops confirming, the
 //! worker folds on until twice `max_pending_records` are waiting, then
 //! pauses its partitions and keeps polling, so that it stays in the group.
 //!
@@ -44,7 +48,7 @@
 //! gateway drops them); a crash anywhere else replays nothing twice. On
 //! assignment the consumer starts each partition at the offset stored in
 //! RocksDB, not at Kafka's committed offset. On revocation the worker
-//! completes the flush in flight, flushes the rest and checkpoints before the
+//! completes the flushes in flight, flushes the rest and checkpoints before the
 //! rebalance callback returns; it first waits for the store writer, and so
 //! does an assignment before it reads a partition back.
 //!

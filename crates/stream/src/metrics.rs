@@ -37,7 +37,7 @@ pub enum FlushTrigger {
     Window,
     /// `max_pending_records` records were waiting.
     Pending,
-    /// The input was drained, with no flush in flight.
+    /// The input was drained, with room for another flush in flight.
     CaughtUp,
 }
 
@@ -77,6 +77,9 @@ pub struct Metrics {
     flush_starts: [AtomicU64; FLUSH_TRIGGERS.len()],
     flush_buckets: [AtomicU64; 10],
     flush_seconds_sum_us: AtomicU64,
+    /// Microseconds from each flush's deltas taken to the broker confirming
+    /// all of them, summed: the part of a flush spent on the broker.
+    flush_confirm_sum_us: AtomicU64,
     flush_size_buckets: [AtomicU64; 8],
     gap_buckets: [AtomicU64; 9],
     gaps: AtomicU64,
@@ -179,6 +182,12 @@ impl Metrics {
                 self.flush_buckets[i].fetch_add(1, Relaxed);
             }
         }
+    }
+
+    /// Records how long the broker took to confirm one flush's deltas,
+    /// counted from when the flush took them.
+    pub fn flush_confirmed(&self, seconds: f64) {
+        self.flush_confirm_sum_us.fetch_add((seconds * 1e6) as u64, Relaxed);
     }
 
     /// Records the time between two consecutive batch completions while input
@@ -330,6 +339,16 @@ impl Metrics {
             self.flush_seconds_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "receiptd_flush_duration_seconds_count {flushes}");
+        counter(
+            &mut out,
+            "receiptd_flush_confirm_seconds_total",
+            "Time from each flush's deltas taken to the broker confirming them all, summed.",
+        );
+        let _ = writeln!(
+            out,
+            "receiptd_flush_confirm_seconds_total {}",
+            self.flush_confirm_sum_us.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(
             out,
             "# HELP receiptd_flush_records Records covered by one flush.\n# TYPE receiptd_flush_records histogram"

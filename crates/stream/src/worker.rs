@@ -142,9 +142,13 @@ pub struct WorkerConfig {
     pub topics: Topics,
     /// How often pending work is flushed while input keeps coming.
     pub flush_interval: Duration,
-    /// Also flush as soon as the input is drained and no flush is in
-    /// flight, without waiting out `flush_interval`.
+    /// Also flush as soon as the input is drained and there is room for a
+    /// flush in flight, without waiting out `flush_interval`.
     pub flush_when_caught_up: bool,
+    /// Most flushes whose deltas the broker has not confirmed yet: the next
+    /// one is staged and sent while earlier ones wait, and each is written
+    /// in order once confirmed (0 counts as 1).
+    pub max_flushes_in_flight: usize,
     /// Flush early once this many records are pending.
     pub max_pending_records: u64,
     /// How often the store is fsynced (a checkpoint boundary).
@@ -180,6 +184,7 @@ impl WorkerConfig {
             },
             flush_interval: Duration::from_millis(50),
             flush_when_caught_up: true,
+            max_flushes_in_flight: 2,
             max_pending_records: 100_000,
             sync_interval: Duration::from_secs(1),
             revoke_timeout: Duration::from_secs(5),
@@ -613,9 +618,11 @@ fn run_inner(
         let now = phases.lap(LoopPhase::Confirm);
         let mut guard = engine.lock();
         let e = guard.as_mut().expect("engine present while running");
-        // Caught up, a flush need not wait out the window: with one flush in
-        // flight at a time, flushes come about one broker round trip apart
-        // at low load and grow with the input under load.
+        // Caught up, a flush need not wait out the window: with room for
+        // another flush in flight, a change leaves at the next turn instead
+        // of waiting for the broker to confirm the flush before it; at
+        // `max_flushes_in_flight`, flushes come about that share of a
+        // broker round trip apart, and grow with the input under load.
         let trigger = if now >= next_flush {
             Some(FlushTrigger::Window)
         } else if e.pending() >= config.max_pending_records {
@@ -625,7 +632,7 @@ fn run_inner(
         } else {
             None
         };
-        if (trigger.is_some() || e.staging()) && e.in_flight_since().is_none() {
+        if (trigger.is_some() || e.staging()) && e.may_begin_flush() {
             let mut dead = Vec::new();
             settings.follow(shared, &mut |m, err| dead.push((m.detach(), err.clone())));
             for (m, err) in dead {
