@@ -171,7 +171,7 @@ fn run_load(
 }
 
 /// One way to run the worker: its flush window, whether it also flushes
-/// when caught up, and extra librdkafka properties for it.
+/// when caught up, and other settings for it.
 struct Mode {
     window_ms: u64,
     caught_up: bool,
