@@ -295,6 +295,12 @@ fn main() {
         m("receiptd_store_syncs_total"),
     );
     let flushes = m("receiptd_flush_duration_seconds_count");
+    let (delta_records, delta_receipts) = (m("receiptd_delta_records_total"), m("receiptd_delta_receipts_total"));
+    println!(
+        "deltas: {delta_records:.0} records holding {delta_receipts:.0} receipts ({:.3} records and {:.3} receipts per event)",
+        delta_records / events,
+        delta_receipts / events
+    );
     println!(
         "write amplification: {puts:.0} entity writes for {events:.0} events = {:.3} per event; {flushes:.0} flushes, {writes:.0} write batches, {syncs:.0} fsyncs ({:.1} s apart on average)",
         puts / events,
