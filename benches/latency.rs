@@ -193,6 +193,23 @@ impl Mode {
         }
         name
     }
+
+    /// The settings as the CSV's last column: `;` between them, as commas
+    /// part columns.
+    fn csv_properties(&self) -> String {
+        let pairs: Vec<String> = self.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.join(";")
+    }
+}
+
+/// The worker's flushes so far: how many, their summed time, and the part
+/// of it spent waiting for the broker's confirmations (seconds).
+fn flush_totals(worker: &Worker) -> (f64, f64, f64) {
+    (
+        worker.metric("receiptd_flush_duration_seconds_count"),
+        worker.metric("receiptd_flush_duration_seconds_sum"),
+        worker.metric("receiptd_flush_confirm_seconds_total"),
+    )
 }
 
 /// The environment variable that sets a worker setting given by its TOML
@@ -255,9 +272,7 @@ fn main() {
     for mode_spec in modes() {
         let (flush_ms, caught_up) = (mode_spec.window_ms, mode_spec.caught_up);
         let mode = mode_spec.name();
-        // The CSV's last column: `;` between properties, as commas part columns.
-        let properties: Vec<String> = mode_spec.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let properties = properties.join(";");
+        let properties = mode_spec.csv_properties();
         let topics = Topics::create("latency");
         let pipe = format!("{}.pipe", topics.events);
         create_topics(&[(&pipe, 1, false)]);
@@ -287,17 +302,10 @@ fn main() {
         println!("flush {mode}: drain rate {drain:.0} events/s; loads are shares of {base:.0}");
 
         for (i, share) in loads().into_iter().enumerate() {
-            let flushes = |w: &Worker| {
-                (
-                    w.metric("receiptd_flush_duration_seconds_count"),
-                    w.metric("receiptd_flush_duration_seconds_sum"),
-                    w.metric("receiptd_flush_confirm_seconds_total"),
-                )
-            };
-            let before = flushes(&worker);
+            let before = flush_totals(&worker);
             let (mut e, mut p, folded) =
                 run_load(&worker, &topics, &pipe, base * share, &mut traffic, i as u64 * 10_000_000);
-            let after = flushes(&worker);
+            let after = flush_totals(&worker);
             // A flush's time: its deltas taken, sent and confirmed, its state written.
             let (count, seconds, confirm) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
             println!(
