@@ -6,7 +6,8 @@
 //! (with the CPU per event of both loops: what per-record polling costs).
 //! Then a kill -9 and a restart: time to `/readyz` and the catch-up rate,
 //! against the consume-only loop over the same records.
-//! Also reports write amplification, syncs, the longest gap between busy
+//! Also reports the CPU per event of each of the worker's threads (drain
+//! and catch-up), write amplification, syncs, the longest gap between busy
 //! batches, peak RSS and persisted bytes per message.
 //!
 //! `cargo bench --bench drain` (10,000,000 events; set RECEIPTD_DRAIN_EVENTS
@@ -171,16 +172,60 @@ fn checkpointed(worker: &Worker) -> f64 {
 
 /// When the worker, just started, first answered `/readyz`, first folded a
 /// record, and had checkpointed `end` (the sum of the end offsets); and the
-/// CPU seconds it used in between (process, poll loop thread).
+/// CPU seconds it used in between (process, poll loop thread), and each
+/// of its threads' CPU seconds in between, by name.
 struct Drained {
     ready: Instant,
     first: Instant,
     done: Instant,
     cpu: (f64, f64),
+    threads: Vec<(String, f64)>,
+}
+
+/// Each thread's CPU seconds from `before` to `after`, by name, largest
+/// first; a thread born in between counts from zero, one that ended is lost.
+fn thread_cpu_between(
+    before: &BTreeMap<u32, (String, f64)>,
+    after: &BTreeMap<u32, (String, f64)>,
+) -> Vec<(String, f64)> {
+    let mut used: Vec<(String, f64)> = after
+        .iter()
+        .map(|(tid, (name, seconds))| (name.clone(), seconds - before.get(tid).map_or(0.0, |(_, s)| *s)))
+        .collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used
+}
+
+/// "name 0.123, ..." in microseconds per event, largest first, threads of
+/// one name together ("rdk:broker1 0.300 + 0.080"), those under 0.005 as
+/// "other".
+fn per_thread_line(threads: &[(String, f64)], events: f64) -> String {
+    let us = |s: f64| s * 1e6 / events;
+    let mut names: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut other = 0.0;
+    for (name, seconds) in threads {
+        if us(*seconds) < 0.005 {
+            other += us(*seconds);
+        } else if let Some((_, list)) = names.iter_mut().find(|(n, _)| n == name) {
+            list.push(us(*seconds));
+        } else {
+            names.push((name, vec![us(*seconds)]));
+        }
+    }
+    let mut parts: Vec<String> = names
+        .iter()
+        .map(|(name, list)| {
+            let each: Vec<String> = list.iter().map(|u| format!("{u:.3}")).collect();
+            format!("{name} {}", each.join(" + "))
+        })
+        .collect();
+    parts.push(format!("other {other:.3}"));
+    parts.join(", ")
 }
 
 fn drain(worker: &mut Worker, end: f64) -> Drained {
     let (mut ready, mut first, mut cpu_at_first) = (None, None, (0.0, 0.0));
+    let mut threads_at_first = BTreeMap::new();
     loop {
         let now = Instant::now();
         if ready.is_none() && http_get(worker.http, "/readyz").is_ok_and(|(s, _)| s == 200) {
@@ -192,11 +237,13 @@ fn drain(worker: &mut Worker, end: f64) -> Drained {
         {
             first = Some(now);
             cpu_at_first = worker.cpu_seconds();
+            threads_at_first = worker.thread_cpu_seconds();
         }
         if ready.is_some() && first.is_some() && checkpointed(worker) >= end {
             let cpu = worker.cpu_seconds();
             let cpu = (cpu.0 - cpu_at_first.0, cpu.1 - cpu_at_first.1);
-            return Drained { ready: ready.unwrap(), first: first.unwrap(), done: now, cpu };
+            let threads = thread_cpu_between(&threads_at_first, &worker.thread_cpu_seconds());
+            return Drained { ready: ready.unwrap(), first: first.unwrap(), done: now, cpu, threads };
         }
         assert!(worker.child.as_mut().unwrap().try_wait().unwrap().is_none(), "worker died:\n{}", worker.log_tail());
         std::thread::sleep(Duration::from_millis(10));
@@ -239,7 +286,7 @@ fn main() {
     let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"));
     let launched = Instant::now();
     worker.start();
-    let Drained { first, done, cpu, .. } = drain(&mut worker, end);
+    let Drained { first, done, cpu, threads, .. } = drain(&mut worker, end);
     let engine = end / done.duration_since(first).as_secs_f64();
     println!(
         "engine drain: {engine:.0} events/s (first fold {:.2} s after launch, caught up {:.2} s after launch)",
@@ -259,6 +306,11 @@ fn main() {
         cpu.0 * 1e6 / end,
         cpu.1 * 1e6 / end
     );
+    // Where the process's CPU went, without a profiler: librdkafka names
+    // both clients' broker threads `rdk:broker<id>` (the events consumer's
+    // fetches and the deltas producer's sends), RocksDB its memtable
+    // flushes `rocksdb:high` and compactions `rocksdb:low`.
+    println!("engine CPU by thread, us per event: {}", per_thread_line(&threads, end));
     // The yardstick again, right after the engine: the same loop over the
     // same records swung by up to 75% between runs of this bench, and
     // within one (the broker and the shared cores), while the engine's
@@ -339,7 +391,7 @@ fn main() {
     let end2: f64 = end_offsets(&topics.events).values().sum::<i64>() as f64;
     let restarted = Instant::now();
     worker.start();
-    let Drained { ready, first, done, cpu } = drain(&mut worker, end2);
+    let Drained { ready, first, done, cpu, threads } = drain(&mut worker, end2);
     let replayed = worker.metric("receiptd_records_in_total");
     let catch_up = replayed / done.duration_since(first).as_secs_f64();
     assert_eq!(worker.terminate(), 0);
@@ -356,5 +408,6 @@ fn main() {
         same.process_cpu_us,
         same.process_cpu_us / catch_up_cpu
     );
+    println!("catch-up CPU by thread, us per record: {}", per_thread_line(&threads, replayed.max(1.0)));
     topics.delete(&[]);
 }

@@ -444,23 +444,28 @@ impl Worker {
     /// by its poll loop thread (`receiptd-worker`) alone.
     pub fn cpu_seconds(&self) -> (f64, f64) {
         let pid = self.child.as_ref().expect("running").id();
-        // SAFETY: sysconf has no preconditions.
-        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        // utime and stime: fields 14 and 15, counted after the `(comm)`.
-        let cpu = |stat: &str| -> f64 {
-            let after_comm = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-            let fields: Vec<&str> = after_comm.split_whitespace().collect();
-            (fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0)) / tick
-        };
-        let process = cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat"));
-        let thread = std::fs::read_dir(format!("/proc/{pid}/task"))
+        let process = stat_cpu_seconds(&format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+        let thread =
+            self.thread_cpu_seconds().values().filter(|(name, _)| name == "receiptd-worker").map(|(_, s)| s).sum();
+        (process, thread)
+    }
+
+    /// CPU seconds (user and system) each live thread of the worker has used
+    /// so far, by thread id, with the thread's name.
+    pub fn thread_cpu_seconds(&self) -> BTreeMap<u32, (String, f64)> {
+        let pid = self.child.as_ref().expect("running").id();
+        std::fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "receiptd-worker"))
-            .map(|t| std::fs::read_to_string(t.path().join("stat")).map_or(0.0, |s| cpu(&s)))
-            .sum();
-        (process, thread)
+            .filter_map(|t| {
+                let tid = t.file_name().to_str()?.parse().ok()?;
+                let name = std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_owned();
+                // A thread may end between the listing and the read.
+                let seconds = stat_cpu_seconds(t.path().join("stat").to_str()?)?;
+                Some((tid, (name, seconds)))
+            })
+            .collect()
     }
 
     /// The process's peak resident set (VmHWM), MiB.
@@ -485,6 +490,18 @@ impl Worker {
     pub fn inspect(&self) -> Value {
         inspect(&self.state_dir)
     }
+}
+
+/// The user and system CPU seconds in a `/proc/.../stat` file.
+fn stat_cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime: fields 14 and 15, counted after the `(comm)`.
+    let after_comm = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    Some((ticks(11) + ticks(12)) / tick)
 }
 
 impl Drop for Worker {
