@@ -75,19 +75,11 @@ enum Taking {
     Batched,
 }
 
-/// CPU time of `clock` (a thread's or the process's), in seconds.
-fn cpu_seconds(clock: libc::clockid_t) -> f64 {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `t` is a valid timespec for the call to fill in.
-    unsafe { libc::clock_gettime(clock, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-}
-
 /// The calling thread's and the whole bench process's CPU seconds (the
 /// process runs nothing but the consume-only loop and its librdkafka
 /// threads while one runs).
 fn thread_and_process_cpu() -> (f64, f64) {
-    (cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID), cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID))
+    (clock_cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID), clock_cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID))
 }
 
 /// What one consume-only run measured.

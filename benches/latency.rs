@@ -11,9 +11,14 @@
 //! then with the window alone at 50 ms and at 5 ms. Every mode drains its
 //! own backlog first (so that each worker holds the same state), and all are
 //! offered shares of the first mode's drain rate, so that their rows compare.
+//! Each load also reports the rate the load generator reached (the machine
+//! may not carry the one asked for) and where the CPU went meanwhile:
+//! worker, load generator, broker, and the machine as a whole.
 //!
 //! `cargo bench --bench latency`. Uses RECEIPTD_TEST_BROKERS, or starts a
-//! broker with deploy/kafka.sh and stops it after.
+//! broker with deploy/kafka.sh and stops it after. RECEIPTD_LATENCY_MODES and
+//! RECEIPTD_LATENCY_LOADS pick the modes and loads (see `modes` and `loads`),
+//! RECEIPTD_LATENCY_BASE the rate the loads are shares of (see `base_rate`).
 
 #[path = "../tests/support.rs"]
 #[allow(dead_code, unused_imports)]
@@ -21,6 +26,7 @@ mod support;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::producer::BaseProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use receiptd_loadgen::{Traffic, TrafficShape};
 use receiptd_wire::{conversation_key, DeltaRecord, Event};
@@ -66,8 +72,108 @@ fn pct(samples: &mut [f64], q: f64) -> f64 {
     samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)]
 }
 
-/// Offers the mix at `rate` for SECONDS with probes; returns (engine, pipe)
-/// latencies in ms.
+/// What one load measured.
+struct LoadRun {
+    /// Read-to-delta latencies, ms (late probes as 10 s).
+    engine: Vec<f64>,
+    /// The bare pipe's latencies, ms.
+    pipe: Vec<f64>,
+    /// Events folded a second while the load ran.
+    folded: f64,
+    /// Events the load generator appended a second: below the rate asked
+    /// for when the machine cannot produce that much.
+    produced: f64,
+    /// Where the machine's CPU went while the load ran.
+    cores: Cores,
+}
+
+/// CPU in use over a stretch of wall time, in cores (CPU seconds a second).
+#[derive(Clone, Copy)]
+struct Cores {
+    /// The worker process.
+    worker: f64,
+    /// This process: the load generator and the two tails.
+    bench: f64,
+    /// The broker, if exactly one runs here.
+    broker: Option<f64>,
+    /// The whole machine, busy.
+    busy: f64,
+    /// Taken by the hypervisor for other guests.
+    stolen: f64,
+}
+
+/// One load of one mode, for the table and the CSV at the end.
+struct SummaryRow {
+    mode: String,
+    /// The mode's extra settings, as the CSV's column holds them.
+    properties: String,
+    flush_ms: u64,
+    caught_up: bool,
+    /// The load, as a share of the base rate.
+    share: f64,
+    /// Events/s asked of the load generator.
+    offered: f64,
+    produced: f64,
+    folded: f64,
+    cores: Cores,
+    /// (engine, pipe) latency in ms at p50, p99 and p99.9.
+    percentiles: [(f64, f64); 3],
+}
+
+/// The machine's CPUs.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Cumulative CPU seconds at one moment (see [`Cores`]).
+struct CpuSnapshot {
+    at: Instant,
+    worker: f64,
+    bench: f64,
+    broker: Option<f64>,
+    idle: f64,
+    stolen: f64,
+}
+
+impl CpuSnapshot {
+    fn take(worker: &Worker, broker: Option<u32>) -> CpuSnapshot {
+        let (idle, stolen) = machine_cpu_seconds();
+        CpuSnapshot {
+            at: Instant::now(),
+            worker: worker.cpu_seconds().0,
+            bench: clock_cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID),
+            broker: broker.and_then(process_cpu_seconds),
+            idle,
+            stolen,
+        }
+    }
+
+    fn cores_since(&self, before: &CpuSnapshot) -> Cores {
+        let wall = self.at.duration_since(before.at).as_secs_f64().max(1e-9);
+        Cores {
+            worker: (self.worker - before.worker) / wall,
+            bench: (self.bench - before.bench) / wall,
+            broker: self.broker.zip(before.broker).map(|(a, b)| (a - b) / wall),
+            // What was neither idle nor stolen: the kernel measures idle
+            // time exactly, where it samples busy time at each tick.
+            busy: cpus() as f64 - (self.idle - before.idle + self.stolen - before.stolen) / wall,
+            stolen: (self.stolen - before.stolen) / wall,
+        }
+    }
+}
+
+/// The load generator's producer: the tests' producer, with delivery
+/// reports for failures only. It shares the 2 cores with the broker and
+/// the worker, and a report for every record cost it about a quarter of
+/// its CPU (0.58 and 0.63 cores at 450,000 events/s, against 0.42 and 0.42
+/// without them).
+fn load_producer() -> BaseProducer {
+    let mut config = producer_config();
+    config.set("delivery.report.only.error", "true");
+    config.create().expect("load producer")
+}
+
+/// Offers the mix at `rate` for SECONDS with probes.
 fn run_load(
     worker: &Worker,
     topics: &Topics,
@@ -75,10 +181,10 @@ fn run_load(
     rate: f64,
     traffic: &mut Traffic,
     probe_base: u64,
-) -> (Vec<f64>, Vec<f64>, f64) {
+) -> LoadRun {
     let total = rate as u64 * SECONDS;
     let probes = total / PROBE_EVERY;
-    let producer = producer();
+    let producer = load_producer();
     // The probes' messages exist before their reads.
     let sends: Vec<Event> = (0..probes)
         .map(|i| {
@@ -128,6 +234,8 @@ fn run_load(
     }
 
     let folded_before = worker.metric("receiptd_records_in_total");
+    let broker = broker_pid();
+    let cpu_before = CpuSnapshot::take(worker, broker);
     let started = Instant::now();
     let mut load = payloads.iter();
     for n in 0..total {
@@ -157,6 +265,8 @@ fn run_load(
             }
         }
     }
+    let produced = total as f64 / started.elapsed().as_secs_f64();
+    let cores = CpuSnapshot::take(worker, broker).cores_since(&cpu_before);
     let folded = (worker.metric("receiptd_records_in_total") - folded_before) / started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Relaxed);
@@ -167,7 +277,7 @@ fn run_load(
     let mut e = std::mem::take(&mut *engine.lock().unwrap());
     e.extend(std::iter::repeat_n(10_000.0, late));
     let p = std::mem::take(&mut *piped.lock().unwrap());
-    (e, p, folded)
+    LoadRun { engine: e, pipe: p, folded, produced, cores }
 }
 
 /// One way to run the worker: its flush window, whether it also flushes
@@ -265,6 +375,16 @@ fn loads() -> Vec<f64> {
         .collect()
 }
 
+/// `RECEIPTD_LATENCY_BASE`, events/s: the rate the loads are shares of,
+/// instead of the first mode's measured drain rate, which moves by a third
+/// between runs here. For comparing builds or settings at the same load.
+fn base_rate() -> Option<f64> {
+    let v = std::env::var("RECEIPTD_LATENCY_BASE").ok()?;
+    let rate: f64 = v.trim().parse().unwrap_or_else(|_| panic!("RECEIPTD_LATENCY_BASE: {v:?} is not events/s"));
+    assert!(rate > 0.0, "RECEIPTD_LATENCY_BASE: {rate} is not a positive rate");
+    Some(rate)
+}
+
 fn main() {
     let _broker = BenchBroker::ensure();
     let mut summary = Vec::new();
@@ -298,12 +418,12 @@ fn main() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let drain = end / began.elapsed().as_secs_f64();
-        let base = *offered_base.get_or_insert(drain);
+        let base = *offered_base.get_or_insert_with(|| base_rate().unwrap_or(drain));
         println!("flush {mode}: drain rate {drain:.0} events/s; loads are shares of {base:.0}");
 
         for (i, share) in loads().into_iter().enumerate() {
             let before = flush_totals(&worker);
-            let (mut e, mut p, folded) =
+            let LoadRun { engine: mut e, pipe: mut p, folded, produced, cores } =
                 run_load(&worker, &topics, &pipe, base * share, &mut traffic, i as u64 * 10_000_000);
             let after = flush_totals(&worker);
             // A flush's time: its deltas taken, sent and confirmed, its state written.
@@ -313,6 +433,19 @@ fn main() {
                 share * 100.0,
                 seconds / count.max(1.0) * 1e3,
                 confirm / count.max(1.0) * 1e3
+            );
+            // Whether the machine could carry the load at all: the load
+            // generator, the broker and the worker share its cores.
+            println!(
+                "flush {mode}, {:.0}% load: {produced:.0} events/s produced of {:.0} asked; CPU in cores: worker {:.2}, load generator and tails {:.2}, broker {}; machine busy {:.2} of {}, {:.2} stolen",
+                share * 100.0,
+                base * share,
+                cores.worker,
+                cores.bench,
+                cores.broker.map_or("unknown (not exactly one kafka.Kafka process)".to_owned(), |b| format!("{b:.2}")),
+                cores.busy,
+                cpus(),
+                cores.stolen
             );
             let row = [0.5, 0.99, 0.999].map(|q| (pct(&mut e, q), pct(&mut p, q)));
             println!(
@@ -328,7 +461,18 @@ fn main() {
                 row[1].0 - row[1].1,
                 e.len()
             );
-            summary.push((mode.clone(), properties.clone(), flush_ms, caught_up, share, base * share, folded, row));
+            summary.push(SummaryRow {
+                mode: mode.clone(),
+                properties: properties.clone(),
+                flush_ms,
+                caught_up,
+                share,
+                offered: base * share,
+                produced,
+                folded,
+                cores,
+                percentiles: row,
+            });
         }
         let started = |trigger: &str| worker.metric(&format!("receiptd_flush_starts_total{{trigger=\"{trigger}\"}}"));
         println!(
@@ -343,14 +487,17 @@ fn main() {
         assert_eq!(worker.terminate(), 0);
         topics.delete(&[&pipe]);
     }
-    println!("\n| flush | load | offered / folded events/s | engine p50 / p99 / p99.9 | pipe p50 / p99 / p99.9 | p99 difference |");
-    println!("|---|---|---|---|---|---|");
+    println!("\n| flush | load | offered / produced / folded events/s | engine p50 / p99 / p99.9 | pipe p50 / p99 / p99.9 | p99 difference | cores: worker / load generator / broker / machine busy |");
+    println!("|---|---|---|---|---|---|---|");
     let mut csv = String::from(
-        "flush_ms,caught_up,share,offered,folded,engine_p50,engine_p99,engine_p999,pipe_p50,pipe_p99,pipe_p999,properties\n",
+        "flush_ms,caught_up,share,offered,folded,engine_p50,engine_p99,engine_p999,pipe_p50,pipe_p99,pipe_p999,properties,produced,worker_cores,bench_cores,broker_cores,busy_cores,stolen_cores\n",
     );
-    for (mode, properties, flush_ms, caught_up, share, offered, folded, r) in summary {
+    for SummaryRow { mode, properties, flush_ms, caught_up, share, offered, produced, folded, cores, percentiles: r } in
+        summary
+    {
+        let broker = cores.broker.map_or(String::new(), |b| format!("{b:.2}"));
         println!(
-            "| {mode} | {:.0}% | {offered:.0} / {folded:.0} | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} ms |",
+            "| {mode} | {:.0}% | {offered:.0} / {produced:.0} / {folded:.0} | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} ms | {:.2} / {:.2} / {} / {:.2} |",
             share * 100.0,
             r[0].0,
             r[1].0,
@@ -358,11 +505,15 @@ fn main() {
             r[0].1,
             r[1].1,
             r[2].1,
-            r[1].0 - r[1].1
+            r[1].0 - r[1].1,
+            cores.worker,
+            cores.bench,
+            if broker.is_empty() { "?" } else { &broker },
+            cores.busy
         );
         csv += &format!(
-            "{flush_ms},{caught_up},{share},{offered:.0},{folded:.0},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{properties}\n",
-            r[0].0, r[1].0, r[2].0, r[0].1, r[1].1, r[2].1
+            "{flush_ms},{caught_up},{share},{offered:.0},{folded:.0},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{properties},{produced:.0},{:.3},{:.3},{broker},{:.3},{:.3}\n",
+            r[0].0, r[1].0, r[2].0, r[0].1, r[1].1, r[2].1, cores.worker, cores.bench, cores.busy, cores.stolen
         );
     }
     // For benches/plot.py.

@@ -163,12 +163,14 @@ fn check_topics(doing: &str, results: rdkafka::error::KafkaResult<Vec<rdkafka::a
 }
 
 pub fn producer() -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer")
+    producer_config().create().expect("producer")
+}
+
+/// The configuration of [`producer`]: idempotent, 5 ms linger.
+pub fn producer_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers()).set("enable.idempotence", "true").set("linger.ms", "5");
+    config
 }
 
 /// Produces events as JSON, each under its conversation key, and waits for them.
@@ -444,7 +446,7 @@ impl Worker {
     /// by its poll loop thread (`receiptd-worker`) alone.
     pub fn cpu_seconds(&self) -> (f64, f64) {
         let pid = self.child.as_ref().expect("running").id();
-        let process = stat_cpu_seconds(&format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+        let process = process_cpu_seconds(pid).expect("read /proc/PID/stat");
         let thread =
             self.thread_cpu_seconds().values().filter(|(name, _)| name == "receiptd-worker").map(|(_, s)| s).sum();
         (process, thread)
@@ -490,6 +492,52 @@ impl Worker {
     pub fn inspect(&self) -> Value {
         inspect(&self.state_dir)
     }
+}
+
+/// CPU time of `clock` (this thread's or this process's), in seconds.
+pub fn clock_cpu_seconds(clock: libc::clockid_t) -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec for the call to fill in.
+    unsafe { libc::clock_gettime(clock, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// The Kafka broker's process id, if exactly one broker (`kafka.Kafka`)
+/// runs on this machine.
+pub fn broker_pid() -> Option<u32> {
+    let brokers: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // The command line's arguments are NUL-separated.
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"kafka.Kafka"))
+        })
+        .collect();
+    match brokers[..] {
+        [pid] => Some(pid),
+        _ => None,
+    }
+}
+
+/// CPU seconds the process `pid` has used so far (user and system).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// Seconds the machine's CPUs have spent idle (waiting for IO included)
+/// and stolen by the hypervisor, every CPU summed, so far.
+pub fn machine_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    // "cpu  user nice system idle iowait irq softirq steal guest guest_nice",
+    // in clock ticks.
+    let ticks: Vec<f64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).map(|t| t.parse().unwrap_or(0.0)).collect();
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ((at(3) + at(4)) / tick, at(7) / tick)
 }
 
 /// The user and system CPU seconds in a `/proc/.../stat` file.
