@@ -174,47 +174,6 @@ struct Drained {
     threads: Vec<(String, f64)>,
 }
 
-/// Each thread's CPU seconds from `before` to `after`, by name, largest
-/// first; a thread born in between counts from zero, one that ended is lost.
-fn thread_cpu_between(
-    before: &BTreeMap<u32, (String, f64)>,
-    after: &BTreeMap<u32, (String, f64)>,
-) -> Vec<(String, f64)> {
-    let mut used: Vec<(String, f64)> = after
-        .iter()
-        .map(|(tid, (name, seconds))| (name.clone(), seconds - before.get(tid).map_or(0.0, |(_, s)| *s)))
-        .collect();
-    used.sort_by(|a, b| b.1.total_cmp(&a.1));
-    used
-}
-
-/// "name 0.123, ..." in microseconds per event, largest first, threads of
-/// one name together ("rdk:broker1 0.300 + 0.080"), those under 0.005 as
-/// "other".
-fn per_thread_line(threads: &[(String, f64)], events: f64) -> String {
-    let us = |s: f64| s * 1e6 / events;
-    let mut names: Vec<(&str, Vec<f64>)> = Vec::new();
-    let mut other = 0.0;
-    for (name, seconds) in threads {
-        if us(*seconds) < 0.005 {
-            other += us(*seconds);
-        } else if let Some((_, list)) = names.iter_mut().find(|(n, _)| n == name) {
-            list.push(us(*seconds));
-        } else {
-            names.push((name, vec![us(*seconds)]));
-        }
-    }
-    let mut parts: Vec<String> = names
-        .iter()
-        .map(|(name, list)| {
-            let each: Vec<String> = list.iter().map(|u| format!("{u:.3}")).collect();
-            format!("{name} {}", each.join(" + "))
-        })
-        .collect();
-    parts.push(format!("other {other:.3}"));
-    parts.join(", ")
-}
-
 fn drain(worker: &mut Worker, end: f64) -> Drained {
     let (mut ready, mut first, mut cpu_at_first) = (None, None, (0.0, 0.0));
     let mut threads_at_first = BTreeMap::new();

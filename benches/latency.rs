@@ -80,11 +80,15 @@ struct LoadRun {
     pipe: Vec<f64>,
     /// Events folded a second while the load ran.
     folded: f64,
+    /// Events folded while the load ran.
+    folded_events: f64,
     /// Events the load generator appended a second: below the rate asked
     /// for when the machine cannot produce that much.
     produced: f64,
     /// Where the machine's CPU went while the load ran.
     cores: Cores,
+    /// The worker's threads' CPU seconds while the load ran, by name.
+    worker_threads: Vec<(String, f64)>,
 }
 
 /// CPU in use over a stretch of wall time, in cores (CPU seconds a second).
@@ -236,6 +240,7 @@ fn run_load(
     let folded_before = worker.metric("receiptd_records_in_total");
     let broker = broker_pid();
     let cpu_before = CpuSnapshot::take(worker, broker);
+    let threads_before = worker.thread_cpu_seconds();
     let started = Instant::now();
     let mut load = payloads.iter();
     for n in 0..total {
@@ -265,9 +270,11 @@ fn run_load(
             }
         }
     }
-    let produced = total as f64 / started.elapsed().as_secs_f64();
     let cores = CpuSnapshot::take(worker, broker).cores_since(&cpu_before);
-    let folded = (worker.metric("receiptd_records_in_total") - folded_before) / started.elapsed().as_secs_f64();
+    let worker_threads = thread_cpu_between(&threads_before, &worker.thread_cpu_seconds());
+    let folded_events = worker.metric("receiptd_records_in_total") - folded_before;
+    let window = started.elapsed().as_secs_f64();
+    let (produced, folded) = (total as f64 / window, folded_events / window);
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Relaxed);
     std::thread::sleep(Duration::from_millis(200));
@@ -277,7 +284,7 @@ fn run_load(
     let mut e = std::mem::take(&mut *engine.lock().unwrap());
     e.extend(std::iter::repeat_n(10_000.0, late));
     let p = std::mem::take(&mut *piped.lock().unwrap());
-    LoadRun { engine: e, pipe: p, folded, produced, cores }
+    LoadRun { engine: e, pipe: p, folded, folded_events, produced, cores, worker_threads }
 }
 
 /// One way to run the worker: its flush window, whether it also flushes
@@ -423,7 +430,7 @@ fn main() {
 
         for (i, share) in loads().into_iter().enumerate() {
             let before = flush_totals(&worker);
-            let LoadRun { engine: mut e, pipe: mut p, folded, produced, cores } =
+            let LoadRun { engine: mut e, pipe: mut p, folded, folded_events, produced, cores, worker_threads } =
                 run_load(&worker, &topics, &pipe, base * share, &mut traffic, i as u64 * 10_000_000);
             let after = flush_totals(&worker);
             // A flush's time: its deltas taken, sent and confirmed, its state written.
@@ -446,6 +453,13 @@ fn main() {
                 cores.busy,
                 cpus(),
                 cores.stolen
+            );
+            // As the drain bench splits it: what a live load costs the
+            // worker beyond a backlog's drain, thread by thread.
+            println!(
+                "flush {mode}, {:.0}% load: worker CPU by thread, us per event folded: {}",
+                share * 100.0,
+                per_thread_line(&worker_threads, folded_events.max(1.0))
             );
             let row = [0.5, 0.99, 0.999].map(|q| (pct(&mut e, q), pct(&mut p, q)));
             println!(

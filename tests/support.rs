@@ -494,6 +494,47 @@ impl Worker {
     }
 }
 
+/// Each thread's CPU seconds from `before` to `after`, by name, largest
+/// first; a thread born in between counts from zero, one that ended is lost.
+pub fn thread_cpu_between(
+    before: &BTreeMap<u32, (String, f64)>,
+    after: &BTreeMap<u32, (String, f64)>,
+) -> Vec<(String, f64)> {
+    let mut used: Vec<(String, f64)> = after
+        .iter()
+        .map(|(tid, (name, seconds))| (name.clone(), seconds - before.get(tid).map_or(0.0, |(_, s)| *s)))
+        .collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used
+}
+
+/// "name 0.123, ..." in microseconds per event, largest first, threads of
+/// one name together ("rdk:broker1 0.300 + 0.080"), those under 0.005 as
+/// "other".
+pub fn per_thread_line(threads: &[(String, f64)], events: f64) -> String {
+    let us = |s: f64| s * 1e6 / events;
+    let mut names: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut other = 0.0;
+    for (name, seconds) in threads {
+        if us(*seconds) < 0.005 {
+            other += us(*seconds);
+        } else if let Some((_, list)) = names.iter_mut().find(|(n, _)| n == name) {
+            list.push(us(*seconds));
+        } else {
+            names.push((name, vec![us(*seconds)]));
+        }
+    }
+    let mut parts: Vec<String> = names
+        .iter()
+        .map(|(name, list)| {
+            let each: Vec<String> = list.iter().map(|u| format!("{u:.3}")).collect();
+            format!("{name} {}", each.join(" + "))
+        })
+        .collect();
+    parts.push(format!("other {other:.3}"));
+    parts.join(", ")
+}
+
 /// CPU time of `clock` (this thread's or this process's), in seconds.
 pub fn clock_cpu_seconds(clock: libc::clockid_t) -> f64 {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
