@@ -169,8 +169,8 @@ impl CpuSnapshot {
 /// The load generator's producer: the tests' producer, with delivery
 /// reports for failures only. It shares the 2 cores with the broker and
 /// the worker, and a report for every record cost it about a quarter of
-/// its CPU (0.58 and 0.63 cores at 450,000 events/s, against 0.42 and 0.42
-/// without them).
+/// its CPU: at 450,000 events/s it took 0.58 and 0.63 cores with them,
+/// 0.42 and 0.42 without (with the two tails, BENCHMARKS.md).
 fn load_producer() -> BaseProducer {
     let mut config = producer_config();
     config.set("delivery.report.only.error", "true");

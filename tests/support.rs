@@ -576,21 +576,24 @@ pub fn machine_cpu_seconds() -> (f64, f64) {
     let ticks: Vec<f64> =
         stat.lines().next().unwrap_or_default().split_whitespace().skip(1).map(|t| t.parse().unwrap_or(0.0)).collect();
     let at = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let tick = clock_ticks_per_second();
     ((at(3) + at(4)) / tick, at(7) / tick)
+}
+
+/// The unit of `/proc`'s CPU times.
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 /// The user and system CPU seconds in a `/proc/.../stat` file.
 fn stat_cpu_seconds(path: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(path).ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     // utime and stime: fields 14 and 15, counted after the `(comm)`.
     let after_comm = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    Some((ticks(11) + ticks(12)) / tick)
+    Some((ticks(11) + ticks(12)) / clock_ticks_per_second())
 }
 
 impl Drop for Worker {
