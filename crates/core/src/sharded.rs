@@ -17,6 +17,7 @@ use receiptd_wire::{same_str, Id};
 use rustc_hash::FxBuildHasher;
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 const SHARDS: usize = 256;
 
@@ -25,11 +26,14 @@ const SHARDS: usize = 256;
 #[derive(Debug)]
 pub struct ShardedMap<K, V> {
     shards: Box<[RwLock<HashTable<(K, V)>>]>,
+    /// Entries, counted as they go in and out under their shard's lock:
+    /// summing the shards took 256 locks, at every flush for a gauge.
+    len: AtomicUsize,
 }
 
 impl<K, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
-        ShardedMap { shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect() }
+        ShardedMap { shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(), len: AtomicUsize::new(0) }
     }
 }
 
@@ -188,7 +192,10 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
         let shard = self.shards[shard_of(hash)].write();
         RwLockWriteGuard::map(shard, |t| match t.entry(hash, |(k, _)| k.key_eq(&key), rehash) {
             Entry::Occupied(e) => &mut e.into_mut().1,
-            Entry::Vacant(e) => &mut e.insert((key, make())).into_mut().1,
+            Entry::Vacant(e) => {
+                self.len.fetch_add(1, Relaxed);
+                &mut e.insert((key, make())).into_mut().1
+            }
         })
     }
 
@@ -211,6 +218,7 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
                 if let Some(entry) = make() {
                     debug_assert!(entry.0.borrow().key_eq(key), "the entry's key is the key looked up");
                     vacant.insert(entry);
+                    self.len.fetch_add(1, Relaxed);
                 }
                 Some(hash)
             }
@@ -235,6 +243,7 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
             Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().1, value)),
             Entry::Vacant(e) => {
                 e.insert((key, value));
+                self.len.fetch_add(1, Relaxed);
                 None
             }
         }
@@ -248,7 +257,9 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
     {
         let hash = hash_of(key);
         let mut shard = self.shards[shard_of(hash)].write();
-        shard.find_entry(hash, |(k, _)| k.borrow().key_eq(key)).ok().map(|e| e.remove().0 .1)
+        let removed = shard.find_entry(hash, |(k, _)| k.borrow().key_eq(key)).ok().map(|e| e.remove().0 .1);
+        self.len.fetch_sub(usize::from(removed.is_some()), Relaxed);
+        removed
     }
 
     /// Removes one entry of hash `hash` (see [`hash_of`]) that `matches`,
@@ -257,7 +268,9 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
     /// told apart only by `matches`.
     pub(crate) fn remove_by_hash(&self, hash: u64, mut matches: impl FnMut(&(K, V)) -> bool) -> Option<(K, V)> {
         let mut shard = self.shards[shard_of(hash)].write();
-        shard.find_entry(hash, |entry| matches(entry)).ok().map(|e| e.remove().0)
+        let removed = shard.find_entry(hash, |entry| matches(entry)).ok().map(|e| e.remove().0);
+        self.len.fetch_sub(usize::from(removed.is_some()), Relaxed);
+        removed
     }
 
     /// Whether an entry of hash `hash` `matches`; see [`Self::remove_by_hash`].
@@ -268,18 +281,21 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
     /// Keeps only the entries `keep` says yes to, one shard at a time.
     pub fn retain(&self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         for shard in self.shards.iter() {
-            shard.write().retain(|(k, v)| keep(k, v));
+            let mut shard = shard.write();
+            let before = shard.len();
+            shard.retain(|(k, v)| keep(k, v));
+            self.len.fetch_sub(before - shard.len(), Relaxed);
         }
     }
 
-    /// Entries.
+    /// Entries: exact while no other thread changes the map.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().len()).sum()
+        self.len.load(Relaxed)
     }
 
-    /// Whether there are none.
+    /// Whether there are none (see [`Self::len`]).
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(|s| s.read().is_empty())
+        self.len() == 0
     }
 
     /// Visits every entry, in no particular order, one shard at a time.
@@ -334,6 +350,74 @@ mod tests {
         assert_eq!(visited, m.keys().len());
         let busiest = m.shards.iter().map(|s| s.read().len()).max().unwrap();
         assert!(busiest < 5_000 / SHARDS * 2, "keys spread over the shards: busiest {busiest}");
+    }
+
+    /// One change to a map, on a key of a small space so that changes hit
+    /// present and absent keys alike.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Insert(u32),
+        InsertIfAbsent(u32, bool),
+        GetOrInsert(u32),
+        Remove(u32),
+        RemoveByHash(u32),
+        RetainEven,
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        let key = 0u32..64;
+        prop_oneof![
+            key.clone().prop_map(Change::Insert),
+            (key.clone(), any::<bool>()).prop_map(|(k, make)| Change::InsertIfAbsent(k, make)),
+            key.clone().prop_map(Change::GetOrInsert),
+            key.clone().prop_map(Change::Remove),
+            key.prop_map(Change::RemoveByHash),
+            Just(Change::RetainEven),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The count kept as entries go in and out is the shards' own.
+        #[test]
+        fn the_kept_count_is_the_entries_in_the_shards(changes in proptest::collection::vec(change(), 0..300)) {
+            let m: ShardedMap<u32, u32> = ShardedMap::default();
+            let mut model = std::collections::BTreeSet::new();
+            for c in changes {
+                match c {
+                    Change::Insert(k) => {
+                        m.insert(k, k);
+                        model.insert(k);
+                    }
+                    Change::InsertIfAbsent(k, make) => {
+                        m.insert_if_absent(&k, || make.then_some((k, k)));
+                        if make {
+                            model.insert(k);
+                        }
+                    }
+                    Change::GetOrInsert(k) => {
+                        drop(m.get_or_insert_with(k, || k));
+                        model.insert(k);
+                    }
+                    Change::Remove(k) => {
+                        m.remove(&k);
+                        model.remove(&k);
+                    }
+                    Change::RemoveByHash(k) => {
+                        m.remove_by_hash(hash_of(&k), |(key, _)| *key == k);
+                        model.remove(&k);
+                    }
+                    Change::RetainEven => {
+                        m.retain(|k, _| k % 2 == 0);
+                        model.retain(|k| k % 2 == 0);
+                    }
+                }
+                let in_shards: usize = m.shards.iter().map(|s| s.read().len()).sum();
+                proptest::prop_assert_eq!(m.len(), in_shards);
+                proptest::prop_assert_eq!(m.len(), model.len());
+                proptest::prop_assert_eq!(m.is_empty(), model.is_empty());
+            }
+        }
     }
 
     #[test]
