@@ -103,8 +103,7 @@ impl Topics {
     pub fn delete(&self, extra: &[&str]) {
         let mut names = vec![&*self.events, &*self.settings, &*self.deltas, &*self.dlq];
         names.extend_from_slice(extra);
-        let Admin { client, runtime, options } = Admin::new();
-        check_topics("deleting", runtime.block_on(client.delete_topics(&names, &options)));
+        delete_topics(&names);
     }
 
     /// Another deltas topic (for a second, independent run).
@@ -135,6 +134,12 @@ pub fn create_topics_with(topics: &[(&str, i32, Vec<(&str, &str)>)]) {
         .collect();
     let Admin { client, runtime, options } = Admin::new();
     check_topics("creating", runtime.block_on(client.create_topics(&new, &options)));
+}
+
+/// Deletes topics of the test broker.
+pub fn delete_topics(names: &[&str]) {
+    let Admin { client, runtime, options } = Admin::new();
+    check_topics("deleting", runtime.block_on(client.delete_topics(names, &options)));
 }
 
 /// An admin client of the test broker, a runtime to wait for its answers,

@@ -12,6 +12,8 @@
 //!   an uninterrupted run. The DLQ holds exactly the poison records.
 //! - `dlq`: poison and key-mismatched records land in the DLQ with their
 //!   reason; everything after them is processed.
+//! - `fetch`: records taken as the worker takes them carry exactly the
+//!   headers they were produced with, none, one or several.
 //! - `semantics`: privacy, reciprocity, revocation, expiry, group-type gating
 //!   and a 100,000-member group, end to end.
 //! - `api`: the query API over real HTTP: auth, sender-only access, bad input,
@@ -38,6 +40,7 @@ mod api;
 mod config;
 mod crash;
 mod dlq;
+mod fetch;
 mod flood;
 mod outage;
 mod pipeline;

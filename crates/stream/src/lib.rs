@@ -63,7 +63,7 @@ mod metrics;
 mod settings;
 mod worker;
 
-pub use fetch::{FetchQueue, FetchedHeaders, FetchedRecord};
+pub use fetch::{reads_headers_in_place, FetchQueue, FetchedHeaders, FetchedRecord};
 pub use metrics::{FlushTrigger, Metrics, DLQ_REASONS, FLUSH_TRIGGERS, LOOP_PHASES};
 pub use worker::{run, Shared, Topics, WorkerConfig, RESERVED_CLIENT_PROPERTIES};
 
