@@ -7,7 +7,11 @@
 //! call from a fetch queue that every assigned partition is forwarded to
 //! (not one `poll` per record), decodes them, and folds them into the owned
 //! partitions'
-//! [`receiptd_core::PartitionState`]s. Queries do not stop the fold: they
+//! [`receiptd_core::PartitionState`]s. A record's `content-type` header is
+//! looked for only when it has headers: for the librdkafka version it was
+//! written against, the worker tells a headerless record in place
+//! ([`FetchedRecord::surely_has_no_headers`]) instead of having librdkafka
+//! parse an empty headers section per record. Queries do not stop the fold: they
 //! read each partition's [`receiptd_core::PartitionView`], locking one
 //! message (and its group) at a time, as the fold does per event. As soon
 //! as the input is drained and there is room for another flush in flight
