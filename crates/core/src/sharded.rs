@@ -258,7 +258,9 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
         let hash = hash_of(key);
         let mut shard = self.shards[shard_of(hash)].write();
         let removed = shard.find_entry(hash, |(k, _)| k.borrow().key_eq(key)).ok().map(|e| e.remove().0 .1);
-        self.len.fetch_sub(usize::from(removed.is_some()), Relaxed);
+        if removed.is_some() {
+            self.len.fetch_sub(1, Relaxed);
+        }
         removed
     }
 
@@ -269,7 +271,9 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
     pub(crate) fn remove_by_hash(&self, hash: u64, mut matches: impl FnMut(&(K, V)) -> bool) -> Option<(K, V)> {
         let mut shard = self.shards[shard_of(hash)].write();
         let removed = shard.find_entry(hash, |entry| matches(entry)).ok().map(|e| e.remove().0);
-        self.len.fetch_sub(usize::from(removed.is_some()), Relaxed);
+        if removed.is_some() {
+            self.len.fetch_sub(1, Relaxed);
+        }
         removed
     }
 
