@@ -164,19 +164,16 @@ fn checkpointed(worker: &Worker) -> f64 {
 
 /// When the worker, just started, first answered `/readyz`, first folded a
 /// record, and had checkpointed `end` (the sum of the end offsets); and the
-/// CPU seconds it used in between (process, poll loop thread), and each
-/// of its threads' CPU seconds in between, by name.
+/// CPU it used in between.
 struct Drained {
     ready: Instant,
     first: Instant,
     done: Instant,
-    cpu: (f64, f64),
-    threads: Vec<(String, f64)>,
+    cpu: CpuUsed,
 }
 
 fn drain(worker: &mut Worker, end: f64) -> Drained {
-    let (mut ready, mut first, mut cpu_at_first) = (None, None, (0.0, 0.0));
-    let mut threads_at_first = BTreeMap::new();
+    let (mut ready, mut first) = (None, None);
     loop {
         let now = Instant::now();
         if ready.is_none() && http_get(worker.http, "/readyz").is_ok_and(|(s, _)| s == 200) {
@@ -186,15 +183,13 @@ fn drain(worker: &mut Worker, end: f64) -> Drained {
             && http_get(worker.http, "/metrics").is_ok()
             && worker.metric("receiptd_records_in_total") > 0.0
         {
-            first = Some(now);
-            cpu_at_first = worker.cpu_seconds();
-            threads_at_first = worker.thread_cpu_seconds();
+            first = Some((now, worker.cpu()));
         }
-        if ready.is_some() && first.is_some() && checkpointed(worker) >= end {
-            let cpu = worker.cpu_seconds();
-            let cpu = (cpu.0 - cpu_at_first.0, cpu.1 - cpu_at_first.1);
-            let threads = thread_cpu_between(&threads_at_first, &worker.thread_cpu_seconds());
-            return Drained { ready: ready.unwrap(), first: first.unwrap(), done: now, cpu, threads };
+        if let (Some(ready), Some((first, cpu_at_first))) = (ready, &first) {
+            if checkpointed(worker) >= end {
+                let cpu = worker.cpu().since(cpu_at_first);
+                return Drained { ready, first: *first, done: now, cpu };
+            }
         }
         assert!(worker.child.as_mut().unwrap().try_wait().unwrap().is_none(), "worker died:\n{}", worker.log_tail());
         std::thread::sleep(Duration::from_millis(10));
@@ -237,7 +232,7 @@ fn main() {
     let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"));
     let launched = Instant::now();
     worker.start();
-    let Drained { first, done, cpu, threads, .. } = drain(&mut worker, end);
+    let Drained { first, done, cpu, .. } = drain(&mut worker, end);
     let engine = end / done.duration_since(first).as_secs_f64();
     println!(
         "engine drain: {engine:.0} events/s (first fold {:.2} s after launch, caught up {:.2} s after launch)",
@@ -254,14 +249,14 @@ fn main() {
     // cores run: the figure to compare builds by.
     println!(
         "engine CPU: {:.2} us per event in the worker process, {:.2} us in its poll loop thread",
-        cpu.0 * 1e6 / end,
-        cpu.1 * 1e6 / end
+        cpu.process * 1e6 / end,
+        cpu.thread_named("receiptd-worker") * 1e6 / end
     );
     // Where the process's CPU went, without a profiler: librdkafka names
     // both clients' broker threads `rdk:broker<id>` (the events consumer's
     // fetches and the deltas producer's sends), RocksDB its memtable
     // flushes `rocksdb:high` and compactions `rocksdb:low`.
-    println!("engine CPU by thread, us per event: {}", per_thread_line(&threads, end));
+    println!("engine CPU by thread, us per event: {}", per_thread_line(&cpu.threads, end));
     // The yardstick again, right after the engine: the same loop over the
     // same records swung by up to 75% between runs of this bench, and
     // within one (the broker and the shared cores), while the engine's
@@ -286,8 +281,8 @@ fn main() {
     );
     println!(
         "consume-only CPU / engine CPU, per event in the process: {:.3} ({raw_cpu:.3} us against {:.3} us)",
-        raw_cpu / (cpu.0 * 1e6 / end),
-        cpu.0 * 1e6 / end
+        raw_cpu / (cpu.process * 1e6 / end),
+        cpu.process * 1e6 / end
     );
 
     let m = |name: &str| worker.metric(name);
@@ -342,14 +337,14 @@ fn main() {
     let end2: f64 = end_offsets(&topics.events).values().sum::<i64>() as f64;
     let restarted = Instant::now();
     worker.start();
-    let Drained { ready, first, done, cpu, threads } = drain(&mut worker, end2);
+    let Drained { ready, first, done, cpu } = drain(&mut worker, end2);
     let replayed = worker.metric("receiptd_records_in_total");
     let catch_up = replayed / done.duration_since(first).as_secs_f64();
     assert_eq!(worker.terminate(), 0);
     // The yardstick for the catch-up: the same loop over the same records
     // (those appended after the kill), read just as fresh.
     let same = consume_only(&topics.events, Some(&end_offsets_at_first), more, Taking::PerRecord);
-    let catch_up_cpu = cpu.0 * 1e6 / replayed.max(1.0);
+    let catch_up_cpu = cpu.process * 1e6 / replayed.max(1.0);
     println!(
         "recovery after kill -9 at {end} events: /readyz in {:.2} s; caught up {more} new events ({replayed:.0} records read) at {catch_up:.0} events/s = {:.3} x consume-only of the same records ({:.0} events/s), {:.3} x the whole topic's; {catch_up_cpu:.2} us CPU per record in the process, {:.3} us in the consume-only loop's (CPU ratio {:.3})",
         ready.duration_since(restarted).as_secs_f64(),
@@ -359,6 +354,6 @@ fn main() {
         same.process_cpu_us,
         same.process_cpu_us / catch_up_cpu
     );
-    println!("catch-up CPU by thread, us per record: {}", per_thread_line(&threads, replayed.max(1.0)));
+    println!("catch-up CPU by thread, us per record: {}", per_thread_line(&cpu.threads, replayed.max(1.0)));
     topics.delete(&[]);
 }

@@ -106,6 +106,13 @@ struct Cores {
     stolen: f64,
 }
 
+impl Cores {
+    /// The broker's cores to two places, or `missing`.
+    fn broker_or(&self, missing: &str) -> String {
+        self.broker.map_or(missing.to_owned(), |b| format!("{b:.2}"))
+    }
+}
+
 /// One load of one mode, for the table and the CSV at the end.
 struct SummaryRow {
     mode: String,
@@ -132,7 +139,7 @@ fn cpus() -> usize {
 /// Cumulative CPU seconds at one moment (see [`Cores`]).
 struct CpuSnapshot {
     at: Instant,
-    worker: f64,
+    worker: WorkerCpu,
     bench: f64,
     broker: Option<f64>,
     idle: f64,
@@ -144,7 +151,7 @@ impl CpuSnapshot {
         let (idle, stolen) = machine_cpu_seconds();
         CpuSnapshot {
             at: Instant::now(),
-            worker: worker.cpu_seconds().0,
+            worker: worker.cpu(),
             bench: clock_cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID),
             broker: broker.and_then(process_cpu_seconds),
             idle,
@@ -152,17 +159,21 @@ impl CpuSnapshot {
         }
     }
 
-    fn cores_since(&self, before: &CpuSnapshot) -> Cores {
+    /// The cores in use from `before` to `self`, and what the worker's
+    /// threads used meanwhile.
+    fn since(&self, before: &CpuSnapshot) -> (Cores, CpuUsed) {
         let wall = self.at.duration_since(before.at).as_secs_f64().max(1e-9);
-        Cores {
-            worker: (self.worker - before.worker) / wall,
+        let worker = self.worker.since(&before.worker);
+        let cores = Cores {
+            worker: worker.process / wall,
             bench: (self.bench - before.bench) / wall,
             broker: self.broker.zip(before.broker).map(|(a, b)| (a - b) / wall),
             // What was neither idle nor stolen: the kernel measures idle
             // time exactly, where it samples busy time at each tick.
             busy: cpus() as f64 - (self.idle - before.idle + self.stolen - before.stolen) / wall,
             stolen: (self.stolen - before.stolen) / wall,
-        }
+        };
+        (cores, worker)
     }
 }
 
@@ -240,7 +251,6 @@ fn run_load(
     let folded_before = worker.metric("receiptd_records_in_total");
     let broker = broker_pid();
     let cpu_before = CpuSnapshot::take(worker, broker);
-    let threads_before = worker.thread_cpu_seconds();
     let started = Instant::now();
     let mut load = payloads.iter();
     for n in 0..total {
@@ -270,8 +280,7 @@ fn run_load(
             }
         }
     }
-    let cores = CpuSnapshot::take(worker, broker).cores_since(&cpu_before);
-    let worker_threads = thread_cpu_between(&threads_before, &worker.thread_cpu_seconds());
+    let (cores, worker_cpu) = CpuSnapshot::take(worker, broker).since(&cpu_before);
     let folded_events = worker.metric("receiptd_records_in_total") - folded_before;
     let window = started.elapsed().as_secs_f64();
     let (produced, folded) = (total as f64 / window, folded_events / window);
@@ -284,7 +293,7 @@ fn run_load(
     let mut e = std::mem::take(&mut *engine.lock().unwrap());
     e.extend(std::iter::repeat_n(10_000.0, late));
     let p = std::mem::take(&mut *piped.lock().unwrap());
-    LoadRun { engine: e, pipe: p, folded, folded_events, produced, cores, worker_threads }
+    LoadRun { engine: e, pipe: p, folded, folded_events, produced, cores, worker_threads: worker_cpu.threads }
 }
 
 /// One way to run the worker: its flush window, whether it also flushes
@@ -449,7 +458,7 @@ fn main() {
                 base * share,
                 cores.worker,
                 cores.bench,
-                cores.broker.map_or("unknown (not exactly one kafka.Kafka process)".to_owned(), |b| format!("{b:.2}")),
+                cores.broker_or("unknown (not exactly one kafka.Kafka process)"),
                 cores.busy,
                 cpus(),
                 cores.stolen
@@ -509,7 +518,6 @@ fn main() {
     for SummaryRow { mode, properties, flush_ms, caught_up, share, offered, produced, folded, cores, percentiles: r } in
         summary
     {
-        let broker = cores.broker.map_or(String::new(), |b| format!("{b:.2}"));
         println!(
             "| {mode} | {:.0}% | {offered:.0} / {produced:.0} / {folded:.0} | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} ms | {:.2} / {:.2} / {} / {:.2} |",
             share * 100.0,
@@ -522,12 +530,22 @@ fn main() {
             r[1].0 - r[1].1,
             cores.worker,
             cores.bench,
-            if broker.is_empty() { "?" } else { &broker },
+            cores.broker_or("?"),
             cores.busy
         );
         csv += &format!(
-            "{flush_ms},{caught_up},{share},{offered:.0},{folded:.0},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{properties},{produced:.0},{:.3},{:.3},{broker},{:.3},{:.3}\n",
-            r[0].0, r[1].0, r[2].0, r[0].1, r[1].1, r[2].1, cores.worker, cores.bench, cores.busy, cores.stolen
+            "{flush_ms},{caught_up},{share},{offered:.0},{folded:.0},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{properties},{produced:.0},{:.3},{:.3},{},{:.3},{:.3}\n",
+            r[0].0,
+            r[1].0,
+            r[2].0,
+            r[0].1,
+            r[1].1,
+            r[2].1,
+            cores.worker,
+            cores.bench,
+            cores.broker_or(""),
+            cores.busy,
+            cores.stolen
         );
     }
     // For benches/plot.py.

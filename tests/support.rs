@@ -447,21 +447,11 @@ impl Worker {
             .sum()
     }
 
-    /// CPU seconds (user and system) used so far by the worker process, and
-    /// by its poll loop thread (`receiptd-worker`) alone.
-    pub fn cpu_seconds(&self) -> (f64, f64) {
+    /// The CPU the worker process and each of its live threads have used
+    /// so far: one read of `/proc`, for [`WorkerCpu::since`].
+    pub fn cpu(&self) -> WorkerCpu {
         let pid = self.child.as_ref().expect("running").id();
-        let process = process_cpu_seconds(pid).expect("read /proc/PID/stat");
-        let thread =
-            self.thread_cpu_seconds().values().filter(|(name, _)| name == "receiptd-worker").map(|(_, s)| s).sum();
-        (process, thread)
-    }
-
-    /// CPU seconds (user and system) each live thread of the worker has used
-    /// so far, by thread id, with the thread's name.
-    pub fn thread_cpu_seconds(&self) -> BTreeMap<u32, (String, f64)> {
-        let pid = self.child.as_ref().expect("running").id();
-        std::fs::read_dir(format!("/proc/{pid}/task"))
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
             .flatten()
             .flatten()
@@ -472,7 +462,8 @@ impl Worker {
                 let seconds = stat_cpu_seconds(t.path().join("stat").to_str()?)?;
                 Some((tid, (name, seconds)))
             })
-            .collect()
+            .collect();
+        WorkerCpu { process: process_cpu_seconds(pid).expect("read /proc/PID/stat"), threads }
     }
 
     /// The process's peak resident set (VmHWM), MiB.
@@ -499,9 +490,38 @@ impl Worker {
     }
 }
 
+/// CPU seconds (user and system) a worker had used at one moment: the
+/// whole process, and each live thread by id, with its name.
+pub struct WorkerCpu {
+    process: f64,
+    threads: BTreeMap<u32, (String, f64)>,
+}
+
+impl WorkerCpu {
+    /// What was used from `before` to `self`.
+    pub fn since(&self, before: &WorkerCpu) -> CpuUsed {
+        CpuUsed { process: self.process - before.process, threads: thread_cpu_between(&before.threads, &self.threads) }
+    }
+}
+
+/// CPU seconds a worker used over a stretch of time (see [`WorkerCpu`]).
+pub struct CpuUsed {
+    /// The whole process, threads that ended included.
+    pub process: f64,
+    /// Each thread's, by name, largest first (see [`per_thread_line`]).
+    pub threads: Vec<(String, f64)>,
+}
+
+impl CpuUsed {
+    /// The threads named `name`, together.
+    pub fn thread_named(&self, name: &str) -> f64 {
+        self.threads.iter().filter(|(n, _)| n == name).map(|(_, s)| s).sum()
+    }
+}
+
 /// Each thread's CPU seconds from `before` to `after`, by name, largest
 /// first; a thread born in between counts from zero, one that ended is lost.
-pub fn thread_cpu_between(
+fn thread_cpu_between(
     before: &BTreeMap<u32, (String, f64)>,
     after: &BTreeMap<u32, (String, f64)>,
 ) -> Vec<(String, f64)> {
