@@ -515,37 +515,19 @@ fn main() {
     let mut csv = String::from(
         "flush_ms,caught_up,share,offered,folded,engine_p50,engine_p99,engine_p999,pipe_p50,pipe_p99,pipe_p999,properties,produced,worker_cores,bench_cores,broker_cores,busy_cores,stolen_cores\n",
     );
-    for SummaryRow { mode, properties, flush_ms, caught_up, share, offered, produced, folded, cores, percentiles: r } in
+    for SummaryRow { mode, properties, flush_ms, caught_up, share, offered, produced, folded, cores, percentiles } in
         summary
     {
+        let [(e50, p50), (e99, p99), (e999, p999)] = percentiles;
+        let (pct, gap) = (share * 100.0, e99 - p99);
+        let (worker, bench, busy, stolen) = (cores.worker, cores.bench, cores.busy, cores.stolen);
         println!(
-            "| {mode} | {:.0}% | {offered:.0} / {produced:.0} / {folded:.0} | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} ms | {:.2} / {:.2} / {} / {:.2} |",
-            share * 100.0,
-            r[0].0,
-            r[1].0,
-            r[2].0,
-            r[0].1,
-            r[1].1,
-            r[2].1,
-            r[1].0 - r[1].1,
-            cores.worker,
-            cores.bench,
-            cores.broker_or("?"),
-            cores.busy
+            "| {mode} | {pct:.0}% | {offered:.0} / {produced:.0} / {folded:.0} | {e50:.1} / {e99:.1} / {e999:.1} ms | {p50:.1} / {p99:.1} / {p999:.1} ms | {gap:.1} ms | {worker:.2} / {bench:.2} / {} / {busy:.2} |",
+            cores.broker_or("?")
         );
         csv += &format!(
-            "{flush_ms},{caught_up},{share},{offered:.0},{folded:.0},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{properties},{produced:.0},{:.3},{:.3},{},{:.3},{:.3}\n",
-            r[0].0,
-            r[1].0,
-            r[2].0,
-            r[0].1,
-            r[1].1,
-            r[2].1,
-            cores.worker,
-            cores.bench,
-            cores.broker_or(""),
-            cores.busy,
-            cores.stolen
+            "{flush_ms},{caught_up},{share},{offered:.0},{folded:.0},{e50:.2},{e99:.2},{e999:.2},{p50:.2},{p99:.2},{p999:.2},{properties},{produced:.0},{worker:.3},{bench:.3},{},{busy:.3},{stolen:.3}\n",
+            cores.broker_or("")
         );
     }
     // For benches/plot.py.
