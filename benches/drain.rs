@@ -66,6 +66,18 @@ fn prefill(traffic: &mut Traffic, topic: &str, n: u64, setup: bool) -> (f64, u64
     ((events.len() as u64 + n) as f64 / started.elapsed().as_secs_f64(), message_reads)
 }
 
+/// The worker's, the broker's and the machine's cores.
+fn machine_line(cores: &Cores) -> String {
+    format!(
+        "worker {:.2}, broker {}; machine busy {:.2} of {}, {:.2} stolen",
+        cores.worker,
+        cores.broker_or("unknown (not exactly one kafka.Kafka process)"),
+        cores.busy,
+        cpus(),
+        cores.stolen
+    )
+}
+
 /// How a consume-only loop takes its records.
 #[derive(Clone, Copy, PartialEq)]
 enum Taking {
@@ -170,10 +182,14 @@ struct Drained {
     first: Instant,
     done: Instant,
     cpu: CpuUsed,
+    /// The machine's cores meanwhile: whether the drain had the second
+    /// core to spare, or shared it with the broker to the full.
+    cores: Cores,
 }
 
 fn drain(worker: &mut Worker, end: f64) -> Drained {
     let (mut ready, mut first) = (None, None);
+    let broker = broker_pid();
     loop {
         let now = Instant::now();
         if ready.is_none() && http_get(worker.http, "/readyz").is_ok_and(|(s, _)| s == 200) {
@@ -183,12 +199,12 @@ fn drain(worker: &mut Worker, end: f64) -> Drained {
             && http_get(worker.http, "/metrics").is_ok()
             && worker.metric("receiptd_records_in_total") > 0.0
         {
-            first = Some((now, worker.cpu()));
+            first = Some((now, CpuSnapshot::take(worker, broker)));
         }
         if let (Some(ready), Some((first, cpu_at_first))) = (ready, &first) {
             if checkpointed(worker) >= end {
-                let cpu = worker.cpu().since(cpu_at_first);
-                return Drained { ready, first: *first, done: now, cpu };
+                let (cores, cpu) = CpuSnapshot::take(worker, broker).since(cpu_at_first);
+                return Drained { ready, first: *first, done: now, cpu, cores };
             }
         }
         assert!(worker.child.as_mut().unwrap().try_wait().unwrap().is_none(), "worker died:\n{}", worker.log_tail());
@@ -232,7 +248,7 @@ fn main() {
     let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"));
     let launched = Instant::now();
     worker.start();
-    let Drained { first, done, cpu, .. } = drain(&mut worker, end);
+    let Drained { first, done, cpu, cores, .. } = drain(&mut worker, end);
     let engine = end / done.duration_since(first).as_secs_f64();
     println!(
         "engine drain: {engine:.0} events/s (first fold {:.2} s after launch, caught up {:.2} s after launch)",
@@ -257,6 +273,9 @@ fn main() {
     // fetches and the deltas producer's sends), RocksDB its memtable
     // flushes `rocksdb:high` and compactions `rocksdb:low`.
     println!("engine CPU by thread, us per event: {}", per_thread_line(&cpu.threads, end));
+    // Whether the poll loop thread or the machine bounds the rate: a
+    // machine with a core to spare leaves the poll loop the bound.
+    println!("engine drain, CPU in cores: {}", machine_line(&cores));
     // The yardstick again, right after the engine: the same loop over the
     // same records swung by up to 75% between runs of this bench, and
     // within one (the broker and the shared cores), while the engine's
@@ -337,7 +356,7 @@ fn main() {
     let end2: f64 = end_offsets(&topics.events).values().sum::<i64>() as f64;
     let restarted = Instant::now();
     worker.start();
-    let Drained { ready, first, done, cpu } = drain(&mut worker, end2);
+    let Drained { ready, first, done, cpu, cores } = drain(&mut worker, end2);
     let replayed = worker.metric("receiptd_records_in_total");
     let catch_up = replayed / done.duration_since(first).as_secs_f64();
     assert_eq!(worker.terminate(), 0);
@@ -355,5 +374,6 @@ fn main() {
         same.process_cpu_us / catch_up_cpu
     );
     println!("catch-up CPU by thread, us per record: {}", per_thread_line(&cpu.threads, replayed.max(1.0)));
+    println!("catch-up, CPU in cores: {}", machine_line(&cores));
     topics.delete(&[]);
 }

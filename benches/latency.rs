@@ -91,28 +91,6 @@ struct LoadRun {
     worker_threads: Vec<(String, f64)>,
 }
 
-/// CPU in use over a stretch of wall time, in cores (CPU seconds a second).
-#[derive(Clone, Copy)]
-struct Cores {
-    /// The worker process.
-    worker: f64,
-    /// This process: the load generator and the two tails.
-    bench: f64,
-    /// The broker, if exactly one runs here.
-    broker: Option<f64>,
-    /// The whole machine, busy.
-    busy: f64,
-    /// Taken by the hypervisor for other guests.
-    stolen: f64,
-}
-
-impl Cores {
-    /// The broker's cores to two places, or `missing`.
-    fn broker_or(&self, missing: &str) -> String {
-        self.broker.map_or(missing.to_owned(), |b| format!("{b:.2}"))
-    }
-}
-
 /// One load of one mode, for the table and the CSV at the end.
 struct SummaryRow {
     mode: String,
@@ -129,52 +107,6 @@ struct SummaryRow {
     cores: Cores,
     /// (engine, pipe) latency in ms at p50, p99 and p99.9.
     percentiles: [(f64, f64); 3],
-}
-
-/// The machine's CPUs.
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Cumulative CPU seconds at one moment (see [`Cores`]).
-struct CpuSnapshot {
-    at: Instant,
-    worker: WorkerCpu,
-    bench: f64,
-    broker: Option<f64>,
-    idle: f64,
-    stolen: f64,
-}
-
-impl CpuSnapshot {
-    fn take(worker: &Worker, broker: Option<u32>) -> CpuSnapshot {
-        let (idle, stolen) = machine_cpu_seconds();
-        CpuSnapshot {
-            at: Instant::now(),
-            worker: worker.cpu(),
-            bench: clock_cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID),
-            broker: broker.and_then(process_cpu_seconds),
-            idle,
-            stolen,
-        }
-    }
-
-    /// The cores in use from `before` to `self`, and what the worker's
-    /// threads used meanwhile.
-    fn since(&self, before: &CpuSnapshot) -> (Cores, CpuUsed) {
-        let wall = self.at.duration_since(before.at).as_secs_f64().max(1e-9);
-        let worker = self.worker.since(&before.worker);
-        let cores = Cores {
-            worker: worker.process / wall,
-            bench: (self.bench - before.bench) / wall,
-            broker: self.broker.zip(before.broker).map(|(a, b)| (a - b) / wall),
-            // What was neither idle nor stolen: the kernel measures idle
-            // time exactly, where it samples busy time at each tick.
-            busy: cpus() as f64 - (self.idle - before.idle + self.stolen - before.stolen) / wall,
-            stolen: (self.stolen - before.stolen) / wall,
-        };
-        (cores, worker)
-    }
 }
 
 /// The load generator's producer: the tests' producer, with delivery

@@ -750,3 +750,72 @@ pub fn proc_status_field(pid: impl std::fmt::Display, field: &str) -> String {
         .trim()
         .to_owned()
 }
+
+/// CPU in use over a stretch of wall time, in cores (CPU seconds a second).
+#[derive(Clone, Copy)]
+pub struct Cores {
+    /// The worker process.
+    pub worker: f64,
+    /// This process: the bench (the latency bench's load generator and
+    /// its two tails).
+    pub bench: f64,
+    /// The broker, if exactly one runs here.
+    pub broker: Option<f64>,
+    /// The whole machine, busy.
+    pub busy: f64,
+    /// Taken by the hypervisor for other guests.
+    pub stolen: f64,
+}
+
+impl Cores {
+    /// The broker's cores to two places, or `missing`.
+    pub fn broker_or(&self, missing: &str) -> String {
+        self.broker.map_or(missing.to_owned(), |b| format!("{b:.2}"))
+    }
+}
+
+/// Cumulative CPU seconds at one moment (see [`Cores`]).
+pub struct CpuSnapshot {
+    at: Instant,
+    worker: WorkerCpu,
+    bench: f64,
+    broker: Option<f64>,
+    idle: f64,
+    stolen: f64,
+}
+
+impl CpuSnapshot {
+    pub fn take(worker: &Worker, broker: Option<u32>) -> CpuSnapshot {
+        let (idle, stolen) = machine_cpu_seconds();
+        CpuSnapshot {
+            at: Instant::now(),
+            worker: worker.cpu(),
+            bench: clock_cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID),
+            broker: broker.and_then(process_cpu_seconds),
+            idle,
+            stolen,
+        }
+    }
+
+    /// The cores in use from `before` to `self`, and what the worker's
+    /// threads used meanwhile.
+    pub fn since(&self, before: &CpuSnapshot) -> (Cores, CpuUsed) {
+        let wall = self.at.duration_since(before.at).as_secs_f64().max(1e-9);
+        let worker = self.worker.since(&before.worker);
+        let cores = Cores {
+            worker: worker.process / wall,
+            bench: (self.bench - before.bench) / wall,
+            broker: self.broker.zip(before.broker).map(|(a, b)| (a - b) / wall),
+            // What was neither idle nor stolen: the kernel measures idle
+            // time exactly, where it samples busy time at each tick.
+            busy: cpus() as f64 - (self.idle - before.idle + self.stolen - before.stolen) / wall,
+            stolen: (self.stolen - before.stolen) / wall,
+        };
+        (cores, worker)
+    }
+}
+
+/// The machine's CPUs.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
