@@ -15,6 +15,15 @@
 //! name up to N messages, as `TrafficShape::read_batch`; default 1). Uses
 //! RECEIPTD_TEST_BROKERS, or starts a broker with deploy/kafka.sh and stops
 //! it after.
+//!
+//! `RECEIPTD_DRAIN_COMPARE='NAME=A|NAME=B'` compares two settings of the
+//! worker instead (environment variables it is started with, such as
+//! `RECEIPTD_KAFKA__PROPERTIES__LINGER_MS=2|RECEIPTD_KAFKA__PROPERTIES__LINGER_MS=20`;
+//! several per side separated by spaces): the same prefilled topic is
+//! drained by a fresh worker with each, in ABBA order,
+//! `RECEIPTD_DRAIN_ROUNDS` times (default 5), and each pair's ratios are
+//! printed with their medians. Drains seconds apart, on one topic, vary
+//! far less than separate runs of this bench on these machines.
 
 #[path = "../tests/support.rs"]
 #[allow(dead_code, unused_imports)]
@@ -212,6 +221,83 @@ fn drain(worker: &mut Worker, end: f64) -> Drained {
     }
 }
 
+/// One side of a comparison: its environment variables.
+fn parse_side(side: &str) -> Vec<(String, String)> {
+    side.split_whitespace()
+        .map(|kv| {
+            let (k, v) =
+                kv.split_once('=').unwrap_or_else(|| panic!("RECEIPTD_DRAIN_COMPARE: `{kv}` is not NAME=VALUE"));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// One drain of the whole topic by a fresh worker with `env`: events/s,
+/// and the poll loop's and the process's CPU per event in µs.
+fn drain_with(topics: &Topics, end: f64, env: &[(String, String)], run: usize) -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = Worker::new(topics, &format!("{}-c{run}", topics.events), &dir.path().join("state"));
+    for (k, v) in env {
+        worker = worker.env(k, v);
+    }
+    worker.start();
+    let Drained { first, done, cpu, .. } = drain(&mut worker, end);
+    worker.kill9();
+    (
+        end / done.duration_since(first).as_secs_f64(),
+        cpu.thread_named("receiptd-worker") * 1e6 / end,
+        cpu.process * 1e6 / end,
+    )
+}
+
+/// Drains the topic with each side's settings in ABBA order, and prints
+/// each pair's B / A ratios of rate and CPU, and their medians.
+fn compare_settings(topics: &Topics, end: f64, compare: &str) {
+    let (a, b) = compare.split_once('|').expect("RECEIPTD_DRAIN_COMPARE: two sides, separated by |");
+    let (a, b) = (parse_side(a), parse_side(b));
+    let rounds: usize = std::env::var("RECEIPTD_DRAIN_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    println!("comparing A ({a:?}) with B ({b:?}), {rounds} rounds of ABBA");
+    let (mut rate, mut poll_loop, mut process) = (Vec::new(), Vec::new(), Vec::new());
+    let mut run = 0;
+    for round in 0..rounds {
+        for b_first in [false, true] {
+            let mut pair = [(0.0, 0.0, 0.0); 2];
+            for side in if b_first { [1, 0] } else { [0, 1] } {
+                run += 1;
+                pair[side] = drain_with(topics, end, if side == 0 { &a } else { &b }, run);
+            }
+            let [(ra, la, pa), (rb, lb, pb)] = pair;
+            println!(
+                "round {round}, {}: A {ra:.0} events/s, {la:.3} / {pa:.3} us; B {rb:.0} events/s, {lb:.3} / {pb:.3} us (poll loop / process CPU an event); B / A: rate {:.3}, poll loop CPU {:.3}, process CPU {:.3}",
+                if b_first { "BA" } else { "AB" },
+                rb / ra,
+                lb / la,
+                pb / pa
+            );
+            rate.push(rb / ra);
+            poll_loop.push(lb / la);
+            process.push(pb / pa);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len() % 2 == 0 {
+            (v[m - 1] + v[m]) / 2.0
+        } else {
+            v[m]
+        }
+    };
+    let wins = rate.iter().filter(|&&r| r > 1.0).count();
+    println!(
+        "B / A over {} pairs, medians: rate {:.3} (B faster in {wins}), poll loop CPU an event {:.3}, process CPU an event {:.3}",
+        rate.len(),
+        median(&mut rate),
+        median(&mut poll_loop),
+        median(&mut process)
+    );
+}
+
 fn main() {
     let _broker = BenchBroker::ensure();
     let n: u64 = std::env::var("RECEIPTD_DRAIN_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
@@ -219,12 +305,19 @@ fn main() {
     let read_batch = std::env::var("RECEIPTD_DRAIN_READ_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let mut traffic = Traffic::new(TrafficShape { read_batch, ..TrafficShape::bench() });
 
+    let compare = std::env::var("RECEIPTD_DRAIN_COMPARE").ok().filter(|c| !c.trim().is_empty());
     let (rate, message_reads) = prefill(&mut traffic, &topics.events, n, true);
     let end_offsets_at_first = end_offsets(&topics.events);
     let end: f64 = end_offsets_at_first.values().sum::<i64>() as f64;
     println!("prefill: {end} events appended at {rate:.0} events/s");
     if read_batch > 1 {
         println!("reads name up to {read_batch} messages: {message_reads} message reads in the prefill");
+    }
+
+    if let Some(compare) = compare {
+        compare_settings(&topics, end, &compare);
+        topics.delete(&[]);
+        return;
     }
 
     let before = consume_only(&topics.events, None, end as u64, Taking::PerRecord);
