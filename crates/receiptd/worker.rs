@@ -52,6 +52,7 @@ pub fn worker_config(c: &Config) -> WorkerConfig {
         session_timeout: Duration::from_millis(c.kafka.session_timeout_ms),
         limits: Limits { hold_window_ms: c.hold.window_ms, max_held_reads: c.hold.max_reads },
         kafka_properties: c.kafka.properties.clone(),
+        poll_loop_helpers: c.poll_loop.helper_threads,
     }
 }
 

@@ -137,6 +137,10 @@ impl FetchedRecord {
     }
 }
 
+// SAFETY: a librdkafka message is its own object, which any thread may read
+// and destroy; the worker hands each record to one thread at a time.
+unsafe impl Send for FetchedRecord {}
+
 impl Drop for FetchedRecord {
     fn drop(&mut self) {
         // SAFETY: each record is destroyed once, here.

@@ -3,18 +3,22 @@
 //! the consumer's own queue.
 
 use crate::engine::{decode, offset_list, DeliveryContext, Engine, StoreWriter};
-use crate::fetch::FetchQueue;
+use crate::fetch::{FetchQueue, FetchedRecord};
 use crate::metrics::{FlushTrigger, LOOP_PHASES};
+use crate::retire::Retirer;
 use crate::settings::{settle, SettingsReader};
+use crate::split::{SplitMap, SPLIT_FROM};
 use crate::{Metrics, StreamError};
 use parking_lot::{Mutex as EngineLock, RwLock};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use receiptd_core::{Limits, PartitionView, SettingsTable, PREFETCH_AHEAD};
 use receiptd_store::Store;
+use receiptd_wire::{DecodeError, Event};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
@@ -166,6 +170,10 @@ pub struct WorkerConfig {
     pub limits: Limits,
     /// Extra librdkafka properties for every client (security, tuning).
     pub kafka_properties: BTreeMap<String, String>,
+    /// Two helper threads for the poll loop: one decodes large batches
+    /// with it ([`SplitMap`]), the other destroys their records once
+    /// folded ([`Retirer`]).
+    pub poll_loop_helpers: bool,
 }
 
 #[cfg(test)]
@@ -192,6 +200,7 @@ impl WorkerConfig {
             session_timeout: Duration::from_secs(10),
             limits: Default::default(),
             kafka_properties: Default::default(),
+            poll_loop_helpers: true,
         }
     }
 }
@@ -468,6 +477,14 @@ pub fn run(
     result
 }
 
+/// A record decoded, or the consumer error it stands for.
+fn decode_record(r: &FetchedRecord) -> Result<Result<Event, DecodeError>, KafkaError> {
+    match r.error() {
+        Some(err) => Err(err),
+        None => Ok(decode(r)),
+    }
+}
+
 fn run_inner(
     config: WorkerConfig,
     store: Arc<Store>,
@@ -506,6 +523,16 @@ fn run_inner(
     let mut next_gauges = Instant::now();
     let mut next_reroute = Instant::now() + REROUTE_EVERY;
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut decoded = Vec::with_capacity(MAX_BATCH);
+    // Declared after the consumer: dropped, with every record they hold,
+    // before it.
+    let helpers = match config.poll_loop_helpers {
+        true => Some((
+            SplitMap::start("receiptd-decode").map_err(StreamError::Spawn)?,
+            Retirer::start("receiptd-retire").map_err(StreamError::Spawn)?,
+        )),
+        false => None,
+    };
     let mut last_batch_done: Option<(Instant, f64)> = None;
     let mut paused = false;
     let mut delivery_watch = DeliveryWatch::default();
@@ -547,13 +574,13 @@ fn run_inner(
         if taken > 0 {
             let input_was_waiting = polling.elapsed() < Duration::from_millis(1);
             phases.lap(LoopPhase::Poll);
-            let decoded: Vec<_> = batch
-                .iter()
-                .map(|r| match r.error() {
-                    Some(err) => Err(err),
-                    None => Ok(decode(r)),
-                })
-                .collect();
+            match &helpers {
+                Some((split, _)) => split.map(&batch, &decode_record, &mut decoded),
+                None => {
+                    decoded.clear();
+                    decoded.extend(batch.iter().map(decode_record));
+                }
+            }
             phases.lap(LoopPhase::Decode);
             let mut guard = engine.lock();
             let e = guard.as_mut().expect("engine present while running");
@@ -574,8 +601,11 @@ fn run_inner(
                     }
                 }
             }
-            batch.clear();
-            drop(decoded);
+            match &helpers {
+                Some((_, retirer)) if batch.len() >= SPLIT_FROM => retirer.retire(&mut batch),
+                _ => batch.clear(),
+            }
+            decoded.clear();
             drop(settings_now);
             drop(guard);
             let done = (phases.lap(LoopPhase::Fold), thread_cpu_seconds());
