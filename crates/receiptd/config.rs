@@ -213,10 +213,10 @@ pub struct PollLoopConfig {
     /// the batch's records once folded. The poll loop never waits for a
     /// chunk the helper has not started, nor for the records to be
     /// destroyed, so a helper without a core to run on costs it only a
-    /// wake per batch. A backlog drained 4 to 6% faster with them on 2
-    /// cores shared with the broker, for about 2% more CPU (BENCHMARKS.md);
-    /// smaller batches, as a live load's usually are, stay on the poll
-    /// loop. Default true.
+    /// wake per batch. On 2 cores shared with the broker, a backlog drained
+    /// about 3% faster with them (2 to 6% in two sets of 36 pairs), for 2
+    /// to 4% more CPU (BENCHMARKS.md); smaller batches, as a live load's
+    /// usually are, stay on the poll loop. Default true.
     pub helper_threads: bool,
 }
 

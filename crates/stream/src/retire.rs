@@ -8,7 +8,7 @@
 //! the poll loop hands a large batch over and goes on. It never waits for
 //! the thread: with batches backed up (or the thread gone), it destroys
 //! the batch itself. Measured alone this gained nothing; with decoding
-//! shared too ([`crate::split`]) the two gained 4 to 6% (BENCHMARKS.md).
+//! shared too ([`crate::split`]) the two gained 2 to 6% (BENCHMARKS.md).
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 const RETIRING_BATCHES: usize = 4;
 
 /// Drops batches of `T` on a thread of its own. Dropping the `Retirer`
-/// drops every batch handed over before it returns: the worker declares
-/// its retirer after the consumer, since records must be gone before the
-/// consumer is.
+/// drops every batch handed over before it returns: the worker drops its
+/// retirer before it closes the consumer, since records must be gone
+/// before the consumer is.
 pub(crate) struct Retirer<T: Send + 'static> {
     to_drop: Option<SyncSender<Vec<T>>>,
     /// Emptied batches, for their capacity.
@@ -48,7 +48,9 @@ impl<T: Send + 'static> Retirer<T> {
         if batch.is_empty() {
             return;
         }
-        let spare = self.emptied.try_recv().unwrap_or_else(|_| Vec::with_capacity(batch.capacity()));
+        // A recycled batch may be smaller than this one was.
+        let mut spare = self.emptied.try_recv().unwrap_or_default();
+        spare.reserve(batch.capacity());
         let full = std::mem::replace(batch, spare);
         let Some(to_drop) = &self.to_drop else { return };
         if let Err(TrySendError::Full(full) | TrySendError::Disconnected(full)) = to_drop.try_send(full) {
@@ -110,6 +112,9 @@ mod tests {
             retirer.retire(&mut b);
             assert!(b.is_empty(), "the batch comes back empty");
             assert!(b.capacity() >= n, "with room for as many");
+            // The thread empties it meanwhile: the next batch gets it back,
+            // smaller than itself when it follows a small one.
+            std::thread::sleep(Duration::from_millis(20));
         }
         drop(retirer);
         assert_eq!(drops.load(Relaxed), handed, "every item dropped, once");

@@ -524,8 +524,7 @@ fn run_inner(
     let mut next_reroute = Instant::now() + REROUTE_EVERY;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut decoded = Vec::with_capacity(MAX_BATCH);
-    // Declared after the consumer: dropped, with every record they hold,
-    // before it.
+    // Dropped, with every record they hold, before the consumer closes.
     let helpers = match config.poll_loop_helpers {
         true => Some((
             SplitMap::start("receiptd-decode").map_err(StreamError::Spawn)?,
@@ -752,6 +751,8 @@ fn run_inner(
             Err(e)
         }
     };
+    // Every record destroyed before the consumer closes.
+    drop(helpers);
     close(&consumer);
     outcome
 }
