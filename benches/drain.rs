@@ -429,6 +429,18 @@ fn main() {
         .map(|p| format!("{p} {:.2}", m(&format!("receiptd_batch_gap_max_phase_seconds{{phase=\"{p}\"}}")) * 1e3))
         .collect();
     println!("longest gap by loop phase, ms: {}", phases.join(", "));
+    // A confirm phase's stall is the poll loop waiting for the store writer.
+    let ops: Vec<String> = [("write", writes), ("sync", syncs)]
+        .iter()
+        .map(|(op, calls)| {
+            format!(
+                "{op} {:.2} ms on average, {:.2} at most",
+                m(&format!("receiptd_store_op_seconds_total{{op=\"{op}\"}}")) * 1e3 / calls.max(1.0),
+                m(&format!("receiptd_store_op_max_seconds{{op=\"{op}\"}}")) * 1e3
+            )
+        })
+        .collect();
+    println!("store writer's calls into RocksDB: {}", ops.join("; "));
     println!(
         "gaps over 10 ms: {:.0}; over 20 ms: {:.0}",
         m("receiptd_batch_gap_seconds_count") - m("receiptd_batch_gap_seconds_bucket{le=\"0.01\"}"),

@@ -2,7 +2,7 @@
 
 use crate::support::{ev::*, *};
 use receiptd_wire::{DeltaRecord, MembersOp, Receipt};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn group_receipt(msg: &str, g: &str, read: u32, unread: u32, timestamp: u64, version: u64) -> Receipt {
     Receipt::group(msg.into(), g.into(), read, unread, timestamp, version)
@@ -87,6 +87,17 @@ fn scripted_conversation_yields_exactly_the_expected_deltas() {
     assert_eq!(worker.metric("receiptd_ignored_total{reason=\"no_receipt_requested\"}"), 1.0);
     assert_eq!(worker.metric("receiptd_ignored_total{reason=\"stale_mark\"}"), 1.0);
     assert_eq!(worker.metric("receiptd_held_reads"), 1.0);
+    // The store writer's time in RocksDB is measured, call by call.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while worker.metric("receiptd_store_writes_total") < 1.0 {
+        assert!(Instant::now() < deadline, "no store write; log:\n{}", worker.log_tail());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (write_total, write_max) = (
+        worker.metric("receiptd_store_op_seconds_total{op=\"write\"}"),
+        worker.metric("receiptd_store_op_max_seconds{op=\"write\"}"),
+    );
+    assert!(write_max > 0.0 && write_max <= write_total, "write time {write_total} s, longest {write_max} s");
 
     assert_eq!(worker.terminate(), 0, "SIGTERM exits 0; log:\n{}", worker.log_tail());
     // Delta records are keyed {app}/{recipient}.

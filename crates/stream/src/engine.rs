@@ -1,6 +1,7 @@
 //! The engine: owned partitions, the fold, and the flush that turns folded
 //! state into deltas, a RocksDB batch and committed offsets.
 
+use crate::metrics::StoreOp;
 use crate::settings::header;
 use crate::worker::Shared;
 use crate::{
@@ -79,6 +80,26 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// A store writer's call into RocksDB longer than this is logged: while it
+/// lasts, a full writer queue holds the poll loop (see `StoreWriter`).
+const SLOW_STORE_OP: Duration = Duration::from_millis(100);
+
+/// Runs `call`, counting its time under `op`, and warns when it was slow.
+fn timed<T>(metrics: &Metrics, op: StoreOp, call: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = call();
+    let took = started.elapsed();
+    metrics.store_op_took(op, took.as_secs_f64());
+    if took >= SLOW_STORE_OP {
+        tracing::warn!(
+            op = op.as_str(),
+            ms = took.as_millis() as u64,
+            "slow store call; the poll loop may wait for it"
+        );
+    }
+    result
+}
+
 /// A flush whose deltas are on their way to the broker: the state and
 /// offsets it will write once they are all confirmed, staged at the moment
 /// the deltas were taken. Folding goes on meanwhile; what it changes is
@@ -106,10 +127,10 @@ impl StagedFlush {
             tracing::error!(error = %e, "state write failed; stopping before any offset moves past it");
             StreamError::from(e)
         };
-        store.write(self.batch).map_err(fail)?;
+        timed(metrics, StoreOp::Write, || store.write(self.batch)).map_err(fail)?;
         metrics.store_writes.fetch_add(1, Relaxed);
         if self.sync {
-            store.sync().map_err(fail)?;
+            timed(metrics, StoreOp::Sync, || store.sync()).map_err(fail)?;
             metrics.store_syncs.fetch_add(1, Relaxed);
         }
         for &(partition, next) in &self.offsets {

@@ -74,7 +74,7 @@ mod split;
 mod worker;
 
 pub use fetch::{reads_headers_in_place, FetchQueue, FetchedHeaders, FetchedRecord};
-pub use metrics::{FlushTrigger, Metrics, DLQ_REASONS, FLUSH_TRIGGERS, LOOP_PHASES};
+pub use metrics::{FlushTrigger, Metrics, StoreOp, DLQ_REASONS, FLUSH_TRIGGERS, LOOP_PHASES, STORE_OPS};
 pub use worker::{run, Shared, Topics, WorkerConfig, RESERVED_CLIENT_PROPERTIES};
 
 /// DLQ header naming why a record was not applied.

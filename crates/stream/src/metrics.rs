@@ -48,6 +48,28 @@ impl FlushTrigger {
     }
 }
 
+/// What the store writer thread asks of RocksDB
+/// (`receiptd_store_op_seconds_total`, `receiptd_store_op_max_seconds`):
+/// applying a flush's write batch, and an fsync at a checkpoint boundary.
+/// [`StoreOp`] indexes it.
+pub const STORE_OPS: [&str; 2] = ["write", "sync"];
+
+/// A store writer's call into RocksDB, in [`STORE_OPS`] order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// A flush's write batch applied.
+    Write,
+    /// The WAL fsynced.
+    Sync,
+}
+
+impl StoreOp {
+    /// Its label in [`STORE_OPS`].
+    pub fn as_str(self) -> &'static str {
+        STORE_OPS[self as usize]
+    }
+}
+
 /// Upper bounds (records) of the flush-size histogram.
 const FLUSH_SIZE_BUCKETS: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
 
@@ -96,6 +118,11 @@ pub struct Metrics {
     pub store_writes: AtomicU64,
     /// fsyncs of the store (checkpoint boundaries).
     pub store_syncs: AtomicU64,
+    /// Microseconds the store writer spent in each [`StoreOp`], summed, and
+    /// the longest single call: a flush waits for the writer when its
+    /// queue is full, so a slow call shows as a stall of the poll loop.
+    store_op_sum_us: [AtomicU64; STORE_OPS.len()],
+    store_op_max_us: [AtomicU64; STORE_OPS.len()],
     /// Events folded into those writes.
     pub flushed_events: AtomicU64,
     /// Slices those flushes were staged in (one each unless large).
@@ -182,6 +209,13 @@ impl Metrics {
                 self.flush_buckets[i].fetch_add(1, Relaxed);
             }
         }
+    }
+
+    /// Records one call of the store writer into RocksDB.
+    pub fn store_op_took(&self, op: StoreOp, seconds: f64) {
+        let us = (seconds * 1e6) as u64;
+        self.store_op_sum_us[op as usize].fetch_add(us, Relaxed);
+        self.store_op_max_us[op as usize].fetch_max(us, Relaxed);
     }
 
     /// Records how long the broker took to confirm one flush's deltas,
@@ -339,6 +373,22 @@ impl Metrics {
             self.flush_seconds_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "receiptd_flush_duration_seconds_count {flushes}");
+        counter(
+            &mut out,
+            "receiptd_store_op_seconds_total",
+            "Time the store writer spent in RocksDB, by call (label op: write, sync).",
+        );
+        for (op, us) in STORE_OPS.iter().zip(&self.store_op_sum_us) {
+            let _ = writeln!(out, "receiptd_store_op_seconds_total{{op=\"{op}\"}} {}", us.load(Relaxed) as f64 / 1e6);
+        }
+        gauge(
+            &mut out,
+            "receiptd_store_op_max_seconds",
+            "The store writer's longest single call into RocksDB since start, by call.",
+        );
+        for (op, us) in STORE_OPS.iter().zip(&self.store_op_max_us) {
+            let _ = writeln!(out, "receiptd_store_op_max_seconds{{op=\"{op}\"}} {}", us.load(Relaxed) as f64 / 1e6);
+        }
         counter(
             &mut out,
             "receiptd_flush_confirm_seconds_total",
