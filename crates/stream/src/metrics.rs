@@ -373,21 +373,24 @@ impl Metrics {
             self.flush_seconds_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "receiptd_flush_duration_seconds_count {flushes}");
-        counter(
-            &mut out,
-            "receiptd_store_op_seconds_total",
-            "Time the store writer spent in RocksDB, by call (label op: write, sync).",
-        );
-        for (op, us) in STORE_OPS.iter().zip(&self.store_op_sum_us) {
-            let _ = writeln!(out, "receiptd_store_op_seconds_total{{op=\"{op}\"}} {}", us.load(Relaxed) as f64 / 1e6);
-        }
-        gauge(
-            &mut out,
-            "receiptd_store_op_max_seconds",
-            "The store writer's longest single call into RocksDB since start, by call.",
-        );
-        for (op, us) in STORE_OPS.iter().zip(&self.store_op_max_us) {
-            let _ = writeln!(out, "receiptd_store_op_max_seconds{{op=\"{op}\"}} {}", us.load(Relaxed) as f64 / 1e6);
+        for (name, help, kind, micros) in [
+            (
+                "receiptd_store_op_seconds_total",
+                "Time the store writer spent in RocksDB, by call (label op: write, sync).",
+                "counter",
+                &self.store_op_sum_us,
+            ),
+            (
+                "receiptd_store_op_max_seconds",
+                "The store writer's longest single call into RocksDB since start, by call.",
+                "gauge",
+                &self.store_op_max_us,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (op, us) in STORE_OPS.iter().zip(micros) {
+                let _ = writeln!(out, "{name}{{op=\"{op}\"}} {}", us.load(Relaxed) as f64 / 1e6);
+            }
         }
         counter(
             &mut out,
