@@ -18,7 +18,7 @@
 //!
 //! `RECEIPTD_DRAIN_COMPARE='NAME=A|NAME=B'` compares two settings of the
 //! worker instead (environment variables it is started with, such as
-//! `RECEIPTD_KAFKA__PROPERTIES__LINGER_MS=2|RECEIPTD_KAFKA__PROPERTIES__LINGER_MS=20`;
+//! `RECEIPTD_FLUSH__INTERVAL_MS=50|RECEIPTD_FLUSH__INTERVAL_MS=100`;
 //! several per side separated by spaces): the same prefilled topic is
 //! drained by a fresh worker with each, in ABBA order,
 //! `RECEIPTD_DRAIN_ROUNDS` times (default 5), and each pair's ratios are
