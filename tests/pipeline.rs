@@ -2,7 +2,7 @@
 
 use crate::support::{ev::*, *};
 use receiptd_wire::{DeltaRecord, MembersOp, Receipt};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn group_receipt(msg: &str, g: &str, read: u32, unread: u32, timestamp: u64, version: u64) -> Receipt {
     Receipt::group(msg.into(), g.into(), read, unread, timestamp, version)
@@ -88,11 +88,7 @@ fn scripted_conversation_yields_exactly_the_expected_deltas() {
     assert_eq!(worker.metric("receiptd_ignored_total{reason=\"stale_mark\"}"), 1.0);
     assert_eq!(worker.metric("receiptd_held_reads"), 1.0);
     // The store writer's time in RocksDB is measured, call by call.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while worker.metric("receiptd_store_writes_total") < 1.0 {
-        assert!(Instant::now() < deadline, "no store write; log:\n{}", worker.log_tail());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    worker.wait_until("a store write", Duration::from_secs(10), |w| w.metric("receiptd_store_writes_total") >= 1.0);
     let (write_total, write_max) = (
         worker.metric("receiptd_store_op_seconds_total{op=\"write\"}"),
         worker.metric("receiptd_store_op_max_seconds{op=\"write\"}"),

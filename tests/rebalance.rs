@@ -12,18 +12,9 @@ use crate::oracle::assert_state_matches;
 use crate::support::*;
 use rdkafka::producer::Producer;
 use receiptd_loadgen::{Traffic, TrafficShape};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const EVENTS: usize = 12_000;
-
-/// Waits until `check` holds, or fails naming `what` with the worker's log.
-fn wait_for(worker: &Worker, what: &str, timeout: Duration, check: impl Fn(&Worker) -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check(worker) {
-        assert!(Instant::now() < deadline, "{what}: not after {timeout:?}; log:\n{}", worker.log_tail());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn partitions_that_move_away_and_back_are_folded_whole() {
@@ -45,10 +36,10 @@ fn partitions_that_move_away_and_back_are_folded_whole() {
         Worker::new(&topics, &group, &dir.path().join("b")).env("RECEIPTD_KAFKA__INSTANCE_ID", &format!("{group}-w2"));
     b.start();
     b.wait_ready(Duration::from_secs(60));
-    wait_for(&b, "B owns some partitions", Duration::from_secs(60), |b| {
+    b.wait_until("B owns some partitions", Duration::from_secs(60), |b| {
         b.metric("receiptd_partitions_assigned") >= 1.0
     });
-    wait_for(&a, "A gave some partitions up", Duration::from_secs(60), |a| {
+    a.wait_until("A gave some partitions up", Duration::from_secs(60), |a| {
         a.metric("receiptd_partitions_assigned") < 4.0
     });
 
@@ -57,7 +48,7 @@ fn partitions_that_move_away_and_back_are_folded_whole() {
     // B leaves; A gets its partitions back once B's session times out.
     assert_eq!(b.terminate(), 0, "B exits 0; log:\n{}", b.log_tail());
     let end: i64 = end_offsets(&topics.events).values().sum();
-    wait_for(&a, "A owns every partition again and checkpointed the whole log", Duration::from_secs(120), |a| {
+    a.wait_until("A owns every partition again and checkpointed the whole log", Duration::from_secs(120), |a| {
         a.metric("receiptd_partitions_assigned") == 4.0 && a.metric("receiptd_checkpoint_offset") as i64 == end
     });
     assert_eq!(a.terminate(), 0, "A exits 0; log:\n{}", a.log_tail());

@@ -355,6 +355,15 @@ impl Worker {
         self
     }
 
+    /// Waits until `check` holds, or fails naming `what` with the log.
+    pub fn wait_until(&self, what: &str, timeout: Duration, check: impl Fn(&Worker) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check(self) {
+            assert!(Instant::now() < deadline, "{what}: not after {timeout:?}; log:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Starts the process (appending its stderr to `self.log`).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");

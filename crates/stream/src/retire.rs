@@ -10,7 +10,7 @@
 //! the batch itself. Measured alone this gained nothing; with decoding
 //! shared too ([`crate::split`]) the two gained 2 to 6% (BENCHMARKS.md).
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 /// Batches handed over and not yet destroyed, at most.
@@ -52,9 +52,10 @@ impl<T: Send + 'static> Retirer<T> {
         let mut spare = self.emptied.try_recv().unwrap_or_default();
         spare.reserve(batch.capacity());
         let full = std::mem::replace(batch, spare);
-        let Some(to_drop) = &self.to_drop else { return };
-        if let Err(TrySendError::Full(full) | TrySendError::Disconnected(full)) = to_drop.try_send(full) {
-            drop(full);
+        if let Some(to_drop) = &self.to_drop {
+            // Full, or the thread gone: the error hands the batch back, and
+            // it is dropped here.
+            let _ = to_drop.try_send(full);
         }
     }
 }
