@@ -8,7 +8,6 @@ use crate::state::{
 use crate::stats::{FoldStats, Ignored, Outcome};
 use crate::{same_str, ShardedMap};
 use crate::{AppSettings, SettingsTable};
-use parking_lot::MappedRwLockReadGuard;
 use receiptd_wire::{Conversation, Event, GroupMembers, MembersOp, MessageRead, MessageSent, Receipt};
 use rustc_hash::FxHashSet;
 
@@ -492,17 +491,16 @@ fn leave(group: &mut Group, ordinal: u32) {
 /// first message that needs them, so an event whose messages are all
 /// unknown or ignored looks up none.
 ///
-/// The group stays read-locked until the event is folded, while its
-/// messages are write-locked one at a time. Queries lock a message and
-/// then its group, the other order; that cannot deadlock, because a read
-/// lock waits only on a writer, and every write of a group goes through
-/// `&mut PartitionState`, which the fold holds for the whole event.
+/// The group is read without its shard's lock (`ShardedMap::peek`): every
+/// change to a group goes through `&mut PartitionState`, which the fold
+/// holds for the whole event, and queries only read. A read lock cost two
+/// atomic operations an event, and each waits for every load before it.
 #[derive(Default)]
 struct ReaderPlace<'a> {
     /// Whether the group was looked up (it may not exist).
     looked_up: bool,
     /// The group, if it exists.
-    group: Option<MappedRwLockReadGuard<'a, Group>>,
+    group: Option<&'a Group>,
     /// The reader's ordinal in it, if the reader has one.
     ordinal: Option<u32>,
 }
@@ -515,8 +513,11 @@ impl<'a> ReaderPlace<'a> {
     fn look_up_group(&mut self, app: &'a AppView, group_id: &str, reader: &str) {
         if !self.looked_up {
             self.looked_up = true;
-            self.group = app.groups.get(group_id);
-            self.ordinal = self.group.as_deref().and_then(|group| group.ordinal(reader));
+            // SAFETY: only the fold changes groups, through `&mut
+            // PartitionState`, which every caller of `read_one` holds
+            // while its `ReaderPlace` lives; queries only read.
+            self.group = unsafe { app.groups.peek(group_id) };
+            self.ordinal = self.group.and_then(|group| group.ordinal(reader));
         }
     }
 }
@@ -530,7 +531,8 @@ struct ReadCtx<'a> {
     dirty: &'a mut Vec<DirtyKey>,
 }
 
-/// Folds one reader's read of one message.
+/// Folds one reader's read of one message. The caller holds `&mut
+/// PartitionState` (see [`ReaderPlace`]).
 #[allow(clippy::too_many_arguments)]
 fn read_one<'a>(
     ctx: ReadCtx<'_>,
@@ -561,7 +563,7 @@ fn read_one<'a>(
     let (group, ordinal) = match &m.target {
         MessageTarget::Group { group_id, audience_epoch } => {
             place.look_up_group(app, group_id, reader);
-            match (place.group.as_deref(), place.ordinal) {
+            match (place.group, place.ordinal) {
                 (Some(group), Some(o)) if group.member_since(o, *audience_epoch) => (Some(group), o),
                 _ => return ReadResult::Ignored(Ignored::NotInAudience),
             }
