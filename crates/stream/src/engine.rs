@@ -2,6 +2,7 @@
 //! state into deltas, a RocksDB batch and committed offsets.
 
 use crate::metrics::StoreOp;
+use crate::produce::{RunProducer, RUN};
 use crate::settings::header;
 use crate::worker::Shared;
 use crate::{
@@ -40,7 +41,14 @@ impl DeliveryContext {
     }
 
     pub(crate) fn sent(&self, generation: u64) {
-        *self.outstanding.lock().expect("delivery lock").entry(generation).or_default() += 1;
+        self.sent_many(generation, 1);
+    }
+
+    /// Counts `records` queued for `generation` at once.
+    pub(crate) fn sent_many(&self, generation: u64, records: u64) {
+        if records > 0 {
+            *self.outstanding.lock().expect("delivery lock").entry(generation).or_default() += records;
+        }
     }
 
     fn settled(&self, generation: u64) {
@@ -345,33 +353,31 @@ impl DeltaBatch {
     /// to `deltas` for reuse. Returns whether none is left.
     fn send(
         &mut self,
-        producer: &BaseProducer<DeliveryContext>,
-        topic: &str,
+        out: &mut RunProducer,
         metrics: &Metrics,
         receipts_budget: Option<usize>,
         deltas: &mut DeltaBuffer,
     ) -> bool {
         let (mut receipts, mut records, mut bytes) = (0, 0, 0);
         let budget = receipts_budget.map_or(u64::MAX, |n| n as u64);
-        // One key and one payload buffer for every record: the producer
-        // copies both, and a fresh buffer per record grew through several
-        // reallocations each time.
-        let (mut key, mut payload) = (Vec::new(), Vec::new());
+        // One key buffer for every record: a fresh one per record grew
+        // through several reallocations each time.
+        let mut key = Vec::new();
         while receipts < budget {
             let Some(record) = self.records.next() else { break };
             key.clear();
             delta_key_into(&mut key, &record.app_id, &record.to);
             receipts += record.receipts.len() as u64;
             let sent = for_each_chunk(record, MAX_RECEIPTS_PER_RECORD, |chunk| {
-                payload.clear();
-                chunk.write_json(&mut payload);
-                bytes += payload.len() as u64;
+                bytes += out.push(&key, |payload| chunk.write_json(payload)) as u64;
                 records += 1;
-                let to = BaseRecord::with_opaque_to(topic, self.generation as usize);
-                send(producer, metrics, to.key(&key[..]).payload(&payload[..]));
+                if out.waiting() >= RUN {
+                    out.queue(self.generation, metrics);
+                }
             });
             deltas.recycle(sent);
         }
+        out.queue(self.generation, metrics);
         metrics.delta_records.fetch_add(records, Relaxed);
         metrics.delta_receipts.fetch_add(receipts, Relaxed);
         metrics.delta_bytes.fetch_add(bytes, Relaxed);
@@ -410,6 +416,8 @@ pub(crate) struct Engine {
     config: Arc<WorkerConfig>,
     store: Arc<Store>,
     producer: Arc<BaseProducer<DeliveryContext>>,
+    /// The deltas topic, opened once on `producer`.
+    deltas_out: RunProducer,
     partitions: BTreeMap<i32, Owned>,
     deltas: DeltaBuffer,
     shared: Arc<Shared>,
@@ -484,11 +492,13 @@ impl Engine {
         producer: Arc<BaseProducer<DeliveryContext>>,
         shared: Arc<Shared>,
         writer: StoreWriter,
-    ) -> Self {
-        Engine {
+    ) -> Result<Self, StreamError> {
+        let deltas_out = RunProducer::open(producer.clone(), &config.topics.deltas)?;
+        Ok(Engine {
             config,
             store,
             producer,
+            deltas_out,
             partitions: BTreeMap::new(),
             deltas: DeltaBuffer::new(),
             shared,
@@ -502,7 +512,7 @@ impl Engine {
             staging: None,
             last_batch_bytes: 0,
             writer,
-        }
+        })
     }
 
     /// Records folded but not yet flushed, over all partitions.
@@ -724,8 +734,7 @@ impl Engine {
     /// that a large flush is sent over several turns of the poll loop.
     pub(crate) fn send_deltas(&mut self, receipts_budget: Option<usize>) {
         if let Some(unsent) = self.unsent.as_mut() {
-            let (topic, metrics) = (&self.config.topics.deltas, &self.shared.metrics);
-            if unsent.send(&self.producer, topic, metrics, receipts_budget, &mut self.deltas) {
+            if unsent.send(&mut self.deltas_out, &self.shared.metrics, receipts_budget, &mut self.deltas) {
                 self.unsent = None;
             }
         }
@@ -919,7 +928,7 @@ mod tests {
         let producer = Arc::new(unreachable_producer(&shared));
         let config = Arc::new(WorkerConfig::for_tests("127.0.0.1:9"));
         let writer = StoreWriter::start(store.clone(), shared.clone()).unwrap();
-        let mut engine = Engine::new(config, store.clone(), producer.clone(), shared, writer);
+        let mut engine = Engine::new(config, store.clone(), producer.clone(), shared, writer).unwrap();
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition("events", 0);
         engine.assign(&mut assignment).unwrap();

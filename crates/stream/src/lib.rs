@@ -68,6 +68,7 @@
 mod engine;
 mod fetch;
 mod metrics;
+mod produce;
 mod retire;
 mod settings;
 mod split;
@@ -118,6 +119,9 @@ pub enum StreamError {
         /// Records counted unconfirmed.
         unconfirmed: u64,
     },
+    /// A topic could not be opened for producing.
+    #[error("opening topic `{0}` for producing: {1}")]
+    TopicHandle(String, String),
     /// The broker could not be reached in time.
     #[error("timed out: {0}")]
     Timeout(String),

@@ -496,7 +496,7 @@ fn run_inner(
         Arc::new(producer_config(&config).create_with_context(DeliveryContext::new(shared.clone()))?);
 
     let writer = StoreWriter::start(store.clone(), shared.clone()).map_err(StreamError::Spawn)?;
-    let mut engine = Engine::new(config.clone(), store.clone(), producer.clone(), shared.clone(), writer);
+    let mut engine = Engine::new(config.clone(), store.clone(), producer.clone(), shared.clone(), writer)?;
     let mut table = SettingsTable::default();
     let settings = SettingsReader::bootstrap(&config, &mut table, shared, stop, &mut |m, e| engine.dead_letter(m, e))?;
     *shared.settings.write() = table;
