@@ -184,10 +184,10 @@ pub struct FlushConfig {
     pub revoke_timeout_ms: u64,
     /// Changed entities a flush stages between two batches of the fold,
     /// beyond those the fold changed since the last slice (so the backlog
-    /// shrinks every turn; at most eight times this many in all), and
-    /// about the most delta receipts it queues in the producer; a larger
-    /// flush is staged and sent in slices, so that neither holds the poll
-    /// loop for long. 0 does each in one step. Default 1024.
+    /// shrinks every turn; at most eight times this many in all); a
+    /// larger flush is staged in slices, so that staging never holds the
+    /// poll loop for long (its deltas are queued on a thread of their
+    /// own). 0 stages a flush in one step. Default 1024.
     pub stage_slice_entities: usize,
 }
 

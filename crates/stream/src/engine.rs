@@ -2,7 +2,7 @@
 //! state into deltas, a RocksDB batch and committed offsets.
 
 use crate::metrics::StoreOp;
-use crate::produce::{RunProducer, RUN};
+use crate::produce::{DeltaBatch, DeltaSender, RunProducer};
 use crate::settings::header;
 use crate::worker::Shared;
 use crate::{
@@ -15,15 +15,12 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use receiptd_core::{DeltaBuffer, Effects, PartitionState, SettingsTable};
 use receiptd_store::Store;
-use receiptd_wire::{decode_event, delta_key_into, ContentType, DecodeError, Event, CONTENT_TYPE_HEADER};
+use receiptd_wire::{decode_event, ContentType, DecodeError, Event, CONTENT_TYPE_HEADER};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Most receipts in one delta record; a recipient with more in one flush gets
-/// several records, so no record nears the broker's size limit.
-const MAX_RECEIPTS_PER_RECORD: usize = 500;
 /// How often held reads past their window, and messages past retention, are swept.
 const HELD_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -51,10 +48,22 @@ impl DeliveryContext {
         }
     }
 
+    /// Takes back `records` counted sent for `generation` that librdkafka
+    /// refused to queue.
+    pub(crate) fn not_sent(&self, generation: u64, records: u64) {
+        if records > 0 {
+            self.uncount(generation, records);
+        }
+    }
+
     fn settled(&self, generation: u64) {
+        self.uncount(generation, 1);
+    }
+
+    fn uncount(&self, generation: u64, records: u64) {
         let mut outstanding = self.outstanding.lock().expect("delivery lock");
         if let Some(n) = outstanding.get_mut(&generation) {
-            *n -= 1;
+            *n = n.saturating_sub(records);
             if *n == 0 {
                 outstanding.remove(&generation);
             }
@@ -337,73 +346,6 @@ pub(crate) fn send(
     }
 }
 
-/// The delta records of the flush in flight not yet queued in the producer.
-/// The flush cannot be confirmed before the last is queued: until then the
-/// broker may have confirmed every record queued so far.
-struct DeltaBatch {
-    generation: u64,
-    /// Ids shared with the state, serialized without being copied.
-    records: std::vec::IntoIter<receiptd_wire::DeltaRecord<receiptd_core::Id>>,
-}
-
-impl DeltaBatch {
-    /// Serializes and queues records, one per recipient (chunked if huge),
-    /// until at least `receipts_budget` receipts are queued or none is left
-    /// (`None`: all of them), and hands each sent record's receipt list back
-    /// to `deltas` for reuse. Returns whether none is left.
-    fn send(
-        &mut self,
-        out: &mut RunProducer,
-        metrics: &Metrics,
-        receipts_budget: Option<usize>,
-        deltas: &mut DeltaBuffer,
-    ) -> bool {
-        let (mut receipts, mut records, mut bytes) = (0, 0, 0);
-        let budget = receipts_budget.map_or(u64::MAX, |n| n as u64);
-        // One key buffer for every record: a fresh one per record grew
-        // through several reallocations each time.
-        let mut key = Vec::new();
-        while receipts < budget {
-            let Some(record) = self.records.next() else { break };
-            key.clear();
-            delta_key_into(&mut key, &record.app_id, &record.to);
-            receipts += record.receipts.len() as u64;
-            let sent = for_each_chunk(record, MAX_RECEIPTS_PER_RECORD, |chunk| {
-                bytes += out.push(&key, |payload| chunk.write_json(payload)) as u64;
-                records += 1;
-                if out.waiting() >= RUN {
-                    out.queue(self.generation, metrics);
-                }
-            });
-            deltas.recycle(sent);
-        }
-        out.queue(self.generation, metrics);
-        metrics.delta_records.fetch_add(records, Relaxed);
-        metrics.delta_receipts.fetch_add(receipts, Relaxed);
-        metrics.delta_bytes.fetch_add(bytes, Relaxed);
-        self.records.as_slice().is_empty()
-    }
-}
-
-/// Hands `record` to `each` in records of at most `max` receipts, in order;
-/// nothing for a record without receipts. Chunks are split off, not copied,
-/// and a usual record is one chunk, handed over as it is. Returns the last
-/// chunk's list (a usual record's own), for reuse.
-fn for_each_chunk<S>(
-    mut record: receiptd_wire::DeltaRecord<S>,
-    max: usize,
-    mut each: impl FnMut(&receiptd_wire::DeltaRecord<S>),
-) -> Vec<receiptd_wire::Receipt<S>> {
-    let mut rest = std::mem::take(&mut record.receipts);
-    while !rest.is_empty() {
-        let tail = if rest.len() > max { rest.split_off(max) } else { Vec::new() };
-        record.receipts = rest;
-        each(&record);
-        rest = tail;
-    }
-    std::mem::take(&mut record.receipts)
-}
-
 /// A partition this worker owns.
 struct Owned {
     state: PartitionState,
@@ -416,8 +358,8 @@ pub(crate) struct Engine {
     config: Arc<WorkerConfig>,
     store: Arc<Store>,
     producer: Arc<BaseProducer<DeliveryContext>>,
-    /// The deltas topic, opened once on `producer`.
-    deltas_out: RunProducer,
+    /// Queues each flush's delta records, on a thread of its own.
+    sender: DeltaSender,
     partitions: BTreeMap<i32, Owned>,
     deltas: DeltaBuffer,
     shared: Arc<Shared>,
@@ -432,7 +374,9 @@ pub(crate) struct Engine {
     /// confirmed its deltas and everything sent before them.
     in_flight: VecDeque<StagedFlush>,
     /// The newest in-flight flush's delta records not yet queued.
-    unsent: Option<DeltaBatch>,
+    /// The generation of the newest flush while its records are not all
+    /// queued (at most one: a flush begins only once they are).
+    unsent: Option<u64>,
     /// A flush being staged in slices, not yet in flight.
     staging: Option<Staging>,
     /// Bytes of the last flush's write batch: the next one reserves as much
@@ -493,12 +437,12 @@ impl Engine {
         shared: Arc<Shared>,
         writer: StoreWriter,
     ) -> Result<Self, StreamError> {
-        let deltas_out = RunProducer::open(producer.clone(), &config.topics.deltas)?;
+        let sender = DeltaSender::start(RunProducer::open(producer.clone(), &config.topics.deltas)?, shared.clone())?;
         Ok(Engine {
             config,
             store,
             producer,
-            deltas_out,
+            sender,
             partitions: BTreeMap::new(),
             deltas: DeltaBuffer::new(),
             shared,
@@ -616,7 +560,7 @@ impl Engine {
             if self.may_begin_flush() {
                 self.flush_begin(None);
             }
-            self.send_deltas(None);
+            self.collect_queued(true, deadline)?;
             if self.in_flight.is_empty() {
                 break;
             }
@@ -650,7 +594,8 @@ impl Engine {
 
     /// Step 1 of a flush: sweeps; stages every touched entity, each
     /// partition's receipts and next offset in one batch; sets the flush in
-    /// flight with its deltas, which [`Engine::send_deltas`] queues. With
+    /// flight with its deltas, which the sender thread queues (see
+    /// [`Engine::collect_queued`]). With
     /// `slice`, stages at most that many entities per call and returns
     /// false until a call finishes the flush (see [`Engine::staging`]).
     /// False also when nothing changed, or while no other flush may be in
@@ -725,23 +670,33 @@ impl Engine {
         self.generation += 1;
         let events = std::mem::take(&mut self.pending);
         self.in_flight.push_back(StagedFlush { generation, batch, offsets, sync, started: now, events, puts, slices });
-        self.unsent = Some(DeltaBatch { generation, records: self.deltas.drain().into_iter() });
+        // A sender gone is reported by `collect_queued`, which then finds
+        // this flush never queued.
+        let _ = self.sender.send(DeltaBatch { generation, records: self.deltas.drain() });
+        self.unsent = Some(generation);
         true
     }
 
-    /// Step 1b: queues the in-flight flush's delta records in the producer,
-    /// at least `receipts_budget` receipts' worth per call (`None`: all), so
-    /// that a large flush is sent over several turns of the poll loop.
-    pub(crate) fn send_deltas(&mut self, receipts_budget: Option<usize>) {
-        if let Some(unsent) = self.unsent.as_mut() {
-            if unsent.send(&mut self.deltas_out, &self.shared.metrics, receipts_budget, &mut self.deltas) {
+    /// Step 1b: learns from the sender thread whether the newest flush's
+    /// delta records are all queued in the producer (`wait`: waits until
+    /// they are, or until `deadline`), and takes their receipt lists back for reuse. An error if
+    /// the sender thread is gone.
+    pub(crate) fn collect_queued(&mut self, wait: bool, deadline: Option<Instant>) -> Result<(), StreamError> {
+        while let Some(unsent) = self.unsent {
+            let Some(queued) = self.sender.queued(wait, deadline)? else { break };
+            for list in queued.lists {
+                self.deltas.recycle(list);
+            }
+            if queued.generation == unsent {
                 self.unsent = None;
             }
         }
+        Ok(())
     }
 
-    /// Whether the in-flight flush has delta records not yet queued: the
-    /// poll loop goes on sending them every turn, without waiting for input.
+    /// Whether the newest flush has delta records the sender thread has not
+    /// queued yet.
+    #[cfg(test)]
     pub(crate) fn sending(&self) -> bool {
         self.unsent.is_some()
     }
@@ -757,6 +712,7 @@ impl Engine {
     /// and every earlier delta and DLQ record). Waits only while the
     /// writer's queue is full. Returns whether it handed any over.
     pub(crate) fn write_confirmed(&mut self) -> Result<bool, StreamError> {
+        self.collect_queued(false, None)?;
         let mut handed_over = false;
         while let Some(oldest) = self.in_flight.front() {
             // The unsent records are the newest flush's.
@@ -885,11 +841,21 @@ impl Engine {
 /// A producer whose broker never answers: what it queues stays queued.
 #[cfg(test)]
 pub(crate) fn unreachable_producer(shared: &Arc<Shared>) -> BaseProducer<DeliveryContext> {
-    rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", "127.0.0.1:9")
-        .set("message.timeout.ms", "0")
-        .create_with_context(DeliveryContext::new(shared.clone()))
-        .expect("a producer needs no broker to be created")
+    unreachable_producer_with(shared, &[])
+}
+
+/// [`unreachable_producer`], with `properties` too.
+#[cfg(test)]
+pub(crate) fn unreachable_producer_with(
+    shared: &Arc<Shared>,
+    properties: &[(&str, &str)],
+) -> BaseProducer<DeliveryContext> {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", "127.0.0.1:9").set("message.timeout.ms", "0");
+    for (k, v) in properties {
+        config.set(*k, *v);
+    }
+    config.create_with_context(DeliveryContext::new(shared.clone())).expect("a producer needs no broker to be created")
 }
 
 #[cfg(test)]
@@ -922,10 +888,17 @@ mod tests {
     /// directory and a producer that never reaches a broker (nothing it
     /// queues is confirmed but by hand).
     fn test_engine() -> (tempfile::TempDir, Arc<Store>, Arc<BaseProducer<DeliveryContext>>, Engine) {
+        test_engine_with(&[])
+    }
+
+    /// [`test_engine`], its producer given `properties` too.
+    fn test_engine_with(
+        properties: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Arc<Store>, Arc<BaseProducer<DeliveryContext>>, Engine) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
         let shared = Arc::new(Shared::default());
-        let producer = Arc::new(unreachable_producer(&shared));
+        let producer = Arc::new(unreachable_producer_with(&shared, properties));
         let config = Arc::new(WorkerConfig::for_tests("127.0.0.1:9"));
         let writer = StoreWriter::start(store.clone(), shared.clone()).unwrap();
         let mut engine = Engine::new(config, store.clone(), producer.clone(), shared, writer).unwrap();
@@ -997,7 +970,7 @@ mod tests {
         let read = |reader: &str| conversation_read(reader, "alice");
         let begin = |engine: &mut Engine| {
             let begun = engine.flush_begin(None);
-            engine.send_deltas(None);
+            engine.collect_queued(true, None).unwrap();
             begun
         };
         ingest(&mut engine, read("bob"), 0);
@@ -1040,7 +1013,7 @@ mod tests {
         for (offset, reader) in ["bob", "carol"].into_iter().enumerate() {
             ingest(&mut engine, read(reader), offset as i64);
             assert!(engine.flush_begin(None));
-            engine.send_deltas(None);
+            engine.collect_queued(true, None).unwrap();
         }
         ingest(&mut engine, read("dave"), 2);
         assert!(!engine.may_begin_flush(), "two in flight, one more change waiting");
@@ -1066,8 +1039,10 @@ mod tests {
     }
 
     #[test]
-    fn a_flush_sent_over_several_turns_is_not_confirmed_before_its_last_record_is_queued() {
-        let (_dir, store, producer, mut engine) = test_engine();
+    fn a_flush_is_not_confirmed_before_the_sender_has_queued_its_last_record() {
+        // librdkafka holds one record at most, and no broker takes any: the
+        // sender thread queues the first of three records and waits for room.
+        let (_dir, store, producer, mut engine) = test_engine_with(&[("queue.buffering.max.messages", "1")]);
         // Three readers of three peers: one delta record each.
         for (offset, (reader, peer)) in [("bob", "alice"), ("carol", "dave"), ("erin", "frank")].into_iter().enumerate()
         {
@@ -1075,25 +1050,34 @@ mod tests {
         }
         assert!(engine.flush_begin(None), "a flush with changes starts");
         let generation = engine.in_flight.front().unwrap().generation;
-        let queued = |engine: &Engine| engine.shared.metrics.delta_records.load(Relaxed);
-        // Every record queued so far is confirmed at once: the broker
-        // outpacing the loop.
-        let confirm_queued = |engine: &Engine| {
-            while engine.producer.context().unsettled().0 > 0 {
-                engine.producer.context().settled(generation);
+        let until = |what: &str, check: &mut dyn FnMut() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !check() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(1));
             }
         };
-        let mut turns = 0;
-        while engine.sending() {
-            engine.send_deltas(Some(1));
-            turns += 1;
-            assert_eq!(queued(&engine), turns, "one record (of one receipt) per turn");
-            confirm_queued(&engine);
-            if engine.sending() {
-                assert!(!engine.write_confirmed().unwrap(), "confirmed with records still unsent");
+        until("the first record queued", &mut || producer.in_flight_count() == 1);
+        // Every record queued so far confirmed at once (the broker outpacing
+        // the sender): the flush still waits for the other two.
+        for _ in 0..20 {
+            while producer.context().unsettled().0 > 0 {
+                producer.context().settled(generation);
             }
+            assert!(!engine.write_confirmed().unwrap(), "confirmed with records still unqueued");
+            assert!(engine.sending());
+            std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(turns, 3);
+        // Room again, a record at a time: each purged (its failed delivery
+        // report, served by the waiting sender, frees the room).
+        until("the last record queued", &mut || {
+            producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+            engine.collect_queued(false, None).unwrap();
+            !engine.sending()
+        });
+        while producer.context().unsettled().0 > 0 {
+            producer.context().settled(generation);
+        }
         assert!(engine.write_confirmed().unwrap(), "confirmed once every record is queued and settled");
         assert_eq!(written_checkpoint(&engine, &store), Some(3));
         producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
@@ -1143,31 +1127,6 @@ mod tests {
         assert_eq!(slice_budget(10, 130, 100), 40, "a slice's worth and what was added");
         assert_eq!(slice_budget(10, 600, 100), 10 * MAX_SLICE_GROWTH, "a burst: capped");
         assert_eq!(slice_budget(10, 50, 100), 10, "fewer than before (restaged elsewhere): a slice's worth");
-    }
-
-    #[test]
-    fn a_delta_record_is_sent_in_chunks_of_at_most_the_maximum_in_order() {
-        let receipt = |i: u64| receiptd_wire::Receipt::conversation(format!("u{i}"), i);
-        let record = |n: u64| receiptd_wire::DeltaRecord {
-            app_id: "a".into(),
-            to: "b".into(),
-            receipts: (0..n).map(receipt).collect(),
-        };
-        let chunks = |n: u64| {
-            let mut seen = Vec::new();
-            for_each_chunk(record(n), 500, |r| {
-                assert_eq!((r.app_id.as_str(), r.to.as_str()), ("a", "b"));
-                seen.push(r.receipts.iter().map(|r| r.timestamp).collect::<Vec<_>>());
-            });
-            seen
-        };
-        let split = chunks(1_201);
-        assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), [500, 500, 201]);
-        assert_eq!(split.concat(), (0..1_201).collect::<Vec<_>>(), "every receipt once, in order");
-        assert_eq!(chunks(500).iter().map(Vec::len).collect::<Vec<_>>(), [500]);
-        assert!(chunks(0).is_empty(), "no record for no receipts");
-        let reusable = for_each_chunk(record(3), 500, |_| {});
-        assert_eq!(reusable.len(), 3, "a record of one chunk gives its own list back, for reuse");
     }
 
     #[test]

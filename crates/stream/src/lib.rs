@@ -32,9 +32,11 @@
 //!    never holds the loop for long. Its last slice stages what is left
 //!    and what changed again meanwhile, so the batch still holds every
 //!    change up to its offsets (a receipt taken again replaces the earlier
-//!    one: still one per message per flush). Its delta records are queued
-//!    in the producer the same way, about that many receipts per turn, and
-//!    the flush cannot be confirmed before the last is queued;
+//!    one: still one per message per flush). Its delta records go to the
+//!    delta sender, a thread of its own, which encodes them and queues
+//!    them in the producer a run at a time on the deltas topic opened once
+//!    (`rd_kafka_produce_batch`); the flush cannot be confirmed before the
+//!    sender reports the last queued;
 //! 2. keeps folding while the broker confirms them (and every earlier DLQ
 //!    record), tracked per flush generation;
 //! 3. once they are all confirmed, hands the staged batch to the store
@@ -45,7 +47,7 @@
 //! 4. commits the offsets written to Kafka, only so that lag shows in tools.
 //!
 //! Up to `flush.max_in_flight` flushes (2 by default) are in flight at a
-//! time: the next is staged and sent while the broker confirms the earlier
+//! time: the next is staged and queued while the broker confirms the earlier
 //! ones, so a change does not wait out the round trip of the flush before
 //! it; each is handed to the writer, in order, once its deltas and every
 //! earlier record are confirmed. If the broker stops confirming, the
@@ -122,6 +124,9 @@ pub enum StreamError {
     /// A topic could not be opened for producing.
     #[error("opening topic `{0}` for producing: {1}")]
     TopicHandle(String, String),
+    /// The thread that queues delta records stopped.
+    #[error("the delta sender thread stopped; restart to fold again from the last checkpoint")]
+    SenderStopped,
     /// The broker could not be reached in time.
     #[error("timed out: {0}")]
     Timeout(String),

@@ -8,18 +8,35 @@
 //! (`rd_kafka_produce_batch`), which takes the topic's lock once for the
 //! run. Partitioning, delivery reports and their opaque (the flush
 //! generation) are librdkafka's, as with `send`.
+//!
+//! Encoding and queueing a flush's records took a tenth of the poll loop
+//! thread, which bounds the drain while the machine has part of a core to
+//! spare. So a [`DeltaSender`] thread does both: the poll loop hands it a
+//! flush's records and goes on folding, and learns later that all of them
+//! are queued (a flush is confirmed only then). Records are queued in the
+//! order flushes hand them over, so a recipient's deltas keep their order.
 
 use crate::engine::DeliveryContext;
 use crate::metrics::Metrics;
+use crate::worker::Shared;
 use crate::StreamError;
 use rdkafka::bindings as rdsys;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use receiptd_core::Id;
+use receiptd_wire::{delta_key_into, DeltaRecord, Receipt};
 use std::ffi::{c_void, CString};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Most receipts in one delta record; a recipient with more in one flush gets
+/// several records, so no record nears the broker's size limit.
+pub(crate) const MAX_RECEIPTS_PER_RECORD: usize = 500;
 
 /// librdkafka's "partition unassigned": its partitioner picks one by key.
 const PARTITION_UA: i32 = -1;
@@ -87,9 +104,10 @@ impl RunProducer {
     /// Queues every waiting record, in order, with `generation` as its
     /// delivery opaque, and counts each queued one sent for that generation.
     /// While librdkafka's queue is full, serves delivery reports and tries
-    /// the rest again, as `send` does. A record refused for another reason
-    /// is counted a delta failure and logged.
-    pub(crate) fn queue(&mut self, generation: u64, metrics: &Metrics) {
+    /// the rest again, as `send` does, until `stop` is set (the rest are
+    /// then dropped uncounted: their flush is never confirmed). A record
+    /// refused for another reason is counted a delta failure and logged.
+    pub(crate) fn queue(&mut self, generation: u64, metrics: &Metrics, stop: &AtomicBool) {
         let mut from = 0;
         while from < self.ends.len() {
             self.messages.clear();
@@ -112,6 +130,10 @@ impl RunProducer {
                 });
                 start = end;
             }
+            // Counted before they are queued: another thread serving delivery
+            // reports may settle one before this call returns.
+            let context = self.producer.context();
+            context.sent_many(generation, self.messages.len() as u64);
             // SAFETY: an open topic handle, and messages whose keys and
             // payloads are live; librdkafka copies them (F_COPY) and sets
             // each message's `err`.
@@ -124,7 +146,7 @@ impl RunProducer {
                     self.messages.len() as i32,
                 )
             };
-            self.producer.context().sent_many(generation, queued.max(0) as u64);
+            context.not_sent(generation, self.messages.len() as u64 - queued.max(0) as u64);
             // A full queue refuses the record that found it full and every
             // one after it: those are tried again, in order.
             let mut retry_from = None;
@@ -142,16 +164,162 @@ impl RunProducer {
                 }
             }
             match retry_from {
-                Some(next) => {
+                Some(next) if !stop.load(Relaxed) => {
                     from = next;
                     self.producer.poll(Duration::from_millis(10));
                 }
-                None => break,
+                _ => break,
             }
         }
         self.bytes.clear();
         self.ends.clear();
     }
+}
+
+/// A flush's delta records, one per recipient, to be queued in order.
+pub(crate) struct DeltaBatch {
+    /// The flush's generation: every record's delivery opaque.
+    pub(crate) generation: u64,
+    /// Ids shared with the state, serialized without being copied.
+    pub(crate) records: Vec<DeltaRecord<Id>>,
+}
+
+/// A batch's word that every record of it is queued, with the emptied
+/// receipt lists of its records, for the delta buffer to reuse.
+pub(crate) struct BatchQueued {
+    pub(crate) generation: u64,
+    pub(crate) lists: Vec<Vec<Receipt<Id>>>,
+}
+
+/// Encodes and queues delta records on a thread of its own.
+pub(crate) struct DeltaSender {
+    batches: Option<Sender<DeltaBatch>>,
+    queued: Receiver<BatchQueued>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DeltaSender {
+    /// Starts the thread, which queues to `out`.
+    pub(crate) fn start(mut out: RunProducer, shared: Arc<Shared>) -> Result<DeltaSender, StreamError> {
+        let (batches, to_send) = channel::<DeltaBatch>();
+        let (done, queued) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("receiptd-deltas".into())
+            .spawn(move || {
+                for batch in to_send {
+                    let generation = batch.generation;
+                    let lists = queue_batch(&mut out, batch, &shared.metrics, &stopped);
+                    if stopped.load(Relaxed) || done.send(BatchQueued { generation, lists }).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(StreamError::Spawn)?;
+        Ok(DeltaSender { batches: Some(batches), queued, stop, thread: Some(thread) })
+    }
+
+    /// Hands a flush's records over, to be queued after every batch before.
+    pub(crate) fn send(&self, batch: DeltaBatch) -> Result<(), StreamError> {
+        match &self.batches {
+            Some(batches) => batches.send(batch).map_err(|_| StreamError::SenderStopped),
+            None => Err(StreamError::SenderStopped),
+        }
+    }
+
+    /// The next batch all queued, if one is, without waiting; with `wait`,
+    /// waits for it (until `deadline`, if any). An error if the thread is
+    /// gone, or the deadline passed.
+    pub(crate) fn queued(&self, wait: bool, deadline: Option<Instant>) -> Result<Option<BatchQueued>, StreamError> {
+        use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+        let stopped = |_| StreamError::SenderStopped;
+        match (wait, deadline) {
+            (false, _) => match self.queued.try_recv() {
+                Ok(queued) => Ok(Some(queued)),
+                Err(TryRecvError::Empty) => Ok(None),
+                Err(TryRecvError::Disconnected) => Err(StreamError::SenderStopped),
+            },
+            (true, None) => self.queued.recv().map(Some).map_err(stopped),
+            (true, Some(deadline)) => {
+                match self.queued.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(queued) => Ok(Some(queued)),
+                    Err(RecvTimeoutError::Timeout) => {
+                        Err(StreamError::Timeout("queueing a flush's delta records".into()))
+                    }
+                    Err(RecvTimeoutError::Disconnected) => Err(StreamError::SenderStopped),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for DeltaSender {
+    fn drop(&mut self) {
+        // A batch waiting for room in librdkafka's queue gives up; its
+        // flush is never confirmed, and is folded again after a restart.
+        self.stop.store(true, Relaxed);
+        self.batches.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Encodes and queues one batch's records, one per recipient (several if
+/// huge), in runs; returns their receipt lists, emptied.
+fn queue_batch(
+    out: &mut RunProducer,
+    batch: DeltaBatch,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+) -> Vec<Vec<Receipt<Id>>> {
+    let DeltaBatch { generation, records } = batch;
+    let (mut receipts, mut sent, mut bytes) = (0, 0, 0);
+    let mut lists = Vec::with_capacity(records.len());
+    // One key buffer for every record: a fresh one per record grew
+    // through several reallocations each time.
+    let mut key = Vec::new();
+    for record in records {
+        key.clear();
+        delta_key_into(&mut key, &record.app_id, &record.to);
+        receipts += record.receipts.len() as u64;
+        let mut list = for_each_chunk(record, MAX_RECEIPTS_PER_RECORD, |chunk| {
+            bytes += out.push(&key, |payload| chunk.write_json(payload)) as u64;
+            sent += 1;
+            if out.waiting() >= RUN {
+                out.queue(generation, metrics, stop);
+            }
+        });
+        // Its ids dropped here, not on the poll loop.
+        list.clear();
+        lists.push(list);
+    }
+    out.queue(generation, metrics, stop);
+    metrics.delta_records.fetch_add(sent, Relaxed);
+    metrics.delta_receipts.fetch_add(receipts, Relaxed);
+    metrics.delta_bytes.fetch_add(bytes, Relaxed);
+    lists
+}
+
+/// Hands `record` to `each` in records of at most `max` receipts, in order;
+/// nothing for a record without receipts. Chunks are split off, not copied,
+/// and a usual record is one chunk, handed over as it is. Returns the last
+/// chunk's list (a usual record's own), for reuse.
+pub(crate) fn for_each_chunk<S>(
+    mut record: DeltaRecord<S>,
+    max: usize,
+    mut each: impl FnMut(&DeltaRecord<S>),
+) -> Vec<Receipt<S>> {
+    let mut rest = std::mem::take(&mut record.receipts);
+    while !rest.is_empty() {
+        let tail = if rest.len() > max { rest.split_off(max) } else { Vec::new() };
+        record.receipts = rest;
+        each(&record);
+        rest = tail;
+    }
+    std::mem::take(&mut record.receipts)
 }
 
 impl Drop for RunProducer {
@@ -192,40 +360,124 @@ mod tests {
             let len = out.push(key.as_bytes(), |payload| payload.extend_from_slice(format!("{key}:{i}").as_bytes()));
             assert_eq!(len, key.len() + 1 + i.to_string().len());
             if out.waiting() >= runs_of {
-                out.queue(7, &shared.metrics);
+                out.queue(7, &shared.metrics, &AtomicBool::new(false));
             }
         }
-        out.queue(7, &shared.metrics);
+        out.queue(7, &shared.metrics, &AtomicBool::new(false));
         assert_eq!(out.waiting(), 0);
         producer.flush(Duration::from_secs(10)).unwrap();
         assert_eq!(producer.context().unsettled(), (0, None), "every record queued was counted and confirmed");
         assert_eq!(shared.metrics.delta_failures.load(Relaxed), 0);
 
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "read-back")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&["deltas"]).unwrap();
         let mut last: HashMap<String, i64> = HashMap::new();
-        let (mut seen, deadline) = (0, Instant::now() + Duration::from_secs(20));
-        while seen < records && Instant::now() < deadline {
-            let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
-            let m = m.unwrap();
-            let key = std::str::from_utf8(m.key().unwrap()).unwrap().to_owned();
-            let payload = std::str::from_utf8(m.payload().unwrap()).unwrap();
+        for (key, payload) in read_back(&cluster.bootstrap_servers(), records) {
             let (payload_key, i) = payload.split_once(':').unwrap();
             assert_eq!(payload_key, key, "a record's key and payload stay together");
             let i: i64 = i.parse().unwrap();
             let before = last.insert(key.clone(), i).unwrap_or(-1);
             assert!(i > before, "{key}: {i} after {before}");
             assert_eq!(i as usize % 10, key["a/user".len()..].parse::<usize>().unwrap());
-            seen += 1;
         }
-        assert_eq!(seen, records, "every record arrives");
         // The run buffers are kept for the next flush, emptied.
         assert!(out.bytes.is_empty() && out.ends.is_empty());
+    }
+
+    /// The topic's records as (key, payload), each partition in order:
+    /// `records` of them, or the test fails.
+    fn read_back(bootstrap: &str, records: usize) -> Vec<(String, String)> {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "read-back")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["deltas"]).unwrap();
+        let (mut seen, deadline) = (Vec::new(), Instant::now() + Duration::from_secs(20));
+        while seen.len() < records && Instant::now() < deadline {
+            let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+            let m = m.unwrap();
+            let text = |bytes: Option<&[u8]>| std::str::from_utf8(bytes.unwrap()).unwrap().to_owned();
+            seen.push((text(m.key()), text(m.payload())));
+        }
+        assert_eq!(seen.len(), records, "every record arrives");
+        seen
+    }
+
+    #[test]
+    fn the_sender_queues_batches_in_order_and_reports_each_with_its_lists_emptied() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("deltas", 3, 1).unwrap();
+        let shared = Arc::new(Shared::default());
+        let producer: Arc<BaseProducer<DeliveryContext>> = Arc::new(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", cluster.bootstrap_servers())
+                .create_with_context(DeliveryContext::new(shared.clone()))
+                .unwrap(),
+        );
+        let sender =
+            DeltaSender::start(RunProducer::open(producer.clone(), "deltas").unwrap(), shared.clone()).unwrap();
+        // Two flushes of 600 records, ten recipients, a receipt each; the
+        // receipts' timestamps count up across both.
+        let batch = |generation: u64| DeltaBatch {
+            generation,
+            records: (0..600u64)
+                .map(|i| {
+                    let n = (generation - 1) * 600 + i;
+                    DeltaRecord {
+                        app_id: Id::from("a"),
+                        to: Id::from(format!("user{}", n % 10).as_str()),
+                        receipts: vec![Receipt::conversation(Id::from("peer"), n)],
+                    }
+                })
+                .collect(),
+        };
+        sender.send(batch(1)).unwrap();
+        sender.send(batch(2)).unwrap();
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        for generation in [1, 2] {
+            let queued = sender.queued(true, deadline).unwrap().unwrap();
+            assert_eq!(queued.generation, generation, "reported in the order handed over");
+            assert_eq!(queued.lists.len(), 600, "every record's list back");
+            assert!(queued.lists.iter().all(|l| l.is_empty() && l.capacity() >= 1), "emptied, room kept");
+        }
+        assert!(sender.queued(false, None).unwrap().is_none(), "nothing more");
+        producer.flush(Duration::from_secs(10)).unwrap();
+        assert_eq!(producer.context().unsettled(), (0, None));
+        assert_eq!(shared.metrics.delta_records.load(Relaxed), 1_200);
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for (key, payload) in read_back(&cluster.bootstrap_servers(), 1_200) {
+            let record: serde_json::Value = serde_json::from_str(&payload).unwrap();
+            assert_eq!(format!("a/{}", record["to"].as_str().unwrap()), key);
+            let n = record["receipts"][0]["timestamp"].as_i64().unwrap();
+            let before = last.insert(key.clone(), n).unwrap_or(-1);
+            assert!(n > before, "{key}: {n} after {before}: a recipient's deltas keep their order");
+        }
+        drop(sender);
+    }
+
+    #[test]
+    fn a_delta_record_is_sent_in_chunks_of_at_most_the_maximum_in_order() {
+        let receipt = |i: u64| receiptd_wire::Receipt::conversation(format!("u{i}"), i);
+        let record = |n: u64| receiptd_wire::DeltaRecord {
+            app_id: "a".into(),
+            to: "b".into(),
+            receipts: (0..n).map(receipt).collect(),
+        };
+        let chunks = |n: u64| {
+            let mut seen = Vec::new();
+            for_each_chunk(record(n), 500, |r| {
+                assert_eq!((r.app_id.as_str(), r.to.as_str()), ("a", "b"));
+                seen.push(r.receipts.iter().map(|r| r.timestamp).collect::<Vec<_>>());
+            });
+            seen
+        };
+        let split = chunks(1_201);
+        assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), [500, 500, 201]);
+        assert_eq!(split.concat(), (0..1_201).collect::<Vec<_>>(), "every receipt once, in order");
+        assert_eq!(chunks(500).iter().map(Vec::len).collect::<Vec<_>>(), [500]);
+        assert!(chunks(0).is_empty(), "no record for no receipts");
+        let reusable = for_each_chunk(record(3), 500, |_| {});
+        assert_eq!(reusable.len(), 3, "a record of one chunk gives its own list back, for reuse");
     }
 
     #[test]

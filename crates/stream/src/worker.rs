@@ -161,8 +161,7 @@ pub struct WorkerConfig {
     pub revoke_timeout: Duration,
     /// Changed entities a flush stages per turn of the poll loop, beyond
     /// those the fold changed since its last slice (at most eight times
-    /// this many in all), and about the most delta receipts it queues per
-    /// turn (`None`: all at once).
+    /// this many in all; `None`: all at once).
     pub stage_slice: Option<usize>,
     /// Consumer session timeout.
     pub session_timeout: Duration,
@@ -549,7 +548,9 @@ fn run_inner(
         let (in_flight, busy) = {
             let guard = engine.lock();
             let e = guard.as_ref().expect("engine present while running");
-            (e.in_flight_since(), e.staging() || e.sending())
+            // Deltas are queued on their own thread: the loop need not turn
+            // for them, and waits on the fetch as usual.
+            (e.in_flight_since(), e.staging())
         };
 
         // A batch of records: polled without the lock (the rebalance callback
@@ -689,9 +690,13 @@ fn run_inner(
         let flushing = e.in_flight_since().is_some();
         let over = flushing && e.pending() >= config.max_pending_records.saturating_mul(2);
         phases.lap(LoopPhase::Stage);
-        e.send_deltas(config.stage_slice);
+        // The receipt lists of records queued meanwhile, back for reuse.
+        let collected = e.collect_queued(false, None);
         drop(guard);
         phases.lap(LoopPhase::Send);
+        if let Err(err) = collected {
+            break Err(err);
+        }
         if now >= next_reroute {
             // A fetch stop of an earlier assignment that librdkafka serves
             // only after the partition was routed again clears the route,
