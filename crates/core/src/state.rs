@@ -871,8 +871,10 @@ impl PartitionState {
         };
         let Some(state) = self.apps.get_mut(&**app) else { return hand(Entity::Absent) };
         // Flags and receipts change under the shard's write lock; the value
-        // is read (and encoded) under its read lock, so queries of the
-        // shard wait no longer than they did for a read.
+        // is read (and encoded) with the lock released, so queries of the
+        // shard wait only for the change.
+        // SAFETY (each `update_then_peek`): `&mut self` holds off every
+        // change to the maps but this thread's; queries only read.
         match key {
             DirtyKey::Group { group_id, .. } | DirtyKey::Member { group_id, .. } => {
                 // Only this key's flag: the group's other changed keys may
@@ -888,7 +890,7 @@ impl PartitionState {
                         fresh.set(std::mem::take(&mut g.fresh));
                     }
                 };
-                state.view.groups.update_then_read(&**group_id, clear_group, |g| match *key {
+                let read = |g: &Group| match *key {
                     DirtyKey::Member { ordinal, .. } => {
                         if let Some(&since) = g.since.get(ordinal as usize) {
                             hand(Entity::Member(g.users.name(ordinal), since))
@@ -896,7 +898,8 @@ impl PartitionState {
                     }
                     _ if fresh.get() => hand(Entity::FreshGroup(&g.meta)),
                     _ => hand(Entity::Group(&g.meta)),
-                });
+                };
+                unsafe { state.view.groups.update_then_peek(&**group_id, clear_group, read) };
             }
             DirtyKey::Message { msg_id, .. } => {
                 let take = |m: &mut Box<MessageState>| {
@@ -905,7 +908,7 @@ impl PartitionState {
                     }
                     crate::fold::take_message_receipt(settings, app, msg_id, m, deltas);
                 };
-                state.view.messages.update_then_read(&**msg_id, take, |m| hand(Entity::Message(&**m)));
+                unsafe { state.view.messages.update_then_peek(&**msg_id, take, |m| hand(Entity::Message(&**m))) };
             }
             DirtyKey::Mark { reader, peer, .. } => {
                 let ids = (reader.clone(), peer.clone());
