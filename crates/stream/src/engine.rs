@@ -320,24 +320,27 @@ pub(crate) fn await_delivery(
 }
 
 /// Queues one record, waiting while librdkafka's queue is full. The record's
-/// opaque is its flush generation.
+/// opaque is its flush generation. It is counted sent before it is queued:
+/// the delta sender thread may serve its delivery report before `send`
+/// returns.
 pub(crate) fn send(
     producer: &BaseProducer<DeliveryContext>,
     metrics: &Metrics,
     mut record: BaseRecord<'_, [u8], [u8], usize>,
 ) {
     let generation = record.delivery_opaque as u64;
+    let context = producer.context();
     loop {
+        context.sent(generation);
         match producer.send(record) {
-            Ok(()) => {
-                producer.context().sent(generation);
-                return;
-            }
+            Ok(()) => return,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                context.not_sent(generation, 1);
                 record = r;
                 producer.poll(Duration::from_millis(10));
             }
             Err((e, r)) => {
+                context.not_sent(generation, 1);
                 metrics.delta_failures.fetch_add(1, Relaxed);
                 tracing::error!(topic = r.topic, error = %e, "record could not be queued");
                 return;

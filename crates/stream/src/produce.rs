@@ -36,14 +36,14 @@ use std::time::{Duration, Instant};
 
 /// Most receipts in one delta record; a recipient with more in one flush gets
 /// several records, so no record nears the broker's size limit.
-pub(crate) const MAX_RECEIPTS_PER_RECORD: usize = 500;
+const MAX_RECEIPTS_PER_RECORD: usize = 500;
 
 /// librdkafka's "partition unassigned": its partitioner picks one by key.
 const PARTITION_UA: i32 = -1;
 
 /// Records queued with one call, at most: their keys and payloads sit in
 /// one buffer until then.
-pub(crate) const RUN: usize = 512;
+const RUN: usize = 512;
 
 /// One topic of a producer, opened once, and the records waiting to be
 /// queued to it.
@@ -307,11 +307,7 @@ fn queue_batch(
 /// nothing for a record without receipts. Chunks are split off, not copied,
 /// and a usual record is one chunk, handed over as it is. Returns the last
 /// chunk's list (a usual record's own), for reuse.
-pub(crate) fn for_each_chunk<S>(
-    mut record: DeltaRecord<S>,
-    max: usize,
-    mut each: impl FnMut(&DeltaRecord<S>),
-) -> Vec<Receipt<S>> {
+fn for_each_chunk<S>(mut record: DeltaRecord<S>, max: usize, mut each: impl FnMut(&DeltaRecord<S>)) -> Vec<Receipt<S>> {
     let mut rest = std::mem::take(&mut record.receipts);
     while !rest.is_empty() {
         let tail = if rest.len() > max { rest.split_off(max) } else { Vec::new() };
