@@ -712,8 +712,10 @@ impl Engine {
 
     /// Hands the flushes in flight to the store writer, oldest first, each
     /// once the broker has settled every record it depends on (its deltas
-    /// and every earlier delta and DLQ record). Waits only while the
-    /// writer's queue is full. Returns whether it handed any over.
+    /// and every earlier delta and DLQ record), and, for the newest, once
+    /// the sender has queued all its records ([`Engine::collect_queued`],
+    /// which this also takes their receipt lists back with). Waits only
+    /// while the writer's queue is full. Returns whether it handed any over.
     pub(crate) fn write_confirmed(&mut self) -> Result<bool, StreamError> {
         self.collect_queued(false, None)?;
         let mut handed_over = false;

@@ -21,9 +21,10 @@ const GAP_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.
 
 /// The parts of the poll loop a gap between batches is made of
 /// (`receiptd_batch_gap_max_phase_seconds`): polling, decoding and folding
-/// a batch, then a flush's steps (confirming one, staging the next, taking
-/// back what the delta sender thread has queued), and the rest of a turn.
-pub const LOOP_PHASES: [&str; 7] = ["poll", "decode", "fold", "confirm", "stage", "send", "other"];
+/// a batch, then a flush's steps (confirming one, staging the next), and
+/// the rest of a turn. (Sending deltas was a phase of its own until the
+/// delta sender thread took it over.)
+pub const LOOP_PHASES: [&str; 6] = ["poll", "decode", "fold", "confirm", "stage", "other"];
 
 /// What started a flush (`receiptd_flush_starts_total`): the window ran out,
 /// `max_pending_records` were waiting, or the input was drained

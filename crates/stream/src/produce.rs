@@ -112,8 +112,8 @@ impl RunProducer {
         while from < self.ends.len() {
             self.messages.clear();
             let mut start = if from == 0 { 0 } else { self.ends[from - 1].1 };
+            let base = self.bytes.as_mut_ptr();
             for &(key_end, end) in &self.ends[from..] {
-                let base = self.bytes.as_mut_ptr();
                 // SAFETY: both spans lie within `bytes`, which does not
                 // change until the call below has copied them (F_COPY).
                 let (key, payload) = unsafe { (base.add(start), base.add(key_end)) };
@@ -234,14 +234,13 @@ impl DeltaSender {
     /// gone, or the deadline passed.
     pub(crate) fn queued(&self, wait: bool, deadline: Option<Instant>) -> Result<Option<BatchQueued>, StreamError> {
         use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
-        let stopped = |_| StreamError::SenderStopped;
         match (wait, deadline) {
             (false, _) => match self.queued.try_recv() {
                 Ok(queued) => Ok(Some(queued)),
                 Err(TryRecvError::Empty) => Ok(None),
                 Err(TryRecvError::Disconnected) => Err(StreamError::SenderStopped),
             },
-            (true, None) => self.queued.recv().map(Some).map_err(stopped),
+            (true, None) => self.queued.recv().map(Some).map_err(|_| StreamError::SenderStopped),
             (true, Some(deadline)) => {
                 match self.queued.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                     Ok(queued) => Ok(Some(queued)),
@@ -332,6 +331,7 @@ mod tests {
     use crate::Shared;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
     use rdkafka::Message;
     use std::collections::HashMap;
     use std::time::Instant;
@@ -340,16 +340,7 @@ mod tests {
     /// at a time, `RUN` at most), on a producer with `properties`, then reads
     /// the topic back: each key's payloads must arrive once each, in order.
     fn queue_and_read_back(properties: &[(&str, &str)], records: usize, runs_of: usize) {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("deltas", 3, 1).unwrap();
-        let shared = Arc::new(Shared::default());
-        let mut config = rdkafka::ClientConfig::new();
-        config.set("bootstrap.servers", cluster.bootstrap_servers()).set("message.timeout.ms", "0");
-        for (k, v) in properties {
-            config.set(*k, *v);
-        }
-        let producer: Arc<BaseProducer<DeliveryContext>> =
-            Arc::new(config.create_with_context(DeliveryContext::new(shared.clone())).unwrap());
+        let (cluster, shared, producer) = mock_deltas(properties);
         let mut out = RunProducer::open(producer.clone(), "deltas").unwrap();
         for i in 0..records {
             let key = format!("a/user{}", i % 10);
@@ -378,6 +369,23 @@ mod tests {
         assert!(out.bytes.is_empty() && out.ends.is_empty());
     }
 
+    /// A mock cluster with a "deltas" topic of 3 partitions, and a producer
+    /// to it with `properties` (besides the engine's `message.timeout.ms`).
+    fn mock_deltas(
+        properties: &[(&str, &str)],
+    ) -> (MockCluster<'static, DefaultProducerContext>, Arc<Shared>, Arc<BaseProducer<DeliveryContext>>) {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("deltas", 3, 1).unwrap();
+        let shared = Arc::new(Shared::default());
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", cluster.bootstrap_servers()).set("message.timeout.ms", "0");
+        for (k, v) in properties {
+            config.set(*k, *v);
+        }
+        let producer = Arc::new(config.create_with_context(DeliveryContext::new(shared.clone())).unwrap());
+        (cluster, shared, producer)
+    }
+
     /// The topic's records as (key, payload), each partition in order:
     /// `records` of them, or the test fails.
     fn read_back(bootstrap: &str, records: usize) -> Vec<(String, String)> {
@@ -401,15 +409,7 @@ mod tests {
 
     #[test]
     fn the_sender_queues_batches_in_order_and_reports_each_with_its_lists_emptied() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("deltas", 3, 1).unwrap();
-        let shared = Arc::new(Shared::default());
-        let producer: Arc<BaseProducer<DeliveryContext>> = Arc::new(
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", cluster.bootstrap_servers())
-                .create_with_context(DeliveryContext::new(shared.clone()))
-                .unwrap(),
-        );
+        let (cluster, shared, producer) = mock_deltas(&[]);
         let sender =
             DeltaSender::start(RunProducer::open(producer.clone(), "deltas").unwrap(), shared.clone()).unwrap();
         // Two flushes of 600 records, ten recipients, a receipt each; the

@@ -689,14 +689,8 @@ fn run_inner(
         let e = guard.as_mut().expect("engine present while running");
         let flushing = e.in_flight_since().is_some();
         let over = flushing && e.pending() >= config.max_pending_records.saturating_mul(2);
-        phases.lap(LoopPhase::Stage);
-        // The receipt lists of records queued meanwhile, back for reuse.
-        let collected = e.collect_queued(false, None);
         drop(guard);
-        phases.lap(LoopPhase::Send);
-        if let Err(err) = collected {
-            break Err(err);
-        }
+        phases.lap(LoopPhase::Stage);
         if now >= next_reroute {
             // A fetch stop of an earlier assignment that librdkafka serves
             // only after the partition was routed again clears the route,
@@ -770,7 +764,6 @@ enum LoopPhase {
     Fold,
     Confirm,
     Stage,
-    Send,
     Other,
 }
 
