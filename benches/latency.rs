@@ -15,10 +15,18 @@
 //! may not carry the one asked for) and where the CPU went meanwhile:
 //! worker, load generator, broker, and the machine as a whole.
 //!
+//! Each load also splits the probes' latency where the worker queued their
+//! delta records (the records' create time): the time in the worker (fetch,
+//! fold, the wait for a flush) against the crossing after it. It says when
+//! the slowest 1% were appended (one stall, or spread over the load), and
+//! the worker's longest poll-loop gap and store calls so far.
+//!
 //! `cargo bench --bench latency`. Uses RECEIPTD_TEST_BROKERS, or starts a
 //! broker with deploy/kafka.sh and stops it after. RECEIPTD_LATENCY_MODES and
 //! RECEIPTD_LATENCY_LOADS pick the modes and loads (see `modes` and `loads`),
-//! RECEIPTD_LATENCY_BASE the rate the loads are shares of (see `base_rate`).
+//! RECEIPTD_LATENCY_BASE the rate the loads are shares of (see `base_rate`),
+//! RECEIPTD_LATENCY_TRACE=1 prints the worker's counters every 50 ms around
+//! each load's slowest probe (see `trace_enabled`).
 
 #[path = "../tests/support.rs"]
 #[allow(dead_code, unused_imports)]
@@ -39,8 +47,15 @@ use support::{ev::*, *};
 const PROBE_EVERY: u64 = 100;
 const SECONDS: u64 = 10;
 
-/// Reads a topic from its end, calling `seen(payload, now)` for each record.
-fn tail(topic: &str, partitions: i32, stop: Arc<AtomicBool>, seen: impl Fn(&[u8], Instant) + Send + 'static) {
+/// Reads a topic from its end, calling `seen(payload, now, timestamp)` for
+/// each record; the timestamp is the record's create time, Unix ms: when its
+/// producer queued it.
+fn tail(
+    topic: &str,
+    partitions: i32,
+    stop: Arc<AtomicBool>,
+    seen: impl Fn(&[u8], Instant, Option<i64>) + Send + 'static,
+) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("latency-tail-{topic}"))
@@ -61,7 +76,7 @@ fn tail(topic: &str, partitions: i32, stop: Arc<AtomicBool>, seen: impl Fn(&[u8]
     std::thread::spawn(move || {
         while !stop.load(Relaxed) {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
-                seen(m.payload().unwrap_or(&[]), Instant::now());
+                seen(m.payload().unwrap_or(&[]), Instant::now(), m.timestamp().to_millis());
             }
         }
     });
@@ -76,6 +91,8 @@ fn pct(samples: &mut [f64], q: f64) -> f64 {
 struct LoadRun {
     /// Read-to-delta latencies, ms (late probes as 10 s).
     engine: Vec<f64>,
+    /// Each probe back, split where its delta record was queued.
+    engine_split: Vec<ProbeSplit>,
     /// The bare pipe's latencies, ms.
     pipe: Vec<f64>,
     /// Events folded a second while the load ran.
@@ -89,6 +106,24 @@ struct LoadRun {
     cores: Cores,
     /// The worker's threads' CPU seconds while the load ran, by name.
     worker_threads: Vec<(String, f64)>,
+}
+
+/// One probe's latency in two parts, split where the worker queued its
+/// delta record (the record's create time, so to the millisecond).
+#[derive(Clone, Copy)]
+struct ProbeSplit {
+    /// From the read appended until its delta record was queued, ms.
+    in_worker_ms: f64,
+    /// From then until a consumer of the deltas topic saw it, ms.
+    after_ms: f64,
+    /// When the read was appended, s into the load.
+    appended_at_s: f64,
+}
+
+impl ProbeSplit {
+    fn total_ms(&self) -> f64 {
+        self.in_worker_ms + self.after_ms
+    }
 }
 
 /// One load of one mode, for the table and the CSV at the end.
@@ -154,36 +189,53 @@ fn run_load(
         })
         .collect();
 
-    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // Each probe's append, on the monotonic clock and in Unix ms.
+    let sent_at: Arc<Mutex<HashMap<String, (Instant, u64)>>> = Arc::default();
     let engine: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let engine_split: Arc<Mutex<Vec<ProbeSplit>>> = Arc::default();
+    // When the load starts (set again just before its first record).
+    let load_start = Arc::new(Mutex::new(Instant::now()));
     let piped: Arc<Mutex<Vec<f64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     {
-        let (times, engine) = (sent_at.clone(), engine.clone());
-        tail(&topics.deltas, 4, stop.clone(), move |payload, now| {
+        let (times, engine, split, origin) =
+            (sent_at.clone(), engine.clone(), engine_split.clone(), load_start.clone());
+        tail(&topics.deltas, 4, stop.clone(), move |payload, now, queued_ms| {
             let Ok(record) = serde_json::from_slice::<DeltaRecord>(payload) else { return };
             if record.app_id != "probe" {
                 return;
             }
             for r in record.receipts {
-                if let Some(t) = times.lock().unwrap().remove(&r.msg_id) {
-                    engine.lock().unwrap().push(now.duration_since(t).as_secs_f64() * 1e3);
+                if let Some((t, appended_ms)) = times.lock().unwrap().remove(&r.msg_id) {
+                    let total = now.duration_since(t).as_secs_f64() * 1e3;
+                    engine.lock().unwrap().push(total);
+                    if let Some(queued_ms) = queued_ms {
+                        let in_worker_ms = (queued_ms - appended_ms as i64) as f64;
+                        let appended_at_s = t.saturating_duration_since(*origin.lock().unwrap()).as_secs_f64();
+                        split.lock().unwrap().push(ProbeSplit {
+                            in_worker_ms,
+                            after_ms: total - in_worker_ms,
+                            appended_at_s,
+                        });
+                    }
                 }
             }
         });
         let (times, piped) = (sent_at.clone(), piped.clone());
-        tail(pipe, 1, stop.clone(), move |payload, now| {
+        tail(pipe, 1, stop.clone(), move |payload, now, _| {
             let id = String::from_utf8_lossy(payload).into_owned();
-            if let Some(t) = times.lock().unwrap().remove(&id) {
+            if let Some((t, _)) = times.lock().unwrap().remove(&id) {
                 piped.lock().unwrap().push(now.duration_since(t).as_secs_f64() * 1e3);
             }
         });
     }
 
+    let sampler = trace_enabled().then(|| sample_worker(worker.http, load_start.clone(), stop.clone()));
     let folded_before = worker.metric("receiptd_records_in_total");
     let broker = broker_pid();
     let cpu_before = CpuSnapshot::take(worker, broker);
     let started = Instant::now();
+    *load_start.lock().unwrap() = started;
     let mut load = payloads.iter();
     for n in 0..total {
         if n % PROBE_EVERY == PROBE_EVERY - 1 {
@@ -197,7 +249,7 @@ fn run_load(
                 other => other,
             };
             let payload = serde_json::to_vec(&read).unwrap();
-            let now = Instant::now();
+            let now = (Instant::now(), now_ms());
             sent_at.lock().unwrap().extend([(msg, now), (pipe_id.clone(), now)]);
             produce_raw(&producer, &topics.events, conversation_key(&read).as_bytes(), &payload);
             produce_raw(&producer, pipe, b"pipe", pipe_id.as_bytes());
@@ -225,7 +277,133 @@ fn run_load(
     let mut e = std::mem::take(&mut *engine.lock().unwrap());
     e.extend(std::iter::repeat_n(10_000.0, late));
     let p = std::mem::take(&mut *piped.lock().unwrap());
-    LoadRun { engine: e, pipe: p, folded, folded_events, produced, cores, worker_threads: worker_cpu.threads }
+    let engine_split = std::mem::take(&mut *engine_split.lock().unwrap());
+    if let Some(sampler) = sampler {
+        print_timeline(&sampler.join().unwrap(), &engine_split);
+    }
+    LoadRun {
+        engine: e,
+        engine_split,
+        pipe: p,
+        folded,
+        folded_events,
+        produced,
+        cores,
+        worker_threads: worker_cpu.threads,
+    }
+}
+
+/// Where the probes' time went: in the worker (from the read appended until
+/// its delta record was queued) or after it (until a consumer saw the
+/// record), for all probes back and for the slowest 1% of them.
+fn split_line(mut split: Vec<ProbeSplit>) -> String {
+    if split.is_empty() {
+        return "no probe's delta record carried a timestamp".into();
+    }
+    let parts =
+        |probes: &[ProbeSplit]| -> (Vec<f64>, Vec<f64>) { probes.iter().map(|p| (p.in_worker_ms, p.after_ms)).unzip() };
+    let (mut in_worker, mut after) = parts(&split);
+    split.sort_by(|a, b| b.total_ms().total_cmp(&a.total_ms()));
+    split.truncate((split.len() / 100).max(1));
+    let (mut slow_in_worker, mut slow_after) = parts(&split);
+    // Whether the slowest are one stall or spread over the load: the
+    // tenths of a second they were appended in.
+    let mut tenths: Vec<u64> = split.iter().map(|p| (p.appended_at_s * 10.0) as u64).collect();
+    tenths.sort_unstable();
+    tenths.dedup();
+    let spans: Vec<String> = tenths
+        .chunk_by(|a, b| b - a == 1)
+        .map(|run| format!("{:.1}-{:.1} s", run[0] as f64 / 10.0, (run[run.len() - 1] + 1) as f64 / 10.0))
+        .collect();
+    format!(
+        "read appended to delta record queued p50 {:.1} / p99 {:.1} ms, queued to seen p50 {:.1} / p99 {:.1} ms; the slowest 1% back: median {:.1} ms to queued, {:.1} ms queued to seen, appended at {} into the load",
+        pct(&mut in_worker, 0.5),
+        pct(&mut in_worker, 0.99),
+        pct(&mut after, 0.5),
+        pct(&mut after, 0.99),
+        pct(&mut slow_in_worker, 0.5),
+        pct(&mut slow_after, 0.5),
+        spans.join(", "),
+    )
+}
+
+/// `RECEIPTD_LATENCY_TRACE=1`: sample the worker's counters every 50 ms
+/// while a load runs, and print them around its slowest probes (the
+/// sampling costs the worker a metrics page each time).
+fn trace_enabled() -> bool {
+    std::env::var("RECEIPTD_LATENCY_TRACE").is_ok_and(|v| v == "1")
+}
+
+/// Counters the timeline shows, by their metric names.
+const TRACED: [&str; 6] = [
+    "receiptd_records_in_total",
+    "receiptd_flush_starts_total",
+    "receiptd_flush_duration_seconds_count",
+    "receiptd_delta_records_total",
+    "receiptd_store_writes_total",
+    "receiptd_store_syncs_total",
+];
+
+/// Samples [`TRACED`] every 50 ms until `stop`: (s into the load, values).
+fn sample_worker(
+    http: std::net::SocketAddr,
+    origin: Arc<Mutex<Instant>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(f64, [f64; TRACED.len()])>> {
+    std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        while !stop.load(Relaxed) {
+            if let Ok((_, body)) = http_get(http, "/metrics") {
+                let value = |name: &str| -> f64 {
+                    body.lines()
+                        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum()
+                };
+                let at = Instant::now().saturating_duration_since(*origin.lock().unwrap()).as_secs_f64();
+                samples.push((at, TRACED.map(value)));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        samples
+    })
+}
+
+/// The samples from half a second before the slowest probe's append to
+/// a second after, as increments per sample.
+fn print_timeline(samples: &[(f64, [f64; TRACED.len()])], split: &[ProbeSplit]) {
+    let Some(slowest) = split.iter().max_by(|a, b| a.total_ms().total_cmp(&b.total_ms())) else { return };
+    let slowest_at = slowest.appended_at_s;
+    println!("timeline around the slowest probe (appended at {slowest_at:.2} s), increments per sample: {TRACED:?}");
+    for pair in samples.windows(2) {
+        let ((_, before), (at, now)) = (pair[0], pair[1]);
+        if at >= slowest_at - 0.5 && at <= slowest_at + 1.0 {
+            let steps: Vec<String> = now.iter().zip(before).map(|(n, b)| format!("{:.0}", n - b)).collect();
+            println!("  {at:6.2} s: {}", steps.join(" "));
+        }
+    }
+}
+
+/// The worker's longest stalls since it started: the longest gap between
+/// two batches of its poll loop with input waiting, by phase, and its
+/// store writer's longest calls into RocksDB (a full writer queue holds
+/// the poll loop).
+fn longest_stalls(worker: &Worker) -> String {
+    let ms = |name: &str| worker.metric(name) * 1e3;
+    let phases: Vec<String> = receiptd_stream::LOOP_PHASES
+        .iter()
+        .map(|p| format!("{p} {:.1}", ms(&format!("receiptd_batch_gap_max_phase_seconds{{phase=\"{p}\"}}"))))
+        .collect();
+    let store: Vec<String> = receiptd_stream::STORE_OPS
+        .iter()
+        .map(|op| format!("{op} {:.1}", ms(&format!("receiptd_store_op_max_seconds{{op=\"{op}\"}}"))))
+        .collect();
+    format!(
+        "longest since start: poll loop gap {:.1} ms ({}), store writer call {} ms",
+        ms("receiptd_batch_gap_max_seconds"),
+        phases.join(", "),
+        store.join(", ")
+    )
 }
 
 /// One way to run the worker: its flush window, whether it also flushes
@@ -371,8 +549,16 @@ fn main() {
 
         for (i, share) in loads().into_iter().enumerate() {
             let before = flush_totals(&worker);
-            let LoadRun { engine: mut e, pipe: mut p, folded, folded_events, produced, cores, worker_threads } =
-                run_load(&worker, &topics, &pipe, base * share, &mut traffic, i as u64 * 10_000_000);
+            let LoadRun {
+                engine: mut e,
+                engine_split,
+                pipe: mut p,
+                folded,
+                folded_events,
+                produced,
+                cores,
+                worker_threads,
+            } = run_load(&worker, &topics, &pipe, base * share, &mut traffic, i as u64 * 10_000_000);
             let after = flush_totals(&worker);
             // A flush's time: its deltas taken, sent and confirmed, its state written.
             let (count, seconds, confirm) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
@@ -403,6 +589,8 @@ fn main() {
                 per_thread_line(&worker_threads, folded_events.max(1.0))
             );
             let row = [0.5, 0.99, 0.999].map(|q| (pct(&mut e, q), pct(&mut p, q)));
+            println!("flush {mode}, {:.0}% load: {}", share * 100.0, split_line(engine_split));
+            println!("flush {mode}, {:.0}% load: {}", share * 100.0, longest_stalls(&worker));
             println!(
                 "flush {mode}, {:.0}% load ({:.0} events/s offered, {folded:.0} folded): engine p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; pipe p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; p99 difference {:.1} ms ({} probes)",
                 share * 100.0,
