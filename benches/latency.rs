@@ -335,11 +335,12 @@ fn trace_enabled() -> bool {
 }
 
 /// Counters the timeline shows, by their metric names.
-const TRACED: [&str; 6] = [
+const TRACED: [&str; 7] = [
     "receiptd_records_in_total",
     "receiptd_flush_starts_total",
     "receiptd_flush_duration_seconds_count",
     "receiptd_delta_records_total",
+    "receiptd_delta_queue_full_total",
     "receiptd_store_writes_total",
     "receiptd_store_syncs_total",
 ];

@@ -128,6 +128,9 @@ pub struct Metrics {
     pub flushed_events: AtomicU64,
     /// Slices those flushes were staged in (one each unless large).
     pub flush_slices: AtomicU64,
+    /// Times the delta sender found librdkafka's queue full and waited
+    /// for room (10 ms, serving delivery reports) before queueing the rest.
+    pub delta_queue_full: AtomicU64,
     /// Flushes that failed and will be retried.
     pub flush_errors: AtomicU64,
     /// Settings records applied.
@@ -334,6 +337,11 @@ impl Metrics {
             ("receiptd_delta_receipts_total", "Receipts inside delta records.", &self.delta_receipts),
             ("receiptd_delta_bytes_total", "Delta payload bytes produced.", &self.delta_bytes),
             ("receiptd_delta_failures_total", "Delta records the broker refused for good.", &self.delta_failures),
+            (
+                "receiptd_delta_queue_full_total",
+                "Times the delta sender found the producer's queue full and waited for room.",
+                &self.delta_queue_full,
+            ),
             ("receiptd_store_puts_total", "Entities written to RocksDB.", &self.store_puts),
             ("receiptd_store_writes_total", "Write batches applied to RocksDB.", &self.store_writes),
             ("receiptd_store_syncs_total", "fsyncs of the store (checkpoint boundaries only).", &self.store_syncs),

@@ -165,6 +165,8 @@ impl RunProducer {
             }
             match retry_from {
                 Some(next) if !stop.load(Relaxed) => {
+                    metrics.delta_queue_full.fetch_add(1, Relaxed);
+                    tracing::debug!(generation, left = self.ends.len() - next, "librdkafka's queue is full; waiting");
                     from = next;
                     self.producer.poll(Duration::from_millis(10));
                 }
@@ -339,7 +341,8 @@ mod tests {
     /// Queues `records` records over ten keys the way the engine does (a run
     /// at a time, `RUN` at most), on a producer with `properties`, then reads
     /// the topic back: each key's payloads must arrive once each, in order.
-    fn queue_and_read_back(properties: &[(&str, &str)], records: usize, runs_of: usize) {
+    /// Returns how many times the queue was found full.
+    fn queue_and_read_back(properties: &[(&str, &str)], records: usize, runs_of: usize) -> u64 {
         let (cluster, shared, producer) = mock_deltas(properties);
         let mut out = RunProducer::open(producer.clone(), "deltas").unwrap();
         for i in 0..records {
@@ -367,6 +370,7 @@ mod tests {
         }
         // The run buffers are kept for the next flush, emptied.
         assert!(out.bytes.is_empty() && out.ends.is_empty());
+        shared.metrics.delta_queue_full.load(Relaxed)
     }
 
     /// A mock cluster with a "deltas" topic of 3 partitions, and a producer
@@ -478,14 +482,15 @@ mod tests {
 
     #[test]
     fn records_arrive_once_each_in_order_per_key() {
-        queue_and_read_back(&[], 3 * RUN + 17, RUN);
+        assert_eq!(queue_and_read_back(&[], 3 * RUN + 17, RUN), 0, "never full");
     }
 
     #[test]
     fn a_full_queue_is_waited_out_and_the_rest_queued_in_order() {
         // librdkafka holds 40 records at most: each run of 300 finds the
         // queue full many times, and the rest must follow in order.
-        queue_and_read_back(&[("queue.buffering.max.messages", "40"), ("linger.ms", "0")], 1_500, 300);
+        let full = queue_and_read_back(&[("queue.buffering.max.messages", "40"), ("linger.ms", "0")], 1_500, 300);
+        assert!(full >= 1_500 / 40 - 1, "found full about once per 40 records, and counted: {full}");
     }
 
     #[test]
