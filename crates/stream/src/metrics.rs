@@ -441,7 +441,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP receiptd_batch_gap_seconds Time between consecutive batch completions with input waiting.\n# TYPE receiptd_batch_gap_seconds histogram"
+            "# HELP receiptd_batch_gap_seconds Time between consecutive batch completions with input waiting (a turn that found no input starts over).\n# TYPE receiptd_batch_gap_seconds histogram"
         );
         for (i, le) in GAP_BUCKETS.iter().enumerate() {
             let _ =

@@ -616,6 +616,13 @@ fn run_inner(
             last_batch_done = Some(done);
         } else {
             phases.lap(LoopPhase::Poll);
+            if !strays_left {
+                // Nothing came: the loop was idle, not stalled. The next
+                // batch's gap starts after it, not at the batch before
+                // (a load after an idle minute measured a minute's gap).
+                last_batch_done = None;
+                phases.take();
+            }
         }
         producer.poll(Duration::ZERO);
 
