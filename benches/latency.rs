@@ -361,14 +361,8 @@ fn sample_worker(
         let mut samples = Vec::new();
         while !stop.load(Relaxed) {
             if let Ok((_, body)) = http_get(http, "/metrics") {
-                let value = |name: &str| -> f64 {
-                    body.lines()
-                        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                        .sum()
-                };
                 let at = Instant::now().saturating_duration_since(*origin.lock().unwrap()).as_secs_f64();
-                samples.push((at, TRACED.map(value)));
+                samples.push((at, TRACED.map(|name| metric_in(&body, name))));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -449,11 +449,7 @@ impl Worker {
     /// The worker's `/metrics` value for a series (summed over labels).
     pub fn metric(&self, name: &str) -> f64 {
         let (_, body) = http_get(self.http, "/metrics").expect("metrics");
-        body.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter(|l| l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_in(&body, name)
     }
 
     /// The CPU the worker process and each of its live threads have used
@@ -650,6 +646,16 @@ pub fn inspect(state_dir: &Path) -> Value {
 }
 
 /// A minimal HTTP/1.1 GET: (status, body).
+/// The sum of a metric's series in a `/metrics` page: `name` alone, or
+/// with its labels (`name{op="write"}`) for one series.
+pub fn metric_in(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
