@@ -242,6 +242,7 @@ fn drain_with(topics: &Topics, end: f64, env: &[(String, String)], run: usize) -
     }
     worker.start();
     let Drained { first, done, cpu, .. } = drain(&mut worker, end);
+    println!("drain {run}: {}", worker.longest_stalls());
     worker.kill9();
     (
         end / done.duration_since(first).as_secs_f64(),

@@ -385,28 +385,6 @@ fn print_timeline(samples: &[(f64, [f64; TRACED.len()])], split: &[ProbeSplit]) 
     }
 }
 
-/// The worker's longest stalls since it started: the longest gap between
-/// two batches of its poll loop with input waiting, by phase, and its
-/// store writer's longest calls into RocksDB (a full writer queue holds
-/// the poll loop).
-fn longest_stalls(worker: &Worker) -> String {
-    let ms = |name: &str| worker.metric(name) * 1e3;
-    let phases: Vec<String> = receiptd_stream::LOOP_PHASES
-        .iter()
-        .map(|p| format!("{p} {:.1}", ms(&format!("receiptd_batch_gap_max_phase_seconds{{phase=\"{p}\"}}"))))
-        .collect();
-    let store: Vec<String> = receiptd_stream::STORE_OPS
-        .iter()
-        .map(|op| format!("{op} {:.1}", ms(&format!("receiptd_store_op_max_seconds{{op=\"{op}\"}}"))))
-        .collect();
-    format!(
-        "longest since start: poll loop gap {:.1} ms ({}), store writer call {} ms",
-        ms("receiptd_batch_gap_max_seconds"),
-        phases.join(", "),
-        store.join(", ")
-    )
-}
-
 /// One way to run the worker: its flush window, whether it also flushes
 /// when caught up, and other settings for it.
 struct Mode {
@@ -591,7 +569,7 @@ fn main() {
             );
             let row = [0.5, 0.99, 0.999].map(|q| (pct(&mut e, q), pct(&mut p, q)));
             println!("flush {mode}, {:.0}% load: {}", share * 100.0, split_line(engine_split));
-            println!("flush {mode}, {:.0}% load: {}", share * 100.0, longest_stalls(&worker));
+            println!("flush {mode}, {:.0}% load: {}", share * 100.0, worker.longest_stalls());
             println!(
                 "flush {mode}, {:.0}% load ({:.0} events/s offered, {folded:.0} folded): engine p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; pipe p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; p99 difference {:.1} ms ({} probes)",
                 share * 100.0,

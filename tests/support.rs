@@ -452,6 +452,29 @@ impl Worker {
         metric_in(&body, name)
     }
 
+    /// The worker's longest stalls since it started, as a line: the longest
+    /// gap between two busy batches of its poll loop, by phase, and its
+    /// store writer's and syncer's longest calls into RocksDB (a full
+    /// writer queue holds the poll loop).
+    pub fn longest_stalls(&self) -> String {
+        let (_, body) = http_get(self.http, "/metrics").expect("metrics");
+        let ms = |name: &str| metric_in(&body, name) * 1e3;
+        let phases: Vec<String> = receiptd_stream::LOOP_PHASES
+            .iter()
+            .map(|p| format!("{p} {:.1}", ms(&format!("receiptd_batch_gap_max_phase_seconds{{phase=\"{p}\"}}"))))
+            .collect();
+        let store: Vec<String> = receiptd_stream::STORE_OPS
+            .iter()
+            .map(|op| format!("{op} {:.1}", ms(&format!("receiptd_store_op_max_seconds{{op=\"{op}\"}}"))))
+            .collect();
+        format!(
+            "longest since start: poll loop gap {:.1} ms ({}), store call {} ms",
+            ms("receiptd_batch_gap_max_seconds"),
+            phases.join(", "),
+            store.join(", ")
+        )
+    }
+
     /// The CPU the worker process and each of its live threads have used
     /// so far: one read of `/proc`, for [`WorkerCpu::since`].
     pub fn cpu(&self) -> WorkerCpu {
