@@ -174,7 +174,7 @@ impl StagedFlush {
 /// Marks the store failed (the poll loop stops) and logs why.
 fn store_failed(metrics: &Metrics, e: receiptd_store::StoreError) -> StreamError {
     metrics.store_failed.store(true, Relaxed);
-    tracing::error!(error = %e, "state write failed; stopping before any offset moves past it");
+    tracing::error!(error = %e, "state store failed; stopping before any offset moves past it");
     StreamError::from(e)
 }
 
@@ -189,9 +189,9 @@ fn sync_store(store: &Store, metrics: &Metrics) -> Result<(), StreamError> {
 /// after writing a checkpoint. The writer goes on writing meanwhile:
 /// RocksDB syncs its log while writes append to it, and a crash recovers
 /// a prefix of what was written either way, each batch with its offsets.
-/// A slow disk held the writer in an fsync for 306 and 332 ms
-/// (twenty-fourth sitting), long enough to fill its queue and stop the
-/// poll loop for 177 ms. Requests while a sync runs make one more sync.
+/// In line, a 332 ms fsync on a busy disk (2026-12-05) filled the
+/// writer's queue and held the poll loop for 177 ms. Requests made while
+/// a sync runs make one more sync.
 pub(crate) struct StoreSyncer {
     state: Arc<(Mutex<SyncRequests>, std::sync::Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
