@@ -668,7 +668,6 @@ pub fn inspect(state_dir: &Path) -> Value {
     serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
 }
 
-/// A minimal HTTP/1.1 GET: (status, body).
 /// The sum of a metric's series in a `/metrics` page: `name` alone, or
 /// with its labels (`name{op="write"}`) for one series.
 pub fn metric_in(body: &str, name: &str) -> f64 {
@@ -679,6 +678,7 @@ pub fn metric_in(body: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// A minimal HTTP/1.1 GET: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
