@@ -93,6 +93,8 @@ struct LoadRun {
     engine: Vec<f64>,
     /// Each probe back, split where its delta record was queued.
     engine_split: Vec<ProbeSplit>,
+    /// When the load's first record was appended.
+    started: Instant,
     /// The bare pipe's latencies, ms.
     pipe: Vec<f64>,
     /// Events folded a second while the load ran.
@@ -116,8 +118,8 @@ struct ProbeSplit {
     in_worker_ms: f64,
     /// From then until a consumer of the deltas topic saw it, ms.
     after_ms: f64,
-    /// When the read was appended, s into the load.
-    appended_at_s: f64,
+    /// When the read was appended.
+    appended: Instant,
 }
 
 impl ProbeSplit {
@@ -193,13 +195,10 @@ fn run_load(
     let sent_at: Arc<Mutex<HashMap<String, (Instant, u64)>>> = Arc::default();
     let engine: Arc<Mutex<Vec<f64>>> = Arc::default();
     let engine_split: Arc<Mutex<Vec<ProbeSplit>>> = Arc::default();
-    // When the load starts (set again just before its first record).
-    let load_start = Arc::new(Mutex::new(Instant::now()));
     let piped: Arc<Mutex<Vec<f64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     {
-        let (times, engine, split, origin) =
-            (sent_at.clone(), engine.clone(), engine_split.clone(), load_start.clone());
+        let (times, engine, split) = (sent_at.clone(), engine.clone(), engine_split.clone());
         tail(&topics.deltas, 4, stop.clone(), move |key, payload, now, queued_ms| {
             // A delta record's key is `{app_id}/{to}`: only the probes' are
             // parsed. The load's are a fifth of its events, and parsing
@@ -208,20 +207,16 @@ fn run_load(
                 return;
             }
             let Ok(record) = serde_json::from_slice::<DeltaRecord>(payload) else { return };
-            if record.app_id != "probe" {
-                return;
-            }
             for r in record.receipts {
                 if let Some((t, appended_ms)) = times.lock().unwrap().remove(&r.msg_id) {
                     let total = now.duration_since(t).as_secs_f64() * 1e3;
                     engine.lock().unwrap().push(total);
                     if let Some(queued_ms) = queued_ms {
                         let in_worker_ms = (queued_ms - appended_ms as i64) as f64;
-                        let appended_at_s = t.saturating_duration_since(*origin.lock().unwrap()).as_secs_f64();
                         split.lock().unwrap().push(ProbeSplit {
                             in_worker_ms,
                             after_ms: total - in_worker_ms,
-                            appended_at_s,
+                            appended: t,
                         });
                     }
                 }
@@ -236,12 +231,11 @@ fn run_load(
         });
     }
 
-    let sampler = trace_enabled().then(|| sample_worker(worker.http, load_start.clone(), stop.clone()));
+    let sampler = trace_enabled().then(|| sample_worker(worker.http, stop.clone()));
     let folded_before = worker.metric("receiptd_records_in_total");
     let broker = broker_pid();
     let cpu_before = CpuSnapshot::take(worker, broker);
     let started = Instant::now();
-    *load_start.lock().unwrap() = started;
     let mut load = payloads.iter();
     for n in 0..total {
         if n % PROBE_EVERY == PROBE_EVERY - 1 {
@@ -285,11 +279,12 @@ fn run_load(
     let p = std::mem::take(&mut *piped.lock().unwrap());
     let engine_split = std::mem::take(&mut *engine_split.lock().unwrap());
     if let Some(sampler) = sampler {
-        print_timeline(&sampler.join().unwrap(), &engine_split);
+        print_timeline(&sampler.join().unwrap(), &engine_split, started);
     }
     LoadRun {
         engine: e,
         engine_split,
+        started,
         pipe: p,
         folded,
         folded_events,
@@ -302,7 +297,7 @@ fn run_load(
 /// Where the probes' time went: in the worker (from the read appended until
 /// its delta record was queued) or after it (until a consumer saw the
 /// record), for all probes back and for the slowest 1% of them.
-fn split_line(mut split: Vec<ProbeSplit>) -> String {
+fn split_line(mut split: Vec<ProbeSplit>, started: Instant) -> String {
     if split.is_empty() {
         return "no probe's delta record carried a timestamp".into();
     }
@@ -314,7 +309,7 @@ fn split_line(mut split: Vec<ProbeSplit>) -> String {
     let (mut slow_in_worker, mut slow_after) = parts(&split);
     // Whether the slowest are one stall or spread over the load: the
     // tenths of a second they were appended in.
-    let mut tenths: Vec<u64> = split.iter().map(|p| (p.appended_at_s * 10.0) as u64).collect();
+    let mut tenths: Vec<u64> = split.iter().map(|p| (seconds_since(started, p.appended) * 10.0) as u64).collect();
     tenths.sort_unstable();
     tenths.dedup();
     let spans: Vec<String> = tenths
@@ -351,18 +346,21 @@ const TRACED: [&str; 7] = [
     "receiptd_store_syncs_total",
 ];
 
-/// Samples [`TRACED`] every 50 ms until `stop`: (s into the load, values).
+/// Seconds from `start` to `at` (0 if `at` is earlier).
+fn seconds_since(start: Instant, at: Instant) -> f64 {
+    at.saturating_duration_since(start).as_secs_f64()
+}
+
+/// Samples [`TRACED`] every 50 ms until `stop`: (when, values).
 fn sample_worker(
     http: std::net::SocketAddr,
-    origin: Arc<Mutex<Instant>>,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<(f64, [f64; TRACED.len()])>> {
+) -> std::thread::JoinHandle<Vec<(Instant, [f64; TRACED.len()])>> {
     std::thread::spawn(move || {
         let mut samples = Vec::new();
         while !stop.load(Relaxed) {
             if let Ok((_, body)) = http_get(http, "/metrics") {
-                let at = Instant::now().saturating_duration_since(*origin.lock().unwrap()).as_secs_f64();
-                samples.push((at, TRACED.map(|name| metric_in(&body, name))));
+                samples.push((Instant::now(), TRACED.map(|name| metric_in(&body, name))));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -372,12 +370,13 @@ fn sample_worker(
 
 /// The samples from half a second before the slowest probe's append to
 /// a second after, as increments per sample.
-fn print_timeline(samples: &[(f64, [f64; TRACED.len()])], split: &[ProbeSplit]) {
+fn print_timeline(samples: &[(Instant, [f64; TRACED.len()])], split: &[ProbeSplit], started: Instant) {
     let Some(slowest) = split.iter().max_by(|a, b| a.total_ms().total_cmp(&b.total_ms())) else { return };
-    let slowest_at = slowest.appended_at_s;
+    let slowest_at = seconds_since(started, slowest.appended);
     println!("timeline around the slowest probe (appended at {slowest_at:.2} s), increments per sample: {TRACED:?}");
     for pair in samples.windows(2) {
         let ((_, before), (at, now)) = (pair[0], pair[1]);
+        let at = seconds_since(started, at);
         if at >= slowest_at - 0.5 && at <= slowest_at + 1.0 {
             let steps: Vec<String> = now.iter().zip(before).map(|(n, b)| format!("{:.0}", n - b)).collect();
             println!("  {at:6.2} s: {}", steps.join(" "));
@@ -531,6 +530,7 @@ fn main() {
             let LoadRun {
                 engine: mut e,
                 engine_split,
+                started,
                 pipe: mut p,
                 folded,
                 folded_events,
@@ -568,7 +568,7 @@ fn main() {
                 per_thread_line(&worker_threads, folded_events.max(1.0))
             );
             let row = [0.5, 0.99, 0.999].map(|q| (pct(&mut e, q), pct(&mut p, q)));
-            println!("flush {mode}, {:.0}% load: {}", share * 100.0, split_line(engine_split));
+            println!("flush {mode}, {:.0}% load: {}", share * 100.0, split_line(engine_split, started));
             println!("flush {mode}, {:.0}% load: {}", share * 100.0, worker.longest_stalls());
             println!(
                 "flush {mode}, {:.0}% load ({:.0} events/s offered, {folded:.0} folded): engine p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; pipe p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms; p99 difference {:.1} ms ({} probes)",
