@@ -176,6 +176,8 @@ pub struct Store {
     /// The failpoint fails one write only, not every later one.
     fail_once: bool,
     writes: std::sync::atomic::AtomicU64,
+    /// Runs before each sync, for tests that hold a sync back.
+    before_sync: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -274,7 +276,14 @@ impl Store {
         if let Some(n) = fail_after {
             tracing::warn!(writes = n, "test failpoint {FAILPOINT_WRITES_ENV} set: writes after these will fail");
         }
-        Ok(Store { db, path: dir.to_owned(), fail_after, fail_once: false, writes: Default::default() })
+        Ok(Store {
+            db,
+            path: dir.to_owned(),
+            fail_after,
+            fail_once: false,
+            writes: Default::default(),
+            before_sync: None,
+        })
     }
 
     /// Fails the write after the next `writes`, and only that one: a
@@ -286,12 +295,27 @@ impl Store {
         self.fail_once = true;
     }
 
+    /// Calls `hook` at the start of every sync, before the disk is asked:
+    /// for tests that hold a sync back (a slow disk) and check what goes on
+    /// meanwhile.
+    #[doc(hidden)]
+    pub fn before_each_sync(&mut self, hook: impl Fn() + Send + Sync + 'static) {
+        self.before_sync = Some(Box::new(hook));
+    }
+
     /// Opens an existing store read-only (for inspection while no worker runs).
     pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
         let db = DB::open_for_read_only(&Options::default(), dir, false)
             .map_err(|source| StoreError::Rocks { path: dir.to_owned(), source })?;
         check_format(&db, dir, false)?;
-        Ok(Store { db, path: dir.to_owned(), fail_after: None, fail_once: false, writes: Default::default() })
+        Ok(Store {
+            db,
+            path: dir.to_owned(),
+            fail_after: None,
+            fail_once: false,
+            writes: Default::default(),
+            before_sync: None,
+        })
     }
 
     fn rocks(&self, source: rocksdb::Error) -> StoreError {
@@ -397,6 +421,9 @@ impl Store {
 
     /// Makes every write so far durable (fsyncs the WAL).
     pub fn sync(&self) -> Result<(), StoreError> {
+        if let Some(hook) = &self.before_sync {
+            hook();
+        }
         self.db.flush_wal(true).map_err(|e| self.rocks(e))
     }
 

@@ -1247,6 +1247,47 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_held_back_holds_back_no_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        // Every sync tells it began, then waits until `release` is dropped:
+        // a disk that takes as long as the test likes.
+        let (began, sync_began) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (began, released) = (Mutex::new(began), Mutex::new(released));
+        store.before_each_sync(move || {
+            let _ = began.lock().unwrap().send(());
+            let _ = released.lock().unwrap().recv();
+        });
+        let store = Arc::new(store);
+        let shared = Arc::new(Shared::default());
+        let writer = StoreWriter::start(store.clone(), shared.clone()).unwrap();
+        // Flush 2 asks for a sync (even offsets do).
+        writer.submit(staged(&store, 2)).unwrap();
+        sync_began.recv_timeout(Duration::from_secs(60)).expect("the checkpoint's sync began");
+        // More flushes than the writer's queue holds, three asking for a
+        // sync: a writer that synced in line would still be in flush 2,
+        // and the fourth submit would wait for ever.
+        let (done, all_written) = std::sync::mpsc::channel();
+        let s = store.clone();
+        std::thread::spawn(move || {
+            let result = (3..=8).try_for_each(|next| writer.submit(staged(&s, next))).and_then(|()| writer.wait_idle());
+            let _ = done.send((result, writer));
+        });
+        let (result, writer) = all_written
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the writer wrote every flush while a sync was held back");
+        result.unwrap();
+        assert_eq!(checkpoint(&store), Some(8), "written, if not yet synced");
+        assert_eq!(shared.metrics.store_syncs.load(Relaxed), 0, "the held sync has not finished");
+        drop(release);
+        drop(writer);
+        // The held sync, then one for the three flushes that asked meanwhile.
+        assert_eq!(shared.metrics.store_syncs.load(Relaxed), 2);
+        assert!(!shared.metrics.store_failed.load(Relaxed));
+    }
+
+    #[test]
     fn after_a_failed_write_the_store_writer_writes_nothing_more() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
