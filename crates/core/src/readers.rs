@@ -1,14 +1,20 @@
-//! A message's readers: 8 bytes each in memory, 2 to 5 on disk.
+//! A message's readers: 4 bytes each in memory in a small group, 8 in a
+//! large one, 2 to 5 on disk.
 //!
 //! A reader is a group ordinal, a read time and a hidden flag. Kept as a
 //! [`ReadMark`] per reader (ordinal, u64 time, flag, padding) that is 16
-//! bytes, and readers are most of what a well-read message holds. Here a
-//! reader is one `u32` for the ordinal with the flag in its top bit, and one
-//! `u32` for the read time as an offset from the message's send time, which
-//! covers reads from 24.8 days before the send to 24.8 days after it. A read
-//! outside that window (a client clock far off, a message read weeks later),
-//! or an ordinal past 2³¹, is kept whole in a side list that is usually
-//! absent: nothing is rounded or lost.
+//! bytes, and readers are most of what a well-read message holds.
+//!
+//! Ordinals below 64 (every member of a group that has had at most 64, the
+//! usual chat group) are bits of one word, and each such reader keeps one
+//! `u32`: its read time as an offset from the message's send time (31 bits:
+//! 12.4 days either side of the send), with the hidden flag in the top bit.
+//! The bits say who read; a reader's word is found by its rank among them.
+//! Any other reader is two `u32`s: the ordinal with the flag in its top
+//! bit, and the offset (32 bits: 24.8 days either side). A read outside
+//! its window (a client clock far off, a message read weeks later), or an
+//! ordinal past 2³¹, is kept whole in a side list that is usually absent:
+//! nothing is rounded or lost.
 //!
 //! Persisted, the readers are one byte string of varints: each ordinal as
 //! its gap from the previous one (with the flag in the low bit), each offset
@@ -23,12 +29,19 @@
 
 use crate::state::ReadMark;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::ptr::NonNull;
 
-/// The hidden flag, in a compact reader's ordinal word.
+/// The hidden flag, in a compact reader's ordinal word and in a low
+/// reader's word.
 const HIDDEN: u32 = 1 << 31;
 /// Offsets are stored as `read_at - sent_at + OFFSET_BIAS`, modulo 2⁶⁴:
 /// the sum is then exact for every time whose offset fits in 32 bits.
 const OFFSET_BIAS: u64 = 1 << 31;
+/// A low reader's offset is `read_at - sent_at + LOW_OFFSET_BIAS` in 31
+/// bits: its compact offset less 2³⁰.
+const LOW_OFFSET_BIAS: u64 = 1 << 30;
+/// Ordinals kept as bits.
+const LOW_ORDINALS: u32 = 64;
 
 /// One reader in 8 bytes: see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,17 +74,166 @@ impl Compact {
         let read_at = sent_at.wrapping_add(u64::from(self.offset)).wrapping_sub(OFFSET_BIAS);
         ReadMark { ordinal: self.ordinal(), read_at, hidden: self.hidden() }
     }
+
+    /// Its two words in [`Readers::words`].
+    fn words(self) -> [u32; 2] {
+        [self.ordinal_and_hidden, self.offset]
+    }
+
+    fn from_words(words: &[u32]) -> Compact {
+        Compact { ordinal_and_hidden: words[0], offset: words[1] }
+    }
+
+    /// The low reader's word of this reader, if its ordinal and time fit.
+    fn low_word(self) -> Option<u32> {
+        let offset = self.offset.checked_sub(LOW_OFFSET_BIAS as u32).filter(|&o| o & HIDDEN == 0)?;
+        (self.ordinal() < LOW_ORDINALS).then_some(offset | (self.ordinal_and_hidden & HIDDEN))
+    }
+
+    /// The reader of ordinal `ordinal` whose low reader's word is `word`.
+    fn of_low_word(ordinal: u32, word: u32) -> Compact {
+        Compact { ordinal_and_hidden: ordinal | (word & HIDDEN), offset: (word & !HIDDEN) + LOW_OFFSET_BIAS as u32 }
+    }
+}
+
+/// A `Vec<u32>` in 16 bytes instead of 24 (a `u32` length and capacity):
+/// with the low readers' bits beside it, a message's readers still take
+/// the 32 bytes of its state they took as a `Vec` and a side list.
+struct Words {
+    ptr: NonNull<u32>,
+    len: u32,
+    cap: u32,
+}
+
+// SAFETY: `Words` owns its buffer, as a `Vec<u32>` does.
+unsafe impl Send for Words {}
+// SAFETY: as above; `&Words` only reads.
+unsafe impl Sync for Words {}
+
+impl Words {
+    const fn new() -> Words {
+        Words { ptr: NonNull::dangling(), len: 0, cap: 0 }
+    }
+
+    fn layout(cap: u32) -> std::alloc::Layout {
+        std::alloc::Layout::array::<u32>(cap as usize).expect("a reader list's words fit a layout")
+    }
+
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        // SAFETY: the first `len` words are initialized; `ptr` is dangling
+        // and aligned when `len` is 0.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len as usize) }
+    }
+
+    /// Room for `more` words past `len`: the capacity doubles, from 4.
+    #[inline]
+    fn reserve(&mut self, more: usize) {
+        if self.len as usize + more > self.cap as usize {
+            self.grow(more);
+        }
+    }
+
+    #[inline(never)]
+    fn grow(&mut self, more: usize) {
+        let needed = u32::try_from(self.len as usize + more).expect("a message's readers fit 2³² words");
+        let cap = needed.max(self.cap.saturating_mul(2)).max(4);
+        let new = Words::layout(cap);
+        // SAFETY: `new` has a non-zero size; the old block, if any, was
+        // allocated with the old capacity's layout.
+        let ptr = unsafe {
+            if self.cap == 0 {
+                std::alloc::alloc(new)
+            } else {
+                std::alloc::realloc(self.ptr.as_ptr().cast(), Words::layout(self.cap), new.size())
+            }
+        };
+        self.ptr = NonNull::new(ptr.cast()).unwrap_or_else(|| std::alloc::handle_alloc_error(new));
+        self.cap = cap;
+    }
+
+    /// Puts `words` at `at`, moving the words from `at` on after them.
+    fn insert(&mut self, at: usize, words: &[u32]) {
+        assert!(at <= self.len(), "insert past the end");
+        self.reserve(words.len());
+        // SAFETY: room for `len + words.len()` words was reserved; `at`
+        // is within the initialized words, which move up by `words.len()`.
+        unsafe {
+            let p = self.ptr.as_ptr().add(at);
+            std::ptr::copy(p, p.add(words.len()), self.len() - at);
+            std::ptr::copy_nonoverlapping(words.as_ptr(), p, words.len());
+        }
+        self.len += words.len() as u32;
+    }
+
+    fn extend_from_slice(&mut self, words: &[u32]) {
+        self.insert(self.len(), words);
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.cap as usize * std::mem::size_of::<u32>()
+    }
+}
+
+impl Drop for Words {
+    fn drop(&mut self) {
+        if self.cap > 0 {
+            // SAFETY: allocated with this capacity's layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), Words::layout(self.cap)) }
+        }
+    }
+}
+
+impl Clone for Words {
+    fn clone(&self) -> Words {
+        let mut copy = Words::new();
+        copy.extend_from_slice(self.as_slice());
+        copy
+    }
+}
+
+impl PartialEq for Words {
+    fn eq(&self, other: &Words) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Words {}
+
+impl std::fmt::Debug for Words {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_slice().fmt(f)
+    }
 }
 
 /// Who read a message, when, and whether the read is hidden; by ordinal.
 /// The send time every method takes is the message's `sent_at`, the same
-/// for the readers' whole life.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// for the readers' whole life. Each reader is kept in one form only,
+/// the first that fits: a low reader, a compact one, an outlier; so two
+/// lists of the same reads are equal field by field.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readers {
-    /// Readers that fit in 8 bytes, sorted by ordinal.
-    compact: Vec<Compact>,
-    /// The rest, whole, sorted by ordinal; no ordinal is in both lists.
+    /// Bit `o` set: ordinal `o` read, as a low reader.
+    low: u64,
+    /// The low readers' words, in ordinal order; then the compact readers,
+    /// two words each, sorted by ordinal.
+    words: Words,
+    /// The rest, whole, sorted by ordinal; no ordinal is in two forms.
     outliers: Option<Box<Vec<ReadMark>>>,
+}
+
+impl Default for Readers {
+    fn default() -> Readers {
+        Readers { low: 0, words: Words::new(), outliers: None }
+    }
+}
+
+/// Bits of `low` below ordinal `o`.
+fn below(o: u32) -> u64 {
+    (1u64 << o) - 1
 }
 
 impl Readers {
@@ -80,9 +242,38 @@ impl Readers {
         self.outliers.as_deref().map_or(&[], |o| o.as_slice())
     }
 
+    fn low_count(&self) -> usize {
+        self.low.count_ones() as usize
+    }
+
+    /// The low readers' words, in ordinal order.
+    fn low_words(&self) -> &[u32] {
+        &self.words.as_slice()[..self.low_count()]
+    }
+
+    /// The compact readers' words, two a reader, sorted by ordinal.
+    fn compact_words(&self) -> &[u32] {
+        &self.words.as_slice()[self.low_count()..]
+    }
+
+    /// Where `ordinal` is, or would go, among the compact readers.
+    fn compact_search(&self, ordinal: u32) -> Result<usize, usize> {
+        let words = self.compact_words();
+        let (mut lo, mut hi) = (0, words.len() / 2);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match (words[2 * mid] & !HIDDEN).cmp(&ordinal) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
+    }
+
     /// How many read (hidden reads included).
     pub fn len(&self) -> usize {
-        self.compact.len() + self.outliers().len()
+        self.words.len() - self.compact_words().len() / 2 + self.outliers().len()
     }
 
     /// Whether nobody has read.
@@ -92,12 +283,14 @@ impl Readers {
 
     /// How many of the reads are hidden.
     pub fn hidden_count(&self) -> usize {
-        self.compact.iter().filter(|c| c.hidden()).count() + self.outliers().iter().filter(|r| r.hidden).count()
+        let low = self.low_words().iter().filter(|&&w| w & HIDDEN != 0).count();
+        let compact = self.compact_words().iter().step_by(2).filter(|&&w| w & HIDDEN != 0).count();
+        low + compact + self.outliers().iter().filter(|r| r.hidden).count()
     }
 
     /// Bytes the readers hold on the heap (capacity included).
     pub fn heap_bytes(&self) -> usize {
-        self.compact.capacity() * std::mem::size_of::<Compact>()
+        self.words.heap_bytes()
             + self
                 .outliers
                 .as_ref()
@@ -107,13 +300,17 @@ impl Readers {
     /// Where the readers' heap memory starts (dangling when they have none):
     /// for a prefetch.
     pub(crate) fn heap_ptr(&self) -> *const u8 {
-        self.compact.as_ptr().cast()
+        self.words.ptr.as_ptr().cast()
     }
 
     /// The read of `ordinal`, if it read.
     pub(crate) fn get(&self, ordinal: u32, sent_at: u64) -> Option<ReadMark> {
-        if let Ok(i) = self.compact.binary_search_by_key(&ordinal, |c| c.ordinal()) {
-            return Some(self.compact[i].mark(sent_at));
+        if ordinal < LOW_ORDINALS && self.low & (1 << ordinal) != 0 {
+            let word = self.words.as_slice()[(self.low & below(ordinal)).count_ones() as usize];
+            return Some(Compact::of_low_word(ordinal, word).mark(sent_at));
+        }
+        if let Ok(i) = self.compact_search(ordinal) {
+            return Some(Compact::from_words(&self.compact_words()[2 * i..]).mark(sent_at));
         }
         let outliers = self.outliers();
         outliers.binary_search_by_key(&ordinal, |r| r.ordinal).ok().map(|i| outliers[i])
@@ -121,66 +318,128 @@ impl Readers {
 
     /// Adds a read; false (and nothing changes) if its ordinal has read.
     pub(crate) fn insert(&mut self, mark: ReadMark, sent_at: u64) -> bool {
-        let at = match self.compact.binary_search_by_key(&mark.ordinal, |c| c.ordinal()) {
-            Ok(_) => return false,
-            Err(at) => at,
-        };
-        let outlier_at = match self.outliers.as_ref().map(|o| o.binary_search_by_key(&mark.ordinal, |r| r.ordinal)) {
-            Some(Ok(_)) => return false,
-            Some(Err(at)) => at,
-            None => 0,
-        };
+        let o = mark.ordinal;
+        if o < LOW_ORDINALS && self.low & (1 << o) != 0 {
+            return false;
+        }
+        let low_count = self.low_count();
+        // The other forms, usually empty, looked at only if not.
+        let has_compact = self.words.len() > low_count;
+        if has_compact && self.compact_search(o).is_ok() {
+            return false;
+        }
+        if self.outliers().binary_search_by_key(&o, |r| r.ordinal).is_ok() {
+            return false;
+        }
         match Compact::of(mark, sent_at) {
-            Some(compact) => self.compact.insert(at, compact),
-            None => self.outliers.get_or_insert_default().insert(outlier_at, mark),
+            Some(c) => match c.low_word() {
+                Some(word) => {
+                    self.words.insert((self.low & below(o)).count_ones() as usize, &[word]);
+                    self.low |= 1 << o;
+                }
+                None => {
+                    let at = self.compact_search(o).unwrap_or_else(|at| at);
+                    self.words.insert(low_count + 2 * at, &c.words());
+                }
+            },
+            None => {
+                let outliers = self.outliers.get_or_insert_default();
+                outliers.insert(outliers.partition_point(|r| r.ordinal < o), mark);
+            }
         }
         true
     }
 
     /// Every read from ordinal `start` on, in ordinal order.
     pub(crate) fn iter_from(&self, start: u32, sent_at: u64) -> ReadsFrom<'_> {
-        let from = self.compact.partition_point(|c| c.ordinal() < start);
+        let (low, low_words) = if start < LOW_ORDINALS {
+            let skipped = (self.low & below(start)).count_ones() as usize;
+            (self.low & !below(start), &self.low_words()[skipped..])
+        } else {
+            (0, &[][..])
+        };
+        let compact_from = match self.compact_search(start) {
+            Ok(i) | Err(i) => 2 * i,
+        };
         let outliers = self.outliers();
         let outliers_from = outliers.partition_point(|r| r.ordinal < start);
-        ReadsFrom { compact: &self.compact[from..], outliers: &outliers[outliers_from..], sent_at }
+        ReadsFrom {
+            low,
+            low_words,
+            compact: &self.compact_words()[compact_from..],
+            outliers: &outliers[outliers_from..],
+            sent_at,
+        }
     }
 
     /// Every read, in ordinal order.
     pub(crate) fn iter(&self, sent_at: u64) -> ReadsFrom<'_> {
-        self.iter_from(0, sent_at)
+        // `iter_from(0)` without its searches: a recount walks every read.
+        let (low_words, compact) = self.words.as_slice().split_at(self.low_count());
+        ReadsFrom { low: self.low, low_words, compact, outliers: self.outliers(), sent_at }
+    }
+
+    /// Every low and compact reader, in ordinal order, compact: what the
+    /// persisted form's first list holds.
+    fn compact_in_order(&self) -> impl Iterator<Item = Compact> + '_ {
+        let mut reads = self.iter(0);
+        reads.outliers = &[];
+        std::iter::from_fn(move || reads.next_compact())
     }
 }
 
-/// Reads in ordinal order: the two sorted lists merged.
+/// Reads in ordinal order: the three forms merged.
 pub(crate) struct ReadsFrom<'a> {
-    compact: &'a [Compact],
+    /// Low readers not yet returned, and their words.
+    low: u64,
+    low_words: &'a [u32],
+    /// Compact readers' words not yet returned.
+    compact: &'a [u32],
     outliers: &'a [ReadMark],
     sent_at: u64,
+}
+
+impl ReadsFrom<'_> {
+    /// The next low or compact reader, if it comes before the next outlier.
+    #[inline]
+    fn next_compact(&mut self) -> Option<Compact> {
+        if self.low != 0 {
+            let o = self.low.trailing_zeros();
+            // Usually the only form left: then this is next.
+            let first = self.compact.first().is_none_or(|&w| o < w & !HIDDEN)
+                && self.outliers.first().is_none_or(|r| o < r.ordinal);
+            if first {
+                let (&word, rest) = self.low_words.split_first()?;
+                self.low &= self.low - 1;
+                self.low_words = rest;
+                return Some(Compact::of_low_word(o, word));
+            }
+        }
+        let &w = self.compact.first()?;
+        if self.outliers.first().is_some_and(|r| r.ordinal < w & !HIDDEN) {
+            return None;
+        }
+        let c = Compact::from_words(self.compact);
+        self.compact = &self.compact[2..];
+        Some(c)
+    }
 }
 
 impl Iterator for ReadsFrom<'_> {
     type Item = ReadMark;
 
+    #[inline]
     fn next(&mut self) -> Option<ReadMark> {
-        let take_compact = match (self.compact.first(), self.outliers.first()) {
-            (None, None) => return None,
-            (Some(c), Some(r)) => c.ordinal() < r.ordinal,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-        };
-        if take_compact {
-            let (c, rest) = self.compact.split_first()?;
-            self.compact = rest;
-            Some(c.mark(self.sent_at))
-        } else {
-            let (r, rest) = self.outliers.split_first()?;
-            self.outliers = rest;
-            Some(*r)
+        if let Some(c) = self.next_compact() {
+            return Some(c.mark(self.sent_at));
         }
+        let (r, rest) = self.outliers.split_first()?;
+        self.outliers = rest;
+        Some(*r)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.compact.len() + self.outliers.len();
+        let n = self.low.count_ones() as usize + self.compact.len() / 2 + self.outliers.len();
         (n, Some(n))
     }
 }
@@ -241,10 +500,11 @@ impl Readers {
     /// The persisted form, appended to `out`.
     fn encode_into(&self, out: &mut Vec<u8>) {
         let outliers = self.outliers();
-        out.reserve(2 + 3 * self.compact.len() + 12 * outliers.len());
-        put_varint(out, self.compact.len() as u64);
+        let compact_count = self.words.len() - self.compact_words().len() / 2;
+        out.reserve(2 + 3 * compact_count + 12 * outliers.len());
+        put_varint(out, compact_count as u64);
         let (mut next_ordinal, mut last_offset) = (0u32, OFFSET_BIAS as i64);
-        for c in &self.compact {
+        for c in self.compact_in_order() {
             let gap = u64::from(c.ordinal() - next_ordinal);
             put_varint(out, gap << 1 | u64::from(c.hidden()));
             put_varint(out, zigzag(i64::from(c.offset) - last_offset));
@@ -303,8 +563,23 @@ impl Readers {
         if !d.bytes.is_empty() {
             return Err("bytes after the reader list");
         }
+        // Each compact reader as a low one where it fits, in ordinal order.
+        let (mut low, mut low_words, mut pairs) = (0u64, Vec::new(), Vec::new());
+        for c in compact {
+            match c.low_word() {
+                Some(word) => {
+                    low |= 1 << c.ordinal();
+                    low_words.push(word);
+                }
+                None => pairs.extend(c.words()),
+            }
+        }
+        let mut words = Words::new();
+        words.reserve(low_words.len() + pairs.len());
+        words.extend_from_slice(&low_words);
+        words.extend_from_slice(&pairs);
         let outliers = (!outliers.is_empty()).then(|| Box::new(outliers));
-        Ok(Readers { compact, outliers })
+        Ok(Readers { low, words, outliers })
     }
 }
 
@@ -400,7 +675,8 @@ mod tests {
         assert_eq!(r.get(5, SENT_AT), Some(reads[0]));
         assert_eq!(r.get(6, SENT_AT), None);
         assert_eq!((r.len(), r.hidden_count()), (7, 2));
-        assert_eq!(r.compact.len(), 2, "only the reads within 2^31 ms of the send time are compact");
+        assert_eq!(r.outliers().len(), 5, "only the reads within 2^31 ms of the send time are compact");
+        assert_eq!((r.low_count(), r.compact_words().len()), (1, 2), "within 2^30 ms, a low ordinal is a bit");
         assert_eq!(roundtrip(&r), r);
     }
 
@@ -413,6 +689,23 @@ mod tests {
         assert!(r.outliers.is_none());
         let bytes = r.encode();
         assert!(bytes.len() <= 2 + 100 * 3 + 1, "{} bytes for 100 readers", bytes.len());
+        assert_eq!(roundtrip(&r), r);
+    }
+
+    #[test]
+    fn a_small_groups_readers_take_four_bytes_each() {
+        let mut r = Readers::default();
+        for o in [9, 1, 30, 2, 17, 5, 31, 12] {
+            assert!(r.insert(mark(o, SENT_AT + 60_000 * u64::from(o), o == 5), SENT_AT));
+        }
+        assert_eq!(r.heap_bytes(), 8 * 4);
+        assert_eq!((r.len(), r.hidden_count()), (8, 1));
+        assert_eq!(r.get(5, SENT_AT), Some(mark(5, SENT_AT + 300_000, true)));
+        assert_eq!(r.iter_from(12, SENT_AT).map(|m| m.ordinal).collect::<Vec<_>>(), [12, 17, 30, 31]);
+        // A member who joined late, past the bits.
+        assert!(r.insert(mark(64, SENT_AT + 1, false), SENT_AT));
+        assert_eq!(r.heap_bytes(), 16 * 4, "two words for a reader past the bits, and room to grow");
+        assert_eq!(r.iter_from(31, SENT_AT).map(|m| m.ordinal).collect::<Vec<_>>(), [31, 64]);
         assert_eq!(roundtrip(&r), r);
     }
 
@@ -442,8 +735,14 @@ mod tests {
         fn behaves_like_a_sorted_list_of_marks(
             sent_at in prop_oneof![Just(SENT_AT), Just(0u64), Just(u64::MAX)],
             reads in proptest::collection::vec(
-                (prop_oneof![0u32..64, any::<u32>()],
-                 prop_oneof![SENT_AT - 5_000..SENT_AT + 5_000_000, any::<u64>()],
+                (prop_oneof![0u32..64, 60u32..70, any::<u32>()],
+                 prop_oneof![
+                    SENT_AT - 5_000..SENT_AT + 5_000_000,
+                    // The edges of the low readers' window.
+                    SENT_AT - (1 << 30) - 2..SENT_AT - (1 << 30) + 2,
+                    SENT_AT + (1 << 30) - 2..SENT_AT + (1 << 30) + 2,
+                    any::<u64>(),
+                 ],
                  any::<bool>()),
                 0..80),
             start in 0u32..70,
@@ -465,7 +764,13 @@ mod tests {
             prop_assert_eq!(readers.iter_from(start, sent_at).collect::<Vec<_>>(), from);
             prop_assert_eq!(readers.len(), model.len());
             prop_assert_eq!(readers.hidden_count(), model.iter().filter(|r| r.hidden).count());
-            prop_assert_eq!(roundtrip(&readers), readers);
+            prop_assert_eq!(roundtrip(&readers), readers.clone());
+            // One form per set of reads, whatever the order they came in.
+            let mut backwards = Readers::default();
+            for m in model.iter().rev() {
+                prop_assert!(backwards.insert(*m, sent_at));
+            }
+            prop_assert_eq!(backwards, readers);
         }
     }
 }
