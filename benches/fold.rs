@@ -6,7 +6,9 @@
 //! - `reads/*`: reads into 1,000,000 live messages in groups of 32, either
 //!   clustered on the newest 1,000 messages (hot) or uniform over all of
 //!   them; receiptd's fold against a naive `HashMap<u64, HashSet<u32>>` fold
-//!   of the same reads (ids pre-interned for it), in the same run.
+//!   of the same reads (ids pre-interned for it), in the same run, and
+//!   against a naive fold of the same events as they come, string ids and
+//!   all (`HashMap<String, HashSet<String>>`): what the ids alone cost.
 //! - `mix/*/drain_mix`: the drain bench's mix (below), folded one event
 //!   at a time and looked up ahead as the worker folds a batch.
 //! - `stage/mix_50k_window`: a flush's staging of 50,000 events of the
@@ -236,6 +238,49 @@ impl NaiveFold {
     }
 }
 
+/// The naive fold of the events themselves: the same sets and counts as
+/// [`NaiveFold`], keyed by the events' string ids (a message's readers by
+/// name), so that it looks ids up as receiptd must. Not one generic fold
+/// with [`NaiveFold`]: this one looks up by borrowed strings and copies an
+/// id only when it is new, where that one inserts straight away.
+#[derive(Default)]
+struct NaiveStringFold {
+    readers: HashMap<String, HashSet<String>>,
+    counts: HashMap<String, u32>,
+    changed: HashSet<String>,
+}
+
+impl NaiveStringFold {
+    fn new(shape: Shape) -> Self {
+        let mut f = NaiveStringFold::default();
+        for m in 0..shape.messages {
+            f.readers.insert(format!("m{m}"), HashSet::new());
+            f.counts.insert(format!("m{m}"), 0);
+        }
+        f
+    }
+
+    fn apply(&mut self, event: &Event) {
+        let Event::MessageRead(r) = event else { return };
+        for m in &r.msg_ids {
+            if let Some(set) = self.readers.get_mut(m.as_str()) {
+                if !set.contains(r.reader.as_str()) {
+                    set.insert(r.reader.to_string());
+                    *self.counts.get_mut(m.as_str()).expect("counted") += 1;
+                    if !self.changed.contains(m.as_str()) {
+                        self.changed.insert(m.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let deltas: Vec<(String, u32)> = self.changed.drain().map(|m| (m.clone(), self.counts[&m])).collect();
+        std::hint::black_box(deltas);
+    }
+}
+
 fn reads_bench(c: &mut Criterion) {
     let settings = SettingsTable::default();
     let limits = Limits::default();
@@ -247,25 +292,41 @@ fn reads_bench(c: &mut Criterion) {
         bench_folds(&mut group, name, &events, || live_state(TIMED, &settings, &limits), &settings, &limits);
 
         let mut naive = NaiveFold::new();
-        let mut next = 0;
-        group.bench_function(format!("naive_hashmap/{name}"), |b| {
-            b.iter_custom(|iters| {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    let chunk = &numbers[next * CHUNK..(next + 1) * CHUNK];
-                    next = (next + 1) % CHUNKS;
-                    for (i, &(m, r)) in chunk.iter().enumerate() {
-                        naive.read(m, r as u32);
-                        if i % 1_000 == 999 {
-                            naive.flush();
-                        }
-                    }
-                }
-                started.elapsed()
-            })
+        bench_naive(&mut group, format!("naive_hashmap/{name}"), &numbers, |&(m, r), flush| {
+            naive.read(m, r as u32);
+            if flush {
+                naive.flush();
+            }
+        });
+        let mut naive = NaiveStringFold::new(TIMED);
+        bench_naive(&mut group, format!("naive_string_ids/{name}"), &events, |e, flush| {
+            naive.apply(e);
+            if flush {
+                naive.flush();
+            }
         });
     }
     group.finish();
+}
+
+/// Times a naive fold of `items`, `CHUNK` an iteration, the chunks in
+/// turn; `fold` is told to flush after every 1,000th item, as receiptd's
+/// folds take their receipts.
+fn bench_naive<T>(group: &mut BenchmarkGroup<'_, WallTime>, id: String, items: &[T], mut fold: impl FnMut(&T, bool)) {
+    let mut next = 0;
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            for _ in 0..iters {
+                let chunk = &items[next * CHUNK..(next + 1) * CHUNK];
+                next = (next + 1) % CHUNKS;
+                for (i, item) in chunk.iter().enumerate() {
+                    fold(item, i % 1_000 == 999);
+                }
+            }
+            started.elapsed()
+        })
+    });
 }
 
 /// The drain's mix after 300,000 events of warm-up, a fresh 100,000 an
