@@ -767,8 +767,8 @@ mod tests {
         assert!(huge_10.0 < 256);
         // Readers do: a bounded number of bytes each.
         assert!(huge_10k.0 < 10_000 * 16, "{huge_10k:?}");
-        // In memory a reader is 8 bytes, up to twice that while the vector's
-        // capacity has doubled past its length.
+        // In memory a reader is 8 bytes (4 for ordinals below 64), up to
+        // twice that while the vector's capacity has doubled past its length.
         assert!(huge_10k.1 < 10_000 * 16 + 512, "{huge_10k:?}");
         // Persisted, consecutive readers a second apart take 4 bytes each.
         assert!(huge_10k.0 < 10_000 * 5, "{huge_10k:?}");
