@@ -276,7 +276,14 @@ impl NaiveStringFold {
     }
 
     fn flush(&mut self) {
-        let deltas: Vec<(String, u32)> = self.changed.drain().map(|m| (m.clone(), self.counts[&m])).collect();
+        let deltas: Vec<(String, u32)> = self
+            .changed
+            .drain()
+            .map(|m| {
+                let count = self.counts[&m];
+                (m, count)
+            })
+            .collect();
         std::hint::black_box(deltas);
     }
 }
