@@ -17,10 +17,7 @@ target_dir="${RECEIPTD_FUZZ_TARGET_DIR:-$HOME/.cache/receiptd/fuzz-target}"
 
 die() { echo "deploy/fuzz.sh: $*" >&2; exit 1; }
 
-if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-  echo "deploy/fuzz.sh: installing the nightly toolchain" >&2
-  rustup toolchain install nightly --profile minimal >&2 || die "could not install the nightly toolchain"
-fi
+../deploy/nightly.sh
 if ! command -v cargo-fuzz >/dev/null; then
   echo "deploy/fuzz.sh: installing cargo-fuzz" >&2
   cargo +stable install cargo-fuzz --locked >&2 || die "could not install cargo-fuzz"

@@ -2,7 +2,8 @@
 # The whole test suite: installs build prerequisites, starts a real Apache
 # Kafka broker (deploy/kafka.sh), runs every test in release mode against it,
 # stops the broker whatever happens, checks that the benches compile, then runs
-# a short smoke run of every fuzz target (deploy/fuzz.sh smoke).
+# a short smoke run of every fuzz target (deploy/fuzz.sh smoke) and the core's
+# and the wire's unit tests under AddressSanitizer (deploy/asan.sh).
 #
 #   deploy/test.sh [extra cargo test args]
 #
@@ -32,3 +33,4 @@ cargo test --release --workspace "$@"
 # compiling.
 cargo bench --workspace --no-run
 "$here/fuzz.sh" smoke "${RECEIPTD_FUZZ_SMOKE_SECONDS:-20}"
+"$here/asan.sh"
