@@ -13,9 +13,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
 "$here/nightly.sh"
 target_dir="${RECEIPTD_ASAN_TARGET_DIR:-$HOME/.cache/receiptd/asan-target}"
-# `--target`: the sanitizer flags then reach the crates' code only, not
-# build scripts and proc macros, which run on the build machine.
-RUSTFLAGS="-Zsanitizer=address" cargo +nightly test --target x86_64-unknown-linux-gnu --target-dir "$target_dir" \
+# `--target` (this machine's): the sanitizer flags then reach the crates'
+# code only, not build scripts and proc macros, which cargo builds apart.
+host="$(rustc +nightly -vV | sed -n 's/^host: //p')"
+RUSTFLAGS="-Zsanitizer=address" cargo +nightly test --target "$host" --target-dir "$target_dir" \
   -p receiptd-core -p receiptd-wire --lib || {
   echo "deploy/asan.sh: the unit tests failed under AddressSanitizer (report above)" >&2
   exit 1

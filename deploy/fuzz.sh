@@ -17,7 +17,7 @@ target_dir="${RECEIPTD_FUZZ_TARGET_DIR:-$HOME/.cache/receiptd/fuzz-target}"
 
 die() { echo "deploy/fuzz.sh: $*" >&2; exit 1; }
 
-../deploy/nightly.sh
+../deploy/nightly.sh # (run from fuzz/)
 if ! command -v cargo-fuzz >/dev/null; then
   echo "deploy/fuzz.sh: installing cargo-fuzz" >&2
   cargo +stable install cargo-fuzz --locked >&2 || die "could not install cargo-fuzz"
