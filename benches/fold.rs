@@ -251,9 +251,9 @@ struct NaiveStringFold {
 }
 
 impl NaiveStringFold {
-    fn new(shape: Shape) -> Self {
+    fn new() -> Self {
         let mut f = NaiveStringFold::default();
-        for m in 0..shape.messages {
+        for m in 0..MESSAGES {
             f.readers.insert(format!("m{m}"), HashSet::new());
             f.counts.insert(format!("m{m}"), 0);
         }
@@ -305,7 +305,7 @@ fn reads_bench(c: &mut Criterion) {
                 naive.flush();
             }
         });
-        let mut naive = NaiveStringFold::new(TIMED);
+        let mut naive = NaiveStringFold::new();
         bench_naive(&mut group, format!("naive_string_ids/{name}"), &events, |e, flush| {
             naive.apply(e);
             if flush {

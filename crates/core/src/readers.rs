@@ -323,11 +323,16 @@ impl Readers {
             return false;
         }
         let low_count = self.low_count();
-        // The other forms, usually empty, looked at only if not.
-        let has_compact = self.words.len() > low_count;
-        if has_compact && self.compact_search(o).is_ok() {
-            return false;
-        }
+        // Where it would go among the compact readers: searched only if
+        // there are any (in a small group, usually none).
+        let compact_at = if self.words.len() > low_count {
+            match self.compact_search(o) {
+                Ok(_) => return false,
+                Err(at) => at,
+            }
+        } else {
+            0
+        };
         if self.outliers().binary_search_by_key(&o, |r| r.ordinal).is_ok() {
             return false;
         }
@@ -337,10 +342,7 @@ impl Readers {
                     self.words.insert((self.low & below(o)).count_ones() as usize, &[word]);
                     self.low |= 1 << o;
                 }
-                None => {
-                    let at = self.compact_search(o).unwrap_or_else(|at| at);
-                    self.words.insert(low_count + 2 * at, &c.words());
-                }
+                None => self.words.insert(low_count + 2 * compact_at, &c.words()),
             },
             None => {
                 let outliers = self.outliers.get_or_insert_default();
@@ -563,21 +565,20 @@ impl Readers {
         if !d.bytes.is_empty() {
             return Err("bytes after the reader list");
         }
-        // Each compact reader as a low one where it fits, in ordinal order.
-        let (mut low, mut low_words, mut pairs) = (0u64, Vec::new(), Vec::new());
-        for c in compact {
-            match c.low_word() {
-                Some(word) => {
-                    low |= 1 << c.ordinal();
-                    low_words.push(word);
-                }
-                None => pairs.extend(c.words()),
+        // Each compact reader as a low one where it fits: the low ones'
+        // words first, then the rest's, each in ordinal order.
+        let low_count = compact.iter().filter(|c| c.low_word().is_some()).count();
+        let (mut low, mut words) = (0u64, Words::new());
+        words.reserve(low_count + 2 * (compact.len() - low_count));
+        for c in &compact {
+            if let Some(word) = c.low_word() {
+                low |= 1 << c.ordinal();
+                words.extend_from_slice(&[word]);
             }
         }
-        let mut words = Words::new();
-        words.reserve(low_words.len() + pairs.len());
-        words.extend_from_slice(&low_words);
-        words.extend_from_slice(&pairs);
+        for c in compact.iter().filter(|c| c.low_word().is_none()) {
+            words.extend_from_slice(&c.words());
+        }
         let outliers = (!outliers.is_empty()).then(|| Box::new(outliers));
         Ok(Readers { low, words, outliers })
     }
