@@ -685,7 +685,9 @@ fn compute_unread(settings: AppSettings<'_>, group: &Group, m: &MessageState) ->
     }
     let revealed_present =
         m.reads().filter(|r| group.member_since(r.ordinal, epoch) && revealed_now(settings, group, r)).count() as u32;
-    unread - revealed_present
+    // Never below zero, even for a stored reader list that names the
+    // sender (the fold never adds the sender's read; a corrupt store could).
+    unread.saturating_sub(revealed_present)
 }
 
 /// `(read, unread)` of a message as its sender may see them now.

@@ -268,6 +268,16 @@ impl MessageState {
 impl<'de> Deserialize<'de> for MessageState {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let m = StoredMessage::deserialize(deserializer)?;
+        // Every revealed reader is counted once, and hidden ones never are
+        // (a read stays hidden for good): a count that disagrees is a
+        // corrupt value, which the fold would move past u32 or below zero.
+        let revealed = m.readers.len() - m.readers.hidden_count();
+        if m.visible_reads as usize != revealed {
+            return Err(serde::de::Error::custom(format_args!(
+                "{} revealed reads counted for a reader list with {revealed}",
+                m.visible_reads
+            )));
+        }
         let mut state = MessageState::new(m.sender, m.target, m.sent_at, m.tracking);
         state.timestamp = m.timestamp;
         state.readers = m.readers;
@@ -1133,7 +1143,7 @@ mod stored_form_tests {
             tracking in 0usize..6,
             timestamp in wide_u64(),
             reads in prop::collection::vec((prop_oneof![0u32..2_000, any::<u32>()], wide_u64(), any::<bool>()), 0..120),
-            visible_reads in wide_u32(),
+            visible_reads in (prop::bool::weighted(0.9), wide_u32()),
             receipt_counts in (wide_u32(), wide_u32()),
         ) {
             let target = match group {
@@ -1152,14 +1162,21 @@ mod stored_form_tests {
             for (ordinal, read_at, hidden) in reads {
                 m.readers.insert(ReadMark { ordinal, read_at, hidden }, sent_at);
             }
+            // Mostly the count the reads give, which is what the fold keeps.
+            let revealed = (m.readers.len() - m.readers.hidden_count()) as u32;
+            let visible_reads = if visible_reads.0 { revealed } else { visible_reads.1 };
             (m.timestamp, m.visible_reads, m.receipt_counts) = (timestamp, visible_reads, receipt_counts);
             let reference = bincode::serde::encode_to_vec(&m, bincode::config::standard()).unwrap();
             let mut direct = vec![1, 2, 3];
             m.encode_stored(&mut direct);
             prop_assert_eq!(&direct[..3], &[1, 2, 3], "appended, not replaced");
             prop_assert_eq!(&direct[3..], &reference[..]);
-            let (back, used): (MessageState, usize) =
-                bincode::serde::decode_from_slice(&direct[3..], bincode::config::standard()).unwrap();
+            let back = bincode::serde::decode_from_slice::<MessageState, _>(&direct[3..], bincode::config::standard());
+            if visible_reads != revealed {
+                prop_assert!(back.is_err(), "a revealed count that disagrees with the reads is refused");
+                return Ok(());
+            }
+            let (back, used) = back.unwrap();
             prop_assert_eq!(used, reference.len());
             prop_assert_eq!(back, m);
         }

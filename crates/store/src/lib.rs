@@ -564,18 +564,26 @@ mod tests {
             ("m3", "05616c6963650103626f62fd006a2a4f930100000001fdf46b2a4f93010000050100e80700010100"),
         ];
         let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let unhex = |hex: &str| -> Vec<u8> {
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+        };
         for (msg_id, before) in stored_before {
             let m = state.message("a", msg_id).unwrap();
             let now = hex(&encode(&*m));
             let expected = if msg_id == "m2" { before.replace("0501fd", "0500fd") } else { before.to_owned() };
             assert_eq!(now, expected, "{msg_id} is stored as before");
-            let bytes: Vec<u8> =
-                (0..before.len()).step_by(2).map(|i| u8::from_str_radix(&before[i..i + 2], 16).unwrap()).collect();
-            let read_back: receiptd_core::MessageState = decode(msg_id.as_bytes(), &bytes).unwrap();
+            let read_back: receiptd_core::MessageState = decode(msg_id.as_bytes(), &unhex(before)).unwrap();
             assert_eq!(hex(&encode(&read_back)), expected, "{msg_id} stored before reads back as it is now");
             assert_eq!(read_back.version(), m.version());
         }
         assert_eq!(state.message("a", "m1").unwrap().version(), 2, "two revealed reads, one private");
+        // m1 with 3 revealed reads counted (its last three bytes are that
+        // count and its receipt's): refused, not folded on.
+        let m1 = stored_before[0].1;
+        let miscounted = format!("{}03{}", &m1[..m1.len() - 6], &m1[m1.len() - 4..]);
+        let err = decode::<receiptd_core::MessageState>(b"m1", &unhex(&miscounted)).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("3 revealed reads counted for a reader list with 2"), "{err}");
     }
 
     #[test]
