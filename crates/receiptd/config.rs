@@ -166,7 +166,8 @@ pub struct FlushConfig {
     /// flush while input keeps coming. Default 50. A shorter window
     /// shortens the tail under load, for more and smaller flushes while
     /// the worker is behind: 5 (with `when_caught_up` false) halved the p99
-    /// at 50% and 80% load on a 2-core VM (BENCHMARKS.md, twenty-sixth
+    /// at 50% and 80% load on a 2-core VM, for 14% more delta records and
+    /// 2% more store writes in a drain (BENCHMARKS.md, twenty-sixth
     /// sitting).
     pub interval_ms: u64,
     /// Also start a flush as soon as the input is drained (no record
