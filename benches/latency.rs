@@ -538,8 +538,8 @@ fn main() {
         println!("flush {mode}: drain rate {drain:.0} events/s; loads are shares of {base:.0}");
         if summary.is_empty() && warm_up() {
             // A broker started for this run compiles its hot paths in its
-            // first minute: unwarmed, a first load's p99 came to 112 to 560
-            // ms where the same settings' third came to 16 to 72.
+            // first minute: unwarmed, a first load's p99 over the pipe came
+            // to 112 to 560 ms where the same settings' third came to 16 to 73.
             let mut warm = run_load(&worker, &topics, &pipe, base * 0.5, &mut traffic, WARM_UP_PROBES);
             println!(
                 "flush {mode}: warm-up load at 50% (not recorded): engine p99 {:.1} ms, pipe p99 {:.1} ms",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cargo-fuzz targets of receiptd (fuzz/): the JSON and bincode decoders, the
-# HTTP request handling, and a message's stored form read back. Needs the nightly toolchain and cargo-fuzz; this
-# script installs both when missing, and fails loudly if it cannot.
+# HTTP request handling, and a message's stored form read back. Needs the
+# nightly toolchain and cargo-fuzz; this script installs both when missing,
+# and fails loudly if it cannot.
 #
 #   deploy/fuzz.sh smoke [SECONDS]        every target for SECONDS (default 20),
 #                                         seeded from the committed corpora,

@@ -165,10 +165,10 @@ pub struct FlushConfig {
     /// Flush window, ms (1 to 60000): the longest a change waits for its
     /// flush while input keeps coming. Default 50. A shorter window
     /// shortens the tail under load, for more and smaller flushes while
-    /// the worker is behind: 5 (with `when_caught_up` false) halved the p99
-    /// at 50% and 80% load on a 2-core VM, for 14% more delta records and
-    /// 2% more store writes in a drain (BENCHMARKS.md, twenty-sixth
-    /// sitting).
+    /// the worker is behind: 5 (with `when_caught_up` false) cut the p99
+    /// over a bare produce-consume pipe by 40% at 50% load and 46% at 80%
+    /// (medians) on a 2-core VM, for 14% more delta records and 2% more
+    /// store writes in a drain (BENCHMARKS.md, twenty-sixth sitting).
     pub interval_ms: u64,
     /// Also start a flush as soon as the input is drained (no record
     /// waiting) and there is room for another flush in flight, instead of
