@@ -57,6 +57,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (app, msg_id, group_id) = ("a1", "m1", group_id.as_str().to_owned());
+    let sent_at = message.sent_at;
     let mut state = PartitionState::new();
     state.restore_group(app, &group_id, GroupMeta { group_type: Some(GroupType::Work), epoch: *audience_epoch });
     for ordinal in 0..members {
@@ -67,7 +68,6 @@ fuzz_target!(|data: &[u8]| {
 
     let (settings, limits, mut fx) = (SettingsTable::default(), Limits::default(), Effects::default());
     for pair in data[used..].chunks_exact(2) {
-        let sent_at = state.message(app, msg_id).unwrap().sent_at;
         let read_at = match pair[1] >> 6 {
             0 => sent_at.wrapping_add(u64::from(pair[1]) * 1_000),
             1 => sent_at.wrapping_sub(u64::from(pair[1])),
