@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # cargo-fuzz targets of receiptd (fuzz/): the JSON and bincode decoders, the
-# HTTP request handling, and a message's stored form read back. Needs the
-# nightly toolchain and cargo-fuzz; this script installs both when missing,
-# and fails loudly if it cannot.
+# HTTP request handling, a message's stored form read back, and a partition
+# restored from any stored entities. Needs the nightly toolchain and
+# cargo-fuzz; this script installs both when missing, and fails loudly if it
+# cannot.
 #
 #   deploy/fuzz.sh smoke [SECONDS]        every target for SECONDS (default 20),
 #                                         seeded from the committed corpora,
@@ -13,7 +14,7 @@
 # Builds go to $HOME/.cache/receiptd/fuzz-target (reused across runs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
-targets=(decode_json decode_bincode http_api stored_message)
+targets=(decode_json decode_bincode http_api stored_message restored_partition)
 target_dir="${RECEIPTD_FUZZ_TARGET_DIR:-$HOME/.cache/receiptd/fuzz-target}"
 
 die() { echo "deploy/fuzz.sh: $*" >&2; exit 1; }

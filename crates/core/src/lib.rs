@@ -47,7 +47,7 @@ pub use settings::{AppSettings, SettingsTable};
 pub use sharded::{KeyEq, ShardedMap};
 pub use state::{
     DirtyKey, Entity, GroupLists, GroupMeta, HeldRead, Id, MessageState, MessageTarget, PartitionState, PartitionView,
-    ReadMark, Tracking, NOT_A_MEMBER,
+    ReadMark, RestoreError, Tracking, NOT_A_MEMBER,
 };
 pub use stats::{FoldStats, Ignored, Outcome, EVENT_KINDS};
 pub use stored_form::put_leb128;

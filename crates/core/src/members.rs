@@ -63,26 +63,6 @@ impl MemberNames {
         ordinal
     }
 
-    /// Sets the name of `ordinal` (restoring from storage, where slots come
-    /// in ordinal order; any other order rebuilds the buffer). Ordinals
-    /// skipped over get empty names until their own slot arrives.
-    pub(crate) fn set(&mut self, ordinal: u32, name: &str) {
-        let i = ordinal as usize;
-        if i == self.len() {
-            self.push(name);
-            return;
-        }
-        let mut names: Vec<String> = (0..self.len() as u32).map(|o| self.name(o).to_owned()).collect();
-        if names.len() <= i {
-            names.resize(i + 1, String::new());
-        }
-        names[i] = name.to_owned();
-        *self = MemberNames::default();
-        for n in &names {
-            self.push(n);
-        }
-    }
-
     /// Heap bytes held, roughly.
     #[cfg(test)]
     pub(crate) fn heap_bytes(&self) -> usize {
@@ -121,17 +101,5 @@ mod tests {
             assert_eq!(m.ordinal(name), Some(k as u32));
         }
         assert_eq!(m.ordinal("😀"), None, "half of a name is not a name");
-    }
-
-    #[test]
-    fn restoring_out_of_order_gives_the_same_table() {
-        let mut m = MemberNames::default();
-        m.set(2, "c");
-        m.set(0, "a");
-        m.set(1, "b");
-        m.set(3, "d");
-        assert_eq!((0..4).map(|o| m.name(o)).collect::<Vec<_>>(), ["a", "b", "c", "d"]);
-        assert_eq!(m.ordinal("c"), Some(2));
-        assert_eq!(m.ordinal("a"), Some(0));
     }
 }

@@ -532,6 +532,81 @@ impl SendTimeIndex {
     }
 }
 
+/// Stored entities that no fold could have written, found while restoring:
+/// the partition is refused rather than served from a state that breaks
+/// what the fold and the queries rely on (a count below zero, a reader
+/// with no name). The store reports it as corrupt, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{problem}")]
+pub struct RestoreError {
+    /// The entity refused.
+    pub key: DirtyKey,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl RestoreError {
+    fn new(key: DirtyKey, problem: impl Into<String>) -> Self {
+        RestoreError { key, problem: problem.into() }
+    }
+}
+
+/// The first restored entity of `app` that breaks what the fold keeps
+/// (see [`PartitionState::finish_restore`]).
+fn check_restored(app: &AppState) -> Result<(), RestoreError> {
+    let mut found = Ok(());
+    app.view.groups.for_each(|group_id, g| {
+        let Some(ordinal) = g.since.iter().position(|&s| s != NOT_A_MEMBER && s > g.meta.epoch) else { return };
+        if found.is_ok() {
+            let (since, epoch) = (g.since[ordinal], g.meta.epoch);
+            let key = DirtyKey::Member { app: app.id.clone(), group_id: group_id.clone(), ordinal: ordinal as u32 };
+            found = Err(RestoreError::new(key, format!("a member since epoch {since} of a group at epoch {epoch}")));
+        }
+    });
+    app.view.messages.for_each(|msg_id, m| {
+        if found.is_ok() {
+            found = fits_its_group(&app.view.groups, m).map_err(|problem| {
+                RestoreError::new(DirtyKey::Message { app: app.id.clone(), msg_id: msg_id.clone() }, problem)
+            });
+        }
+    });
+    found
+}
+
+/// Why a restored message does not fit its group, if it does not (see
+/// [`PartitionState::finish_restore`]).
+fn fits_its_group(groups: &ShardedMap<Id, Group>, m: &MessageState) -> Result<(), String> {
+    // Reads come in ordinal order: the last has the highest.
+    let highest_reader = m.reads().last().map(|r| r.ordinal);
+    match &m.target {
+        MessageTarget::C2c { .. } => match highest_reader {
+            Some(o) if o > 0 => Err(format!("a C2C message read by ordinal {o}; only its peer, 0, reads it")),
+            _ => Ok(()),
+        },
+        MessageTarget::Group { group_id, audience_epoch } => {
+            let Some(group) = groups.get(&**group_id) else {
+                return match m.tracking {
+                    Tracking::Tracked => Err(format!("a tracked message of group {group_id:?}, which is not stored")),
+                    _ => Ok(()),
+                };
+            };
+            let (epoch, handed_out) = (group.meta.epoch, group.users.len());
+            if *audience_epoch > epoch {
+                return Err(format!("sent at epoch {audience_epoch} of group {group_id:?}, which is at epoch {epoch}"));
+            }
+            if let Some(o) = highest_reader.filter(|&o| o as usize >= handed_out) {
+                return Err(format!("read by ordinal {o} of group {group_id:?}, which has {handed_out} member slots"));
+            }
+            match group.ordinal(&m.sender) {
+                // The fold ignores a sender's read of their own message;
+                // counted, the sender would be taken off the unread twice.
+                Some(o) if m.read_mark(o).is_some() => Err(format!("read by its sender, ordinal {o}")),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
 /// The key of an entity that changed since the last [`PartitionState::flush_changes`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DirtyKey {
@@ -948,22 +1023,41 @@ impl PartitionState {
         self.view.watermark.store(watermark, Relaxed);
     }
 
-    /// Restores a group header. Members follow through [`Self::restore_member`],
-    /// then [`Self::finish_restore`] rebuilds the derived indexes.
+    /// Restores a group header. Its member slots follow through
+    /// [`Self::restore_member`], then [`Self::finish_restore`] rebuilds the
+    /// derived indexes.
     pub fn restore_group(&mut self, app: &str, group_id: &str, meta: GroupMeta) {
         self.app_mut(app).view.groups.get_or_insert_with(Id::from(group_id), || Group::new(None)).meta = meta;
     }
 
-    /// Restores one member slot.
-    pub fn restore_member(&mut self, app: &str, group_id: &str, ordinal: u32, user: &str, since: u32) {
+    /// Restores one member slot. Slots come after their group's header and
+    /// in ordinal order, every ordinal handed out once, as the store's keys
+    /// sort and as the fold hands ordinals out; anything else is refused
+    /// (a slot far past the last could not even be held in memory). Its
+    /// epoch is checked against the group's by [`Self::finish_restore`].
+    pub fn restore_member(
+        &mut self,
+        app: &str,
+        group_id: &str,
+        ordinal: u32,
+        user: &str,
+        since: u32,
+    ) -> Result<(), RestoreError> {
         let view = &self.app_mut(app).view;
-        let mut g = view.groups.get_or_insert_with(Id::from(group_id), || Group::new(None));
-        let i = ordinal as usize;
-        if g.since.len() <= i {
-            g.since.resize(i + 1, NOT_A_MEMBER);
+        let key = || DirtyKey::Member { app: Id::from(app), group_id: Id::from(group_id), ordinal };
+        let Some(mut g) = view.groups.get_mut(group_id) else {
+            return Err(RestoreError::new(key(), "a member slot of a group with no header"));
+        };
+        let next = g.users.len();
+        if ordinal as usize != next {
+            return Err(RestoreError::new(key(), format!("member slot {ordinal} where slot {next} comes next")));
         }
-        g.users.set(ordinal, user);
-        g.since[i] = since;
+        if let Some(other) = g.users.ordinal(user) {
+            return Err(RestoreError::new(key(), format!("{user:?} holds slot {other} already")));
+        }
+        g.users.push(user);
+        g.since.push(since);
+        Ok(())
     }
 
     /// Restores a message.
@@ -995,9 +1089,15 @@ impl PartitionState {
         self.app_mut(&app).held.insert(msg_id, HeldList { reads, dirty: false });
     }
 
-    /// Rebuilds what is derived from restored entities (member counts by epoch).
-    pub fn finish_restore(&mut self) {
+    /// Rebuilds what is derived from restored entities (member counts by
+    /// epoch), after checking what the fold keeps and the queries and the
+    /// fold rely on: every member joined at an epoch its group has reached;
+    /// a group message sent at such an epoch, read only by ordinals its
+    /// group handed out and not by its sender, and a tracked one's group
+    /// stored; a C2C message read only by its peer.
+    pub fn finish_restore(&mut self) -> Result<(), RestoreError> {
         for app in self.apps.iter() {
+            check_restored(app)?;
             app.view.groups.for_each_mut(|_, g| {
                 let mut by_epoch = Fenwick::new();
                 for _ in 0..=g.meta.epoch {
@@ -1014,6 +1114,7 @@ impl PartitionState {
                 g.member_count = count;
             });
         }
+        Ok(())
     }
 
     pub(crate) fn app_mut(&mut self, app: &str) -> &mut AppState {

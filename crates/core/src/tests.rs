@@ -480,6 +480,66 @@ fn persisted_entities_restore_to_the_same_state() {
 }
 
 #[test]
+fn restoring_refuses_what_no_fold_could_have_written() {
+    // g1 at epoch 1: alice 0, bob 1, carol 2, dave 3; m1 read by bob and dave.
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
+    h.send_group("m1", "alice", "g1");
+    h.read_group("bob", "g1", &["m1"]);
+    h.read_group("dave", "g1", &["m1"]);
+    let m1 = h.state.message(APP, "m1").unwrap().clone();
+    let meta = |epoch| GroupMeta { group_type: Some(GroupType::Work), epoch };
+    let slot = |ordinal| DirtyKey::Member { app: APP.into(), group_id: "g1".into(), ordinal };
+    let message_key = DirtyKey::Message { app: APP.into(), msg_id: "m1".into() };
+    let names = ["alice", "bob", "carol", "dave"];
+    // A group restored with `slots` of its members, then m1 as given.
+    let restore = |epoch: u32, slots: usize, m: Option<&MessageState>| -> Result<PartitionState, RestoreError> {
+        let mut restored = PartitionState::new();
+        restored.restore_group(APP, "g1", meta(epoch));
+        for (ordinal, name) in names.iter().enumerate().take(slots) {
+            restored.restore_member(APP, "g1", ordinal as u32, name, 0)?;
+        }
+        if let Some(m) = m {
+            restored.restore_message(APP, "m1", m.clone());
+        }
+        restored.finish_restore()?;
+        Ok(restored)
+    };
+    let restored = restore(1, 4, Some(&m1)).expect("what the fold holds restores");
+    assert_eq!(restored.counts(&h.settings, APP, "m1"), Some((2, 1)));
+
+    let refused = |result: Result<(), RestoreError>, key: &DirtyKey, problem: &str| {
+        let e = result.expect_err(problem);
+        assert_eq!((&e.key, e.to_string().as_str()), (key, problem));
+    };
+    let mut state = PartitionState::new();
+    refused(state.restore_member(APP, "g1", 0, "alice", 1), &slot(0), "a member slot of a group with no header");
+    state.restore_group(APP, "g1", meta(1));
+    refused(state.restore_member(APP, "g1", 1, "bob", 1), &slot(1), "member slot 1 where slot 0 comes next");
+    state.restore_member(APP, "g1", 0, "alice", NOT_A_MEMBER).expect("a slot of a member who left");
+    refused(state.restore_member(APP, "g1", 1, "alice", 1), &slot(1), "\"alice\" holds slot 0 already");
+    state.restore_member(APP, "g1", 1, "bob", 2).expect("checked with the group's epoch, at the end");
+    refused(state.finish_restore(), &slot(1), "a member since epoch 2 of a group at epoch 1");
+
+    let refused_message = |result: Result<PartitionState, RestoreError>, problem: &str| {
+        refused(result.map(drop), &message_key, problem);
+    };
+    refused_message(restore(0, 4, Some(&m1)), "sent at epoch 1 of group \"g1\", which is at epoch 0");
+    refused_message(restore(1, 3, Some(&m1)), "read by ordinal 3 of group \"g1\", which has 3 member slots");
+    let mut own = m1.clone();
+    own.sender = "bob".into();
+    refused_message(restore(1, 4, Some(&own)), "read by its sender, ordinal 1");
+    let mut elsewhere = m1.clone();
+    elsewhere.target = MessageTarget::Group { group_id: "g2".into(), audience_epoch: 1 };
+    refused_message(restore(1, 4, Some(&elsewhere)), "a tracked message of group \"g2\", which is not stored");
+    elsewhere.tracking = Tracking::UnknownGroup;
+    restore(1, 4, Some(&elsewhere)).expect("an untracked message of a group never known");
+    let mut c2c = m1;
+    c2c.target = MessageTarget::C2c { peer: "bob".into() };
+    refused_message(restore(1, 4, Some(&c2c)), "a C2C message read by ordinal 3; only its peer, 0, reads it");
+}
+
+#[test]
 fn a_flush_staged_in_slices_persists_every_change_and_takes_one_receipt_per_message() {
     let mut h = Harness::new();
     let mut disk = Disk::default();

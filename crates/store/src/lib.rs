@@ -196,10 +196,19 @@ fn encode_into<'a, T: Serialize>(value: &T, buf: &'a mut Vec<u8>) -> &'a [u8] {
     buf
 }
 
-fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(value, bincode::config::standard())
+/// Decodes a stored value. Strings are read in place (`&str`), never into
+/// a `String`: bincode allocates a `String` of the length the bytes claim
+/// before reading them, so a corrupt length aborted the process where it
+/// should be an error.
+fn decode<'a, T: Deserialize<'a>>(key: &[u8], value: &'a [u8]) -> Result<T, StoreError> {
+    bincode::serde::borrow_decode_from_slice(value, bincode::config::standard())
         .map(|(v, _)| v)
-        .map_err(|e| StoreError::Corrupt { key: keys::hex(key), problem: e.to_string() })
+        .map_err(|e| corrupt(key, e))
+}
+
+/// The store's error for a stored value that is wrong, under `key`.
+fn corrupt(key: &[u8], problem: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { key: keys::hex(key), problem: problem.to_string() }
 }
 
 /// Puts (or deletes) changed entities of one partition into a write batch,
@@ -349,8 +358,8 @@ impl Store {
                     state.restore_group(app, group, meta);
                 }
                 keys::Parsed::Member { app, group, ordinal } => {
-                    let (user, since): (String, u32) = decode(&key, &value)?;
-                    state.restore_member(app, group, ordinal, &user, since);
+                    let (user, since): (&str, u32) = decode(&key, &value)?;
+                    state.restore_member(app, group, ordinal, user, since).map_err(|e| corrupt(&key, e))?;
                 }
                 keys::Parsed::Message { app, msg } => {
                     let m: MessageState = decode(&key, &value)?;
@@ -366,7 +375,11 @@ impl Store {
                 }
             }
         }
-        state.finish_restore();
+        state.finish_restore().map_err(|e| {
+            let mut key = Vec::new();
+            keys::entity_into(partition, &e.key, &mut key);
+            corrupt(&key, e)
+        })?;
         Ok((state, checkpoint))
     }
 
@@ -710,6 +723,72 @@ mod tests {
         let unread = |s: &PartitionState| s.group_lists(&settings, "a1", "m1").map(|(_, unread)| unread);
         assert_eq!(unread(&state), Some(vec!["erin".to_string()]));
         assert_eq!(unread(&loaded), unread(&state), "bob, carol and dave left with the dismissed group");
+    }
+
+    #[test]
+    fn a_store_missing_what_the_fold_wrote_is_refused_naming_the_key() {
+        use receiptd_wire::{Conversation, MessageSent};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let snapshot = Event::GroupMembers(GroupMembers {
+            app_id: "a1".into(),
+            group_id: "g".into(),
+            op: MembersOp::Snapshot,
+            group_type: None,
+            members: ["alice", "bob", "carol"].into_iter().map(Id::from).collect(),
+            at: 0,
+        });
+        let send = Event::MessageSent(MessageSent {
+            app_id: "a1".into(),
+            msg_id: "m1".into(),
+            sender: "alice".into(),
+            conversation: Conversation::Group { group_id: "g".into() },
+            need_read_receipt: true,
+            sent_at: 1_732_200_000_000,
+        });
+        let mut state = PartitionState::new();
+        fold(&mut state, &[snapshot, send]);
+        let mut batch = BatchBuffer::default();
+        store.stage(&mut batch, 0, &mut state, &SettingsTable::default(), &mut DeltaBuffer::new(), 1);
+        store.write(batch).unwrap();
+        store.load_partition(0).expect("what the fold wrote loads");
+
+        let (app, group_id) = (Id::from("a1"), Id::from("g"));
+        let delete = |key: DirtyKey| {
+            let mut batch = BatchBuffer::default();
+            batch.delete(keys::entity(0, &key));
+            store.write(batch).unwrap();
+        };
+        let refused = |key: DirtyKey, problem: &str| {
+            let err = store.load_partition(0).err().expect("refused");
+            let expected = keys::hex(&keys::entity(0, &key));
+            assert!(matches!(&err, StoreError::Corrupt { key, .. } if *key == expected), "{err}");
+            assert!(err.to_string().ends_with(problem), "{err}");
+        };
+        // A name claiming 2^56 bytes: an error, where decoding it into a
+        // `String` allocated that much first and aborted.
+        let slot_1 = DirtyKey::Member { app: app.clone(), group_id: group_id.clone(), ordinal: 1 };
+        let mut batch = BatchBuffer::default();
+        batch.put(keys::entity(0, &slot_1), [253, 0, 0, 0, 0, 0, 0, 0, 1, 3, b'b', b'o', b'b', 1]);
+        store.write(batch).unwrap();
+        refused(slot_1.clone(), "");
+        delete(slot_1);
+        refused(
+            DirtyKey::Member { app: app.clone(), group_id: group_id.clone(), ordinal: 2 },
+            "member slot 2 where slot 1 comes next",
+        );
+        delete(DirtyKey::Group { app: app.clone(), group_id: group_id.clone() });
+        refused(
+            DirtyKey::Member { app: app.clone(), group_id: group_id.clone(), ordinal: 0 },
+            "a member slot of a group with no header",
+        );
+        for ordinal in [0, 2] {
+            delete(DirtyKey::Member { app: app.clone(), group_id: group_id.clone(), ordinal });
+        }
+        refused(
+            DirtyKey::Message { app, msg_id: "m1".into() },
+            "a tracked message of group \"g\", which is not stored",
+        );
     }
 
     /// Bytes of one message's state, persisted (RocksDB value) and in memory

@@ -17,6 +17,16 @@ enum Stored {
     Held(Vec<HeldRead>),
 }
 
+/// An entity's place in the stand-in, sorted as the store's keys sort
+/// where restoring needs it: a group's header before its member slots,
+/// and the slots by ordinal (in the key, a big-endian number).
+fn sort_key(key: &DirtyKey) -> String {
+    match key {
+        DirtyKey::Member { app, group_id, ordinal } => format!("Member {app:?} {group_id:?} {ordinal:010}"),
+        _ => format!("{key:?}"),
+    }
+}
+
 /// Entities by key.
 #[derive(Debug, Default)]
 pub struct Disk {
@@ -26,7 +36,7 @@ pub struct Disk {
 impl Disk {
     /// Puts (or deletes) one staged entity.
     pub fn stage(&mut self, key: &DirtyKey, entity: Entity<'_>) {
-        let id = format!("{key:?}");
+        let id = sort_key(key);
         let value = match entity {
             Entity::Group(g) => Stored::Group(g.clone()),
             Entity::FreshGroup(g) => {
@@ -64,7 +74,7 @@ impl Disk {
             match (key, value.clone()) {
                 (DirtyKey::Group { app, group_id }, Stored::Group(g)) => restored.restore_group(app, group_id, g),
                 (DirtyKey::Member { app, group_id, ordinal }, Stored::Member(u, s)) => {
-                    restored.restore_member(app, group_id, *ordinal, &u, s)
+                    restored.restore_member(app, group_id, *ordinal, &u, s).expect("a slot the fold wrote restores")
                 }
                 (DirtyKey::Message { app, msg_id }, Stored::Message(m)) => {
                     let m: MessageState = serde_json::from_slice(&m).expect("and reads back");
@@ -75,7 +85,7 @@ impl Disk {
                 other => panic!("a key stored with another kind's value: {other:?}"),
             }
         }
-        restored.finish_restore();
+        restored.finish_restore().expect("what the fold wrote restores");
         restored
     }
 }
