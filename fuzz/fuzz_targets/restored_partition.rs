@@ -1,11 +1,16 @@
 //! A partition restored from any stored entities, as the store restores
 //! one at start-up: group headers, member slots, messages, read marks,
-//! held reads and the watermark, each value decoded from the input as the
-//! store decodes it, under keys drawn from a few ids so that entities meet.
+//! held reads and the watermark, each value decoded as the store decodes
+//! it, in the order of the store's keys (a key written twice keeps its last
+//! value), under keys drawn from a few ids so that entities meet.
 //! Restoring must either refuse the entities (a corrupt store is an error
 //! at start-up) or give a partition that answers every query and folds
 //! every event without a panic, and whose counts agree with its member
 //! lists and their pages.
+//!
+//! Then what the fold's flushes stage is written over the same entities,
+//! as the store writes it, and the partition restored again must be the
+//! one that was live: a restart at a flush restores what was folded.
 //!
 //! Input: records (a kind byte, key bytes, the value's bincode bytes),
 //! ended by a kind byte past the six kinds or by the input's end; then
@@ -14,13 +19,15 @@
 
 use libfuzzer_sys::fuzz_target;
 use receiptd_core::{
-    DeltaBuffer, Effects, GroupMeta, HeldRead, Limits, MemberFilter, MessageState, PartitionState, SettingsTable,
+    DeltaBuffer, DirtyKey, Effects, Entity, GroupMeta, HeldRead, Limits, MemberFilter, MessageState, PartitionState,
+    SettingsTable,
 };
+use std::collections::BTreeMap;
 use receiptd_wire::{
     Conversation, ConversationRead, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageRevoked,
     MessageSent,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 const APP: &str = "a1";
 /// Epochs above this are not restored: a group keeps 8 bytes a membership
@@ -45,6 +52,14 @@ impl<'a> Input<'a> {
         self.0 = &self.0[used..];
         Some(value)
     }
+
+    /// The bytes of the next value, which must decode as a `T`.
+    fn value_bytes<T: Deserialize<'a>>(&mut self) -> Option<&'a [u8]> {
+        let (_, used) = bincode::serde::borrow_decode_from_slice::<T, _>(self.0, bincode::config::standard()).ok()?;
+        let (value, rest) = self.0.split_at(used);
+        self.0 = rest;
+        Some(value)
+    }
 }
 
 fn group(b: u8) -> String {
@@ -59,51 +74,133 @@ fn msg(b: u8) -> String {
     format!("m{}", b % 6)
 }
 
-/// Restores the records at the start of the input; `None` where the input
-/// ends inside one, or restoring refused them.
-fn restore(input: &mut Input<'_>) -> Option<PartitionState> {
-    let mut state = PartitionState::new();
-    loop {
-        let Some(kind) = input.byte() else { break };
-        match kind {
-            0 => {
-                let g = group(input.byte()?);
-                let meta: GroupMeta = input.value()?;
-                if meta.epoch > MAX_EPOCH {
-                    return None;
+/// A stored entity's key, ordered as the store's keys are: by kind
+/// (`g`roup < `h`eld < mar`k` < `m`essage < member `u`), then by ids, a
+/// member slot by its ordinal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Group(String),
+    Held(String),
+    Mark(String, String),
+    Message(String),
+    Member(String, u32),
+}
+
+/// Stored values by key, and the checkpoint's watermark: what RocksDB
+/// holds of one partition.
+#[derive(Default)]
+struct Disk {
+    values: BTreeMap<Key, Vec<u8>>,
+    watermark: Option<u64>,
+}
+
+fn bincode_of<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("state values encode")
+}
+
+fn decoded<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
+    bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard()).ok().map(|(v, _)| v)
+}
+
+impl Disk {
+    /// The records at the start of the input; `None` where the input ends
+    /// inside one, a value does not decode as its kind's, or a group's
+    /// epoch is past [`MAX_EPOCH`].
+    fn read(input: &mut Input<'_>) -> Option<Disk> {
+        let mut disk = Disk::default();
+        loop {
+            let Some(kind) = input.byte() else { break };
+            let (key, value) = match kind {
+                0 => {
+                    let g = group(input.byte()?);
+                    let value = input.value_bytes::<GroupMeta>()?;
+                    if decoded::<GroupMeta>(value)?.epoch > MAX_EPOCH {
+                        return None;
+                    }
+                    (Key::Group(g), value)
                 }
-                state.restore_group(APP, &g, meta);
+                1 => {
+                    let (g, ordinal) = (group(input.byte()?), u16::from_be_bytes([input.byte()?, input.byte()?]));
+                    (Key::Member(g, u32::from(ordinal)), input.value_bytes::<(&str, u32)>()?)
+                }
+                2 => (Key::Message(msg(input.byte()?)), input.value_bytes::<MessageState>()?),
+                3 => (Key::Mark(user(input.byte()?), user(input.byte()?)), input.value_bytes::<u64>()?),
+                4 => (Key::Held(msg(input.byte()?)), input.value_bytes::<Vec<HeldRead>>()?),
+                5 => {
+                    disk.watermark = Some(input.value()?);
+                    continue;
+                }
+                _ => break,
+            };
+            disk.values.insert(key, value.to_vec());
+        }
+        Some(disk)
+    }
+
+    /// The partition restored from it as the store restores one, or why
+    /// restoring refused the entities.
+    fn restore(&self) -> Result<PartitionState, String> {
+        let mut state = PartitionState::new();
+        if let Some(watermark) = self.watermark {
+            state.restore_watermark(watermark);
+        }
+        for (key, value) in &self.values {
+            let undecodable = || format!("{key:?} does not decode");
+            match key {
+                Key::Group(g) => {
+                    state.restore_group(APP, g, decoded(value).ok_or_else(undecodable)?);
+                }
+                Key::Member(g, ordinal) => {
+                    let (name, since): (&str, u32) = decoded(value).ok_or_else(undecodable)?;
+                    state.restore_member(APP, g, *ordinal, name, since).map_err(|e| format!("{e:?}"))?;
+                }
+                Key::Message(m) => state.restore_message(APP, m, decoded(value).ok_or_else(undecodable)?),
+                Key::Mark(reader, peer) => state.restore_mark(APP, reader, peer, decoded(value).ok_or_else(undecodable)?),
+                Key::Held(m) => state.restore_held(APP, m, decoded::<Vec<HeldRead>>(value).ok_or_else(undecodable)?),
             }
-            1 => {
-                let g = group(input.byte()?);
-                let ordinal = u32::from(u16::from_be_bytes([input.byte()?, input.byte()?]));
-                let (name, since): (&str, u32) = input.value()?;
-                state.restore_member(APP, &g, ordinal, name, since).ok()?;
+        }
+        state.finish_restore().map_err(|e| format!("{e:?}"))?;
+        Ok(state)
+    }
+
+    /// Writes one staged entity, as the store's write batch does.
+    fn stage(&mut self, key: &DirtyKey, entity: Entity<'_>) {
+        let key = match key {
+            DirtyKey::Group { group_id, .. } => Key::Group(group_id.to_string()),
+            DirtyKey::Member { group_id, ordinal, .. } => Key::Member(group_id.to_string(), *ordinal),
+            DirtyKey::Message { msg_id, .. } => Key::Message(msg_id.to_string()),
+            DirtyKey::Mark { reader, peer, .. } => Key::Mark(reader.to_string(), peer.to_string()),
+            DirtyKey::Held { msg_id, .. } => Key::Held(msg_id.to_string()),
+        };
+        let value = match entity {
+            Entity::Group(meta) => bincode_of(meta),
+            Entity::FreshGroup(meta) => {
+                self.drop_members(&key);
+                bincode_of(meta)
             }
-            2 => {
-                let m = msg(input.byte()?);
-                let message: MessageState = input.value()?;
-                state.restore_message(APP, &m, message);
+            Entity::Member(name, since) => bincode_of(&(name, since)),
+            Entity::Message(m) => {
+                let mut out = Vec::new();
+                m.encode_stored(&mut out);
+                out
             }
-            3 => {
-                let (reader, peer) = (user(input.byte()?), user(input.byte()?));
-                let read_at: u64 = input.value()?;
-                state.restore_mark(APP, &reader, &peer, read_at);
+            Entity::Mark(read_at) => bincode_of(&read_at),
+            Entity::Held(reads) => bincode_of(&reads),
+            Entity::Absent => {
+                self.values.remove(&key);
+                self.drop_members(&key);
+                return;
             }
-            4 => {
-                let m = msg(input.byte()?);
-                let reads: Vec<HeldRead> = input.value()?;
-                state.restore_held(APP, &m, reads);
-            }
-            5 => {
-                let watermark: u64 = input.value()?;
-                state.restore_watermark(watermark);
-            }
-            _ => break,
+        };
+        self.values.insert(key, value);
+    }
+
+    /// A group's member slots go with its header (the store's range delete).
+    fn drop_members(&mut self, key: &Key) {
+        if let Key::Group(g) = key {
+            self.values.retain(|k, _| !matches!(k, Key::Member(group, _) if group == g));
         }
     }
-    state.finish_restore().ok()?;
-    Some(state)
 }
 
 /// Every question the query API asks, of every message; a count must
@@ -205,9 +302,29 @@ fn event(b: [u8; 4]) -> Event {
     }
 }
 
+/// What a restart must give back of `live`: the same messages, each the
+/// same stored bytes, counts and lists, the same marks and held reads.
+fn assert_same(restored: &PartitionState, live: &PartitionState, settings: &SettingsTable) {
+    let ids = live.message_ids(APP);
+    assert_eq!(restored.message_ids(APP), ids, "messages");
+    for id in &ids {
+        let stored = |state: &PartitionState| {
+            let mut out = Vec::new();
+            state.message(APP, id).unwrap().encode_stored(&mut out);
+            out
+        };
+        assert_eq!(stored(restored), stored(live), "{id} stored");
+        assert_eq!(restored.counts(settings, APP, id), live.counts(settings, APP, id), "{id} counts");
+        assert_eq!(restored.group_lists(settings, APP, id), live.group_lists(settings, APP, id), "{id} lists");
+    }
+    assert_eq!(restored.marks(APP), live.marks(APP), "marks");
+    assert_eq!(restored.held_count(), live.held_count(), "held reads");
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
-    let Some(mut state) = restore(&mut input) else { return };
+    let Some(mut disk) = Disk::read(&mut input) else { return };
+    let Ok(mut state) = disk.restore() else { return };
     let settings = SettingsTable::default();
     ask_everything(&state, &settings);
 
@@ -215,9 +332,13 @@ fuzz_target!(|data: &[u8]| {
     for (k, b) in input.0.chunks_exact(4).enumerate() {
         state.apply(&settings, &limits, &event([b[0], b[1], b[2], b[3]]), T0 + k as u64, &mut fx);
         if k % 8 == 7 {
-            state.flush_changes(&settings, &mut deltas, |_, _| {});
+            state.flush_changes(&settings, &mut deltas, |key, entity| disk.stage(key, entity));
         }
     }
-    state.flush_changes(&settings, &mut deltas, |_, _| {});
+    state.flush_changes(&settings, &mut deltas, |key, entity| disk.stage(key, entity));
     ask_everything(&state, &settings);
+
+    disk.watermark = Some(state.watermark());
+    let restored = disk.restore().unwrap_or_else(|e| panic!("what the fold wrote over a restored store restores: {e}"));
+    assert_same(&restored, &state, &settings);
 });

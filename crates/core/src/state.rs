@@ -576,34 +576,40 @@ fn check_restored(app: &AppState) -> Result<(), RestoreError> {
 /// Why a restored message does not fit its group, if it does not (see
 /// [`PartitionState::finish_restore`]).
 fn fits_its_group(groups: &ShardedMap<Id, Group>, m: &MessageState) -> Result<(), String> {
+    if m.tracking != Tracking::Tracked {
+        // Never read, or its reads dropped when it was revoked; never
+        // counted or listed, so its group does not matter.
+        return match m.readers.len() {
+            0 => Ok(()),
+            n => Err(format!("an untracked message ({:?}) with {n} readers", m.tracking)),
+        };
+    }
     // Reads come in ordinal order: the last has the highest.
     let highest_reader = m.reads().last().map(|r| r.ordinal);
-    match &m.target {
-        MessageTarget::C2c { .. } => match highest_reader {
-            Some(o) if o > 0 => Err(format!("a C2C message read by ordinal {o}; only its peer, 0, reads it")),
-            _ => Ok(()),
-        },
-        MessageTarget::Group { group_id, audience_epoch } => {
-            let Some(group) = groups.get(&**group_id) else {
-                return match m.tracking {
-                    Tracking::Tracked => Err(format!("a tracked message of group {group_id:?}, which is not stored")),
-                    _ => Ok(()),
-                };
-            };
-            let (epoch, handed_out) = (group.meta.epoch, group.users.len());
-            if *audience_epoch > epoch {
-                return Err(format!("sent at epoch {audience_epoch} of group {group_id:?}, which is at epoch {epoch}"));
-            }
-            if let Some(o) = highest_reader.filter(|&o| o as usize >= handed_out) {
-                return Err(format!("read by ordinal {o} of group {group_id:?}, which has {handed_out} member slots"));
-            }
-            match group.ordinal(&m.sender) {
-                // The fold ignores a sender's read of their own message;
-                // counted, the sender would be taken off the unread twice.
-                Some(o) if m.read_mark(o).is_some() => Err(format!("read by its sender, ordinal {o}")),
+    let (group_id, audience_epoch) = match &m.target {
+        MessageTarget::C2c { .. } => {
+            return match highest_reader {
+                Some(o) if o > 0 => Err(format!("a C2C message read by ordinal {o}; only its peer, 0, reads it")),
                 _ => Ok(()),
-            }
+            };
         }
+        MessageTarget::Group { group_id, audience_epoch } => (group_id, *audience_epoch),
+    };
+    let Some(group) = groups.get(&**group_id) else {
+        return Err(format!("a tracked message of group {group_id:?}, which is not stored"));
+    };
+    let (epoch, handed_out) = (group.meta.epoch, group.users.len());
+    if audience_epoch > epoch {
+        return Err(format!("sent at epoch {audience_epoch} of group {group_id:?}, which is at epoch {epoch}"));
+    }
+    if let Some(o) = highest_reader.filter(|&o| o as usize >= handed_out) {
+        return Err(format!("read by ordinal {o} of group {group_id:?}, which has {handed_out} member slots"));
+    }
+    match group.ordinal(&m.sender) {
+        // The fold ignores a sender's read of their own message; counted,
+        // the sender would be taken off the unread twice.
+        Some(o) if m.read_mark(o).is_some() => Err(format!("read by its sender, ordinal {o}")),
+        _ => Ok(()),
     }
 }
 
@@ -1092,9 +1098,10 @@ impl PartitionState {
     /// Rebuilds what is derived from restored entities (member counts by
     /// epoch), after checking what the fold keeps and the queries and the
     /// fold rely on: every member joined at an epoch its group has reached;
-    /// a group message sent at such an epoch, read only by ordinals its
-    /// group handed out and not by its sender, and a tracked one's group
-    /// stored; a C2C message read only by its peer.
+    /// only tracked messages read; a tracked group message's group stored,
+    /// the message sent at an epoch the group has reached and read only by
+    /// ordinals it handed out, never by its sender; a C2C message read only
+    /// by its peer.
     pub fn finish_restore(&mut self) -> Result<(), RestoreError> {
         for app in self.apps.iter() {
             check_restored(app)?;

@@ -533,6 +533,8 @@ fn restoring_refuses_what_no_fold_could_have_written() {
     elsewhere.target = MessageTarget::Group { group_id: "g2".into(), audience_epoch: 1 };
     refused_message(restore(1, 4, Some(&elsewhere)), "a tracked message of group \"g2\", which is not stored");
     elsewhere.tracking = Tracking::UnknownGroup;
+    refused_message(restore(1, 4, Some(&elsewhere)), "an untracked message (UnknownGroup) with 2 readers");
+    (elsewhere.readers, elsewhere.visible_reads) = (Readers::default(), 0);
     restore(1, 4, Some(&elsewhere)).expect("an untracked message of a group never known");
     let mut c2c = m1;
     c2c.target = MessageTarget::C2c { peer: "bob".into() };
