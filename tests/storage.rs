@@ -54,6 +54,7 @@ fn a_failing_store_stops_the_worker_unhealthy_and_loses_nothing() {
     assert_ne!(worker.terminate(), 0, "a worker whose store failed exits non-zero");
     let log = worker.log_text();
     assert!(log.contains("injected write failure"), "the log names the failure:\n{log}");
+    assert!(!log.contains('\u{1b}'), "a log written to a file has no colour codes:\n{log}");
     let stored: i64 =
         worker.inspect()["partitions"].as_array().unwrap().iter().map(|p| p["next_offset"].as_i64().unwrap_or(0)).sum();
     assert!(stored < end.values().sum::<i64>(), "the failure came before the end of the log");

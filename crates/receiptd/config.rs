@@ -278,7 +278,7 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
-    /// Human-readable.
+    /// Human-readable; coloured only when stderr is a terminal.
     Text,
     /// One JSON object per line.
     Json,

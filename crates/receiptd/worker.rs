@@ -14,9 +14,12 @@ pub fn init_logging(log: &LogConfig) {
     use tracing_subscriber::{filter::FilterExt, fmt, layer::SubscriberExt, util::SubscriberInitExt, Layer};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    // Colours only on a terminal: in a file or a log collector the escape
+    // codes wrapped every field name (`\x1b[3mtook_ms\x1b[0m=`).
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let output = match log.format {
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
-        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => fmt::layer().with_ansi(colours).with_writer(std::io::stderr).boxed(),
     };
     let filter = filter.and(tracing_subscriber::filter::filter_fn(|m| !is_redundant_close_error(m)));
     let _ = tracing_subscriber::registry().with(output.with_filter(filter)).try_init();
