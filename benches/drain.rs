@@ -221,6 +221,46 @@ fn drain(worker: &mut Worker, end: f64) -> Drained {
     }
 }
 
+/// What the worker's log says of the partitions it restored: how many, their
+/// messages, the wall time, and the milliseconds their loads took summed
+/// and at most.
+fn restore_summary(log: &str) -> String {
+    let field = |line: &str, name: &str| -> u64 {
+        let at = line.find(&format!("{name}=")).map(|i| i + name.len() + 1);
+        at.map(|i| line[i..].chars().take_while(char::is_ascii_digit).collect::<String>())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or(0)
+    };
+    // Without colour codes, which builds before `with_ansi` wrote to files.
+    let mut plain = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(at) = rest.find('\u{1b}') {
+        plain.push_str(&rest[..at]);
+        rest = rest[at..].find('m').map_or("", |end| &rest[at + end + 1..]);
+    }
+    plain.push_str(rest);
+    let loads: Vec<(u64, u64)> = plain
+        .lines()
+        .filter(|line| line.contains("state restored"))
+        .map(|line| (field(line, "messages"), field(line, "took_ms")))
+        .collect();
+    // Builds that load partitions side by side also log each assignment's
+    // wall time.
+    let walls: Vec<u64> = plain
+        .lines()
+        .filter(|line| line.contains("assigned partitions restored"))
+        .map(|l| field(l, "took_ms"))
+        .collect();
+    let wall = if walls.is_empty() { "not logged".to_owned() } else { format!("{} ms", walls.iter().sum::<u64>()) };
+    format!(
+        "{} partitions, {} messages; wall time {wall}, the loads {} ms summed, {} ms the longest",
+        loads.len(),
+        loads.iter().map(|l| l.0).sum::<u64>(),
+        loads.iter().map(|l| l.1).sum::<u64>(),
+        loads.iter().map(|l| l.1).max().unwrap_or(0)
+    )
+}
+
 /// One side of a comparison: its environment variables.
 fn parse_side(side: &str) -> Vec<(String, String)> {
     side.split_whitespace()
@@ -460,9 +500,10 @@ fn main() {
     let more = (n / 5).max(1);
     let _ = prefill(&mut traffic, &topics.events, more, false);
     let end2: f64 = end_offsets(&topics.events).values().sum::<i64>() as f64;
-    let restarted = Instant::now();
+    let (restarted, log_before) = (Instant::now(), worker.log_text().len());
     worker.start();
     let Drained { ready, first, done, cpu, cores } = drain(&mut worker, end2);
+    let restored = restore_summary(worker.log_text().get(log_before..).unwrap_or_default());
     let replayed = worker.metric("receiptd_records_in_total");
     let catch_up = replayed / done.duration_since(first).as_secs_f64();
     assert_eq!(worker.terminate(), 0);
@@ -479,6 +520,7 @@ fn main() {
         same.process_cpu_us,
         same.process_cpu_us / catch_up_cpu
     );
+    println!("state restored at the restart: {restored}");
     println!("catch-up CPU by thread, us per record: {}", per_thread_line(&cpu.threads, replayed.max(1.0)));
     println!("catch-up, CPU in cores: {}", machine_line(&cores));
     topics.delete(&[]);

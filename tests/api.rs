@@ -226,6 +226,7 @@ fn query_api_auth_access_bad_input_paging_and_ops() {
         "receiptd_dlq_records_total",
         "receiptd_flush_duration_seconds_bucket",
         "receiptd_flush_confirm_seconds_total",
+        "receiptd_restore_seconds_total",
         "receiptd_consumer_lag",
         "receiptd_delta_bytes_total",
         "receiptd_store_bytes",

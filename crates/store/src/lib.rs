@@ -211,6 +211,18 @@ fn corrupt(key: &[u8], problem: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { key: keys::hex(key), problem: problem.to_string() }
 }
 
+/// One partition as [`Store::load_partitions`] loaded it.
+pub struct LoadedPartition {
+    /// The partition.
+    pub partition: i32,
+    /// Its folded state.
+    pub state: PartitionState,
+    /// Where it stands; `None` for a partition never seen.
+    pub checkpoint: Option<Checkpoint>,
+    /// How long its load took.
+    pub took: std::time::Duration,
+}
+
 /// Puts (or deletes) changed entities of one partition into a write batch,
 /// with one key and one value buffer for all: the batch copies each. A
 /// slice of a flush ([`PartitionState::stage_changes`]) stages through one;
@@ -381,6 +393,51 @@ impl Store {
             corrupt(&key, e)
         })?;
         Ok((state, checkpoint))
+    }
+
+    /// Loads several partitions as [`Self::load_partition`] does, side by
+    /// side on up to one thread per core: a worker restarting after a kill
+    /// spent most of its time to `/readyz` loading its partitions one after
+    /// another (about 1.2 µs a stored message, 1.6 to 2.8 s for 1.85 M
+    /// messages in four partitions). In the order given, each with the time
+    /// its own load took; the first error fails them all.
+    pub fn load_partitions(&self, partitions: &[i32]) -> Result<Vec<LoadedPartition>, StoreError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(partitions.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let load_some = || {
+            let mut loaded = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&partition) = partitions.get(i) else { return loaded };
+                let started = std::time::Instant::now();
+                let result = self.load_partition(partition).map(|(state, checkpoint)| LoadedPartition {
+                    partition,
+                    state,
+                    checkpoint,
+                    took: started.elapsed(),
+                });
+                loaded.push((i, result));
+            }
+        };
+        let mut slots: Vec<Option<Result<LoadedPartition, StoreError>>> = partitions.iter().map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads)
+                .map(|_| {
+                    std::thread::Builder::new()
+                        .name("receiptd-restore".into())
+                        .spawn_scoped(scope, load_some)
+                        .expect("a restore thread starts")
+                })
+                .collect();
+            // This thread loads too.
+            let mine = load_some();
+            for (i, result) in
+                helpers.into_iter().flat_map(|h| h.join().expect("a partition load panicked")).chain(mine)
+            {
+                slots[i] = Some(result);
+            }
+        });
+        slots.into_iter().map(|slot| slot.expect("every partition was loaded")).collect()
     }
 
     /// Reads a partition's checkpoint alone.
@@ -648,6 +705,38 @@ mod tests {
 
         store.drop_partition(3).unwrap();
         assert!(store.partitions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn partitions_loaded_side_by_side_load_as_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        for partition in 0..5 {
+            let shape = TrafficShape { start_ms: 1_732_200_000_000, ..TrafficShape::small("a1", partition as u64) };
+            let mut state = PartitionState::new();
+            fold(&mut state, &Traffic::new(shape).take(2_000 + partition as usize * 500));
+            let mut batch = BatchBuffer::default();
+            let (settings, mut deltas) = (SettingsTable::default(), DeltaBuffer::new());
+            store.stage(&mut batch, partition, &mut state, &settings, &mut deltas, 100 + i64::from(partition));
+            store.write(batch).unwrap();
+        }
+        let order = [3, 0, 4, 1, 2, 7];
+        let loaded = store.load_partitions(&order).unwrap();
+        assert_eq!(loaded.iter().map(|l| l.partition).collect::<Vec<_>>(), order, "in the order asked");
+        for l in &loaded {
+            let (state, checkpoint) = store.load_partition(l.partition).unwrap();
+            assert_eq!(l.checkpoint, checkpoint, "partition {}", l.partition);
+            assert_eq!(counts(&l.state), counts(&state), "partition {}", l.partition);
+        }
+        assert!(loaded[5].checkpoint.is_none() && loaded[5].state.message_count() == 0, "one never seen loads empty");
+        assert!(store.load_partitions(&[]).unwrap().is_empty());
+
+        // One corrupt partition fails the lot.
+        let mut batch = BatchBuffer::default();
+        batch.put(keys::checkpoint(4), [0xff]);
+        store.write(batch).unwrap();
+        let err = store.load_partitions(&order).err().expect("refused");
+        assert!(matches!(&err, StoreError::Corrupt { key, .. } if *key == keys::hex(&keys::checkpoint(4))), "{err}");
     }
 
     #[test]

@@ -852,9 +852,9 @@ impl Engine {
         let partitions: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).collect();
         // What the writer still holds may be this very partition's state.
         self.writer.wait_idle()?;
-        for partition in partitions {
-            let loading = Instant::now();
-            let (state, checkpoint) = self.store.load_partition(partition)?;
+        let loading = Instant::now();
+        let loaded = self.store.load_partitions(&partitions)?;
+        for receiptd_store::LoadedPartition { partition, state, checkpoint, took } in loaded {
             let (offset, next_offset) = match checkpoint {
                 Some(c) => (Offset::Offset(c.next_offset), c.next_offset),
                 None => (Offset::Beginning, 0),
@@ -864,11 +864,20 @@ impl Engine {
                 partition,
                 next_offset,
                 messages = state.message_count(),
-                took_ms = loading.elapsed().as_millis() as u64,
+                took_ms = took.as_millis() as u64,
                 "partition assigned; state restored"
             );
             self.shared.metrics.set_next_offset(partition, next_offset);
             self.partitions.insert(partition, Owned { state, next_offset, unflushed: 0 });
+        }
+        if !partitions.is_empty() {
+            let took = loading.elapsed();
+            self.shared.metrics.restore_us.fetch_add(took.as_micros() as u64, Relaxed);
+            tracing::info!(
+                partitions = partitions.len(),
+                took_ms = took.as_millis() as u64,
+                "assigned partitions restored"
+            );
         }
         self.publish_assignment();
         Ok(())

@@ -113,6 +113,9 @@ pub struct Metrics {
     gap_max_on_cpu_us: AtomicU64,
     /// The longest gap's wall time by loop phase ([`LOOP_PHASES`]).
     gap_max_phases_us: [AtomicU64; LOOP_PHASES.len()],
+    /// Microseconds spent restoring assigned partitions from the store
+    /// (wall time of each assignment's loads, which run side by side).
+    pub restore_us: AtomicU64,
     /// Entities written to RocksDB.
     pub store_puts: AtomicU64,
     /// Write batches applied to RocksDB.
@@ -401,6 +404,12 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{op=\"{op}\"}} {}", us.load(Relaxed) as f64 / 1e6);
             }
         }
+        counter(
+            &mut out,
+            "receiptd_restore_seconds_total",
+            "Time spent restoring assigned partitions' state from the store, summed over assignments.",
+        );
+        let _ = writeln!(out, "receiptd_restore_seconds_total {}", self.restore_us.load(Relaxed) as f64 / 1e6);
         counter(
             &mut out,
             "receiptd_flush_confirm_seconds_total",
