@@ -276,6 +276,15 @@ impl Readers {
         self.words.len() - self.compact_words().len() / 2 + self.outliers().len()
     }
 
+    /// The highest ordinal that read, without walking the readers: each
+    /// form keeps its own sorted (a restore checks every message's).
+    pub fn highest_ordinal(&self) -> Option<u32> {
+        let low = (self.low != 0).then(|| 63 - self.low.leading_zeros());
+        let compact = self.compact_words().chunks_exact(2).last().map(|w| w[0] & !HIDDEN);
+        let outlier = self.outliers().last().map(|r| r.ordinal);
+        low.max(compact).max(outlier)
+    }
+
     /// Whether nobody has read.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -764,6 +773,7 @@ mod tests {
             let from: Vec<ReadMark> = model.iter().filter(|r| r.ordinal >= start).copied().collect();
             prop_assert_eq!(readers.iter_from(start, sent_at).collect::<Vec<_>>(), from);
             prop_assert_eq!(readers.len(), model.len());
+            prop_assert_eq!(readers.highest_ordinal(), model.last().map(|r| r.ordinal));
             prop_assert_eq!(readers.hidden_count(), model.iter().filter(|r| r.hidden).count());
             prop_assert_eq!(roundtrip(&readers), readers.clone());
             // One form per set of reads, whatever the order they came in.

@@ -584,8 +584,7 @@ fn fits_its_group(groups: &ShardedMap<Id, Group>, m: &MessageState) -> Result<()
             n => Err(format!("an untracked message ({:?}) with {n} readers", m.tracking)),
         };
     }
-    // Reads come in ordinal order: the last has the highest.
-    let highest_reader = m.reads().last().map(|r| r.ordinal);
+    let highest_reader = m.readers.highest_ordinal();
     let (group_id, audience_epoch) = match &m.target {
         MessageTarget::C2c { .. } => {
             return match highest_reader {
