@@ -22,12 +22,11 @@ use receiptd_core::{
     DeltaBuffer, DirtyKey, Effects, Entity, GroupMeta, HeldRead, Limits, MemberFilter, MessageState, PartitionState,
     SettingsTable,
 };
-use std::collections::BTreeMap;
 use receiptd_wire::{
-    Conversation, ConversationRead, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageRevoked,
-    MessageSent,
+    Conversation, ConversationRead, Event, GroupMembers, GroupType, MembersOp, MessageRead, MessageRevoked, MessageSent,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 const APP: &str = "a1";
 /// Epochs above this are not restored: a group keeps 8 bytes a membership
@@ -155,7 +154,9 @@ impl Disk {
                     state.restore_member(APP, g, *ordinal, name, since).map_err(|e| format!("{e:?}"))?;
                 }
                 Key::Message(m) => state.restore_message(APP, m, decoded(value).ok_or_else(undecodable)?),
-                Key::Mark(reader, peer) => state.restore_mark(APP, reader, peer, decoded(value).ok_or_else(undecodable)?),
+                Key::Mark(reader, peer) => {
+                    state.restore_mark(APP, reader, peer, decoded(value).ok_or_else(undecodable)?)
+                }
                 Key::Held(m) => state.restore_held(APP, m, decoded::<Vec<HeldRead>>(value).ok_or_else(undecodable)?),
             }
         }
@@ -227,8 +228,7 @@ fn ask_everything(state: &PartitionState, settings: &SettingsTable) {
             let mut paged = Vec::new();
             let mut after = None;
             loop {
-                let Ok(page) = state.view().member_page(settings, APP, group_id, &id, &sender, filter, after, 3)
-                else {
+                let Ok(page) = state.view().member_page(settings, APP, group_id, &id, &sender, filter, after, 3) else {
                     assert!(receipt.is_err(), "{id}: pages refused, its receipt given");
                     break;
                 };
