@@ -45,19 +45,23 @@ impl<'a> Input<'a> {
         Some(b)
     }
 
-    /// The next value, decoded as the store decodes one (strings in place).
-    fn value<T: Deserialize<'a>>(&mut self) -> Option<T> {
+    /// The next value, decoded as the store decodes one (strings in place),
+    /// and its bytes.
+    fn value_and_bytes<T: Deserialize<'a>>(&mut self) -> Option<(T, &'a [u8])> {
         let (value, used) = bincode::serde::borrow_decode_from_slice(self.0, bincode::config::standard()).ok()?;
-        self.0 = &self.0[used..];
-        Some(value)
+        let (bytes, rest) = self.0.split_at(used);
+        self.0 = rest;
+        Some((value, bytes))
+    }
+
+    /// The next value, decoded.
+    fn value<T: Deserialize<'a>>(&mut self) -> Option<T> {
+        self.value_and_bytes().map(|(value, _)| value)
     }
 
     /// The bytes of the next value, which must decode as a `T`.
     fn value_bytes<T: Deserialize<'a>>(&mut self) -> Option<&'a [u8]> {
-        let (_, used) = bincode::serde::borrow_decode_from_slice::<T, _>(self.0, bincode::config::standard()).ok()?;
-        let (value, rest) = self.0.split_at(used);
-        self.0 = rest;
-        Some(value)
+        self.value_and_bytes::<T>().map(|(_, bytes)| bytes)
     }
 }
 
@@ -112,8 +116,8 @@ impl Disk {
             let (key, value) = match kind {
                 0 => {
                     let g = group(input.byte()?);
-                    let value = input.value_bytes::<GroupMeta>()?;
-                    if decoded::<GroupMeta>(value)?.epoch > MAX_EPOCH {
+                    let (meta, value) = input.value_and_bytes::<GroupMeta>()?;
+                    if meta.epoch > MAX_EPOCH {
                         return None;
                     }
                     (Key::Group(g), value)

@@ -355,10 +355,7 @@ impl Store {
         let iter = self.db.iterator_opt(rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward), read_opts);
         for item in iter {
             let (key, value) = item.map_err(|e| self.rocks(e))?;
-            let parsed = keys::parse(&key).ok_or_else(|| StoreError::Corrupt {
-                key: keys::hex(&key),
-                problem: "unrecognised key layout".into(),
-            })?;
+            let parsed = keys::parse(&key).ok_or_else(|| corrupt(&key, "unrecognised key layout"))?;
             match parsed {
                 keys::Parsed::Checkpoint => {
                     let c: Checkpoint = decode(&key, &value)?;
