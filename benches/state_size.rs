@@ -8,6 +8,11 @@
 //! Each message's readers are distinct random members reading at random
 //! times within the hour after the send.
 //!
+//! A second table holds one group's bytes against its history: a group of
+//! 200 whose members leave and rejoin, one change an event, should grow
+//! with its members, not with how many times its membership changed. It
+//! also times those changes folded and the group restored from a store.
+//!
 //! `cargo bench --bench state_size`
 
 use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable};
@@ -143,6 +148,51 @@ fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64, f64
     (in_memory, in_blocks, disk, values)
 }
 
+/// One group of `group` members after `changes` membership changes, each a
+/// random member leaving or rejoining: (bytes in memory as blocks, ns a
+/// change folded, ms the partition restored).
+fn measure_history(group: usize, changes: usize) -> (f64, f64, f64) {
+    let members: Vec<Id> = (0..group).map(|i| Id::from(format!("u{i}").as_str())).collect();
+    let change = |op, members: Vec<Id>| {
+        Event::GroupMembers(GroupMembers {
+            app_id: "a1".into(),
+            group_id: "g".into(),
+            op,
+            group_type: None,
+            members,
+            at: 0,
+        })
+    };
+    let mut rng = Rng::new(changes as u64);
+    let mut present = vec![true; group];
+    let history: Vec<Event> = (0..changes)
+        .map(|_| {
+            let k = rng.below(group as u64) as usize;
+            present[k] = !present[k];
+            change(if present[k] { MembersOp::Join } else { MembersOp::Leave }, vec![members[k].clone()])
+        })
+        .collect();
+    let blocks_before = LIVE_BLOCKS.load(Relaxed);
+    let mut state = PartitionState::new();
+    apply(&mut state, &[change(MembersOp::Snapshot, members.clone())]);
+    let started = std::time::Instant::now();
+    apply(&mut state, &history);
+    let per_change = started.elapsed().as_nanos() as f64 / changes as f64;
+    let in_blocks = (LIVE_BLOCKS.load(Relaxed) - blocks_before) as f64;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let (settings, mut deltas, mut batch) = (SettingsTable::default(), DeltaBuffer::new(), BatchBuffer::default());
+    store.stage(&mut batch, 0, &mut state, &settings, &mut deltas, 0);
+    store.write(batch).unwrap();
+    drop(state);
+    let started = std::time::Instant::now();
+    let (restored, _) = store.load_partition(0).unwrap();
+    let restore_ms = started.elapsed().as_secs_f64() * 1e3;
+    drop(restored);
+    (in_blocks, per_change, restore_ms)
+}
+
 fn main() {
     println!("| group | reads per message | messages | in memory, B/msg | as allocator blocks | target | on disk (SST, LZ4), B/msg | write batch, B/msg | target (G <= 1024) |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -164,5 +214,15 @@ fn main() {
         println!(
             "| {group} | {readers} | {messages} | {mem:.0} | {blocks:.0} | {mem_target} | {disk:.0} | {values:.0} | {disk_target} |"
         );
+    }
+    println!();
+    println!(
+        "| group | membership changes | group in memory, B (allocator blocks) | ns a change folded | restored, ms |"
+    );
+    println!("|---|---|---|---|---|");
+    for changes in [0, 10_000, 100_000, 1_000_000, 10_000_000] {
+        let (blocks, per_change, restore_ms) = measure_history(200, changes);
+        let per_change = if changes == 0 { "-".to_string() } else { format!("{per_change:.0}") };
+        println!("| 200 | {changes} | {blocks:.0} | {per_change} | {restore_ms:.1} |");
     }
 }

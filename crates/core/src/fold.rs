@@ -3,7 +3,7 @@
 use crate::deltas::{DeltaBuffer, ReceiptChange};
 use crate::state::{
     app_entry, AppState, AppView, CountedUnder, DirtyKey, Group, HeldList, HeldRead, Id, Mark, MessageState,
-    MessageTarget, PartitionState, ReadMark, Tracking, NOT_A_MEMBER,
+    MessageTarget, PartitionState, ReadMark, Tracking, LAST_EPOCH, NOT_A_MEMBER,
 };
 use crate::stats::{FoldStats, Ignored, Outcome};
 use crate::{same_str, ShardedMap};
@@ -162,10 +162,13 @@ impl PartitionState {
         }
         let mut group = app.groups.get_or_insert_with(group_id.clone(), || Group { fresh: true, ..Group::new(None) });
         let group = &mut *group;
+        if group.meta.epoch >= LAST_EPOCH {
+            stats.ignore(Ignored::EpochsExhausted);
+            return Outcome::Ignored;
+        }
         // Every change opens a new epoch, so messages sent before it keep their
         // audience and cached unread counts know to refresh.
         group.meta.epoch += 1;
-        group.by_epoch.push(0);
         let epoch = group.meta.epoch;
         let mut touched: Vec<u32> = Vec::new();
         match e.op {
@@ -473,14 +476,14 @@ fn join(group: &mut Group, user: &str, epoch: u32) -> Option<u32> {
         }
     };
     group.since[ordinal as usize] = epoch;
-    group.by_epoch.add(epoch as usize, 1);
+    group.by_epoch.join(epoch);
     group.member_count += 1;
     Some(ordinal)
 }
 
 fn leave(group: &mut Group, ordinal: u32) {
     let since = std::mem::replace(&mut group.since[ordinal as usize], NOT_A_MEMBER);
-    group.by_epoch.add(since as usize, -1);
+    group.by_epoch.leave(since);
     group.member_count -= 1;
 }
 

@@ -19,15 +19,17 @@
 //! epoch since which it has been a member. A message remembers only the epoch
 //! at send time: its audience is every member whose membership began at or
 //! before that epoch, minus the sender. Per-message state therefore grows with
-//! the readers, not with the group.
+//! the readers, not with the group. A group counts its members by the epoch
+//! they joined at, with a slot only for epochs some member joined at, so a
+//! group's own state grows with its members, not with its history.
 
 #![deny(missing_docs)]
 
 mod by_id;
 mod deltas;
-mod fenwick;
 mod fold;
 mod members;
+mod members_by_since;
 mod prefetch;
 mod query;
 mod readers;
@@ -47,7 +49,7 @@ pub use settings::{AppSettings, SettingsTable};
 pub use sharded::{KeyEq, ShardedMap};
 pub use state::{
     DirtyKey, Entity, GroupLists, GroupMeta, HeldRead, Id, MessageState, MessageTarget, PartitionState, PartitionView,
-    ReadMark, RestoreError, Tracking, NOT_A_MEMBER,
+    ReadMark, RestoreError, Tracking, LAST_EPOCH, NOT_A_MEMBER,
 };
 pub use stats::{FoldStats, Ignored, Outcome, EVENT_KINDS};
 pub use stored_form::put_leb128;

@@ -1,7 +1,7 @@
 //! The folded state of one partition, and the narrow interface storage uses to
 //! persist and restore it (dirty keys out, entities in).
 
-use crate::fenwick::Fenwick;
+use crate::members_by_since::MembersBySince;
 use crate::readers::Readers;
 use crate::sharded::hash_of;
 use crate::ShardedMap;
@@ -29,6 +29,11 @@ pub use receiptd_wire::Id;
 /// `since` of an ordinal that is not a member now.
 pub const NOT_A_MEMBER: u32 = u32::MAX;
 
+/// The last epoch a group can reach: the next would be [`NOT_A_MEMBER`]. A
+/// group there takes no more membership changes (`epochs_exhausted`), after
+/// 4,294,967,294 of them.
+pub const LAST_EPOCH: u32 = NOT_A_MEMBER - 1;
+
 /// A group's header: type and membership epoch. Members are stored apart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupMeta {
@@ -49,7 +54,7 @@ pub(crate) struct Group {
     /// ordinal -> epoch the current membership began, or [`NOT_A_MEMBER`].
     pub(crate) since: Vec<u32>,
     /// Current members counted by their `since` epoch.
-    pub(crate) by_epoch: Fenwick,
+    pub(crate) by_epoch: MembersBySince,
     pub(crate) member_count: u32,
     pub(crate) dirty: bool,
     pub(crate) dirty_members: rustc_hash::FxHashSet<u32>,
@@ -61,13 +66,11 @@ pub(crate) struct Group {
 
 impl Group {
     pub(crate) fn new(group_type: Option<GroupType>) -> Self {
-        let mut by_epoch = Fenwick::new();
-        by_epoch.push(0);
         Group {
             meta: GroupMeta { group_type, epoch: 0 },
             users: Default::default(),
             since: Vec::new(),
-            by_epoch,
+            by_epoch: MembersBySince::default(),
             member_count: 0,
             dirty: false,
             dirty_members: Default::default(),
@@ -82,7 +85,7 @@ impl Group {
 
     /// Members now present whose membership began at or before `epoch`.
     pub(crate) fn eligible(&self, epoch: u32) -> u32 {
-        self.by_epoch.prefix(epoch as usize) as u32
+        self.by_epoch.at_or_before(epoch)
     }
 
     pub(crate) fn ordinal(&self, user: &str) -> Option<u32> {
@@ -556,6 +559,11 @@ impl RestoreError {
 fn check_restored(app: &AppState) -> Result<(), RestoreError> {
     let mut found = Ok(());
     app.view.groups.for_each(|group_id, g| {
+        if g.meta.epoch > LAST_EPOCH && found.is_ok() {
+            let key = DirtyKey::Group { app: app.id.clone(), group_id: group_id.clone() };
+            found =
+                Err(RestoreError::new(key, format!("a group at epoch {}, past the last, {LAST_EPOCH}", g.meta.epoch)));
+        }
         let Some(ordinal) = g.since.iter().position(|&s| s != NOT_A_MEMBER && s > g.meta.epoch) else { return };
         if found.is_ok() {
             let (since, epoch) = (g.since[ordinal], g.meta.epoch);
@@ -1105,19 +1113,8 @@ impl PartitionState {
         for app in self.apps.iter() {
             check_restored(app)?;
             app.view.groups.for_each_mut(|_, g| {
-                let mut by_epoch = Fenwick::new();
-                for _ in 0..=g.meta.epoch {
-                    by_epoch.push(0);
-                }
-                let mut count = 0;
-                for &s in &g.since {
-                    if s != NOT_A_MEMBER {
-                        by_epoch.add(s as usize, 1);
-                        count += 1;
-                    }
-                }
-                g.by_epoch = by_epoch;
-                g.member_count = count;
+                g.by_epoch = MembersBySince::from_since(g.since.iter().copied().filter(|&s| s != NOT_A_MEMBER));
+                g.member_count = g.since.iter().filter(|&&s| s != NOT_A_MEMBER).count() as u32;
             });
         }
         Ok(())

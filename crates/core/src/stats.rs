@@ -43,11 +43,13 @@ pub enum Ignored {
     DuplicateMessage,
     /// A membership change for a group we know nothing of (leave, dismiss).
     UnknownTarget,
+    /// A membership change for a group at [`crate::LAST_EPOCH`].
+    EpochsExhausted,
 }
 
 impl Ignored {
     /// Every reason, in metric order.
-    pub const ALL: [Ignored; 14] = [
+    pub const ALL: [Ignored; 15] = [
         Ignored::Sender,
         Ignored::NotInAudience,
         Ignored::NoReceiptRequested,
@@ -62,6 +64,7 @@ impl Ignored {
         Ignored::StaleMark,
         Ignored::DuplicateMessage,
         Ignored::UnknownTarget,
+        Ignored::EpochsExhausted,
     ];
 
     /// Metric label.
@@ -81,6 +84,7 @@ impl Ignored {
             Ignored::StaleMark => "stale_mark",
             Ignored::DuplicateMessage => "duplicate_message",
             Ignored::UnknownTarget => "unknown_target",
+            Ignored::EpochsExhausted => "epochs_exhausted",
         }
     }
 }
@@ -95,7 +99,7 @@ pub struct FoldStats {
     /// Events by kind (see [`EVENT_KINDS`]) and outcome (applied, held, ignored).
     pub events: [[u64; 3]; 5],
     /// Ignored reads and events by reason (see [`Ignored::ALL`]).
-    pub ignored: [u64; 14],
+    pub ignored: [u64; 15],
     /// Reads that were recorded but hidden (private, or receipts off).
     pub hidden_reads: u64,
     /// Messages dropped by retention.

@@ -176,6 +176,58 @@ fn a_member_who_leaves_before_reading_stops_counting_as_unread() {
 }
 
 #[test]
+fn a_group_keeps_counts_for_its_members_not_for_its_history() {
+    let mut h = Harness::new();
+    let names: Vec<String> = (0..50).map(|i| format!("u{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    h.members("g1", MembersOp::Snapshot, &names);
+    h.send_group("m1", "u0", "g1");
+    h.read_group("u1", "g1", &["m1"]);
+    // Members leave and rejoin, 20,000 changes: each one rejoined is out of
+    // m1's audience, and u1's read stays a read.
+    for i in 0..10_000 {
+        let who = names[1 + i % 49];
+        h.members("g1", MembersOp::Leave, &[who]);
+        h.members("g1", MembersOp::Join, &[who]);
+    }
+    assert_eq!(h.counts("m1"), (1, 0));
+    h.send_group("m2", "u0", "g1");
+    assert_eq!(h.counts("m2"), (0, 49));
+    let app = h.state.view().app(APP).unwrap();
+    let group = app.groups.get("g1").unwrap();
+    assert_eq!(group.meta.epoch, 20_001);
+    let slots = group.by_epoch.slots();
+    assert!(slots <= 2 * 50 + 1, "{slots} slots for 50 members after 20,000 changes");
+}
+
+#[test]
+fn a_group_at_its_last_epoch_takes_no_more_changes_and_says_so() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob"]);
+    h.send_group("m1", "alice", "g1");
+    // As restored from a store whose group has changed 4,294,967,293 times.
+    let mut restored = PartitionState::new();
+    restored.restore_group(APP, "g1", GroupMeta { group_type: Some(GroupType::Work), epoch: LAST_EPOCH - 1 });
+    restored.restore_member(APP, "g1", 0, "alice", 1).unwrap();
+    restored.restore_member(APP, "g1", 1, "bob", LAST_EPOCH - 1).unwrap();
+    restored.restore_message(APP, "m1", h.state.message(APP, "m1").unwrap().clone());
+    restored.finish_restore().expect("a group one change short of its last epoch");
+    h.state = restored;
+    assert_eq!(h.counts("m1"), (0, 0), "bob rejoined after m1");
+    h.members("g1", MembersOp::Join, &["carol"]);
+    h.send_group("m2", "alice", "g1");
+    assert_eq!(h.counts("m2"), (0, 2));
+    h.members("g1", MembersOp::Leave, &["bob"]);
+    assert_eq!(h.ignored(Ignored::EpochsExhausted), 1);
+    assert_eq!(h.counts("m2"), (0, 2), "bob's leave was not folded");
+    h.members("g1", MembersOp::Dismiss, &[]);
+    assert_eq!(h.state.counts(&h.settings, APP, "m2"), None, "a dismiss still drops the group and its messages");
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob"]);
+    h.send_group("m3", "alice", "g1");
+    assert_eq!(h.counts("m3"), (0, 1), "the group of the same id starts over");
+}
+
+#[test]
 fn snapshot_replaces_the_member_set() {
     let mut h = Harness::new();
     h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);
@@ -520,6 +572,10 @@ fn restoring_refuses_what_no_fold_could_have_written() {
     refused(state.restore_member(APP, "g1", 1, "alice", 1), &slot(1), "\"alice\" holds slot 0 already");
     state.restore_member(APP, "g1", 1, "bob", 2).expect("checked with the group's epoch, at the end");
     refused(state.finish_restore(), &slot(1), "a member since epoch 2 of a group at epoch 1");
+    let mut state = PartitionState::new();
+    state.restore_group(APP, "g1", meta(NOT_A_MEMBER));
+    let header = DirtyKey::Group { app: APP.into(), group_id: "g1".into() };
+    refused(state.finish_restore(), &header, "a group at epoch 4294967295, past the last, 4294967294");
 
     let refused_message = |result: Result<PartitionState, RestoreError>, problem: &str| {
         refused(result.map(drop), &message_key, problem);

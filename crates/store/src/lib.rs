@@ -877,6 +877,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_group_at_any_epoch_restores_and_one_past_the_last_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let header = DirtyKey::Group { app: "a1".into(), group_id: "g".into() };
+        let write_header = |epoch: u32| {
+            let mut batch = BatchBuffer::default();
+            batch.put(keys::entity(0, &header), encode(&GroupMeta { group_type: None, epoch }));
+            store.write(batch).unwrap();
+        };
+        // Restoring once kept a count for every epoch: 32 GiB for this one.
+        write_header(receiptd_core::LAST_EPOCH);
+        let mut batch = BatchBuffer::default();
+        let slot = DirtyKey::Member { app: "a1".into(), group_id: "g".into(), ordinal: 0 };
+        batch.put(keys::entity(0, &slot), encode(&("alice", receiptd_core::LAST_EPOCH)));
+        store.write(batch).unwrap();
+        let (mut state, _) = store.load_partition(0).expect("a group at its last epoch");
+        let send = Event::MessageSent(receiptd_wire::MessageSent {
+            app_id: "a1".into(),
+            msg_id: "m1".into(),
+            sender: "bob".into(),
+            conversation: receiptd_wire::Conversation::Group { group_id: "g".into() },
+            need_read_receipt: true,
+            sent_at: 1_732_200_000_000,
+        });
+        fold(&mut state, &[send]);
+        assert_eq!(state.counts(&SettingsTable::default(), "a1", "m1"), Some((0, 1)), "alice is its audience");
+        write_header(u32::MAX);
+        let err = store.load_partition(0).err().expect("refused");
+        assert!(
+            matches!(&err, StoreError::Corrupt { key, .. } if *key == keys::hex(&keys::entity(0, &header))),
+            "{err}"
+        );
+        assert!(err.to_string().ends_with("a group at epoch 4294967295, past the last, 4294967294"), "{err}");
+    }
+
     /// Bytes of one message's state, persisted (RocksDB value) and in memory
     /// (struct plus reader vector), for a group of `members` with `readers`.
     fn message_bytes(members: usize, readers: usize) -> (usize, usize) {

@@ -78,7 +78,7 @@ const FLUSH_SIZE_BUCKETS: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_
 #[derive(Debug, Default)]
 pub struct Metrics {
     events: [[AtomicU64; 3]; 5],
-    ignored: [AtomicU64; 14],
+    ignored: [AtomicU64; 15],
     hidden_reads: AtomicU64,
     expired_messages: AtomicU64,
     dlq: [AtomicU64; 6],
