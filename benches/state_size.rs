@@ -12,6 +12,9 @@
 //! 200 whose members leave and rejoin, one change an event, should grow
 //! with its members, not with how many times its membership changed. It
 //! also times those changes folded and the group restored from a store.
+//! Its last rows have members leave for good and new users join in their
+//! place: the member table keeps every user who was ever a member (ordinals
+//! are never reused), so those grow with the users.
 //!
 //! `cargo bench --bench state_size`
 
@@ -149,9 +152,10 @@ fn measure(group: usize, readers: usize, messages: usize) -> (f64, f64, f64, f64
 }
 
 /// One group of `group` members after `changes` membership changes, each a
-/// random member leaving or rejoining: (bytes in memory as blocks, ns a
-/// change folded, ms the partition restored).
-fn measure_history(group: usize, changes: usize) -> (f64, f64, f64) {
+/// random member leaving or rejoining, or with `new_users`, in turns, a
+/// random member leaving and a user never seen joining: (bytes in memory as
+/// blocks, ns a change folded, ms the partition restored).
+fn measure_history(group: usize, changes: usize, new_users: bool) -> (f64, f64, f64) {
     let members: Vec<Id> = (0..group).map(|i| Id::from(format!("u{i}").as_str())).collect();
     let change = |op, members: Vec<Id>| {
         Event::GroupMembers(GroupMembers {
@@ -165,26 +169,36 @@ fn measure_history(group: usize, changes: usize) -> (f64, f64, f64) {
     };
     let mut rng = Rng::new(changes as u64);
     let mut present = vec![true; group];
+    let (mut current, mut left) = (members.clone(), 0);
     let history: Vec<Event> = (0..changes)
-        .map(|_| {
+        .map(|i| {
             let k = rng.below(group as u64) as usize;
-            present[k] = !present[k];
-            change(if present[k] { MembersOp::Join } else { MembersOp::Leave }, vec![members[k].clone()])
+            if new_users && i % 2 == 0 {
+                left = k;
+                change(MembersOp::Leave, vec![current[k].clone()])
+            } else if new_users {
+                current[left] = Id::from(format!("n{i}").as_str());
+                change(MembersOp::Join, vec![current[left].clone()])
+            } else {
+                present[k] = !present[k];
+                change(if present[k] { MembersOp::Join } else { MembersOp::Leave }, vec![members[k].clone()])
+            }
         })
         .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let (settings, mut deltas) = (SettingsTable::default(), DeltaBuffer::new());
     let blocks_before = LIVE_BLOCKS.load(Relaxed);
     let mut state = PartitionState::new();
     apply(&mut state, &[change(MembersOp::Snapshot, members.clone())]);
     let started = std::time::Instant::now();
     apply(&mut state, &history);
     let per_change = started.elapsed().as_nanos() as f64 / changes as f64;
-    let in_blocks = (LIVE_BLOCKS.load(Relaxed) - blocks_before) as f64;
-
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-    let (settings, mut deltas, mut batch) = (SettingsTable::default(), DeltaBuffer::new(), BatchBuffer::default());
+    // Counted as a flush leaves it: the changes staged and written.
+    let mut batch = BatchBuffer::default();
     store.stage(&mut batch, 0, &mut state, &settings, &mut deltas, 0);
     store.write(batch).unwrap();
+    let in_blocks = (LIVE_BLOCKS.load(Relaxed) - blocks_before) as f64;
     drop(state);
     let started = std::time::Instant::now();
     let (restored, _) = store.load_partition(0).unwrap();
@@ -217,12 +231,14 @@ fn main() {
     }
     println!();
     println!(
-        "| group | membership changes | group in memory, B (allocator blocks) | ns a change folded | restored, ms |"
+        "| group | membership changes | who joins | group in memory, B (allocator blocks) | ns a change folded | restored, ms |"
     );
-    println!("|---|---|---|---|---|");
-    for changes in [0, 10_000, 100_000, 1_000_000, 10_000_000] {
-        let (blocks, per_change, restore_ms) = measure_history(200, changes);
+    println!("|---|---|---|---|---|---|");
+    let runs = [0, 10_000, 100_000, 1_000_000, 10_000_000].map(|changes| (changes, false));
+    for (changes, new_users) in runs.into_iter().chain([(100_000, true), (1_000_000, true)]) {
+        let (blocks, per_change, restore_ms) = measure_history(200, changes, new_users);
         let per_change = if changes == 0 { "-".to_string() } else { format!("{per_change:.0}") };
-        println!("| 200 | {changes} | {blocks:.0} | {per_change} | {restore_ms:.1} |");
+        let who = if new_users { "new users" } else { "members again" };
+        println!("| 200 | {changes} | {who} | {blocks:.0} | {per_change} | {restore_ms:.1} |");
     }
 }
