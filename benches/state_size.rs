@@ -13,8 +13,8 @@
 //! with its members, not with how many times its membership changed. It
 //! also times those changes folded and the group restored from a store.
 //! Its last rows have members leave for good and new users join in their
-//! place: the member table keeps every user who was ever a member (ordinals
-//! are never reused), so those grow with the users.
+//! place: a newcomer takes the ordinal of a member who left, so the member
+//! table holds the members, not every user who was ever one.
 //!
 //! `cargo bench --bench state_size`
 

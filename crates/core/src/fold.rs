@@ -10,6 +10,7 @@ use crate::{same_str, ShardedMap};
 use crate::{AppSettings, SettingsTable};
 use receiptd_wire::{Conversation, Event, GroupMembers, MembersOp, MessageRead, MessageSent, Receipt};
 use rustc_hash::FxHashSet;
+use std::sync::atomic::AtomicU32;
 
 /// Bounds the fold keeps; both are deterministic functions of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,12 +120,13 @@ impl PartitionState {
         for app in apps.iter_mut() {
             let retention = settings.retention_ms(&app.id);
             // Expired: sent_at + retention < watermark.
-            let (messages, id) = (&app.view.messages, &app.id);
+            let (messages, groups, id) = (&app.view.messages, &app.view.groups, &app.id);
             let cutoff = watermark.saturating_sub(retention);
             app.by_sent_at.pop_before(cutoff, |id_hash, second| {
                 let sent_in_second = |(_, m): &(Id, Box<MessageState>)| m.sent_at / 1000 == second;
                 let expired = |entry: &(Id, Box<MessageState>)| sent_in_second(entry) && entry.1.sent_at < cutoff;
-                while let Some((msg_id, _)) = messages.remove_by_hash(id_hash, expired) {
+                while let Some((msg_id, m)) = messages.remove_by_hash(id_hash, expired) {
+                    uncount_reads(groups, &m);
                     fx.stats.expired_messages += 1;
                     dirty.push(DirtyKey::Message { app: id.clone(), msg_id });
                 }
@@ -452,6 +454,7 @@ impl PartitionState {
             return Outcome::Ignored;
         }
         m.tracking = Tracking::Revoked;
+        uncount_reads(&app.view.groups, m);
         m.readers = Default::default();
         m.visible_reads = 0;
         m.counted_under = CountedUnder::default();
@@ -468,12 +471,23 @@ impl PartitionState {
 fn join(group: &mut Group, user: &str, epoch: u32) -> Option<u32> {
     let ordinal = match group.ordinal(user) {
         Some(o) if group.since[o as usize] != NOT_A_MEMBER => return None,
-        Some(o) => o,
-        None => {
-            let o = group.users.push(user);
-            group.since.push(NOT_A_MEMBER);
+        Some(o) => {
+            group.reusable.remove(o);
             o
         }
+        // A newcomer takes the lowest ordinal free to change hands.
+        None => match group.reusable.pop_lowest() {
+            Some(o) => {
+                group.users.rename(o, user);
+                o
+            }
+            None => {
+                let o = group.users.push(user);
+                group.since.push(NOT_A_MEMBER);
+                group.reads_by.push(AtomicU32::new(0));
+                o
+            }
+        },
     };
     group.since[ordinal as usize] = epoch;
     group.by_epoch.join(epoch);
@@ -485,6 +499,20 @@ fn leave(group: &mut Group, ordinal: u32) {
     let since = std::mem::replace(&mut group.since[ordinal as usize], NOT_A_MEMBER);
     group.by_epoch.leave(since);
     group.member_count -= 1;
+    group.free_if_unread(ordinal);
+}
+
+/// Uncounts the reads of a group message gone or revoked (see
+/// [`Group::uncount_reads`]).
+fn uncount_reads(groups: &ShardedMap<Id, Group>, m: &MessageState) {
+    if m.readers.is_empty() {
+        return;
+    }
+    if let MessageTarget::Group { group_id, .. } = &m.target {
+        if let Some(mut group) = groups.get_mut(&**group_id) {
+            group.uncount_reads(m.reads().map(|r| r.ordinal));
+        }
+    }
 }
 
 /// The reader's group and ordinal, shared by every message of one read
@@ -579,6 +607,9 @@ fn read_one<'a>(
     let hidden = private || !ctx.settings.receipts_on(reader);
     if !m.readers.insert(ReadMark { ordinal, read_at, hidden }, m.sent_at) {
         return ReadResult::Ignored(Ignored::Duplicate);
+    }
+    if let Some(group) = group {
+        group.count_read(ordinal);
     }
     if !m.dirty {
         m.dirty = true;

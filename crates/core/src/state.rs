@@ -9,7 +9,7 @@ use parking_lot::{MappedRwLockReadGuard, RwLock};
 use receiptd_wire::GroupType;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Most entries of spare capacity a list taken once per flush keeps.
@@ -44,8 +44,11 @@ pub struct GroupMeta {
 }
 
 /// One group: header plus its member table, indexed by group-local ordinal.
-/// Ordinals are handed out on first join and never reused, so a message's
-/// read set can name members by ordinal for its whole life.
+/// Ordinals are handed out on first join. One changes hands only once its
+/// member has left and no live message holds a read by it, so a message's
+/// read set can name members by ordinal for its whole life, and the table
+/// grows with the members and the readers of live messages, not with
+/// every user who was ever a member.
 #[derive(Debug)]
 pub(crate) struct Group {
     pub(crate) meta: GroupMeta,
@@ -55,6 +58,15 @@ pub(crate) struct Group {
     pub(crate) since: Vec<u32>,
     /// Current members counted by their `since` epoch.
     pub(crate) by_epoch: MembersBySince,
+    /// ordinal -> live messages holding a read by it. Atomic so that the
+    /// fold can count a read through the `&Group` it reads without the
+    /// lock; only the fold's thread changes it, with plain loads and
+    /// stores.
+    pub(crate) reads_by: Vec<AtomicU32>,
+    /// Ordinals free to change hands: their member left and no live
+    /// message holds a read by them. The lowest goes first, so a restored
+    /// partition hands out what the live one would have.
+    pub(crate) reusable: crate::members::FreeOrdinals,
     pub(crate) member_count: u32,
     pub(crate) dirty: bool,
     pub(crate) dirty_members: rustc_hash::FxHashSet<u32>,
@@ -71,6 +83,8 @@ impl Group {
             users: Default::default(),
             since: Vec::new(),
             by_epoch: MembersBySince::default(),
+            reads_by: Vec::new(),
+            reusable: Default::default(),
             member_count: 0,
             dirty: false,
             dirty_members: Default::default(),
@@ -90,6 +104,34 @@ impl Group {
 
     pub(crate) fn ordinal(&self, user: &str) -> Option<u32> {
         self.users.ordinal(user)
+    }
+
+    /// Counts a live message's read by `ordinal`. The fold's thread only
+    /// (see [`Self::reads_by`]).
+    #[inline]
+    pub(crate) fn count_read(&self, ordinal: u32) {
+        let reads = &self.reads_by[ordinal as usize];
+        reads.store(reads.load(Relaxed) + 1, Relaxed);
+    }
+
+    /// Uncounts the reads of a message gone or revoked. An ordinal left
+    /// with no reads and no member can change hands.
+    pub(crate) fn uncount_reads(&mut self, ordinals: impl Iterator<Item = u32>) {
+        for ordinal in ordinals {
+            let reads = self.reads_by[ordinal as usize].get_mut();
+            *reads -= 1;
+            if *reads == 0 && self.since[ordinal as usize] == NOT_A_MEMBER {
+                self.reusable.insert(ordinal);
+            }
+        }
+    }
+
+    /// Frees `ordinal`, whose member just left, to change hands if no live
+    /// message holds a read by it.
+    pub(crate) fn free_if_unread(&mut self, ordinal: u32) {
+        if *self.reads_by[ordinal as usize].get_mut() == 0 {
+            self.reusable.insert(ordinal);
+        }
     }
 }
 
@@ -1070,6 +1112,7 @@ impl PartitionState {
         }
         g.users.push(user);
         g.since.push(since);
+        g.reads_by.push(AtomicU32::new(0));
         Ok(())
     }
 
@@ -1112,9 +1155,23 @@ impl PartitionState {
     pub fn finish_restore(&mut self) -> Result<(), RestoreError> {
         for app in self.apps.iter() {
             check_restored(app)?;
+            app.view.messages.for_each(|_, m| {
+                if let (MessageTarget::Group { group_id, .. }, Tracking::Tracked) = (&m.target, m.tracking) {
+                    // Checked above: the group is stored and handed out
+                    // every ordinal read.
+                    if let Some(g) = app.view.groups.get(&**group_id) {
+                        m.reads().for_each(|r| g.count_read(r.ordinal));
+                    }
+                }
+            });
             app.view.groups.for_each_mut(|_, g| {
                 g.by_epoch = MembersBySince::from_since(g.since.iter().copied().filter(|&s| s != NOT_A_MEMBER));
                 g.member_count = g.since.iter().filter(|&&s| s != NOT_A_MEMBER).count() as u32;
+                for o in 0..g.since.len() {
+                    if g.since[o] == NOT_A_MEMBER && g.reads_by[o].load(Relaxed) == 0 {
+                        g.reusable.insert(o as u32);
+                    }
+                }
             });
         }
         Ok(())

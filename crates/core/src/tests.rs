@@ -114,6 +114,21 @@ impl Harness {
         (staged, as_consumers_see(buffer))
     }
 
+    fn revoke_group(&mut self, msg: &str, sender: &str, group: &str) {
+        self.apply(Event::MessageRevoked(MessageRevoked {
+            app_id: APP.into(),
+            msg_id: msg.into(),
+            sender: sender.into(),
+            conversation: Conversation::Group { group_id: group.into() },
+            at: 1,
+        }));
+    }
+
+    /// Flushes into `disk`, as storage does.
+    fn flush_to(&mut self, disk: &mut Disk) {
+        self.state.flush_changes(&self.settings, &mut DeltaBuffer::new(), |key, entity| disk.stage(key, entity));
+    }
+
     /// The keys of every entity changed since the last flush (flushing).
     fn changed(&mut self) -> Vec<DirtyKey> {
         self.flush().0.into_iter().map(|(key, _)| key).collect()
@@ -175,18 +190,23 @@ fn a_member_who_leaves_before_reading_stops_counting_as_unread() {
     assert_eq!(h.counts("m1"), (2, 0));
 }
 
-#[test]
-fn a_group_keeps_counts_for_its_members_not_for_its_history() {
+/// g1 of `n` members u0.., m1 sent by u0 and read by u1; the names.
+fn numbered_group(n: usize) -> (Harness, Vec<String>) {
     let mut h = Harness::new();
-    let names: Vec<String> = (0..50).map(|i| format!("u{i}")).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    h.members("g1", MembersOp::Snapshot, &names);
+    let names: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+    h.members("g1", MembersOp::Snapshot, &names.iter().map(String::as_str).collect::<Vec<_>>());
     h.send_group("m1", "u0", "g1");
     h.read_group("u1", "g1", &["m1"]);
+    (h, names)
+}
+
+#[test]
+fn a_group_keeps_counts_for_its_members_not_for_its_history() {
+    let (mut h, names) = numbered_group(50);
     // Members leave and rejoin, 20,000 changes: each one rejoined is out of
     // m1's audience, and u1's read stays a read.
     for i in 0..10_000 {
-        let who = names[1 + i % 49];
+        let who = names[1 + i % 49].as_str();
         h.members("g1", MembersOp::Leave, &[who]);
         h.members("g1", MembersOp::Join, &[who]);
     }
@@ -238,7 +258,8 @@ fn snapshot_replaces_the_member_set() {
     assert_eq!(h.ignored(Ignored::NotInAudience), 1);
     let (read, unread) = h.state.group_lists(&h.settings, APP, "m1").unwrap();
     assert!(read.is_empty());
-    assert_eq!(unread, vec!["carol".to_string(), "zed".to_string()]);
+    // In ordinal order: zed took bob's, as bob left having read nothing.
+    assert_eq!(unread, vec!["zed".to_string(), "carol".to_string()]);
 }
 
 #[test]
@@ -476,13 +497,7 @@ fn revocation_and_dismissal_do_not_crash_and_drop_state() {
     let mut h = Harness::new();
     h.members("g1", MembersOp::Snapshot, &["alice", "bob"]);
     h.send_group("m1", "alice", "g1");
-    h.apply(Event::MessageRevoked(MessageRevoked {
-        app_id: APP.into(),
-        msg_id: "m1".into(),
-        sender: "alice".into(),
-        conversation: Conversation::Group { group_id: "g1".into() },
-        at: 1,
-    }));
+    h.revoke_group("m1", "alice", "g1");
     h.read_group("bob", "g1", &["m1"]);
     assert_eq!(h.ignored(Ignored::Revoked), 1);
     h.members("g1", MembersOp::Dismiss, &[]);
@@ -505,17 +520,14 @@ fn reads_of_a_message_to_an_unknown_group_say_so() {
 fn persisted_entities_restore_to_the_same_state() {
     let mut h = Harness::new();
     let mut disk = Disk::default();
-    let flush = |h: &mut Harness, disk: &mut Disk| {
-        h.state.flush_changes(&h.settings, &mut DeltaBuffer::new(), |key, entity| disk.stage(key, entity));
-    };
     h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol", "dave"]);
     h.send_group("m1", "alice", "g1");
     h.read_group("bob", "g1", &["m1"]);
-    flush(&mut h, &mut disk);
+    h.flush_to(&mut disk);
     h.members("g1", MembersOp::Leave, &["carol"]);
     h.read_group("dave", "g1", &["m7"]);
     h.mark_read("bob", "alice", 9);
-    flush(&mut h, &mut disk);
+    h.flush_to(&mut disk);
 
     let restored = disk.restore(h.state.watermark());
     assert_eq!(restored.counts(&h.settings, APP, "m1"), h.state.counts(&h.settings, APP, "m1"));
@@ -529,6 +541,62 @@ fn persisted_entities_restore_to_the_same_state() {
     h2.send_group("m7", "alice", "g1");
     assert_eq!(h2.counts("m7"), h.counts("m7"));
     assert_eq!(h2.counts("m7"), (1, 1));
+}
+
+/// The ordinal `user` holds in `group`, and how many ordinals it has handed out.
+fn ordinal_of(state: &PartitionState, group: &str, user: &str) -> (Option<u32>, usize) {
+    let app = state.view().app(APP).unwrap();
+    let g = app.groups.get(group).unwrap();
+    (g.ordinal(user), g.users.len())
+}
+
+#[test]
+fn an_ordinal_changes_hands_only_once_no_live_message_holds_a_read_by_it() {
+    let mut h = Harness::new();
+    let mut disk = Disk::default();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob", "carol"]);
+    h.send_group("m1", "alice", "g1");
+    h.read_group("bob", "g1", &["m1"]);
+    h.members("g1", MembersOp::Leave, &["bob", "carol"]);
+    // carol read nothing: dave takes her ordinal. m1 holds bob's read.
+    h.members("g1", MembersOp::Join, &["dave", "erin"]);
+    assert_eq!(ordinal_of(&h.state, "g1", "dave"), (Some(2), 4));
+    assert_eq!(ordinal_of(&h.state, "g1", "carol").0, None);
+    assert_eq!(ordinal_of(&h.state, "g1", "erin").0, Some(3));
+    let (read, unread) = h.state.group_lists(&h.settings, APP, "m1").unwrap();
+    assert_eq!((read.len(), read[0].0.as_str(), unread.len()), (1, "bob", 0), "dave is not m1's audience");
+    h.flush_to(&mut disk);
+
+    // Revoked, m1 holds no read: bob's ordinal is free, restored or not.
+    h.revoke_group("m1", "alice", "g1");
+    h.flush_to(&mut disk);
+    let mut restored = Harness { state: disk.restore(h.state.watermark()), ..Harness::new() };
+    for h in [&mut h, &mut restored] {
+        h.members("g1", MembersOp::Join, &["frank", "gina"]);
+        assert_eq!(ordinal_of(&h.state, "g1", "frank"), (Some(1), 5));
+        assert_eq!(ordinal_of(&h.state, "g1", "gina").0, Some(4));
+        assert_eq!(ordinal_of(&h.state, "g1", "bob").0, None);
+        h.send_group("m2", "alice", "g1");
+        h.read_group("frank", "g1", &["m2"]);
+        assert_eq!(h.counts("m2"), (1, 3));
+    }
+}
+
+#[test]
+fn a_group_whose_members_turn_over_keeps_a_table_for_its_members_and_readers() {
+    let (mut h, mut present) = numbered_group(20);
+    // 5,000 times a member leaves and a newcomer takes the place.
+    for i in 0..5_000 {
+        let k = 1 + i % 19;
+        h.members("g1", MembersOp::Leave, &[&present[k]]);
+        present[k] = format!("new{i}");
+        h.members("g1", MembersOp::Join, &[&present[k]]);
+    }
+    // 20 members, and u1, whose read m1 still holds.
+    assert_eq!(ordinal_of(&h.state, "g1", "u0").1, 21);
+    assert_eq!(h.counts("m1"), (1, 0));
+    let (read, _) = h.state.group_lists(&h.settings, APP, "m1").unwrap();
+    assert_eq!(read[0].0, "u1");
 }
 
 #[test]
