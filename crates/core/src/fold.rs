@@ -3,14 +3,13 @@
 use crate::deltas::{DeltaBuffer, ReceiptChange};
 use crate::state::{
     app_entry, AppState, AppView, CountedUnder, DirtyKey, Group, HeldList, HeldRead, Id, Mark, MessageState,
-    MessageTarget, PartitionState, ReadMark, Tracking, LAST_EPOCH, NOT_A_MEMBER,
+    MessageTarget, PartitionState, ReadMark, Slot, Tracking, LAST_EPOCH, NOT_A_MEMBER,
 };
 use crate::stats::{FoldStats, Ignored, Outcome};
 use crate::{same_str, ShardedMap};
 use crate::{AppSettings, SettingsTable};
 use receiptd_wire::{Conversation, Event, GroupMembers, MembersOp, MessageRead, MessageSent, Receipt};
 use rustc_hash::FxHashSet;
-use std::sync::atomic::AtomicU32;
 
 /// Bounds the fold keeps; both are deterministic functions of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +177,8 @@ impl PartitionState {
                 group.meta.group_type = e.group_type;
                 let keep: FxHashSet<&str> = e.members.iter().map(Id::as_str).collect();
                 for ordinal in 0..group.users.len() as u32 {
-                    if group.since[ordinal as usize] != NOT_A_MEMBER && !keep.contains(group.users.name(ordinal)) {
+                    if group.slots[ordinal as usize].since != NOT_A_MEMBER && !keep.contains(group.users.name(ordinal))
+                    {
                         leave(group, ordinal);
                         touched.push(ordinal);
                     }
@@ -195,7 +195,7 @@ impl PartitionState {
             MembersOp::Leave => {
                 for user in &e.members {
                     if let Some(ordinal) = group.ordinal(user) {
-                        if group.since[ordinal as usize] != NOT_A_MEMBER {
+                        if group.slots[ordinal as usize].since != NOT_A_MEMBER {
                             leave(group, ordinal);
                             touched.push(ordinal);
                         }
@@ -470,7 +470,7 @@ impl PartitionState {
 /// a member already.
 fn join(group: &mut Group, user: &str, epoch: u32) -> Option<u32> {
     let ordinal = match group.ordinal(user) {
-        Some(o) if group.since[o as usize] != NOT_A_MEMBER => return None,
+        Some(o) if group.slots[o as usize].since != NOT_A_MEMBER => return None,
         Some(o) => {
             group.reusable.remove(o);
             o
@@ -483,20 +483,19 @@ fn join(group: &mut Group, user: &str, epoch: u32) -> Option<u32> {
             }
             None => {
                 let o = group.users.push(user);
-                group.since.push(NOT_A_MEMBER);
-                group.reads_by.push(AtomicU32::new(0));
+                group.slots.push(Slot::new(NOT_A_MEMBER));
                 o
             }
         },
     };
-    group.since[ordinal as usize] = epoch;
+    group.slots[ordinal as usize].since = epoch;
     group.by_epoch.join(epoch);
     group.member_count += 1;
     Some(ordinal)
 }
 
 fn leave(group: &mut Group, ordinal: u32) {
-    let since = std::mem::replace(&mut group.since[ordinal as usize], NOT_A_MEMBER);
+    let since = std::mem::replace(&mut group.slots[ordinal as usize].since, NOT_A_MEMBER);
     group.by_epoch.leave(since);
     group.member_count -= 1;
     group.free_if_unread(ordinal);

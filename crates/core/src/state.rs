@@ -43,6 +43,26 @@ pub struct GroupMeta {
     pub epoch: u32,
 }
 
+/// One ordinal of a group: when its current membership began, and the
+/// live messages holding a read by it. Side by side, so that the fold's
+/// read finds the count on the cache line it checks membership on.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// The epoch the current membership began, or [`NOT_A_MEMBER`].
+    pub(crate) since: u32,
+    /// Live messages holding a read by this ordinal. Atomic so that the
+    /// fold can count a read through the `&Group` it reads without the
+    /// lock; only the fold's thread changes it, with plain loads and
+    /// stores.
+    pub(crate) reads: AtomicU32,
+}
+
+impl Slot {
+    pub(crate) fn new(since: u32) -> Self {
+        Slot { since, reads: AtomicU32::new(0) }
+    }
+}
+
 /// One group: header plus its member table, indexed by group-local ordinal.
 /// Ordinals are handed out on first join. One changes hands only once its
 /// member has left and no live message holds a read by it, so a message's
@@ -54,15 +74,10 @@ pub(crate) struct Group {
     pub(crate) meta: GroupMeta,
     /// Member names by ordinal, and ordinals by name.
     pub(crate) users: crate::members::MemberNames,
-    /// ordinal -> epoch the current membership began, or [`NOT_A_MEMBER`].
-    pub(crate) since: Vec<u32>,
+    /// ordinal -> its membership and reads.
+    pub(crate) slots: Vec<Slot>,
     /// Current members counted by their `since` epoch.
     pub(crate) by_epoch: MembersBySince,
-    /// ordinal -> live messages holding a read by it. Atomic so that the
-    /// fold can count a read through the `&Group` it reads without the
-    /// lock; only the fold's thread changes it, with plain loads and
-    /// stores.
-    pub(crate) reads_by: Vec<AtomicU32>,
     /// Ordinals free to change hands: their member left and no live
     /// message holds a read by them. The lowest goes first, so a restored
     /// partition hands out what the live one would have.
@@ -81,9 +96,8 @@ impl Group {
         Group {
             meta: GroupMeta { group_type, epoch: 0 },
             users: Default::default(),
-            since: Vec::new(),
+            slots: Vec::new(),
             by_epoch: MembersBySince::default(),
-            reads_by: Vec::new(),
             reusable: Default::default(),
             member_count: 0,
             dirty: false,
@@ -94,7 +108,7 @@ impl Group {
 
     /// Whether `ordinal` has been a member continuously since `epoch` or earlier.
     pub(crate) fn member_since(&self, ordinal: u32, epoch: u32) -> bool {
-        self.since.get(ordinal as usize).is_some_and(|&s| s <= epoch)
+        self.slots.get(ordinal as usize).is_some_and(|s| s.since <= epoch)
     }
 
     /// Members now present whose membership began at or before `epoch`.
@@ -107,10 +121,10 @@ impl Group {
     }
 
     /// Counts a live message's read by `ordinal`. The fold's thread only
-    /// (see [`Self::reads_by`]).
+    /// (see [`Slot::reads`]).
     #[inline]
     pub(crate) fn count_read(&self, ordinal: u32) {
-        let reads = &self.reads_by[ordinal as usize];
+        let reads = &self.slots[ordinal as usize].reads;
         reads.store(reads.load(Relaxed) + 1, Relaxed);
     }
 
@@ -118,9 +132,10 @@ impl Group {
     /// with no reads and no member can change hands.
     pub(crate) fn uncount_reads(&mut self, ordinals: impl Iterator<Item = u32>) {
         for ordinal in ordinals {
-            let reads = self.reads_by[ordinal as usize].get_mut();
+            let slot = &mut self.slots[ordinal as usize];
+            let reads = slot.reads.get_mut();
             *reads -= 1;
-            if *reads == 0 && self.since[ordinal as usize] == NOT_A_MEMBER {
+            if *reads == 0 && slot.since == NOT_A_MEMBER {
                 self.reusable.insert(ordinal);
             }
         }
@@ -129,7 +144,7 @@ impl Group {
     /// Frees `ordinal`, whose member just left, to change hands if no live
     /// message holds a read by it.
     pub(crate) fn free_if_unread(&mut self, ordinal: u32) {
-        if *self.reads_by[ordinal as usize].get_mut() == 0 {
+        if *self.slots[ordinal as usize].reads.get_mut() == 0 {
             self.reusable.insert(ordinal);
         }
     }
@@ -606,9 +621,11 @@ fn check_restored(app: &AppState) -> Result<(), RestoreError> {
             found =
                 Err(RestoreError::new(key, format!("a group at epoch {}, past the last, {LAST_EPOCH}", g.meta.epoch)));
         }
-        let Some(ordinal) = g.since.iter().position(|&s| s != NOT_A_MEMBER && s > g.meta.epoch) else { return };
+        let Some(ordinal) = g.slots.iter().position(|s| s.since != NOT_A_MEMBER && s.since > g.meta.epoch) else {
+            return;
+        };
         if found.is_ok() {
-            let (since, epoch) = (g.since[ordinal], g.meta.epoch);
+            let (since, epoch) = (g.slots[ordinal].since, g.meta.epoch);
             let key = DirtyKey::Member { app: app.id.clone(), group_id: group_id.clone(), ordinal: ordinal as u32 };
             found = Err(RestoreError::new(key, format!("a member since epoch {since} of a group at epoch {epoch}")));
         }
@@ -1032,7 +1049,7 @@ impl PartitionState {
                 };
                 let read = |g: &Group| match *key {
                     DirtyKey::Member { ordinal, .. } => {
-                        if let Some(&since) = g.since.get(ordinal as usize) {
+                        if let Some(since) = g.slots.get(ordinal as usize).map(|s| s.since) {
                             hand(Entity::Member(g.users.name(ordinal), since))
                         }
                     }
@@ -1111,8 +1128,7 @@ impl PartitionState {
             return Err(RestoreError::new(key(), format!("{user:?} holds slot {other} already")));
         }
         g.users.push(user);
-        g.since.push(since);
-        g.reads_by.push(AtomicU32::new(0));
+        g.slots.push(Slot::new(since));
         Ok(())
     }
 
@@ -1165,10 +1181,11 @@ impl PartitionState {
                 }
             });
             app.view.groups.for_each_mut(|_, g| {
-                g.by_epoch = MembersBySince::from_since(g.since.iter().copied().filter(|&s| s != NOT_A_MEMBER));
-                g.member_count = g.since.iter().filter(|&&s| s != NOT_A_MEMBER).count() as u32;
-                for o in 0..g.since.len() {
-                    if g.since[o] == NOT_A_MEMBER && g.reads_by[o].load(Relaxed) == 0 {
+                let present = || g.slots.iter().map(|s| s.since).filter(|&s| s != NOT_A_MEMBER);
+                g.by_epoch = MembersBySince::from_since(present());
+                g.member_count = present().count() as u32;
+                for (o, slot) in g.slots.iter_mut().enumerate() {
+                    if slot.since == NOT_A_MEMBER && *slot.reads.get_mut() == 0 {
                         g.reusable.insert(o as u32);
                     }
                 }
