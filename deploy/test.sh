@@ -15,7 +15,18 @@ cd "$here/.."
 "$here/setup.sh"
 
 broker_dir=""
-cleanup() { if [ -n "$broker_dir" ]; then "$here/kafka.sh" stop "$broker_dir" || true; fi; }
+cleanup() {
+  local status=$?
+  if [ -n "$broker_dir" ]; then
+    "$here/kafka.sh" stop "$broker_dir" || true
+    # Its log is what to read after a failure; otherwise nothing needs it.
+    if [ "$status" -eq 0 ]; then
+      rm -rf "$broker_dir"
+    else
+      echo "deploy/test.sh: the broker's log and data are kept in $broker_dir" >&2
+    fi
+  fi
+}
 trap cleanup EXIT
 
 if [ -z "${RECEIPTD_TEST_BROKERS:-}" ]; then

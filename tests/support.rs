@@ -45,7 +45,8 @@ pub fn brokers() -> String {
 }
 
 /// For benches: uses RECEIPTD_TEST_BROKERS, or starts a broker with
-/// deploy/kafka.sh (and stops it when dropped).
+/// deploy/kafka.sh (and stops it and deletes its files when dropped: a
+/// drain run leaves 2.6 GB of them).
 pub struct BenchBroker(Option<PathBuf>);
 
 impl BenchBroker {
@@ -65,6 +66,7 @@ impl Drop for BenchBroker {
     fn drop(&mut self) {
         if let Some(dir) = &self.0 {
             let _ = Command::new("deploy/kafka.sh").arg("stop").arg(dir).status();
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
