@@ -1162,8 +1162,10 @@ impl PartitionState {
     }
 
     /// Rebuilds what is derived from restored entities (member counts by
-    /// epoch), after checking what the fold keeps and the queries and the
-    /// fold rely on: every member joined at an epoch its group has reached;
+    /// epoch, each ordinal's reads by live messages, the ordinals free to
+    /// change hands), after checking what the fold keeps and the queries
+    /// and the fold rely on: every member joined at an epoch its group has
+    /// reached, which is no later than the last;
     /// only tracked messages read; a tracked group message's group stored,
     /// the message sent at an epoch the group has reached and read only by
     /// ordinals it handed out, never by its sender; a C2C message read only
