@@ -612,7 +612,9 @@ impl RestoreError {
 }
 
 /// The first restored entity of `app` that breaks what the fold keeps
-/// (see [`PartitionState::finish_restore`]).
+/// (see [`PartitionState::finish_restore`]). Each group message that fits
+/// has its reads counted on its group's ordinals on the way, in the same
+/// pass over the messages.
 fn check_restored(app: &AppState) -> Result<(), RestoreError> {
     let mut found = Ok(());
     app.view.groups.for_each(|group_id, g| {
@@ -641,7 +643,8 @@ fn check_restored(app: &AppState) -> Result<(), RestoreError> {
 }
 
 /// Why a restored message does not fit its group, if it does not (see
-/// [`PartitionState::finish_restore`]).
+/// [`PartitionState::finish_restore`]). A group message that fits has its
+/// reads counted on the group's ordinals ([`Group::count_read`]).
 fn fits_its_group(groups: &ShardedMap<Id, Group>, m: &MessageState) -> Result<(), String> {
     if m.tracking != Tracking::Tracked {
         // Never read, or its reads dropped when it was revoked; never
@@ -675,7 +678,10 @@ fn fits_its_group(groups: &ShardedMap<Id, Group>, m: &MessageState) -> Result<()
         // The fold ignores a sender's read of their own message; counted,
         // the sender would be taken off the unread twice.
         Some(o) if m.read_mark(o).is_some() => Err(format!("read by its sender, ordinal {o}")),
-        _ => Ok(()),
+        _ => {
+            m.reads().for_each(|r| group.count_read(r.ordinal));
+            Ok(())
+        }
     }
 }
 
@@ -1173,19 +1179,9 @@ impl PartitionState {
     pub fn finish_restore(&mut self) -> Result<(), RestoreError> {
         for app in self.apps.iter() {
             check_restored(app)?;
-            app.view.messages.for_each(|_, m| {
-                if let (MessageTarget::Group { group_id, .. }, Tracking::Tracked) = (&m.target, m.tracking) {
-                    // Checked above: the group is stored and handed out
-                    // every ordinal read.
-                    if let Some(g) = app.view.groups.get(&**group_id) {
-                        m.reads().for_each(|r| g.count_read(r.ordinal));
-                    }
-                }
-            });
             app.view.groups.for_each_mut(|_, g| {
-                let present = || g.slots.iter().map(|s| s.since).filter(|&s| s != NOT_A_MEMBER);
-                g.by_epoch = MembersBySince::from_since(present());
-                g.member_count = present().count() as u32;
+                g.by_epoch = MembersBySince::from_since(g.slots.iter().map(|s| s.since).filter(|&s| s != NOT_A_MEMBER));
+                g.member_count = g.by_epoch.at_or_before(LAST_EPOCH);
                 for (o, slot) in g.slots.iter_mut().enumerate() {
                     if slot.since == NOT_A_MEMBER && *slot.reads.get_mut() == 0 {
                         g.reusable.insert(o as u32);
