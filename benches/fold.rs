@@ -36,6 +36,12 @@
 //! chat's unread messages in one call: a member of a hot group's 10
 //! newest messages, 20,000 events; `one_per_read` is the same 200,000
 //! message reads, one an event. Both count per message read.
+//! `churn` is one group of 100,000 members whose 100 messages have about
+//! 2,000 readers each, read by random members while every 100th event is
+//! a membership change (a member leaves, a newcomer joins, in turn): what
+//! a change costs the next reads of every message. Run without valgrind
+//! (`RECEIPTD_FOLD_COUNTED=churn` and the bench binary), each case also
+//! prints its wall time.
 //!
 //! `RECEIPTD_STAGE_COUNTED=mix` (`benches/counted.sh stage`) counts the
 //! flush's staging instead, as the worker makes it: the drain's mix folded
@@ -492,16 +498,95 @@ fn counted(case: &str) {
             let reads = reads_of_several(COUNTED, 10, case == "ten_per_read", COUNTED_EVENTS);
             (live_state(COUNTED, &settings, &limits), reads)
         }
+        "churn" => {
+            let mut rng = Rng::new(7);
+            let mut state = big_group_state(&settings, &limits);
+            let warm_up: Vec<Event> = (0..CHURN_WARM_UP).map(|_| big_group_read(&mut rng)).collect();
+            fold_events(&mut state, &settings, &limits, &warm_up, prefetch);
+            (state, (0..COUNTED_EVENTS).map(|i| big_group_churn(&mut rng, i)).collect())
+        }
         other => panic!(
             "RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform, mix, mix_config, mix_long_msg_ids, mix_read_batch, \
-             ten_per_read or one_per_read, each perhaps with _prefetched"
+             ten_per_read, one_per_read or churn, each perhaps with _prefetched"
         ),
     };
+    let started = Instant::now();
     counted_fold(&mut state, &settings, &limits, &events, prefetch);
+    let elapsed = started.elapsed();
     let message_reads: usize =
         events.iter().map(|e| if let Event::MessageRead(r) = e { r.msg_ids.len() } else { 0 }).sum();
     let reads = events.iter().filter(|e| matches!(e, Event::MessageRead(_))).count();
-    println!("folded {} {case} events, {reads} reads of {message_reads} messages", events.len());
+    println!(
+        "folded {} {case} events, {reads} reads of {message_reads} messages, in {:.1} ms ({:.0} ns an event; \
+         timed only when run without valgrind)",
+        events.len(),
+        elapsed.as_secs_f64() * 1e3,
+        elapsed.as_nanos() as f64 / events.len() as f64
+    );
+}
+
+/// Members of the `churn` case's group.
+const BIG_GROUP: u64 = 100_000;
+/// Its live messages.
+const BIG_GROUP_MESSAGES: u64 = 100;
+/// Reads folded before the count: about 2,000 readers a message.
+const CHURN_WARM_UP: usize = 200_000;
+
+/// One group of [`BIG_GROUP`] members, `u0` to `u99999`, and
+/// [`BIG_GROUP_MESSAGES`] messages `u0` sent to it.
+fn big_group_state(settings: &SettingsTable, limits: &Limits) -> PartitionState {
+    let mut state = PartitionState::new();
+    let mut fx = Effects::default();
+    let e = Event::GroupMembers(GroupMembers {
+        app_id: APP.into(),
+        group_id: "big".into(),
+        op: MembersOp::Snapshot,
+        group_type: Some(GroupType::Work),
+        members: (0..BIG_GROUP).map(|k| Id::from(format!("u{k}"))).collect(),
+        at: 1,
+    });
+    state.apply(settings, limits, &e, 1, &mut fx);
+    for m in 0..BIG_GROUP_MESSAGES {
+        let e = Event::MessageSent(MessageSent {
+            app_id: APP.into(),
+            msg_id: format!("m{m}").into(),
+            sender: "u0".into(),
+            conversation: Conversation::Group { group_id: "big".into() },
+            need_read_receipt: true,
+            sent_at: 1,
+        });
+        state.apply(settings, limits, &e, 1, &mut fx);
+    }
+    state
+}
+
+/// A random member's read of a random message of the big group.
+fn big_group_read(rng: &mut Rng) -> Event {
+    let mut e = read_event(COUNTED, rng.below(BIG_GROUP_MESSAGES), 1 + rng.below(BIG_GROUP - 1));
+    if let Event::MessageRead(r) = &mut e {
+        r.conversation = Conversation::Group { group_id: "big".into() };
+    }
+    e
+}
+
+/// The `churn` case's `i`th event: every 100th a membership change (a
+/// random member leaves, or a newcomer joins, in turn), the rest reads.
+fn big_group_churn(rng: &mut Rng, i: usize) -> Event {
+    if i % 100 != 0 {
+        return big_group_read(rng);
+    }
+    let (op, member) = match i % 200 {
+        0 => (MembersOp::Leave, format!("u{}", 1 + rng.below(BIG_GROUP - 1))),
+        _ => (MembersOp::Join, format!("newcomer{i}")),
+    };
+    Event::GroupMembers(GroupMembers {
+        app_id: APP.into(),
+        group_id: "big".into(),
+        op,
+        group_type: None,
+        members: vec![member.into()],
+        at: 2,
+    })
 }
 
 /// Events folded between two stagings in the counted stage case: about

@@ -22,11 +22,19 @@
 //! the readers, not with the group. A group counts its members by the epoch
 //! they joined at, with a slot only for epochs some member joined at, so a
 //! group's own state grows with its members, not with its history.
+//!
+//! A message caches its `(read, unread)` with the epoch it counted them
+//! at, so a read moves them by one instead of counting every reader. A
+//! membership change moves an older message's counts only by who left
+//! (a newcomer is never in its audience), so a large group lists its
+//! recent departures and cached counts are brought up to date by those,
+//! instead of counted again over every reader after every change.
 
 #![deny(missing_docs)]
 
 mod by_id;
 mod deltas;
+mod departures;
 mod fold;
 mod members;
 mod members_by_since;

@@ -128,8 +128,9 @@ pub(crate) struct FreeOrdinals {
     words: Vec<u64>,
     /// Bits set.
     count: u32,
-    /// No bit is set in the words before this one.
-    first: usize,
+    /// No bit is set in the words before this one (a `u32`, as word
+    /// indexes of `u32` ordinals are, so that a group stays 232 bytes).
+    first: u32,
 }
 
 impl FreeOrdinals {
@@ -141,7 +142,7 @@ impl FreeOrdinals {
         if self.words[word] & bit == 0 {
             self.words[word] |= bit;
             self.count += 1;
-            self.first = self.first.min(word);
+            self.first = self.first.min(word as u32);
         }
     }
 
@@ -160,14 +161,14 @@ impl FreeOrdinals {
         if self.count == 0 {
             return None;
         }
-        while self.words[self.first] == 0 {
+        while self.words[self.first as usize] == 0 {
             self.first += 1;
         }
-        let w = &mut self.words[self.first];
+        let w = &mut self.words[self.first as usize];
         let bit = w.trailing_zeros();
         *w &= *w - 1;
         self.count -= 1;
-        Some(self.first as u32 * 64 + bit)
+        Some(self.first * 64 + bit)
     }
 }
 

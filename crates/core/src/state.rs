@@ -82,6 +82,8 @@ pub(crate) struct Group {
     /// message holds a read by them. The lowest goes first, so a restored
     /// partition hands out what the live one would have.
     pub(crate) reusable: crate::members::FreeOrdinals,
+    /// Who left in the recent epochs, to bring cached counts up to date.
+    pub(crate) departures: crate::departures::Departures,
     pub(crate) member_count: u32,
     pub(crate) dirty: bool,
     pub(crate) dirty_members: rustc_hash::FxHashSet<u32>,
@@ -99,6 +101,7 @@ impl Group {
             slots: Vec::new(),
             by_epoch: MembersBySince::default(),
             reusable: Default::default(),
+            departures: Default::default(),
             member_count: 0,
             dirty: false,
             dirty_members: Default::default(),
@@ -369,9 +372,9 @@ impl CountedUnder {
         switches.map_or_else(Self::default, |switches| CountedUnder { epoch, switches })
     }
 
-    /// Whether counts taken under `self` still hold under these.
-    pub(crate) fn holds(&self, epoch: u32, switches: Option<u32>) -> bool {
-        self.epoch == epoch && epoch != NOT_A_MEMBER && Some(self.switches) == switches
+    /// The epoch counted at, if counted under these switches.
+    pub(crate) fn epoch_under(&self, switches: Option<u32>) -> Option<u32> {
+        (self.epoch != NOT_A_MEMBER && Some(self.switches) == switches).then_some(self.epoch)
     }
 }
 
@@ -1105,7 +1108,9 @@ impl PartitionState {
     /// [`Self::restore_member`], then [`Self::finish_restore`] rebuilds the
     /// derived indexes.
     pub fn restore_group(&mut self, app: &str, group_id: &str, meta: GroupMeta) {
-        self.app_mut(app).view.groups.get_or_insert_with(Id::from(group_id), || Group::new(None)).meta = meta;
+        let mut group = self.app_mut(app).view.groups.get_or_insert_with(Id::from(group_id), || Group::new(None));
+        group.departures = crate::departures::Departures::complete_after(meta.epoch);
+        group.meta = meta;
     }
 
     /// Restores one member slot. Slots come after their group's header and

@@ -1018,3 +1018,156 @@ fn queries_on_other_threads_see_whole_folds() {
     let last = h.state.view().receipt(&h.settings, APP, "m0", "u0", &Conversation::Group { group_id: "g".into() });
     assert_eq!(last.unwrap().read_count, Some(MEMBERS as u32 - 1));
 }
+
+#[test]
+fn a_reader_who_switched_receipts_off_and_left_counts_as_neither_read_nor_unread() {
+    let (mut h, _) = numbered_group(64);
+    // m1's audience is u1 to u63; numbered_group has u1 read it.
+    for reader in ["u2", "u3", "u4", "u5"] {
+        h.read_group(reader, "g1", &["m1"]);
+    }
+    receipts_switch(&mut h, "u1", false);
+    // Counted again under the new switches: u1 is no longer revealed.
+    h.read_group("u6", "g1", &["m1"]);
+    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (5, 58));
+    // Brought up to date by the departure, not counted again: u1 was
+    // unread, and is gone.
+    h.members("g1", MembersOp::Leave, &["u1"]);
+    assert_eq!(h.counts("m1"), (5, 57));
+    h.read_group("u7", "g1", &["m1"]);
+    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (6, 56));
+}
+
+/// One step of [`counts_kept_across_membership_changes_match_a_model`]:
+/// users by number, messages by the order they were sent.
+#[derive(Debug, Clone)]
+enum ChurnStep {
+    Join(Vec<u8>),
+    Leave(Vec<u8>),
+    Snapshot(Vec<u8>),
+    Send(u8),
+    Read {
+        reader: u8,
+        message: u8,
+        private: bool,
+    },
+    /// A user's receipts switched on or off.
+    Switch(u8, bool),
+}
+
+fn churn_step() -> impl proptest::strategy::Strategy<Value = ChurnStep> {
+    use proptest::prelude::*;
+    // A quarter of the users named are among the first eight, whose
+    // receipts are switched: so they read, switch and leave in turn.
+    let user = || prop_oneof![1 => 0..8u8, 3 => 0..160u8];
+    let users = || proptest::collection::vec(user(), 1..4);
+    prop_oneof![
+        3 => users().prop_map(ChurnStep::Join),
+        4 => users().prop_map(ChurnStep::Leave),
+        1 => proptest::collection::vec(0..160u8, 60..120).prop_map(ChurnStep::Snapshot),
+        // Down to a group too small to keep departures.
+        1 => proptest::collection::vec(user(), 1..12).prop_map(ChurnStep::Snapshot),
+        2 => user().prop_map(ChurnStep::Send),
+        20 => (user(), any::<u8>(), proptest::bool::weighted(0.1))
+            .prop_map(|(reader, message, private)| ChurnStep::Read { reader, message, private }),
+        1 => (0..8u8, any::<bool>()).prop_map(|(user, on)| ChurnStep::Switch(user, on)),
+    ]
+}
+
+/// What the model keeps of a message: its audience (member and the change
+/// they joined in) and its reads (reader and hidden or not).
+struct ModelMessage {
+    sender: String,
+    audience: std::collections::BTreeMap<String, u32>,
+    reads: std::collections::BTreeMap<String, bool>,
+}
+
+/// The counts a group message should show now, by the contract's rules
+/// taken literally: every read revealed now; every member of the audience
+/// still a member since then and not revealed.
+fn model_counts(
+    m: &ModelMessage,
+    members: &std::collections::BTreeMap<String, u32>,
+    off: &std::collections::BTreeSet<String>,
+) -> (u32, u32) {
+    let revealed = |u: &String| m.reads.get(u).is_some_and(|&hidden| !hidden) && !off.contains(u);
+    let read = m.reads.keys().filter(|u| revealed(u)).count() as u32;
+    let unread = m.audience.iter().filter(|(u, since)| members.get(*u) == Some(since) && !revealed(u)).count() as u32;
+    (read, unread)
+}
+
+#[test]
+fn counts_kept_across_membership_changes_match_a_model() {
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+    let config = ProptestConfig { cases: 128, ..ProptestConfig::default() };
+    proptest!(config, |(steps in proptest::collection::vec(churn_step(), 1..400))| {
+        let mut h = Harness::new();
+        let name = |u: u8| format!("u{u}");
+        // 96 members: a group that keeps a dozen departures.
+        let first: Vec<String> = (0..96).map(name).collect();
+        h.members("g1", MembersOp::Snapshot, &first.iter().map(String::as_str).collect::<Vec<_>>());
+        let (mut change, mut off) = (1u32, BTreeSet::new());
+        let mut members: BTreeMap<String, u32> = first.into_iter().map(|u| (u, 1)).collect();
+        let mut messages: Vec<ModelMessage> = Vec::new();
+        for step in steps {
+            match &step {
+                ChurnStep::Join(users) | ChurnStep::Leave(users) | ChurnStep::Snapshot(users) => {
+                    let op = match &step {
+                        ChurnStep::Join(_) => MembersOp::Join,
+                        ChurnStep::Leave(_) => MembersOp::Leave,
+                        _ => MembersOp::Snapshot,
+                    };
+                    let names: Vec<String> = users.iter().map(|&u| name(u)).collect();
+                    h.members("g1", op, &names.iter().map(String::as_str).collect::<Vec<_>>());
+                    change += 1;
+                    if op == MembersOp::Snapshot {
+                        members.retain(|u, _| names.contains(u));
+                    }
+                    for u in names {
+                        if op == MembersOp::Leave {
+                            members.remove(&u);
+                        } else {
+                            members.entry(u).or_insert(change);
+                        }
+                    }
+                }
+                ChurnStep::Send(sender) => {
+                    let sender = name(*sender);
+                    let msg = format!("m{}", messages.len());
+                    h.send_group(&msg, &sender, "g1");
+                    let mut audience = members.clone();
+                    audience.remove(&sender);
+                    messages.push(ModelMessage { sender, audience, reads: BTreeMap::new() });
+                }
+                ChurnStep::Read { reader, message, private } => {
+                    if messages.is_empty() {
+                        continue;
+                    }
+                    let (reader, i) = (name(*reader), *message as usize % messages.len());
+                    let msg = format!("m{i}");
+                    h.read(&reader, Conversation::Group { group_id: "g1".into() }, &[msg.as_str()], *private);
+                    let m = &mut messages[i];
+                    let in_audience = m.audience.get(&reader).is_some_and(|since| members.get(&reader) == Some(since));
+                    if reader != m.sender && in_audience && !m.reads.contains_key(&reader) {
+                        let hidden = *private || off.contains(&reader);
+                        m.reads.insert(reader, hidden);
+                        if !hidden {
+                            // The receipt of this change carries the counts now.
+                            let kept = h.state.message(APP, &msg).unwrap().receipt_counts;
+                            prop_assert_eq!(kept, model_counts(m, &members, &off), "{}'s receipt", msg);
+                        }
+                    }
+                }
+                ChurnStep::Switch(user, on) => {
+                    let user = name(*user);
+                    receipts_switch(&mut h, &user, *on);
+                    if *on { off.remove(&user) } else { off.insert(user) };
+                }
+            }
+            for (i, m) in messages.iter().enumerate() {
+                prop_assert_eq!(h.counts(&format!("m{i}")), model_counts(m, &members, &off), "m{}", i);
+            }
+        }
+    });
+}
