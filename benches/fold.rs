@@ -39,7 +39,10 @@
 //! `churn` is one group of 100,000 members whose 100 messages have about
 //! 2,000 readers each, read by random members while every 100th event is
 //! a membership change (a member leaves, a newcomer joins, in turn): what
-//! a change costs the next reads of every message. Run without valgrind
+//! a change costs the next reads of every message. `big_messages` is the
+//! same group's first 4 messages each read by 50,000 members, the reads
+//! of the four interleaved: what a reader costs a message with tens of
+//! thousands. Run without valgrind
 //! (`RECEIPTD_FOLD_COUNTED=churn` and the bench binary), each case also
 //! prints its wall time.
 //!
@@ -498,6 +501,25 @@ fn counted(case: &str) {
             let reads = reads_of_several(COUNTED, 10, case == "ten_per_read", COUNTED_EVENTS);
             (live_state(COUNTED, &settings, &limits), reads)
         }
+        "big_messages" => {
+            // Each of 4 messages read by 50,000 distinct members, in a
+            // random order interleaving the messages.
+            let mut rng = Rng::new(7);
+            let mut reads: Vec<(u64, u64)> = Vec::with_capacity(COUNTED_EVENTS);
+            for m in 0..4 {
+                let mut members: Vec<u64> = (1..BIG_GROUP).collect();
+                for k in 0..COUNTED_EVENTS / 4 {
+                    let pick = k + rng.below(members.len() as u64 - k as u64) as usize;
+                    members.swap(k, pick);
+                    reads.push((m, members[k]));
+                }
+            }
+            for k in (1..reads.len()).rev() {
+                reads.swap(k, rng.below(k as u64 + 1) as usize);
+            }
+            let events = reads.into_iter().map(|(m, reader)| big_group_event(read_event(COUNTED, m, reader))).collect();
+            (big_group_state(&settings, &limits), events)
+        }
         "churn" => {
             let mut rng = Rng::new(7);
             let mut state = big_group_state(&settings, &limits);
@@ -507,7 +529,7 @@ fn counted(case: &str) {
         }
         other => panic!(
             "RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform, mix, mix_config, mix_long_msg_ids, mix_read_batch, \
-             ten_per_read, one_per_read or churn, each perhaps with _prefetched"
+             ten_per_read, one_per_read, churn or big_messages, each perhaps with _prefetched"
         ),
     };
     let started = Instant::now();
@@ -562,11 +584,15 @@ fn big_group_state(settings: &SettingsTable, limits: &Limits) -> PartitionState 
 
 /// A random member's read of a random message of the big group.
 fn big_group_read(rng: &mut Rng) -> Event {
-    let mut e = read_event(COUNTED, rng.below(BIG_GROUP_MESSAGES), 1 + rng.below(BIG_GROUP - 1));
-    if let Event::MessageRead(r) = &mut e {
+    big_group_event(read_event(COUNTED, rng.below(BIG_GROUP_MESSAGES), 1 + rng.below(BIG_GROUP - 1)))
+}
+
+/// `read` in the big group.
+fn big_group_event(mut read: Event) -> Event {
+    if let Event::MessageRead(r) = &mut read {
         r.conversation = Conversation::Group { group_id: "big".into() };
     }
-    e
+    read
 }
 
 /// The `churn` case's `i`th event: every 100th a membership change (a

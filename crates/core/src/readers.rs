@@ -23,6 +23,14 @@
 //! when random members read at random times within an hour, instead of
 //! bincode's 11 to 13.
 //!
+//! A message read by tens of thousands would move half its compact
+//! readers for every new one if they were kept in one sorted run: about
+//! 2 µs a read while four messages gathered 50,000 readers each. So past
+//! [`TAIL_FROM`] compact readers, new ones go into a short sorted tail
+//! after the run, merged into it once the tail outgrows the square root of
+//! twice the run: a read then moves O(√readers) words, amortized, not
+//! O(readers) (0.46 µs a read there; `benches/fold.rs`, `big_messages`).
+//!
 //! The offsets are relative to a send time the caller passes in (the
 //! message's own `sent_at`), which is persisted with the message; the byte
 //! string holds the offsets as they are, so encoding needs no send time.
@@ -42,6 +50,12 @@ const OFFSET_BIAS: u64 = 1 << 31;
 const LOW_OFFSET_BIAS: u64 = 1 << 30;
 /// Ordinals kept as bits.
 const LOW_ORDINALS: u32 = 64;
+/// Compact readers from which new ones go to the tail: a move of half of
+/// this many (1 KB) costs about what a tail's upkeep does.
+const TAIL_FROM: usize = 256;
+/// A tail is merged once past this many readers, or the square root of
+/// twice the run's if that is more.
+const TAIL_MIN: usize = 32;
 
 /// One reader in 8 bytes: see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +143,11 @@ impl Words {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len as usize) }
     }
 
+    fn as_mut_slice(&mut self) -> &mut [u32] {
+        // SAFETY: as `as_slice`, and `&mut self` borrows the buffer.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len as usize) }
+    }
+
     /// Room for `more` words past `len`: the capacity doubles, from 4.
     #[inline]
     fn reserve(&mut self, more: usize) {
@@ -213,22 +232,59 @@ impl std::fmt::Debug for Words {
 /// The send time every method takes is the message's `sent_at`, the same
 /// for the readers' whole life. Each reader is kept in one form only,
 /// the first that fits: a low reader, a compact one, an outlier; so two
-/// lists of the same reads are equal field by field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// lists of the same reads are equal (as reads: where the compact
+/// readers' run ends and their tail begins depends on the order they came
+/// in).
+#[derive(Debug, Clone)]
 pub struct Readers {
     /// Bit `o` set: ordinal `o` read, as a low reader.
     low: u64,
     /// The low readers' words, in ordinal order; then the compact readers,
-    /// two words each, sorted by ordinal.
+    /// two words each: their run, sorted by ordinal, then their tail (see
+    /// [`Side::tail`]), sorted by ordinal.
     words: Words,
-    /// The rest, whole, sorted by ordinal; no ordinal is in two forms.
-    outliers: Option<Box<Vec<ReadMark>>>,
+    /// Outliers and the tail's length: absent in most messages.
+    side: Option<Box<Side>>,
+}
+
+/// What few messages' readers have.
+#[derive(Debug, Clone, Default)]
+struct Side {
+    /// Readers kept whole, sorted by ordinal; no ordinal is in two forms.
+    outliers: Vec<ReadMark>,
+    /// Compact readers in the tail, after the run (see the module docs).
+    tail: usize,
 }
 
 impl Default for Readers {
     fn default() -> Readers {
-        Readers { low: 0, words: Words::new(), outliers: None }
+        Readers { low: 0, words: Words::new(), side: None }
     }
+}
+
+impl PartialEq for Readers {
+    fn eq(&self, other: &Readers) -> bool {
+        self.low == other.low
+            && self.outliers() == other.outliers()
+            && self.compact_in_order().map(Compact::words).eq(other.compact_in_order().map(Compact::words))
+    }
+}
+
+impl Eq for Readers {}
+
+/// Where `ordinal` is, or would go, among compact readers' words (two a
+/// reader, sorted by ordinal).
+fn search_pairs(words: &[u32], ordinal: u32) -> Result<usize, usize> {
+    let (mut lo, mut hi) = (0, words.len() / 2);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match (words[2 * mid] & !HIDDEN).cmp(&ordinal) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Ok(mid),
+        }
+    }
+    Err(lo)
 }
 
 /// Bits of `low` below ordinal `o`.
@@ -239,7 +295,12 @@ fn below(o: u32) -> u64 {
 impl Readers {
     /// The readers kept whole (usually none).
     fn outliers(&self) -> &[ReadMark] {
-        self.outliers.as_deref().map_or(&[], |o| o.as_slice())
+        self.side.as_deref().map_or(&[], |s| s.outliers.as_slice())
+    }
+
+    /// Compact readers in the tail.
+    fn tail(&self) -> usize {
+        self.side.as_deref().map_or(0, |s| s.tail)
     }
 
     fn low_count(&self) -> usize {
@@ -251,24 +312,41 @@ impl Readers {
         &self.words.as_slice()[..self.low_count()]
     }
 
-    /// The compact readers' words, two a reader, sorted by ordinal.
+    /// The compact readers' words, two a reader: the run's, then the
+    /// tail's.
     fn compact_words(&self) -> &[u32] {
         &self.words.as_slice()[self.low_count()..]
     }
 
-    /// Where `ordinal` is, or would go, among the compact readers.
-    fn compact_search(&self, ordinal: u32) -> Result<usize, usize> {
-        let words = self.compact_words();
-        let (mut lo, mut hi) = (0, words.len() / 2);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match (words[2 * mid] & !HIDDEN).cmp(&ordinal) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Ok(mid),
+    /// The compact readers' words: the run's and the tail's, each sorted
+    /// by ordinal.
+    fn run_and_tail(&self) -> (&[u32], &[u32]) {
+        let compact = self.compact_words();
+        compact.split_at(compact.len() - 2 * self.tail())
+    }
+
+    /// Merges the tail into the run, from the back, through a copy of the
+    /// tail: O(run + tail).
+    #[inline(never)]
+    fn merge_tail(&mut self) {
+        let (low, tail) = (self.low_count(), self.tail());
+        let compact = &mut self.words.as_mut_slice()[low..];
+        let run_end = compact.len() - 2 * tail;
+        let tail_words = compact[run_end..].to_vec();
+        let (mut run, mut tail, mut to) = (run_end, tail_words.len(), compact.len());
+        while tail > 0 {
+            to -= 2;
+            if run > 0 && compact[run - 2] & !HIDDEN > tail_words[tail - 2] & !HIDDEN {
+                compact.copy_within(run - 2..run, to);
+                run -= 2;
+            } else {
+                compact[to..to + 2].copy_from_slice(&tail_words[tail - 2..tail]);
+                tail -= 2;
             }
         }
-        Err(lo)
+        if let Some(side) = self.side.as_deref_mut() {
+            side.tail = 0;
+        }
     }
 
     /// How many read (hidden reads included).
@@ -280,9 +358,10 @@ impl Readers {
     /// form keeps its own sorted (a restore checks every message's).
     pub fn highest_ordinal(&self) -> Option<u32> {
         let low = (self.low != 0).then(|| 63 - self.low.leading_zeros());
-        let compact = self.compact_words().chunks_exact(2).last().map(|w| w[0] & !HIDDEN);
+        let (run, tail) = self.run_and_tail();
+        let last = |words: &[u32]| words.chunks_exact(2).last().map(|w| w[0] & !HIDDEN);
         let outlier = self.outliers().last().map(|r| r.ordinal);
-        low.max(compact).max(outlier)
+        low.max(last(run)).max(last(tail)).max(outlier)
     }
 
     /// Whether nobody has read.
@@ -301,9 +380,9 @@ impl Readers {
     pub fn heap_bytes(&self) -> usize {
         self.words.heap_bytes()
             + self
-                .outliers
+                .side
                 .as_ref()
-                .map_or(0, |o| std::mem::size_of::<Vec<ReadMark>>() + o.capacity() * std::mem::size_of::<ReadMark>())
+                .map_or(0, |s| std::mem::size_of::<Side>() + s.outliers.capacity() * std::mem::size_of::<ReadMark>())
     }
 
     /// Where the readers' heap memory starts (dangling when they have none):
@@ -318,8 +397,11 @@ impl Readers {
             let word = self.words.as_slice()[(self.low & below(ordinal)).count_ones() as usize];
             return Some(Compact::of_low_word(ordinal, word).mark(sent_at));
         }
-        if let Ok(i) = self.compact_search(ordinal) {
-            return Some(Compact::from_words(&self.compact_words()[2 * i..]).mark(sent_at));
+        let (run, tail) = self.run_and_tail();
+        for words in [run, tail] {
+            if let Ok(i) = search_pairs(words, ordinal) {
+                return Some(Compact::from_words(&words[2 * i..]).mark(sent_at));
+            }
         }
         let outliers = self.outliers();
         outliers.binary_search_by_key(&ordinal, |r| r.ordinal).ok().map(|i| outliers[i])
@@ -332,15 +414,22 @@ impl Readers {
             return false;
         }
         let low_count = self.low_count();
-        // Where it would go among the compact readers: searched only if
-        // there are any (in a small group, usually none).
-        let compact_at = if self.words.len() > low_count {
-            match self.compact_search(o) {
-                Ok(_) => return false,
-                Err(at) => at,
+        // Where it would go among the compact readers (as the run's last
+        // or in the tail, once there are enough): searched only if there
+        // are any (in a small group, usually none).
+        let (compact_at, into_tail) = if self.words.len() > low_count {
+            let (run, tail) = self.run_and_tail();
+            let Err(in_run) = search_pairs(run, o) else { return false };
+            if tail.is_empty() && run.len() / 2 < TAIL_FROM {
+                (in_run, false)
+            } else {
+                match search_pairs(tail, o) {
+                    Ok(_) => return false,
+                    Err(at) => (run.len() / 2 + at, true),
+                }
             }
         } else {
-            0
+            (0, false)
         };
         if self.outliers().binary_search_by_key(&o, |r| r.ordinal).is_ok() {
             return false;
@@ -351,11 +440,21 @@ impl Readers {
                     self.words.insert((self.low & below(o)).count_ones() as usize, &[word]);
                     self.low |= 1 << o;
                 }
-                None => self.words.insert(low_count + 2 * compact_at, &c.words()),
+                None => {
+                    self.words.insert(low_count + 2 * compact_at, &c.words());
+                    if into_tail {
+                        let side = self.side.get_or_insert_default();
+                        side.tail += 1;
+                        let run = (self.words.len() - low_count) / 2 - side.tail;
+                        if side.tail > TAIL_MIN.max((2 * run).isqrt()) {
+                            self.merge_tail();
+                        }
+                    }
+                }
             },
             None => {
-                let outliers = self.outliers.get_or_insert_default();
-                outliers.insert(outliers.partition_point(|r| r.ordinal < o), mark);
+                let side = self.side.get_or_insert_default();
+                side.outliers.insert(side.outliers.partition_point(|r| r.ordinal < o), mark);
             }
         }
         true
@@ -369,7 +468,8 @@ impl Readers {
         } else {
             (0, &[][..])
         };
-        let compact_from = match self.compact_search(start) {
+        let (run, tail) = self.run_and_tail();
+        let from = |words: &[u32]| match search_pairs(words, start) {
             Ok(i) | Err(i) => 2 * i,
         };
         let outliers = self.outliers();
@@ -377,7 +477,8 @@ impl Readers {
         ReadsFrom {
             low,
             low_words,
-            compact: &self.compact_words()[compact_from..],
+            compact: &run[from(run)..],
+            tail: &tail[from(tail)..],
             outliers: &outliers[outliers_from..],
             sent_at,
         }
@@ -386,8 +487,9 @@ impl Readers {
     /// Every read, in ordinal order.
     pub(crate) fn iter(&self, sent_at: u64) -> ReadsFrom<'_> {
         // `iter_from(0)` without its searches: a recount walks every read.
-        let (low_words, compact) = self.words.as_slice().split_at(self.low_count());
-        ReadsFrom { low: self.low, low_words, compact, outliers: self.outliers(), sent_at }
+        let low_words = self.low_words();
+        let (compact, tail) = self.run_and_tail();
+        ReadsFrom { low: self.low, low_words, compact, tail, outliers: self.outliers(), sent_at }
     }
 
     /// Every low and compact reader, in ordinal order, compact: what the
@@ -399,26 +501,29 @@ impl Readers {
     }
 }
 
-/// Reads in ordinal order: the three forms merged.
+/// Reads in ordinal order: the three forms (and the compact readers' run
+/// and tail) merged.
 pub(crate) struct ReadsFrom<'a> {
     /// Low readers not yet returned, and their words.
     low: u64,
     low_words: &'a [u32],
-    /// Compact readers' words not yet returned.
+    /// Compact readers' words not yet returned: the run's and the tail's.
     compact: &'a [u32],
+    tail: &'a [u32],
     outliers: &'a [ReadMark],
     sent_at: u64,
 }
 
 impl ReadsFrom<'_> {
     /// The next low or compact reader, if it comes before the next outlier.
-    #[inline]
+    #[inline(always)]
     fn next_compact(&mut self) -> Option<Compact> {
         if self.low != 0 {
             let o = self.low.trailing_zeros();
             // Usually the only form left: then this is next.
-            let first = self.compact.first().is_none_or(|&w| o < w & !HIDDEN)
-                && self.outliers.first().is_none_or(|r| o < r.ordinal);
+            let before = |words: &[u32]| words.first().is_none_or(|&w| o < w & !HIDDEN);
+            let first =
+                before(self.compact) && before(self.tail) && self.outliers.first().is_none_or(|r| o < r.ordinal);
             if first {
                 let (&word, rest) = self.low_words.split_first()?;
                 self.low &= self.low - 1;
@@ -426,12 +531,23 @@ impl ReadsFrom<'_> {
                 return Some(Compact::of_low_word(o, word));
             }
         }
-        let &w = self.compact.first()?;
+        // The next compact reader is the run's first or the tail's (which
+        // is usually empty).
+        let from_tail = match (self.compact.first(), self.tail.first()) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(&run), Some(&tail)) => tail & !HIDDEN < run & !HIDDEN,
+        };
+        let next = if from_tail { self.tail } else { self.compact };
+        let &w = next.first()?;
         if self.outliers.first().is_some_and(|r| r.ordinal < w & !HIDDEN) {
             return None;
         }
-        let c = Compact::from_words(self.compact);
-        self.compact = &self.compact[2..];
+        let c = Compact::from_words(next);
+        match from_tail {
+            true => self.tail = &self.tail[2..],
+            false => self.compact = &self.compact[2..],
+        }
         Some(c)
     }
 }
@@ -439,7 +555,8 @@ impl ReadsFrom<'_> {
 impl Iterator for ReadsFrom<'_> {
     type Item = ReadMark;
 
-    #[inline]
+    // Always: a recount's loop over a few readers is mostly this.
+    #[inline(always)]
     fn next(&mut self) -> Option<ReadMark> {
         if let Some(c) = self.next_compact() {
             return Some(c.mark(self.sent_at));
@@ -450,7 +567,7 @@ impl Iterator for ReadsFrom<'_> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.low.count_ones() as usize + self.compact.len() / 2 + self.outliers.len();
+        let n = self.low.count_ones() as usize + (self.compact.len() + self.tail.len()) / 2 + self.outliers.len();
         (n, Some(n))
     }
 }
@@ -588,8 +705,8 @@ impl Readers {
         for c in compact.iter().filter(|c| c.low_word().is_none()) {
             words.extend_from_slice(&c.words());
         }
-        let outliers = (!outliers.is_empty()).then(|| Box::new(outliers));
-        Ok(Readers { low, words, outliers })
+        let side = (!outliers.is_empty()).then(|| Box::new(Side { outliers, tail: 0 }));
+        Ok(Readers { low, words, side })
     }
 }
 
@@ -696,7 +813,7 @@ mod tests {
         for o in 1..=100u32 {
             r.insert(mark(o, SENT_AT + 1_000 + u64::from(o) * 700, o % 10 == 0), SENT_AT);
         }
-        assert!(r.outliers.is_none());
+        assert!(r.side.is_none());
         let bytes = r.encode();
         assert!(bytes.len() <= 2 + 100 * 3 + 1, "{} bytes for 100 readers", bytes.len());
         assert_eq!(roundtrip(&r), r);
@@ -783,5 +900,62 @@ mod tests {
             }
             prop_assert_eq!(backwards, readers);
         }
+
+        /// A message with up to 1,500 readers past the low ordinals: the
+        /// run, the tail and their merges, against a map.
+        #[test]
+        fn many_readers_behave_like_a_map_of_marks(
+            reads in proptest::collection::vec(
+                (prop_oneof![64u32..3_000, 0u32..64, 64u32..100_000],
+                 prop_oneof![9 => SENT_AT..SENT_AT + 3_600_000, 1 => any::<u64>()],
+                 proptest::bool::weighted(0.1)),
+                0..1_500),
+            start in 0u32..3_000,
+        ) {
+            let mut readers = Readers::default();
+            let mut model = std::collections::BTreeMap::new();
+            for (ordinal, read_at, hidden) in reads {
+                let m = mark(ordinal, read_at, hidden);
+                let fresh = !model.contains_key(&ordinal);
+                prop_assert_eq!(readers.insert(m, SENT_AT), fresh);
+                model.entry(ordinal).or_insert(m);
+                prop_assert_eq!(readers.get(ordinal, SENT_AT), Some(model[&ordinal]));
+                prop_assert_eq!(readers.get(ordinal + 1, SENT_AT), model.get(&(ordinal + 1)).copied());
+            }
+            let all: Vec<ReadMark> = model.values().copied().collect();
+            prop_assert_eq!(readers.iter(SENT_AT).collect::<Vec<_>>(), all.clone());
+            let from: Vec<ReadMark> = model.range(start..).map(|(_, m)| *m).collect();
+            prop_assert_eq!(readers.iter_from(start, SENT_AT).collect::<Vec<_>>(), from);
+            prop_assert_eq!(readers.len(), model.len());
+            prop_assert_eq!(readers.highest_ordinal(), model.keys().last().copied());
+            prop_assert_eq!(readers.hidden_count(), all.iter().filter(|r| r.hidden).count());
+            let run = readers.compact_words().len() / 2 - readers.tail();
+            prop_assert!(readers.tail() <= TAIL_MIN.max((2 * run).isqrt()));
+            prop_assert_eq!(roundtrip(&readers), readers.clone());
+            let mut in_order = Readers::default();
+            for m in &all {
+                prop_assert!(in_order.insert(*m, SENT_AT));
+            }
+            prop_assert_eq!(in_order, readers);
+        }
+    }
+
+    #[test]
+    fn readers_past_the_run_go_to_a_tail_merged_once_it_outgrows_the_root_of_the_run() {
+        let mut r = Readers::default();
+        // Backwards, so that each would go first in one sorted run.
+        for o in (100..100 + TAIL_FROM as u32).rev() {
+            r.insert(mark(o, SENT_AT, false), SENT_AT);
+        }
+        assert_eq!(r.tail(), 0, "up to {TAIL_FROM} compact readers, one run");
+        let limit = TAIL_MIN.max((2 * TAIL_FROM).isqrt());
+        for k in 0..limit as u32 {
+            r.insert(mark(99 - k, SENT_AT, false), SENT_AT);
+            assert_eq!(r.tail(), k as usize + 1);
+        }
+        r.insert(mark(99 - limit as u32, SENT_AT, false), SENT_AT);
+        assert_eq!(r.tail(), 0, "merged");
+        let ordinals: Vec<u32> = r.iter(SENT_AT).map(|m| m.ordinal).collect();
+        assert_eq!(ordinals, (99 - limit as u32..100 + TAIL_FROM as u32).collect::<Vec<_>>());
     }
 }
