@@ -625,11 +625,11 @@ fn read_one<'a>(
     m.receipt_counts = match &m.target {
         MessageTarget::Group { .. } => match group {
             Some(group) => {
-                // The new reader was eligible, unread and is revealed now, so
-                // counts taken under the same epoch and switches move by one;
-                // otherwise they are counted again (with this read).
-                // Before this read's, so a revealed reader more moves them
-                // by one.
+                // The counts before this read: kept from the latest revealed
+                // change if taken at this epoch under these switches, or
+                // brought up to date by the departures since. The new reader
+                // was eligible, unread and is revealed now, so they move by
+                // one. Otherwise they are counted again, this read included.
                 let (epoch, switches) = (group.meta.epoch, ctx.settings.switches());
                 let kept = match m.counted_under.epoch_under(switches) {
                     Some(at) if at == epoch => Some(m.receipt_counts),
@@ -777,7 +777,7 @@ fn counts_since_departures(
     counted_at: u32,
 ) -> Option<(u32, u32)> {
     let departures = group.departures.after(counted_at)?;
-    if departures.len() * 4 > m.readers.len() && !departures.is_empty() {
+    if !departures.is_empty() && departures.len() * 4 > m.readers.len() {
         return None;
     }
     let MessageTarget::Group { audience_epoch, .. } = &m.target else { return None };
