@@ -39,7 +39,10 @@
 //! `churn` is one group of 100,000 members whose 100 messages have about
 //! 2,000 readers each, read by random members while every 100th event is
 //! a membership change (a member leaves, a newcomer joins, in turn): what
-//! a change costs the next reads of every message. `big_messages` is the
+//! a change costs the next reads of every message. `switching` is the
+//! same reads with a member switching receipts off or back on every 100th
+//! event instead, which changes what every message of the app counts.
+//! `big_messages` is the
 //! same group's first 4 messages each read by 50,000 members, the reads
 //! of the four interleaved: what a reader costs a message with tens of
 //! thousands. Run without valgrind
@@ -452,6 +455,33 @@ fn counted_fold(
     fold_events(state, settings, limits, events, prefetch)
 }
 
+/// The `switching` case: [`counted_fold`] with a random member of the big
+/// group switching receipts before every 100th event (off, then on again
+/// at the next), as a user does in the app's settings.
+#[inline(never)]
+fn counted_fold_switching(
+    state: &mut PartitionState,
+    settings: &mut SettingsTable,
+    limits: &Limits,
+    events: &[Event],
+    prefetch: bool,
+) {
+    let mut rng = Rng::new(11);
+    let mut off: Option<String> = None;
+    for (i, run) in events.chunks(100).enumerate() {
+        let (user, on) = match off.take() {
+            Some(user) => (user, true),
+            None => (format!("u{}", 1 + rng.below(BIG_GROUP - 1)), false),
+        };
+        if !on {
+            off = Some(user.clone());
+        }
+        let at = i as u64;
+        settings.apply(Setting::UserSettings(UserSettings { app_id: APP.into(), user, read_receipts: on, at }));
+        fold_events(state, settings, limits, run, prefetch);
+    }
+}
+
 /// `e` with its message ids as Tencent IM forms them (38 bytes here).
 fn long_msg_ids(mut e: Event) -> Event {
     let long = |id: &mut Id| *id = Id::from(format!("144115233874815003-1608262010-{id}"));
@@ -520,20 +550,28 @@ fn counted(case: &str) {
             let events = reads.into_iter().map(|(m, reader)| big_group_event(read_event(COUNTED, m, reader))).collect();
             (big_group_state(&settings, &limits), events)
         }
-        "churn" => {
+        "churn" | "switching" => {
             let mut rng = Rng::new(7);
             let mut state = big_group_state(&settings, &limits);
             let warm_up: Vec<Event> = (0..CHURN_WARM_UP).map(|_| big_group_read(&mut rng)).collect();
             fold_events(&mut state, &settings, &limits, &warm_up, prefetch);
-            (state, (0..COUNTED_EVENTS).map(|i| big_group_churn(&mut rng, i)).collect())
+            let events = match case {
+                "churn" => (0..COUNTED_EVENTS).map(|i| big_group_churn(&mut rng, i)).collect(),
+                _ => (0..COUNTED_EVENTS).map(|_| big_group_read(&mut rng)).collect(),
+            };
+            (state, events)
         }
         other => panic!(
             "RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform, mix, mix_config, mix_long_msg_ids, mix_read_batch, \
-             ten_per_read, one_per_read, churn or big_messages, each perhaps with _prefetched"
+             ten_per_read, one_per_read, churn, switching or big_messages, each perhaps with _prefetched"
         ),
     };
     let started = Instant::now();
-    counted_fold(&mut state, &settings, &limits, &events, prefetch);
+    if case == "switching" {
+        counted_fold_switching(&mut state, &mut settings, &limits, &events, prefetch);
+    } else {
+        counted_fold(&mut state, &settings, &limits, &events, prefetch);
+    }
     let elapsed = started.elapsed();
     let message_reads: usize =
         events.iter().map(|e| if let Event::MessageRead(r) = e { r.msg_ids.len() } else { 0 }).sum();

@@ -625,23 +625,14 @@ fn read_one<'a>(
     m.receipt_counts = match &m.target {
         MessageTarget::Group { .. } => match group {
             Some(group) => {
-                // The counts before this read: kept from the latest revealed
-                // change if taken at this epoch under these switches, or
-                // brought up to date by the departures since. The new reader
-                // was eligible, unread and is revealed now, so they move by
-                // one. Otherwise they are counted again, this read included.
-                let (epoch, switches) = (group.meta.epoch, ctx.settings.switches());
-                let kept = match m.counted_under.epoch_under(switches) {
-                    Some(at) if at == epoch => Some(m.receipt_counts),
-                    Some(at) => counts_since_departures(ctx.settings, group, m, at),
-                    // Never counted (its first revealed read) or under other switches.
-                    None => None,
-                };
-                let counts = match kept {
+                // The counts before this read, kept: the new reader was
+                // eligible, unread and is revealed now, so they move by one.
+                // Otherwise they are counted again, this read included.
+                let counts = match counts_kept(ctx.settings, group, m) {
                     Some((read, unread)) => (read + 1, unread.saturating_sub(1)),
                     None => count_group(ctx.settings, group, m),
                 };
-                m.counted_under = CountedUnder::new(epoch, switches);
+                m.counted_under = CountedUnder::new(group.meta.epoch, ctx.settings.switches());
                 counts
             }
             None => (m.visible_reads, 0),
@@ -749,49 +740,94 @@ pub(crate) fn counts(settings: AppSettings<'_>, groups: &ShardedMap<Id, Group>, 
     }
 }
 
-/// `(read, unread)` of a group message now: its receipt's counts if taken
-/// under the group's epoch and the app's switches, else brought up to date
-/// if they can be, else counted.
+/// `(read, unread)` of a group message now: its receipt's counts kept if
+/// they can be, else counted.
 fn group_counts(settings: AppSettings<'_>, group: &Group, m: &MessageState) -> (u32, u32) {
-    let kept = match m.counted_under.epoch_under(settings.switches()) {
-        Some(at) if at == group.meta.epoch => Some(m.receipt_counts),
-        Some(at) => counts_since_departures(settings, group, m, at),
-        None => None,
-    };
-    kept.unwrap_or_else(|| count_group(settings, group, m))
+    counts_kept(settings, group, m).unwrap_or_else(|| count_group(settings, group, m))
 }
 
-/// The counts of `m`'s latest revealed change (its receipt's), taken at
-/// epoch `counted_at` under the app's switches now, brought up to the
-/// group's epoch by the departures since, without counting its readers again (see
-/// [`crate::departures`]). `None` when the group no longer lists them all,
-/// or when counting again is the cheaper way: a departure costs a lookup
-/// among the readers, about what counting four readers costs. Out of line:
-/// reads between membership changes never come here.
+/// The counts of `m`'s latest revealed change (its receipt's), without
+/// counting its readers again: as they are if taken at the group's epoch
+/// under the app's switches; else brought up to date by what changed
+/// since, if only one of the two did (see [`counts_brought_up`]). `None`
+/// when they must be counted again, as a message's first revealed read
+/// must.
+#[inline]
+fn counts_kept(settings: AppSettings<'_>, group: &Group, m: &MessageState) -> Option<(u32, u32)> {
+    let (epoch, switches) = m.counted_under.counted()?;
+    let switches_now = settings.switches()?;
+    if epoch == group.meta.epoch && switches == switches_now {
+        return Some(m.receipt_counts);
+    }
+    counts_brought_up(settings, group, m, epoch, switches)
+}
+
+/// Counts taken at `epoch` under `switches`, brought up to date by the
+/// departures since (the switches unchanged; see [`crate::departures`]) or
+/// by the app's switches since (the epoch unchanged), while all are still
+/// listed and that is cheaper than counting again: each costs a lookup
+/// among the readers (and a switch, a member's by name), about what
+/// counting four readers costs. Out of line: reads between such changes
+/// never come here.
 #[cold]
 #[inline(never)]
-fn counts_since_departures(
+fn counts_brought_up(
     settings: AppSettings<'_>,
     group: &Group,
     m: &MessageState,
-    counted_at: u32,
+    epoch: u32,
+    switches: u32,
 ) -> Option<(u32, u32)> {
-    let departures = group.departures.after(counted_at)?;
-    if !departures.is_empty() && departures.len() * 4 > m.readers.len() {
-        return None;
-    }
     let MessageTarget::Group { audience_epoch, .. } = &m.target else { return None };
-    let (read, mut unread) = m.receipt_counts;
-    for d in departures.iter().filter(|d| d.since <= *audience_epoch) {
-        if d.user == m.sender {
-            // The sender is never in its own unread count, and never its
-            // reader (a corrupt store could say otherwise: count again).
+    let audience_epoch = *audience_epoch;
+    let cheaper = |changes: usize| changes * 4 <= m.readers.len();
+    let (mut read, mut unread) = m.receipt_counts;
+    if Some(switches) == settings.switches() {
+        // Members left: a leave takes one off the unread count when the
+        // member was in the audience, not the sender, and not revealed.
+        let departures = group.departures.after(epoch)?;
+        if !departures.is_empty() && !cheaper(departures.len()) {
             return None;
         }
-        let revealed = m.readers.get(d.ordinal, m.sent_at).is_some_and(|r| !r.hidden && settings.receipts_on(&d.user));
-        if !revealed {
-            unread = unread.checked_sub(1)?;
+        for d in departures.iter().filter(|d| d.since <= audience_epoch) {
+            if d.user == m.sender {
+                // The sender is never in its own unread count, and never its
+                // reader (a corrupt store could say otherwise: count again).
+                return None;
+            }
+            let revealed =
+                m.readers.get(d.ordinal, m.sent_at).is_some_and(|r| !r.hidden && settings.receipts_on(&d.user));
+            if !revealed {
+                unread = unread.checked_sub(1)?;
+            }
         }
+    } else if epoch == group.meta.epoch {
+        // Users switched receipts: one who read, not hidden, is revealed
+        // or no longer, and counts as unread or no longer if a member of
+        // the audience.
+        let switched = settings.switched_after(switches)?;
+        if !cheaper(switched.len()) {
+            return None;
+        }
+        for (user, off) in switched {
+            if *m.sender == *user {
+                return None;
+            }
+            let Some(ordinal) = group.ordinal(user) else { continue };
+            if m.readers.get(ordinal, m.sent_at).is_none_or(|r| r.hidden) {
+                continue;
+            }
+            let in_audience = group.member_since(ordinal, audience_epoch);
+            if off {
+                read = read.checked_sub(1)?;
+                unread += u32::from(in_audience);
+            } else {
+                read += 1;
+                unread = unread.checked_sub(u32::from(in_audience))?;
+            }
+        }
+    } else {
+        return None;
     }
     Some((read, unread))
 }

@@ -28,7 +28,9 @@
 //! membership change moves an older message's counts only by who left
 //! (a newcomer is never in its audience), so a large group lists its
 //! recent departures and cached counts are brought up to date by those,
-//! instead of counted again over every reader after every change.
+//! instead of counted again over every reader after every change. A user
+//! switching receipts moves only the counts of messages they read, so an
+//! app lists its recent switches for the same purpose.
 
 #![deny(missing_docs)]
 

@@ -32,6 +32,11 @@ impl Named for AppEntry {
     }
 }
 
+/// Switches a user's receipts kept per app, latest last, so that counts
+/// cached before them can be brought up to date (see
+/// [`AppSettings::switched_after`]).
+const SWITCHES_KEPT: usize = 64;
+
 /// One app's users with receipts off, and how often that set has changed.
 #[derive(Debug, Clone, Default)]
 struct OffUsers {
@@ -40,6 +45,9 @@ struct OffUsers {
     /// Changes to `users` so far, saturating at `u32::MAX`: counts cached
     /// under one value are those of an unchanged set (see [`AppSettings::switches`]).
     switches: u32,
+    /// The latest changes, oldest first: who, and whether now off. The
+    /// last is change number `switches`.
+    recent: std::collections::VecDeque<(String, bool)>,
 }
 
 impl OffUsers {
@@ -50,21 +58,17 @@ impl OffUsers {
     /// Turns `user`'s receipts off (`off`) or on; whether that changed the set.
     fn switch(&mut self, user: String, off: bool) -> bool {
         let hash = hash_of(user.as_str());
-        let changed = match self.users.entry(hash, |u| same_str(u, &user), |u| hash_of(u.as_str())) {
-            hashbrown::hash_table::Entry::Occupied(present) if !off => {
-                present.remove();
-                true
-            }
-            hashbrown::hash_table::Entry::Vacant(absent) if off => {
-                absent.insert(user);
-                true
-            }
-            _ => false,
-        };
-        if changed {
-            self.switches = self.switches.saturating_add(1);
+        match self.users.entry(hash, |u| same_str(u, &user), |u| hash_of(u.as_str())) {
+            hashbrown::hash_table::Entry::Occupied(present) if !off => drop(present.remove()),
+            hashbrown::hash_table::Entry::Vacant(absent) if off => drop(absent.insert(user.clone())),
+            _ => return false,
         }
-        changed
+        self.switches = self.switches.saturating_add(1);
+        if self.recent.len() == SWITCHES_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((user, off));
+        true
     }
 }
 
@@ -196,6 +200,14 @@ impl AppSettings<'_> {
     pub fn may_receive(&self, user: &str) -> bool {
         !self.reciprocal_privacy() || self.receipts_on(user)
     }
+
+    /// The switches since [`Self::switches`] was `counted`, oldest first
+    /// (who, and whether that turned their receipts off), if all are kept.
+    pub(crate) fn switched_after(&self, counted: u32) -> Option<impl ExactSizeIterator<Item = (&str, bool)>> {
+        let off = self.off.filter(|off| off.switches != u32::MAX)?;
+        let since = off.switches.checked_sub(counted).filter(|&n| n as usize <= off.recent.len())? as usize;
+        Some(off.recent.range(off.recent.len() - since..).map(|(user, off)| (user.as_str(), *off)))
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +216,33 @@ mod tests {
     use proptest::prelude::*;
     use receiptd_wire::UserSettings;
     use std::collections::{BTreeMap, BTreeSet};
+
+    #[test]
+    fn the_latest_switches_are_listed_and_older_ones_known_missing() {
+        let mut table = SettingsTable::default();
+        let switch = |table: &mut SettingsTable, user: &str, on: bool| {
+            let user = user.to_string();
+            table.apply(Setting::UserSettings(UserSettings { app_id: "a".into(), user, read_receipts: on, at: 0 }));
+        };
+        let listed = |table: &SettingsTable, counted| {
+            table.app("a").switched_after(counted).map(|s| s.map(|(u, off)| (u.to_string(), off)).collect::<Vec<_>>())
+        };
+        assert_eq!(listed(&table, 0), None, "no user ever switched");
+        switch(&mut table, "u", false);
+        switch(&mut table, "u", false);
+        switch(&mut table, "v", true);
+        assert_eq!(table.app("a").switches(), Some(1), "only changes count");
+        assert_eq!(listed(&table, 0), Some(vec![("u".to_string(), true)]));
+        assert_eq!(listed(&table, 1), Some(vec![]));
+        for k in 0..SWITCHES_KEPT {
+            switch(&mut table, "w", k % 2 == 1);
+        }
+        let now = table.app("a").switches().unwrap();
+        assert_eq!(now, 1 + SWITCHES_KEPT as u32);
+        assert_eq!(listed(&table, 1).map(|l| l.len()), Some(SWITCHES_KEPT));
+        assert_eq!(listed(&table, 0), None, "u's switch is no longer listed");
+        assert_eq!(listed(&table, now - 1), Some(vec![("w".to_string(), false)]));
+    }
 
     proptest! {
         /// Configs and switches of several apps (ids that are prefixes of

@@ -372,9 +372,10 @@ impl CountedUnder {
         switches.map_or_else(Self::default, |switches| CountedUnder { epoch, switches })
     }
 
-    /// The epoch counted at, if counted under these switches.
-    pub(crate) fn epoch_under(&self, switches: Option<u32>) -> Option<u32> {
-        (self.epoch != NOT_A_MEMBER && Some(self.switches) == switches).then_some(self.epoch)
+    /// The epoch and the switches counted under, if counted.
+    #[inline]
+    pub(crate) fn counted(&self) -> Option<(u32, u32)> {
+        (self.epoch != NOT_A_MEMBER).then_some((self.epoch, self.switches))
     }
 }
 

@@ -1038,6 +1038,32 @@ fn a_reader_who_switched_receipts_off_and_left_counts_as_neither_read_nor_unread
     assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (6, 56));
 }
 
+#[test]
+fn a_reader_who_left_and_switched_receipts_counts_as_read_or_not_but_never_as_unread() {
+    let (mut h, _) = numbered_group(64);
+    let receipt_counts = |h: &Harness| h.state.message(APP, "m1").unwrap().receipt_counts;
+    // m1's audience is u1 to u63; numbered_group has u1 read it.
+    for reader in ["u2", "u3", "u4", "u5"] {
+        h.read_group(reader, "g1", &["m1"]);
+    }
+    h.members("g1", MembersOp::Leave, &["u1"]);
+    h.read_group("u6", "g1", &["m1"]);
+    assert_eq!(receipt_counts(&h), (6, 57), "u1's read stays a read; u1 is no longer unread");
+    // Brought up to date by the switches, not counted again: u1 is not
+    // revealed while off, and counts as unread in neither case.
+    receipts_switch(&mut h, "u1", false);
+    assert_eq!(h.counts("m1"), (5, 57));
+    h.read_group("u7", "g1", &["m1"]);
+    assert_eq!(receipt_counts(&h), (6, 56));
+    receipts_switch(&mut h, "u1", true);
+    assert_eq!(h.counts("m1"), (7, 56));
+    h.read_group("u8", "g1", &["m1"]);
+    assert_eq!(receipt_counts(&h), (8, 55));
+    // A member of the audience who read, switched off: unread again.
+    receipts_switch(&mut h, "u2", false);
+    assert_eq!(h.counts("m1"), (7, 56));
+}
+
 /// One step of [`counts_kept_across_membership_changes_match_a_model`]:
 /// users by number, messages by the order they were sent.
 #[derive(Debug, Clone)]
