@@ -6,7 +6,7 @@
 #
 #   benches/counted.sh fold [hot|uniform|mix|mix_config|mix_long_msg_ids|
 #                            mix_read_batch|ten_per_read|one_per_read|churn|
-#                            switching|big_messages ...]
+#                            switching|churn_switching|big_messages ...]
 #     (default: all)
 #     the fold: `counted_fold` in benches/fold.rs, 200,000 reads into 100,000
 #     live messages in groups of 32 (hot or uniform), or 200,000 events of
@@ -16,7 +16,8 @@
 #     ten_per_read and one_per_read: the same hot message reads ten to an
 #     event or one; churn: a group of 100,000 whose members leave and join
 #     every 100th event while its 100 messages are read; switching: the same
-#     with a member switching receipts instead; big_messages: 4 messages of
+#     with a member switching receipts instead; churn_switching: both;
+#     big_messages: 4 messages of
 #     that group each read by 50,000 members); receipts taken
 #     every 1,000 message reads; any case with
 #     `_prefetched` (`mix_prefetched`): its events' messages looked up in runs
@@ -43,7 +44,7 @@ command -v valgrind >/dev/null || { echo "counted.sh: valgrind is not installed"
 bench="${1:-}"
 shift || true
 case "$bench" in
-  fold) env_var=RECEIPTD_FOLD_COUNTED; counted='*counted_fold*'; per=200000; unit=event; default="hot uniform mix mix_config mix_long_msg_ids mix_read_batch ten_per_read one_per_read churn switching big_messages" ;;
+  fold) env_var=RECEIPTD_FOLD_COUNTED; counted='*counted_fold*'; per=200000; unit=event; default="hot uniform mix mix_config mix_long_msg_ids mix_read_batch ten_per_read one_per_read churn switching churn_switching big_messages" ;;
   stage) env_var=RECEIPTD_STAGE_COUNTED; counted='*counted_stage*'; per=200000; unit=event; default="mix mix_written mix_read_batch" ;;
   decode) env_var=RECEIPTD_DECODE_COUNTED; counted='*counted_decodes*'; per=100000; unit=record; default="fast serde fast_read_batch" ;;
   *) echo "usage: benches/counted.sh fold|stage|decode [cases...]" >&2; exit 2 ;;

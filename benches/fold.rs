@@ -41,7 +41,8 @@
 //! a membership change (a member leaves, a newcomer joins, in turn): what
 //! a change costs the next reads of every message. `switching` is the
 //! same reads with a member switching receipts off or back on every 100th
-//! event instead, which changes what every message of the app counts.
+//! event instead, which changes what every message of the app counts;
+//! `churn_switching` has both.
 //! `big_messages` is the
 //! same group's first 4 messages each read by 50,000 members, the reads
 //! of the four interleaved: what a reader costs a message with tens of
@@ -550,24 +551,25 @@ fn counted(case: &str) {
             let events = reads.into_iter().map(|(m, reader)| big_group_event(read_event(COUNTED, m, reader))).collect();
             (big_group_state(&settings, &limits), events)
         }
-        "churn" | "switching" => {
+        "churn" | "switching" | "churn_switching" => {
             let mut rng = Rng::new(7);
             let mut state = big_group_state(&settings, &limits);
             let warm_up: Vec<Event> = (0..CHURN_WARM_UP).map(|_| big_group_read(&mut rng)).collect();
             fold_events(&mut state, &settings, &limits, &warm_up, prefetch);
             let events = match case {
-                "churn" => (0..COUNTED_EVENTS).map(|i| big_group_churn(&mut rng, i)).collect(),
-                _ => (0..COUNTED_EVENTS).map(|_| big_group_read(&mut rng)).collect(),
+                "switching" => (0..COUNTED_EVENTS).map(|_| big_group_read(&mut rng)).collect(),
+                _ => (0..COUNTED_EVENTS).map(|i| big_group_churn(&mut rng, i)).collect(),
             };
             (state, events)
         }
         other => panic!(
             "RECEIPTD_FOLD_COUNTED={other}: expected hot, uniform, mix, mix_config, mix_long_msg_ids, mix_read_batch, \
-             ten_per_read, one_per_read, churn, switching or big_messages, each perhaps with _prefetched"
+             ten_per_read, one_per_read, churn, switching, churn_switching or big_messages, each perhaps with \
+             _prefetched"
         ),
     };
     let started = Instant::now();
-    if case == "switching" {
+    if case.ends_with("switching") {
         counted_fold_switching(&mut state, &mut settings, &limits, &events, prefetch);
     } else {
         counted_fold(&mut state, &settings, &limits, &events, prefetch);

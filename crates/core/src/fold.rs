@@ -749,9 +749,8 @@ fn group_counts(settings: AppSettings<'_>, group: &Group, m: &MessageState) -> (
 /// The counts of `m`'s latest revealed change (its receipt's), without
 /// counting its readers again: as they are if taken at the group's epoch
 /// under the app's switches; else brought up to date by what changed
-/// since, if only one of the two did (see [`counts_brought_up`]). `None`
-/// when they must be counted again, as a message's first revealed read
-/// must.
+/// since (see [`counts_brought_up`]). `None` when they must be counted
+/// again, as a message's first revealed read must.
 #[inline]
 fn counts_kept(settings: AppSettings<'_>, group: &Group, m: &MessageState) -> Option<(u32, u32)> {
     let (epoch, switches) = m.counted_under.counted()?;
@@ -763,12 +762,11 @@ fn counts_kept(settings: AppSettings<'_>, group: &Group, m: &MessageState) -> Op
 }
 
 /// Counts taken at `epoch` under `switches`, brought up to date by the
-/// departures since (the switches unchanged; see [`crate::departures`]) or
-/// by the app's switches since (the epoch unchanged), while all are still
-/// listed and that is cheaper than counting again: each costs a lookup
-/// among the readers (and a switch, a member's by name), about what
-/// counting four readers costs. Out of line: reads between such changes
-/// never come here.
+/// group's departures since (see [`crate::departures`]), then by the
+/// app's receipt switches since, while all are still listed and that is
+/// cheaper than counting again: each costs a lookup among the readers (a
+/// switch, also a member's by name), about what counting four readers
+/// costs. Out of line: reads between such changes never come here.
 #[cold]
 #[inline(never)]
 fn counts_brought_up(
@@ -780,54 +778,55 @@ fn counts_brought_up(
 ) -> Option<(u32, u32)> {
     let MessageTarget::Group { audience_epoch, .. } = &m.target else { return None };
     let audience_epoch = *audience_epoch;
-    let cheaper = |changes: usize| changes * 4 <= m.readers.len();
-    let (mut read, mut unread) = m.receipt_counts;
-    if Some(switches) == settings.switches() {
-        // Members left: a leave takes one off the unread count when the
-        // member was in the audience, not the sender, and not revealed.
-        let departures = group.departures.after(epoch)?;
-        if !departures.is_empty() && !cheaper(departures.len()) {
-            return None;
-        }
-        for d in departures.iter().filter(|d| d.since <= audience_epoch) {
-            if d.user == m.sender {
-                // The sender is never in its own unread count, and never its
-                // reader (a corrupt store could say otherwise: count again).
-                return None;
-            }
-            let revealed =
-                m.readers.get(d.ordinal, m.sent_at).is_some_and(|r| !r.hidden && settings.receipts_on(&d.user));
-            if !revealed {
-                unread = unread.checked_sub(1)?;
-            }
-        }
-    } else if epoch == group.meta.epoch {
-        // Users switched receipts: one who read, not hidden, is revealed
-        // or no longer, and counts as unread or no longer if a member of
-        // the audience.
-        let switched = settings.switched_after(switches)?;
-        if !cheaper(switched.len()) {
-            return None;
-        }
-        for (user, off) in switched {
-            if *m.sender == *user {
-                return None;
-            }
-            let Some(ordinal) = group.ordinal(user) else { continue };
-            if m.readers.get(ordinal, m.sent_at).is_none_or(|r| r.hidden) {
-                continue;
-            }
-            let in_audience = group.member_since(ordinal, audience_epoch);
-            if off {
-                read = read.checked_sub(1)?;
-                unread += u32::from(in_audience);
-            } else {
-                read += 1;
-                unread = unread.checked_sub(u32::from(in_audience))?;
-            }
-        }
-    } else {
+    let departures = group.departures.after(epoch)?;
+    let switched = || settings.switched_after(switches);
+    let switch_count = switched()?.len();
+    if (departures.len() + switch_count) * 4 > m.readers.len() {
         return None;
+    }
+    let (mut read, mut unread) = m.receipt_counts;
+    // Members left, under the switches the counts were taken under: a
+    // leave takes one off the unread count when the member was in the
+    // audience, not the sender, and not revealed then.
+    for d in departures.iter().filter(|d| d.since <= audience_epoch) {
+        if d.user == m.sender {
+            // The sender is never in its own unread count, and never its
+            // reader (a corrupt store could say otherwise: count again).
+            return None;
+        }
+        // Off then: off now, unless switched an odd number of times since.
+        let switched_since = match switch_count {
+            0 => 0,
+            _ => switched()?.filter(|(user, _)| *user == &*d.user).count(),
+        };
+        let off_then = !settings.receipts_on(&d.user) ^ (switched_since % 2 == 1);
+        let revealed_then = m.readers.get(d.ordinal, m.sent_at).is_some_and(|r| !r.hidden && !off_then);
+        if !revealed_then {
+            unread = unread.checked_sub(1)?;
+        }
+    }
+    // Users switched receipts, under the members now: one who read, not
+    // hidden, is revealed or no longer, and counts as unread or no longer
+    // if a member of the audience.
+    if switch_count == 0 {
+        return Some((read, unread));
+    }
+    for (user, off) in switched()? {
+        if *m.sender == *user {
+            return None;
+        }
+        let Some(ordinal) = group.ordinal(user) else { continue };
+        if m.readers.get(ordinal, m.sent_at).is_none_or(|r| r.hidden) {
+            continue;
+        }
+        let in_audience = group.member_since(ordinal, audience_epoch);
+        if off {
+            read = read.checked_sub(1)?;
+            unread += u32::from(in_audience);
+        } else {
+            read += 1;
+            unread = unread.checked_sub(u32::from(in_audience))?;
+        }
     }
     Some((read, unread))
 }

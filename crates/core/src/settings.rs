@@ -204,9 +204,10 @@ impl AppSettings<'_> {
     /// The switches since [`Self::switches`] was `counted`, oldest first
     /// (who, and whether that turned their receipts off), if all are kept.
     pub(crate) fn switched_after(&self, counted: u32) -> Option<impl ExactSizeIterator<Item = (&str, bool)>> {
-        let off = self.off.filter(|off| off.switches != u32::MAX)?;
-        let since = off.switches.checked_sub(counted).filter(|&n| n as usize <= off.recent.len())? as usize;
-        Some(off.recent.range(off.recent.len() - since..).map(|(user, off)| (user.as_str(), *off)))
+        static NONE: std::collections::VecDeque<(String, bool)> = std::collections::VecDeque::new();
+        let (now, recent) = self.off.map_or((0, &NONE), |off| (off.switches, &off.recent));
+        let since = now.checked_sub(counted).filter(|&n| n as usize <= recent.len() && now != u32::MAX)? as usize;
+        Some(recent.range(recent.len() - since..).map(|(user, off)| (user.as_str(), *off)))
     }
 }
 
@@ -227,7 +228,8 @@ mod tests {
         let listed = |table: &SettingsTable, counted| {
             table.app("a").switched_after(counted).map(|s| s.map(|(u, off)| (u.to_string(), off)).collect::<Vec<_>>())
         };
-        assert_eq!(listed(&table, 0), None, "no user ever switched");
+        assert_eq!(listed(&table, 0), Some(vec![]), "no user ever switched");
+        assert_eq!(listed(&table, 1), None);
         switch(&mut table, "u", false);
         switch(&mut table, "u", false);
         switch(&mut table, "v", true);

@@ -1064,6 +1064,23 @@ fn a_reader_who_left_and_switched_receipts_counts_as_read_or_not_but_never_as_un
     assert_eq!(h.counts("m1"), (7, 56));
 }
 
+#[test]
+fn a_reader_who_switched_receipts_off_and_then_left_is_brought_up_to_date_in_that_order() {
+    let (mut h, _) = numbered_group(64);
+    // m1's audience is u1 to u63; numbered_group has u1 read it.
+    for k in 2..=8 {
+        h.read_group(&format!("u{k}"), "g1", &["m1"]);
+    }
+    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (8, 55));
+    // u1 was revealed when counted, so was not unread: leaving takes
+    // nothing off the unread count, and switching off one off the reads.
+    receipts_switch(&mut h, "u1", false);
+    h.members("g1", MembersOp::Leave, &["u1"]);
+    assert_eq!(h.counts("m1"), (7, 55));
+    h.read_group("u9", "g1", &["m1"]);
+    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (8, 54));
+}
+
 /// One step of [`counts_kept_across_membership_changes_match_a_model`]:
 /// users by number, messages by the order they were sent.
 #[derive(Debug, Clone)]
