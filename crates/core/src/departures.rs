@@ -21,8 +21,9 @@
 //! The list is bounded by the group's size (an eighth of its members, at
 //! most [`MOST_KEPT`]): oldest departures go first, and counts older than
 //! the oldest one kept are counted again, as before. A departure is 40
-//! bytes, so the list holds at most 5 bytes a member, and nothing until a
-//! member leaves. A small group keeps none, and its counts still survive
+//! bytes (and a copy of a user id too long to sit inline), so the list
+//! holds about 5 bytes a member at most, and nothing until a member
+//! leaves. A small group keeps none, and its counts still survive
 //! every change that is only joins.
 
 use crate::state::Id;
@@ -50,6 +51,7 @@ const _: () = assert!(std::mem::size_of::<Departure>() == 40, "the module docs c
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Departures(Option<Box<Log>>);
 
+/// The departures of a group that has lost a member.
 #[derive(Debug, Clone, Default)]
 struct Log {
     /// Oldest first, so in epoch order.

@@ -414,8 +414,8 @@ impl Readers {
             return false;
         }
         let low_count = self.low_count();
-        // Where it would go among the compact readers (as the run's last
-        // or in the tail, once there are enough): searched only if there
+        // Where it would go among the compact readers: in the run, or in
+        // the tail once the run has `TAIL_FROM`. Searched only if there
         // are any (in a small group, usually none).
         let (compact_at, into_tail) = if self.words.len() > low_count {
             let (run, tail) = self.run_and_tail();
