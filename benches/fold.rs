@@ -419,24 +419,44 @@ fn fold_events(
     events: &[Event],
     prefetch: bool,
 ) {
-    let mut fx = Effects::default();
-    let mut deltas = DeltaBuffer::new();
-    let mut since_flush = 0;
-    for run in events.chunks(PREFETCH_AHEAD) {
-        if prefetch {
-            for e in run {
-                state.prefetch(e);
+    Folder::default().fold(state, settings, limits, events, prefetch)
+}
+
+/// [`fold_events`]'s effects, receipts and count since the last flush,
+/// kept across calls for a fold fed in pieces (the `switching` cases).
+#[derive(Default)]
+struct Folder {
+    fx: Effects,
+    deltas: DeltaBuffer,
+    since_flush: usize,
+}
+
+impl Folder {
+    #[inline(always)]
+    fn fold(
+        &mut self,
+        state: &mut PartitionState,
+        settings: &SettingsTable,
+        limits: &Limits,
+        events: &[Event],
+        prefetch: bool,
+    ) {
+        for run in events.chunks(PREFETCH_AHEAD) {
+            if prefetch {
+                for e in run {
+                    state.prefetch(e);
+                }
             }
-        }
-        for e in run {
-            state.apply(settings, limits, e, 2, &mut fx);
-            since_flush += match e {
-                Event::MessageRead(r) => r.msg_ids.len(),
-                _ => 1,
-            };
-            if since_flush >= 1_000 {
-                flush(state, settings, &mut deltas);
-                since_flush = 0;
+            for e in run {
+                state.apply(settings, limits, e, 2, &mut self.fx);
+                self.since_flush += match e {
+                    Event::MessageRead(r) => r.msg_ids.len(),
+                    _ => 1,
+                };
+                if self.since_flush >= 1_000 {
+                    flush(state, settings, &mut self.deltas);
+                    self.since_flush = 0;
+                }
             }
         }
     }
@@ -469,6 +489,9 @@ fn counted_fold_switching(
 ) {
     let mut rng = Rng::new(11);
     let mut off: Option<String> = None;
+    // One folder throughout, so that receipts are still taken every 1,000
+    // message reads.
+    let mut folder = Folder::default();
     for (i, run) in events.chunks(100).enumerate() {
         let (user, on) = match off.take() {
             Some(user) => (user, true),
@@ -479,7 +502,7 @@ fn counted_fold_switching(
         }
         let at = i as u64;
         settings.apply(Setting::UserSettings(UserSettings { app_id: APP.into(), user, read_receipts: on, at }));
-        fold_events(state, settings, limits, run, prefetch);
+        folder.fold(state, settings, limits, run, prefetch);
     }
 }
 
