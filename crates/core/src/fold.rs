@@ -628,7 +628,7 @@ fn read_one<'a>(
                 // The counts before this read, kept: the new reader was
                 // eligible, unread and is revealed now, so they move by one.
                 // Otherwise they are counted again, this read included.
-                let counts = match counts_kept(ctx.settings, group, m) {
+                let counts = match counts_kept(ctx.settings, group, m, Some(ordinal)) {
                     Some((read, unread)) => (read + 1, unread.saturating_sub(1)),
                     None => count_group(ctx.settings, group, m),
                 };
@@ -743,22 +743,29 @@ pub(crate) fn counts(settings: AppSettings<'_>, groups: &ShardedMap<Id, Group>, 
 /// `(read, unread)` of a group message now: its receipt's counts kept if
 /// they can be, else counted.
 fn group_counts(settings: AppSettings<'_>, group: &Group, m: &MessageState) -> (u32, u32) {
-    counts_kept(settings, group, m).unwrap_or_else(|| count_group(settings, group, m))
+    counts_kept(settings, group, m, None).unwrap_or_else(|| count_group(settings, group, m))
 }
 
 /// The counts of `m`'s latest revealed change (its receipt's), without
 /// counting its readers again: as they are if taken at the group's epoch
 /// under the app's switches; else brought up to date by what changed
 /// since (see [`counts_brought_up`]). `None` when they must be counted
-/// again, as a message's first revealed read must.
+/// again, as a message's first revealed read must. `read_now` is the
+/// ordinal of a reader added to `m` since (the read being folded): the
+/// counts are those from before it.
 #[inline]
-fn counts_kept(settings: AppSettings<'_>, group: &Group, m: &MessageState) -> Option<(u32, u32)> {
+fn counts_kept(
+    settings: AppSettings<'_>,
+    group: &Group,
+    m: &MessageState,
+    read_now: Option<u32>,
+) -> Option<(u32, u32)> {
     let (epoch, switches) = m.counted_under.counted()?;
     let switches_now = settings.switches()?;
     if epoch == group.meta.epoch && switches == switches_now {
         return Some(m.receipt_counts);
     }
-    counts_brought_up(settings, group, m, epoch, switches)
+    counts_brought_up(settings, group, m, epoch, switches, read_now)
 }
 
 /// Counts taken at `epoch` under `switches`, brought up to date by the
@@ -775,6 +782,7 @@ fn counts_brought_up(
     m: &MessageState,
     epoch: u32,
     switches: u32,
+    read_now: Option<u32>,
 ) -> Option<(u32, u32)> {
     let MessageTarget::Group { audience_epoch, .. } = &m.target else { return None };
     let audience_epoch = *audience_epoch;
@@ -805,9 +813,11 @@ fn counts_brought_up(
             unread = unread.checked_sub(1)?;
         }
     }
-    // Users switched receipts, under the members now: one who read, not
-    // hidden, is revealed or no longer, and counts as unread or no longer
-    // if a member of the audience.
+    // Users switched receipts, under the members now: one who read before
+    // the counts were taken, not hidden, is revealed or no longer, and
+    // counts as unread or no longer if a member of the audience. Every
+    // other read since was hidden (a revealed one counts again) but the
+    // one being folded: its switches moved nothing counted.
     if switch_count == 0 {
         return Some((read, unread));
     }
@@ -816,7 +826,7 @@ fn counts_brought_up(
             return None;
         }
         let Some(ordinal) = group.ordinal(user) else { continue };
-        if m.readers.get(ordinal, m.sent_at).is_none_or(|r| r.hidden) {
+        if read_now == Some(ordinal) || m.readers.get(ordinal, m.sent_at).is_none_or(|r| r.hidden) {
             continue;
         }
         let in_audience = group.member_since(ordinal, audience_epoch);

@@ -1081,6 +1081,24 @@ fn a_reader_who_switched_receipts_off_and_then_left_is_brought_up_to_date_in_tha
     assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (8, 54));
 }
 
+#[test]
+fn a_first_read_after_switching_receipts_back_on_counts_once() {
+    let (mut h, _) = numbered_group(64);
+    // m1's audience is u1 to u63; numbered_group has u1 read it.
+    receipts_switch(&mut h, "u2", false);
+    for reader in ["u3", "u4", "u5"] {
+        h.read_group(reader, "g1", &["m1"]);
+    }
+    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (4, 59));
+    // Brought up to date by the switch (enough readers for that to be
+    // cheaper): u2 had not read when counted, so switching on moves
+    // nothing; u2's read then moves the counts by one.
+    receipts_switch(&mut h, "u2", true);
+    h.read_group("u2", "g1", &["m1"]);
+    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (5, 58));
+    assert_eq!(h.counts("m1"), (5, 58));
+}
+
 /// One step of [`counts_kept_across_membership_changes_match_a_model`]:
 /// users by number, messages by the order they were sent.
 #[derive(Debug, Clone)]
