@@ -1131,7 +1131,7 @@ fn churn_step() -> impl proptest::strategy::Strategy<Value = ChurnStep> {
         2 => user().prop_map(ChurnStep::Send),
         20 => (user(), any::<u8>(), proptest::bool::weighted(0.1))
             .prop_map(|(reader, message, private)| ChurnStep::Read { reader, message, private }),
-        1 => (0..8u8, any::<bool>()).prop_map(|(user, on)| ChurnStep::Switch(user, on)),
+        3 => (0..8u8, any::<bool>()).prop_map(|(user, on)| ChurnStep::Switch(user, on)),
     ]
 }
 
@@ -1161,7 +1161,7 @@ fn model_counts(
 fn counts_kept_across_membership_changes_match_a_model() {
     use proptest::prelude::*;
     use std::collections::{BTreeMap, BTreeSet};
-    let config = ProptestConfig { cases: 128, ..ProptestConfig::default() };
+    let config = ProptestConfig { cases: 256, ..ProptestConfig::default() };
     proptest!(config, |(steps in proptest::collection::vec(churn_step(), 1..400))| {
         let mut h = Harness::new();
         let name = |u: u8| format!("u{u}");
