@@ -22,14 +22,16 @@
 #     every 1,000 message reads; any case with
 #     `_prefetched` (`mix_prefetched`): its events' messages looked up in runs
 #     before they are folded, as the worker folds
-#   benches/counted.sh stage [mix|mix_written|mix_read_batch ...]
-#     (default: all)
+#   benches/counted.sh stage [mix|mix_written|mix_read_batch|big_messages ...]
+#     (default: the first three)
 #     the flush's staging: `counted_stage` in benches/fold.rs, the drain's
 #     mix folded in windows of 50,000 events and each window's changed
 #     entities encoded into a RocksDB write batch, receipts taken; the fold
 #     itself is not counted; per event of the 200,000 folded (mix_written:
 #     and each batch written into a store, `counted_stage_write`;
-#     mix_read_batch: group reads naming up to ten messages)
+#     mix_read_batch: group reads naming up to ten messages; big_messages:
+#     the fold case of that name in windows of 1,000 reads, each batch
+#     written into a store, per read)
 #   benches/counted.sh decode [fast|serde|fast_read_batch ...]
 #     (default: all)
 #     decoding: `counted_decodes` in benches/decode.rs, the bench mix's

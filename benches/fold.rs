@@ -60,6 +60,10 @@
 //! `mix_read_batch` stages the mix whose group reads name up to ten
 //! messages. The same staging is timed as `stage/mix_50k_window` (one
 //! window's staging per iteration; its fold is not timed).
+//! `big_messages` stages the fold case of that name in flush windows of
+//! 1,000 reads, each written into a store: what a flush writes and costs
+//! when its messages have tens of thousands of readers (it prints the
+//! bytes, and its wall time when run without valgrind).
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, BatchSize, BenchmarkGroup, Criterion, Throughput};
@@ -555,25 +559,7 @@ fn counted(case: &str) {
             let reads = reads_of_several(COUNTED, 10, case == "ten_per_read", COUNTED_EVENTS);
             (live_state(COUNTED, &settings, &limits), reads)
         }
-        "big_messages" => {
-            // Each of 4 messages read by 50,000 distinct members, in a
-            // random order interleaving the messages.
-            let mut rng = Rng::new(7);
-            let mut reads: Vec<(u64, u64)> = Vec::with_capacity(COUNTED_EVENTS);
-            for m in 0..4 {
-                let mut members: Vec<u64> = (1..BIG_GROUP).collect();
-                for k in 0..COUNTED_EVENTS / 4 {
-                    let pick = k + rng.below(members.len() as u64 - k as u64) as usize;
-                    members.swap(k, pick);
-                    reads.push((m, members[k]));
-                }
-            }
-            for k in (1..reads.len()).rev() {
-                reads.swap(k, rng.below(k as u64 + 1) as usize);
-            }
-            let events = reads.into_iter().map(|(m, reader)| big_group_event(read_event(COUNTED, m, reader))).collect();
-            (big_group_state(&settings, &limits), events)
-        }
+        "big_messages" => (big_group_state(&settings, &limits), big_message_reads()),
         "churn" | "switching" | "churn_switching" => {
             let mut rng = Rng::new(7);
             let mut state = big_group_state(&settings, &limits);
@@ -643,6 +629,26 @@ fn big_group_state(settings: &SettingsTable, limits: &Limits) -> PartitionState 
         state.apply(settings, limits, &e, 1, &mut fx);
     }
     state
+}
+
+/// The `big_messages` case's reads: each of the big group's first 4
+/// messages read by 50,000 distinct members, in a random order
+/// interleaving the messages.
+fn big_message_reads() -> Vec<Event> {
+    let mut rng = Rng::new(7);
+    let mut reads: Vec<(u64, u64)> = Vec::with_capacity(COUNTED_EVENTS);
+    for m in 0..4 {
+        let mut members: Vec<u64> = (1..BIG_GROUP).collect();
+        for k in 0..COUNTED_EVENTS / 4 {
+            let pick = k + rng.below(members.len() as u64 - k as u64) as usize;
+            members.swap(k, pick);
+            reads.push((m, members[k]));
+        }
+    }
+    for k in (1..reads.len()).rev() {
+        reads.swap(k, rng.below(k as u64 + 1) as usize);
+    }
+    reads.into_iter().map(|(m, reader)| big_group_event(read_event(COUNTED, m, reader))).collect()
 }
 
 /// A random member's read of a random message of the big group.
@@ -749,7 +755,8 @@ fn counted_staging(case: &str) {
     let read_batch = match case {
         "mix" | "mix_written" => 1,
         "mix_read_batch" => 10,
-        other => panic!("RECEIPTD_STAGE_COUNTED={other}: expected mix, mix_written or mix_read_batch"),
+        "big_messages" => return counted_staging_big_messages(),
+        other => panic!("RECEIPTD_STAGE_COUNTED={other}: expected mix, mix_written, mix_read_batch or big_messages"),
     };
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = (case == "mix_written")
@@ -770,6 +777,48 @@ fn counted_staging(case: &str) {
         }
     }
     println!("staged {staged} entities ({bytes} bytes of write batch) for {COUNTED_EVENTS} {case} events");
+}
+
+/// Flush windows of the `big_messages` staging: 1,000 reads of four
+/// messages, each read by tens of thousands (about 20,000 reads a second
+/// of one message, at the engine's 50 ms flush window).
+const BIG_MESSAGES_WINDOW: usize = 1_000;
+
+/// The `big_messages` staging: the fold case's reads folded in windows of
+/// [`BIG_MESSAGES_WINDOW`], each window's changes staged and written
+/// into a store (RocksDB's write and the encoding of every message
+/// counted): what a flush costs, and writes, when its messages have tens
+/// of thousands of readers. Prints the bytes of write batch and the
+/// wall time (when run without valgrind).
+fn counted_staging_big_messages() {
+    let (settings, limits) = (SettingsTable::default(), Limits::default());
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = receiptd_store::Store::open(dir.path(), &receiptd_store::StoreOptions::default()).expect("a store");
+    let (mut state, events) = (big_group_state(&settings, &limits), big_message_reads());
+    let (mut deltas, mut batch) = (DeltaBuffer::new(), receiptd_store::BatchBuffer::default());
+    flush(&mut state, &settings, &mut deltas);
+    let (mut staged, mut bytes, mut largest, mut spent) = (0, 0, 0, Duration::ZERO);
+    let mut fx = Effects::default();
+    for window in events.chunks(BIG_MESSAGES_WINDOW) {
+        for e in window {
+            state.apply(&settings, &limits, e, 2, &mut fx);
+        }
+        let started = Instant::now();
+        staged += counted_stage(&mut state, &settings, &mut deltas, &mut batch);
+        let size = batch.size_in_bytes();
+        (bytes, largest) = (bytes + size, largest.max(size));
+        let next = receiptd_store::BatchBuffer::with_capacity(size);
+        counted_stage_write(&store, std::mem::replace(&mut batch, next));
+        spent += started.elapsed();
+    }
+    println!(
+        "staged {staged} entities ({bytes} bytes of write batch, {:.1} a read, {largest} at most a flush) for {} \
+         big_messages reads, in {:.1} ms ({:.0} ns a read; timed only when run without valgrind)",
+        bytes as f64 / events.len() as f64,
+        events.len(),
+        spent.as_secs_f64() * 1e3,
+        spent.as_nanos() as f64 / events.len() as f64
+    );
 }
 
 /// `stage/mix_50k_window`: the staging of one window of the drain's mix,

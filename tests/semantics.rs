@@ -152,9 +152,23 @@ fn a_100k_member_group_has_exact_counts() {
         })],
     );
     events.push(sent("big", "user000000", group("huge"), true, t + 1));
-    for u in &users[1..=1_000] {
-        events.push(read(u, group("huge"), &["big"], t + 2));
-    }
+    // Read by 3,000 members in two runs, with a kill -9 between: past 1,024
+    // readers a message's readers are stored in pages of their own, which
+    // the restarted worker restores and folds on from.
+    let reads = |members: &[String]| -> Vec<Event> {
+        members.iter().map(|u| read(u, group("huge"), &["big"], t + 2)).collect()
+    };
+    events.extend(reads(&users[1..=1_500]));
+    produce_events(&producer, &topics.events, &events);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"));
+    worker.start();
+    worker.wait_ready(Duration::from_secs(60));
+    worker.wait_caught_up(&topics.events, Duration::from_secs(120));
+    worker.kill9();
+
+    let mut events = reads(&users[1_501..=3_000]);
     // 500 members who never read leave; a later joiner reads (not in the audience).
     events.push(Event::GroupMembers(GroupMembers {
         app_id: APP.into(),
@@ -166,11 +180,8 @@ fn a_100k_member_group_has_exact_counts() {
     }));
     events.push(members("huge", MembersOp::Join, &["latecomer"], t + 3));
     events.push(read("latecomer", group("huge"), &["big"], t + 4));
-    events.push(read(&users[1_001], group("huge"), &["big"], t + 5));
+    events.push(read(&users[3_001], group("huge"), &["big"], t + 5));
     produce_events(&producer, &topics.events, &events);
-
-    let dir = tempfile::tempdir().unwrap();
-    let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"));
     worker.start();
     worker.wait_ready(Duration::from_secs(60));
     worker.wait_caught_up(&topics.events, Duration::from_secs(120));
@@ -178,12 +189,14 @@ fn a_100k_member_group_has_exact_counts() {
 
     let deltas = all_deltas(&topics.deltas);
     let last = deltas.iter().flat_map(|d| &d.receipts).max_by_key(|r| r.version).unwrap();
-    // 99,999 in the audience; 1,001 read; 500 non-readers left.
+    // 99,999 in the audience; 3,001 read; 500 non-readers left.
     assert_eq!(
         (last.read_count, last.unread_count, last.version),
-        (Some(1_001), Some(99_999 - 1_001 - 500), Some(1_001))
+        (Some(3_001), Some(99_999 - 3_001 - 500), Some(3_001))
     );
     let state = worker.inspect();
     let big = &state["messages"][0];
-    assert_eq!((big["read_count"].as_u64(), big["unread_count"].as_u64()), (Some(1_001), Some(98_498)));
+    assert_eq!((big["read_count"].as_u64(), big["unread_count"].as_u64()), (Some(3_001), Some(96_498)));
+    // A page sealed in each run at least (1,024 readers since the last).
+    assert!(big["reader_pages"].as_u64() >= Some(2), "{}", big["reader_pages"]);
 }

@@ -69,6 +69,7 @@ fn collect(state: &PartitionState, messages: &mut Vec<Value>, marks: &mut Vec<Va
                 "unread_count": unread,
                 "readers": readers,
                 "hidden_reads": m.readers.hidden_count(),
+                "reader_pages": m.reader_pages(),
             }));
         }
         for (reader, peer, read_at) in state.marks(app) {

@@ -150,7 +150,7 @@ impl Disk {
                     let (name, since): (&str, u32) = decoded(value).ok_or_else(undecodable)?;
                     state.restore_member(APP, g, *ordinal, name, since).map_err(|e| format!("{e:?}"))?;
                 }
-                Key::Message(m) => state.restore_message(APP, m, decoded(value).ok_or_else(undecodable)?),
+                Key::Message(m) => state.restore_message(APP, m, decoded(value).ok_or_else(undecodable)?, 0),
                 Key::Mark(reader, peer) => {
                     state.restore_mark(APP, reader, peer, decoded(value).ok_or_else(undecodable)?)
                 }

@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
     for ordinal in 0..members {
         state.restore_member(app, &group_id, ordinal, &format!("u{ordinal}"), 0).expect("slots in order restore");
     }
-    state.restore_message(app, msg_id, message);
+    state.restore_message(app, msg_id, message, 0);
     if state.finish_restore().is_err() {
         // A message its group refuses (sent at a later epoch, or read by
         // an ordinal it did not hand out): the restored_partition target's

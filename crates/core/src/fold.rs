@@ -128,6 +128,9 @@ impl PartitionState {
                 while let Some((msg_id, m)) = messages.remove_by_hash(id_hash, expired) {
                     uncount_reads(groups, &m);
                     fx.stats.expired_messages += 1;
+                    if m.readers.sealed_pages() > 0 {
+                        dirty.push(DirtyKey::ReaderPages { app: id.clone(), msg_id: msg_id.clone() });
+                    }
                     dirty.push(DirtyKey::Message { app: id.clone(), msg_id });
                 }
                 messages.any_by_hash(id_hash, sent_in_second)
@@ -456,6 +459,9 @@ impl PartitionState {
         }
         m.tracking = Tracking::Revoked;
         uncount_reads(&app.view.groups, m);
+        if m.readers.sealed_pages() > 0 {
+            dirty.push(DirtyKey::ReaderPages { app: app.id.clone(), msg_id: msg_id.clone() });
+        }
         m.readers = Default::default();
         m.visible_reads = 0;
         m.counted_under = CountedUnder::default();

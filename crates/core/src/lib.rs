@@ -53,7 +53,7 @@ pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};
 pub use prefetch::PREFETCH_AHEAD;
 pub use query::{MemberFilter, MemberPage, QueryRefusal};
-pub use readers::Readers;
+pub use readers::{Readers, PAGE_READERS};
 pub use receiptd_wire::{same_str, INLINE_BYTES};
 pub use settings::{AppSettings, SettingsTable};
 pub use sharded::{KeyEq, ShardedMap};

@@ -31,6 +31,17 @@
 //! twice the run: a read then moves O(√readers) words, amortized, not
 //! O(readers) (0.46 µs a read there; `benches/fold.rs`, `big_messages`).
 //!
+//! A flush writes a changed message whole, and a message read by tens of
+//! thousands would have all its readers written again at every flush
+//! that saw one more (about 150 KB at 50,000). So once a message has
+//! [`PAGE_READERS`] readers when staged, they are sealed into a page of
+//! their own, stored under a key of its own and never written again
+//! while the message lives; the message's own value then holds only the
+//! readers since its last page, sealed in turn once they are as many. A
+//! flush writes at most about [`PAGE_READERS`] readers of a message,
+//! however many it has. In memory the readers stay one list; a paged
+//! message also lists the ordinals read since its last page.
+//!
 //! The offsets are relative to a send time the caller passes in (the
 //! message's own `sent_at`), which is persisted with the message; the byte
 //! string holds the offsets as they are, so encoding needs no send time.
@@ -56,6 +67,11 @@ const TAIL_FROM: usize = 256;
 /// A tail is merged once past this many readers, or the square root of
 /// twice the run's if that is more.
 const TAIL_MIN: usize = 32;
+
+/// Readers that fill a page: a message has its readers stored in pages
+/// once it has this many when staged (see the module docs). 1,024 keeps
+/// a page at 2 to 5 KB, what a flush writes of a message at most.
+pub const PAGE_READERS: usize = 1024;
 
 /// One reader in 8 bytes: see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +270,25 @@ struct Side {
     outliers: Vec<ReadMark>,
     /// Compact readers in the tail, after the run (see the module docs).
     tail: usize,
+    /// Where the readers are stored, once in pages.
+    pages: Option<Box<Pages>>,
+}
+
+/// How a paged message's readers are stored (see the module docs).
+#[derive(Debug, Clone, Default)]
+struct Pages {
+    /// Pages stored, numbered from 0.
+    sealed: u32,
+    /// Ordinals read since the last page was sealed, in the order read:
+    /// stored in the message's own value.
+    open: Vec<u32>,
+    /// Ordinals of the page the staging in progress sealed, to write with
+    /// it; the next staging drops them.
+    sealing: Vec<u32>,
+    /// The staging in progress sealed the first page: every reader.
+    sealing_all: bool,
+    /// Pages restored so far, while the message is restored.
+    restored: u32,
 }
 
 impl Default for Readers {
@@ -379,10 +414,13 @@ impl Readers {
     /// Bytes the readers hold on the heap (capacity included).
     pub fn heap_bytes(&self) -> usize {
         self.words.heap_bytes()
-            + self
-                .side
-                .as_ref()
-                .map_or(0, |s| std::mem::size_of::<Side>() + s.outliers.capacity() * std::mem::size_of::<ReadMark>())
+            + self.side.as_ref().map_or(0, |s| {
+                std::mem::size_of::<Side>()
+                    + s.outliers.capacity() * std::mem::size_of::<ReadMark>()
+                    + s.pages
+                        .as_ref()
+                        .map_or(0, |p| std::mem::size_of::<Pages>() + 4 * (p.open.capacity() + p.sealing.capacity()))
+            })
     }
 
     /// Where the readers' heap memory starts (dangling when they have none):
@@ -409,6 +447,23 @@ impl Readers {
 
     /// Adds a read; false (and nothing changes) if its ordinal has read.
     pub(crate) fn insert(&mut self, mark: ReadMark, sent_at: u64) -> bool {
+        if !self.insert_mark(mark, sent_at) {
+            return false;
+        }
+        // Most messages have no side list, and few of those that do, pages.
+        if let Some(side) = self.side.as_deref_mut() {
+            if let Some(pages) = side.pages.as_deref_mut() {
+                pages.open.push(mark.ordinal);
+            }
+        }
+        true
+    }
+
+    /// Adds a read to the list, as [`Self::insert`], not as read since
+    /// the last page (as a restored page's are). Inline: `insert` was this
+    /// alone, and a call more cost a read 19 instructions.
+    #[inline(always)]
+    fn insert_mark(&mut self, mark: ReadMark, sent_at: u64) -> bool {
         let o = mark.ordinal;
         if o < LOW_ORDINALS && self.low & (1 << o) != 0 {
             return false;
@@ -499,6 +554,116 @@ impl Readers {
         reads.outliers = &[];
         std::iter::from_fn(move || reads.next_compact())
     }
+
+    fn pages(&self) -> Option<&Pages> {
+        self.side.as_deref()?.pages.as_deref()
+    }
+
+    /// Pages the readers are stored in besides the message (0: none, all
+    /// are stored with it).
+    pub(crate) fn sealed_pages(&self) -> u32 {
+        self.pages().map_or(0, |p| p.sealed)
+    }
+
+    /// At a flush's staging: drops the page the last staging sealed (it is
+    /// written), and seals the readers since the last page into one once
+    /// they fill it (the first time, all of them). Inline, out of line
+    /// past the check most messages stop at: no side list, too few words.
+    #[inline(always)]
+    pub(crate) fn seal_full_page(&mut self) {
+        if self.side.is_some() || self.words.len() >= PAGE_READERS {
+            self.seal_full_page_checked();
+        }
+    }
+
+    #[inline(never)]
+    fn seal_full_page_checked(&mut self) {
+        if let Some(pages) = self.side.as_deref_mut().and_then(|s| s.pages.as_deref_mut()) {
+            pages.sealing.clear();
+            pages.sealing_all = false;
+            if pages.open.len() >= PAGE_READERS {
+                // The emptied buffer takes the next page's ordinals.
+                std::mem::swap(&mut pages.open, &mut pages.sealing);
+                pages.sealed += 1;
+            }
+        } else if self.len() >= PAGE_READERS {
+            let pages = Pages { sealed: 1, sealing_all: true, ..Pages::default() };
+            self.side.get_or_insert_default().pages = Some(Box::new(pages));
+        }
+    }
+
+    /// The readers a message's value holds, as its field: those since its
+    /// last page, or all if it has none.
+    pub(crate) fn encode_stored(&self, sent_at: u64, out: &mut Vec<u8>) {
+        match self.pages() {
+            None => crate::stored_form::put_bytes_with(out, |out| self.encode_into(out)),
+            Some(pages) => crate::stored_form::put_bytes_with(out, |out| self.encode_some(&pages.open, sent_at, out)),
+        }
+    }
+
+    /// The page the staging in progress sealed, if any: its readers
+    /// appended to `out` as a reader list, and its number.
+    pub(crate) fn encode_sealed_page(&self, sent_at: u64, out: &mut Vec<u8>) -> Option<u32> {
+        let pages = self.pages()?;
+        match (pages.sealing_all, pages.sealing.is_empty()) {
+            // Nothing is read between a seal and its page's encoding.
+            (true, _) => self.encode_into(out),
+            (false, false) => self.encode_some(&pages.sealing, sent_at, out),
+            (false, true) => return None,
+        }
+        Some(pages.sealed - 1)
+    }
+
+    /// The reads of `ordinals` (each has read) as a reader list.
+    fn encode_some(&self, ordinals: &[u32], sent_at: u64, out: &mut Vec<u8>) {
+        let mut sorted = ordinals.to_vec();
+        sorted.sort_unstable();
+        let (mut compact, mut outliers) = (Vec::with_capacity(sorted.len()), Vec::new());
+        for o in sorted {
+            let mark = self.get(o, sent_at).expect("a page's ordinals have read");
+            match Compact::of(mark, sent_at) {
+                Some(c) => compact.push(c),
+                None => outliers.push(mark),
+            }
+        }
+        encode_list(compact.into_iter(), &outliers, out);
+    }
+
+    /// A restored message's readers, stored with it, when `pages` more
+    /// pages of them are stored apart (restored by [`Self::restore_page`]).
+    pub(crate) fn expect_pages(&mut self, pages: u32) {
+        if pages > 0 {
+            let open = self.iter(0).map(|r| r.ordinal).collect();
+            let pages = Pages { sealed: pages, open, ..Pages::default() };
+            self.side.get_or_insert_default().pages = Some(Box::new(pages));
+        }
+    }
+
+    /// Adds the readers of stored page `page`, the next due.
+    pub(crate) fn restore_page(&mut self, page: u32, bytes: &[u8], sent_at: u64) -> Result<(), String> {
+        let Some(pages) = self.pages() else { return Err(format!("reader page {page} of a message stored with none")) };
+        if page != pages.restored || page >= pages.sealed {
+            return Err(format!("reader page {page} where page {} of {} was due", pages.restored, pages.sealed));
+        }
+        for mark in Readers::decode(bytes)?.iter(sent_at) {
+            if !self.insert_mark(mark, sent_at) {
+                return Err(format!("ordinal {} read twice, in reader page {page} and before", mark.ordinal));
+            }
+        }
+        if let Some(pages) = self.side.as_deref_mut().and_then(|s| s.pages.as_deref_mut()) {
+            pages.restored += 1;
+        }
+        Ok(())
+    }
+
+    /// Why the readers are not whole, if they are not: a stored page not
+    /// restored.
+    pub(crate) fn check_restored(&self) -> Result<(), String> {
+        match self.pages() {
+            Some(p) if p.restored < p.sealed => Err(format!("{} of {} reader pages stored", p.restored, p.sealed)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Reads in ordinal order: the three forms (and the compact readers' run
@@ -576,6 +741,45 @@ impl Iterator for ReadsFrom<'_> {
 
 use crate::stored_form::put_leb128 as put_varint;
 
+/// An iterator of a known length.
+struct ExactLen<I>(I, usize);
+
+impl<I: Iterator> Iterator for ExactLen<I> {
+    type Item = I::Item;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<I::Item> {
+        self.0.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.1, Some(self.1))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
+
+/// Appends a reader list in the persisted form: the compact readers,
+/// sorted by ordinal, then the outliers, sorted by ordinal.
+fn encode_list(compact: impl ExactSizeIterator<Item = Compact>, outliers: &[ReadMark], out: &mut Vec<u8>) {
+    out.reserve(2 + 3 * compact.len() + 12 * outliers.len());
+    put_varint(out, compact.len() as u64);
+    let (mut next_ordinal, mut last_offset) = (0u32, OFFSET_BIAS as i64);
+    for c in compact {
+        let gap = u64::from(c.ordinal() - next_ordinal);
+        put_varint(out, gap << 1 | u64::from(c.hidden()));
+        put_varint(out, zigzag(i64::from(c.offset) - last_offset));
+        next_ordinal = c.ordinal() + 1;
+        last_offset = i64::from(c.offset);
+    }
+    put_varint(out, outliers.len() as u64);
+    for r in outliers {
+        put_varint(out, u64::from(r.ordinal));
+        put_varint(out, r.read_at);
+        out.push(u8::from(r.hidden));
+    }
+}
+
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
@@ -627,30 +831,8 @@ impl Readers {
 
     /// The persisted form, appended to `out`.
     fn encode_into(&self, out: &mut Vec<u8>) {
-        let outliers = self.outliers();
         let compact_count = self.words.len() - self.compact_words().len() / 2;
-        out.reserve(2 + 3 * compact_count + 12 * outliers.len());
-        put_varint(out, compact_count as u64);
-        let (mut next_ordinal, mut last_offset) = (0u32, OFFSET_BIAS as i64);
-        for c in self.compact_in_order() {
-            let gap = u64::from(c.ordinal() - next_ordinal);
-            put_varint(out, gap << 1 | u64::from(c.hidden()));
-            put_varint(out, zigzag(i64::from(c.offset) - last_offset));
-            next_ordinal = c.ordinal() + 1;
-            last_offset = i64::from(c.offset);
-        }
-        put_varint(out, outliers.len() as u64);
-        for r in outliers {
-            put_varint(out, u64::from(r.ordinal));
-            put_varint(out, r.read_at);
-            out.push(u8::from(r.hidden));
-        }
-    }
-
-    /// The stored form as a message's field, appended to `out`: what the
-    /// serde form below writes through bincode, without its scratch copy.
-    pub(crate) fn encode_stored(&self, out: &mut Vec<u8>) {
-        crate::stored_form::put_bytes_with(out, |out| self.encode_into(out));
+        encode_list(ExactLen(self.compact_in_order(), compact_count), self.outliers(), out);
     }
 
     fn decode(bytes: &[u8]) -> Result<Readers, &'static str> {
@@ -705,7 +887,7 @@ impl Readers {
         for c in compact.iter().filter(|c| c.low_word().is_none()) {
             words.extend_from_slice(&c.words());
         }
-        let side = (!outliers.is_empty()).then(|| Box::new(Side { outliers, tail: 0 }));
+        let side = (!outliers.is_empty()).then(|| Box::new(Side { outliers, ..Side::default() }));
         Ok(Readers { low, words, side })
     }
 }
@@ -767,7 +949,7 @@ mod tests {
     fn roundtrip(readers: &Readers) -> Readers {
         let bytes = bincode::serde::encode_to_vec(readers, bincode::config::standard()).unwrap();
         let mut direct = vec![9];
-        readers.encode_stored(&mut direct);
+        readers.encode_stored(SENT_AT, &mut direct);
         assert_eq!(direct[1..], bytes[..], "the direct form is the serde form's bytes");
         let (back, used) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         assert_eq!(used, bytes.len());

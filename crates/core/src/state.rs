@@ -321,26 +321,51 @@ impl MessageState {
         put_varint(out, self.tracking as u64);
         put_varint(out, self.version());
         put_varint(out, self.timestamp);
-        self.readers.encode_stored(out);
+        self.readers.encode_stored(self.sent_at, out);
         put_varint(out, u64::from(self.visible_reads));
         put_varint(out, u64::from(self.receipt_counts.0));
         put_varint(out, u64::from(self.receipt_counts.1));
+        // Format 3: a message whose readers are stored in pages (see
+        // `readers`) says how many; one without ends here, as in format 2.
+        match self.readers.sealed_pages() {
+            0 => {}
+            pages => put_varint(out, u64::from(pages)),
+        }
+    }
+
+    /// Pages of its readers stored apart from it (see
+    /// [`crate::PAGE_READERS`]; 0 for most messages).
+    pub fn reader_pages(&self) -> u32 {
+        self.readers.sealed_pages()
+    }
+
+    /// The page of readers that this staging sealed, if any: its readers
+    /// appended to `out` as the page's value, and its number. Written in
+    /// the same batch as the message (see `readers`).
+    pub fn encode_sealed_page(&self, out: &mut Vec<u8>) -> Option<u32> {
+        self.readers.encode_sealed_page(self.sent_at, out)
+    }
+
+    /// Why a restored message is not whole, if it is not: a page of its
+    /// readers missing, or its revealed reads miscounted.
+    fn check_restored(&self) -> Result<(), String> {
+        self.readers.check_restored()?;
+        // Every revealed reader is counted once, and hidden ones never are
+        // (a read stays hidden for good): a count that disagrees is a
+        // corrupt value, which the fold would move past u32 or below zero.
+        let revealed = self.readers.len() - self.readers.hidden_count();
+        if self.visible_reads as usize != revealed {
+            return Err(format!("{} revealed reads counted for a reader list with {revealed}", self.visible_reads));
+        }
+        Ok(())
     }
 }
 
 impl<'de> Deserialize<'de> for MessageState {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Its counts are checked once its readers are whole
+        // ([`PartitionState::finish_restore`]): some may be in pages.
         let m = StoredMessage::deserialize(deserializer)?;
-        // Every revealed reader is counted once, and hidden ones never are
-        // (a read stays hidden for good): a count that disagrees is a
-        // corrupt value, which the fold would move past u32 or below zero.
-        let revealed = m.readers.len() - m.readers.hidden_count();
-        if m.visible_reads as usize != revealed {
-            return Err(serde::de::Error::custom(format_args!(
-                "{} revealed reads counted for a reader list with {revealed}",
-                m.visible_reads
-            )));
-        }
         let mut state = MessageState::new(m.sender, m.target, m.sent_at, m.tracking);
         state.timestamp = m.timestamp;
         state.readers = m.readers;
@@ -638,7 +663,7 @@ fn check_restored(app: &AppState) -> Result<(), RestoreError> {
     });
     app.view.messages.for_each(|msg_id, m| {
         if found.is_ok() {
-            found = fits_its_group(&app.view.groups, m).map_err(|problem| {
+            found = m.check_restored().and_then(|()| fits_its_group(&app.view.groups, m)).map_err(|problem| {
                 RestoreError::new(DirtyKey::Message { app: app.id.clone(), msg_id: msg_id.clone() }, problem)
             });
         }
@@ -710,6 +735,15 @@ pub enum DirtyKey {
     },
     /// A message.
     Message {
+        /// App.
+        app: Id,
+        /// Message.
+        msg_id: Id,
+    },
+    /// Every page of a message's readers stored apart (see
+    /// [`MessageState::encode_sealed_page`]): listed only to be deleted,
+    /// when a message that had some expires or is revoked.
+    ReaderPages {
         /// App.
         app: Id,
         /// Message.
@@ -1025,6 +1059,7 @@ impl PartitionState {
             DirtyKey::Group { app, .. }
             | DirtyKey::Member { app, .. }
             | DirtyKey::Message { app, .. }
+            | DirtyKey::ReaderPages { app, .. }
             | DirtyKey::Mark { app, .. }
             | DirtyKey::Held { app, .. } => app,
         };
@@ -1072,11 +1107,14 @@ impl PartitionState {
                 let take = |m: &mut Box<MessageState>| {
                     if clear {
                         m.dirty = false;
+                        m.readers.seal_full_page();
                     }
                     crate::fold::take_message_receipt(settings, app, msg_id, m, deltas);
                 };
                 unsafe { state.view.messages.update_then_peek(&**msg_id, take, |m| hand(Entity::Message(&**m))) };
             }
+            // Only ever deleted.
+            DirtyKey::ReaderPages { .. } => {}
             DirtyKey::Mark { reader, peer, .. } => {
                 let ids = (reader.clone(), peer.clone());
                 if let Some(mut mark) = state.view.marks.get_mut(&ids) {
@@ -1144,8 +1182,10 @@ impl PartitionState {
         Ok(())
     }
 
-    /// Restores a message.
-    pub fn restore_message(&mut self, app: &str, msg_id: &str, mut message: MessageState) {
+    /// Restores a message, with `pages` pages of its readers stored apart
+    /// to restore next ([`Self::restore_reader_page`]).
+    pub fn restore_message(&mut self, app: &str, msg_id: &str, mut message: MessageState, pages: u32) {
+        message.readers.expect_pages(pages);
         let app = self.app_mut(app);
         message.sender = app.users.intern(&message.sender);
         if let MessageTarget::C2c { peer } = &mut message.target {
@@ -1153,6 +1193,25 @@ impl PartitionState {
         }
         app.by_sent_at.push(message.sent_at, hash_of(msg_id));
         app.view.messages.insert(Id::from(msg_id), Box::new(message));
+    }
+
+    /// Restores page `page` of a message's readers (see
+    /// [`MessageState::encode_sealed_page`]): the message first, then its
+    /// pages in order.
+    pub fn restore_reader_page(
+        &mut self,
+        app: &str,
+        msg_id: &str,
+        page: u32,
+        bytes: &[u8],
+    ) -> Result<(), RestoreError> {
+        let key = || DirtyKey::Message { app: Id::from(app), msg_id: Id::from(msg_id) };
+        let restored = self.apps.get_mut(app).and_then(|a| a.view.messages.get_mut(msg_id));
+        let Some(mut m) = restored else {
+            return Err(RestoreError::new(key(), format!("reader page {page} of a message not stored")));
+        };
+        let sent_at = m.sent_at;
+        m.readers.restore_page(page, bytes, sent_at).map_err(|problem| RestoreError::new(key(), problem))
     }
 
     /// Restores a conversation read mark.
@@ -1354,11 +1413,11 @@ mod stored_form_tests {
             prop_assert_eq!(&direct[..3], &[1, 2, 3], "appended, not replaced");
             prop_assert_eq!(&direct[3..], &reference[..]);
             let back = bincode::serde::decode_from_slice::<MessageState, _>(&direct[3..], bincode::config::standard());
+            let (back, used) = back.unwrap();
             if visible_reads != revealed {
-                prop_assert!(back.is_err(), "a revealed count that disagrees with the reads is refused");
+                prop_assert!(back.check_restored().is_err(), "a revealed count that disagrees with the reads is refused");
                 return Ok(());
             }
-            let (back, used) = back.unwrap();
             prop_assert_eq!(used, reference.len());
             prop_assert_eq!(back, m);
         }

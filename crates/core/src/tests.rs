@@ -230,7 +230,7 @@ fn a_group_at_its_last_epoch_takes_no_more_changes_and_says_so() {
     restored.restore_group(APP, "g1", GroupMeta { group_type: Some(GroupType::Work), epoch: LAST_EPOCH - 1 });
     restored.restore_member(APP, "g1", 0, "alice", 1).unwrap();
     restored.restore_member(APP, "g1", 1, "bob", LAST_EPOCH - 1).unwrap();
-    restored.restore_message(APP, "m1", h.state.message(APP, "m1").unwrap().clone());
+    restored.restore_message(APP, "m1", h.state.message(APP, "m1").unwrap().clone(), 0);
     restored.finish_restore().expect("a group one change short of its last epoch");
     h.state = restored;
     assert_eq!(h.counts("m1"), (0, 0), "bob rejoined after m1");
@@ -620,7 +620,7 @@ fn restoring_refuses_what_no_fold_could_have_written() {
             restored.restore_member(APP, "g1", ordinal as u32, name, 0)?;
         }
         if let Some(m) = m {
-            restored.restore_message(APP, "m1", m.clone());
+            restored.restore_message(APP, "m1", m.clone(), 0);
         }
         restored.finish_restore()?;
         Ok(restored)

@@ -18,6 +18,8 @@ pub enum Kind {
     Mark = b'k',
     /// Held reads.
     Held = b'h',
+    /// A page of a message's readers.
+    ReaderPage = b'p',
 }
 
 pub(crate) enum Parsed<'a> {
@@ -27,6 +29,7 @@ pub(crate) enum Parsed<'a> {
     Message { app: &'a str, msg: &'a str },
     Mark { app: &'a str, reader: &'a str, peer: &'a str },
     Held { app: &'a str, msg: &'a str },
+    ReaderPage { app: &'a str, msg: &'a str, page: u32 },
 }
 
 pub(crate) fn partition_prefix(partition: i32) -> Vec<u8> {
@@ -76,6 +79,8 @@ pub(crate) fn entity_into(partition: i32, key: &DirtyKey, k: &mut Vec<u8>) {
         DirtyKey::Message { .. } => Kind::Message,
         DirtyKey::Mark { .. } => Kind::Mark,
         DirtyKey::Held { .. } => Kind::Held,
+        // Their common prefix: only ever deleted, as a range.
+        DirtyKey::ReaderPages { .. } => Kind::ReaderPage,
     };
     start_into(k, partition, kind);
     match key {
@@ -88,7 +93,7 @@ pub(crate) fn entity_into(partition: i32, key: &DirtyKey, k: &mut Vec<u8>) {
             push_str(k, group_id);
             k.extend_from_slice(&ordinal.to_be_bytes());
         }
-        DirtyKey::Message { app, msg_id } | DirtyKey::Held { app, msg_id } => {
+        DirtyKey::Message { app, msg_id } | DirtyKey::Held { app, msg_id } | DirtyKey::ReaderPages { app, msg_id } => {
             push_str(k, app);
             push_str(k, msg_id);
         }
@@ -102,12 +107,31 @@ pub(crate) fn entity_into(partition: i32, key: &DirtyKey, k: &mut Vec<u8>) {
 
 /// `[from, to)` covering every member slot of one group.
 pub(crate) fn member_range(partition: i32, app: &str, group: &str) -> (Vec<u8>, Vec<u8>) {
-    let mut from = start(partition, Kind::Member);
+    numbered_range(partition, Kind::Member, app, group)
+}
+
+/// `[from, to)` covering every reader page of one message.
+pub(crate) fn reader_page_range(partition: i32, app: &str, msg: &str) -> (Vec<u8>, Vec<u8>) {
+    numbered_range(partition, Kind::ReaderPage, app, msg)
+}
+
+/// `[from, to)` covering every key of `kind` under `app` and `id` that a
+/// `u32` (big endian) ends.
+fn numbered_range(partition: i32, kind: Kind, app: &str, id: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut from = start(partition, kind);
     push_str(&mut from, app);
-    push_str(&mut from, group);
+    push_str(&mut from, id);
     let mut to = from.clone();
     to.extend_from_slice(&[0xff; 5]);
     (from, to)
+}
+
+/// The key of page `page` of a message's readers, into `k`.
+pub(crate) fn reader_page_into(partition: i32, app: &str, msg: &str, page: u32, k: &mut Vec<u8>) {
+    start_into(k, partition, Kind::ReaderPage);
+    push_str(k, app);
+    push_str(k, msg);
+    k.extend_from_slice(&page.to_be_bytes());
 }
 
 fn take_str<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
@@ -121,6 +145,12 @@ fn take_str<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
     std::str::from_utf8(s).ok()
 }
 
+fn take_u32(rest: &mut &[u8]) -> Option<u32> {
+    let n = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    *rest = &rest[4..];
+    Some(n)
+}
+
 pub(crate) fn parse(key: &[u8]) -> Option<Parsed<'_>> {
     let (&kind, mut rest) = key.get(4..)?.split_first()?;
     const CHECKPOINT: u8 = Kind::Checkpoint as u8;
@@ -129,15 +159,17 @@ pub(crate) fn parse(key: &[u8]) -> Option<Parsed<'_>> {
     const MESSAGE: u8 = Kind::Message as u8;
     const MARK: u8 = Kind::Mark as u8;
     const HELD: u8 = Kind::Held as u8;
+    const READER_PAGE: u8 = Kind::ReaderPage as u8;
     let parsed = match kind {
         CHECKPOINT => Parsed::Checkpoint,
         GROUP => Parsed::Group { app: take_str(&mut rest)?, group: take_str(&mut rest)? },
         MEMBER => {
-            let app = take_str(&mut rest)?;
-            let group = take_str(&mut rest)?;
-            let ordinal = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-            rest = &rest[4..];
-            Parsed::Member { app, group, ordinal }
+            let (app, group) = (take_str(&mut rest)?, take_str(&mut rest)?);
+            Parsed::Member { app, group, ordinal: take_u32(&mut rest)? }
+        }
+        READER_PAGE => {
+            let (app, msg) = (take_str(&mut rest)?, take_str(&mut rest)?);
+            Parsed::ReaderPage { app, msg, page: take_u32(&mut rest)? }
         }
         MESSAGE => Parsed::Message { app: take_str(&mut rest)?, msg: take_str(&mut rest)? },
         MARK => Parsed::Mark { app: take_str(&mut rest)?, reader: take_str(&mut rest)?, peer: take_str(&mut rest)? },

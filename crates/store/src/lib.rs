@@ -13,11 +13,17 @@
 //! | `m`  | app, message                            | message receipt state     |
 //! | `k`  | app, reader, peer                       | conversation read mark    |
 //! | `h`  | app, message                            | reads held for it         |
+//! | `p`  | app, message, page (u32 BE)             | a page of its readers     |
 //!
 //! Strings are length-prefixed (one byte; ids are at most 128 bytes). Values
-//! are bincode (standard config). The file [`FORMAT_FILE`] in the directory
-//! names the values' format ([`STORE_FORMAT`]); a store of another format is
-//! refused at open.
+//! are bincode (standard config), but for a reader page, a reader list as a
+//! message's value holds it. A message read by more than
+//! [`receiptd_core::PAGE_READERS`] has its readers in pages, written once
+//! each, so that a flush does not write all its readers again. The file
+//! [`FORMAT_FILE`] in the directory names the values' format
+//! ([`STORE_FORMAT`]); a store of another format is refused at open, but
+//! for format 2, which is format 3 without pages: it is marked 3 when
+//! opened to write.
 //!
 //! Exactly-once state rests on one rule: the checkpoint, which holds the next
 //! Kafka offset to consume, is written in the same write batch as every
@@ -105,16 +111,24 @@ pub enum StoreError {
 pub const FAILPOINT_WRITES_ENV: &str = "RECEIPTD_FAILPOINT_STORE_WRITES";
 
 /// The encoding of the values this build writes, named in the marker file
-/// [`FORMAT_FILE`] of every store. 2: a message's readers as one varint byte
-/// string (1: a list of bincode read marks).
-pub const STORE_FORMAT: u32 = 2;
+/// [`FORMAT_FILE`] of every store. 3: a message read by many has its
+/// readers in pages of their own, and says how many after its counts (2:
+/// a message's readers as one varint byte string, all in its value; 1: a
+/// list of bincode read marks).
+pub const STORE_FORMAT: u32 = 3;
+
+/// The format this build reads as [`STORE_FORMAT`]: its values are format
+/// 3's without pages.
+const STORE_FORMAT_WITHOUT_PAGES: u32 = 2;
 
 /// The file in the store's directory that names its [`STORE_FORMAT`].
 pub const FORMAT_FILE: &str = "RECEIPTD_FORMAT";
 
 /// Refuses a store of another format. A store without a marker is new if
 /// it holds nothing (then `writable` stores get one), and of format 1 if
-/// it holds state.
+/// it holds state. One of format 2 is read, and marked 3 if `writable`
+/// before anything of format 3 is written to it (which a build of format
+/// 2 would misread).
 fn check_format(db: &DB, dir: &Path, writable: bool) -> Result<(), StoreError> {
     let marker = dir.join(FORMAT_FILE);
     let found = match std::fs::read_to_string(&marker) {
@@ -131,10 +145,12 @@ fn check_format(db: &DB, dir: &Path, writable: bool) -> Result<(), StoreError> {
         }
         Err(source) => return Err(StoreError::Marker { path: marker, source }),
     };
-    if found != STORE_FORMAT {
-        return Err(StoreError::Format { path: dir.to_owned(), found, expected: STORE_FORMAT });
+    match found {
+        STORE_FORMAT => Ok(()),
+        STORE_FORMAT_WITHOUT_PAGES if writable => write_marker(&marker),
+        STORE_FORMAT_WITHOUT_PAGES => Ok(()),
+        found => Err(StoreError::Format { path: dir.to_owned(), found, expected: STORE_FORMAT }),
     }
-    Ok(())
 }
 
 /// Writes the marker durably: a crash leaves it whole or absent (and an
@@ -206,6 +222,22 @@ fn decode<'a, T: Deserialize<'a>>(key: &[u8], value: &'a [u8]) -> Result<T, Stor
         .map_err(|e| corrupt(key, e))
 }
 
+/// Decodes a stored message: the message, and how many pages of its
+/// readers are stored apart (format 3 writes their count after the
+/// message when there are any; format 2, never).
+fn decode_message(key: &[u8], value: &[u8]) -> Result<(MessageState, u32), StoreError> {
+    let config = bincode::config::standard();
+    let (message, used) = bincode::serde::borrow_decode_from_slice(value, config).map_err(|e| corrupt(key, e))?;
+    let pages = match &value[used..] {
+        [] => 0,
+        rest => match bincode::decode_from_slice::<u32, _>(rest, config) {
+            Ok((pages, read)) if read == rest.len() && pages > 0 => pages,
+            _ => return Err(corrupt(key, "bytes after the message that are not its reader pages' count")),
+        },
+    };
+    Ok((message, pages))
+}
+
 /// The store's error for a stored value that is wrong, under `key`.
 fn corrupt(key: &[u8], problem: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { key: keys::hex(key), problem: problem.to_string() }
@@ -224,7 +256,8 @@ pub struct LoadedPartition {
 }
 
 /// Puts (or deletes) changed entities of one partition into a write batch,
-/// with one key and one value buffer for all: the batch copies each. A
+/// with one key and one value buffer for all: the batch copies each (a
+/// message's sealed page of readers too, with the message). A
 /// slice of a flush ([`PartitionState::stage_changes`]) stages through one;
 /// [`Store::stage`] finishes the flush with the partition's checkpoint.
 pub struct EntityWriter<'a> {
@@ -255,15 +288,26 @@ impl<'a> EntityWriter<'a> {
             Entity::Message(m) => {
                 v.clear();
                 m.encode_stored(v);
-                batch.put(&k, &v)
+                batch.put(&k, &v);
+                v.clear();
+                if let (Some(page), DirtyKey::Message { app, msg_id }) = (m.encode_sealed_page(v), key) {
+                    keys::reader_page_into(self.partition, app, msg_id, page, k);
+                    batch.put(&k, &v);
+                }
             }
             Entity::Mark(t) => batch.put(&k, encode_into(&t, v)),
             Entity::Held(reads) => batch.put(&k, encode_into(&reads, v)),
-            Entity::Absent => {
-                batch.delete(&k);
-                // A dismissed group takes all its member slots along.
-                delete_members(batch, self.partition, key);
-            }
+            Entity::Absent => match key {
+                DirtyKey::ReaderPages { app, msg_id } => {
+                    let (from, to) = keys::reader_page_range(self.partition, app, msg_id);
+                    batch.delete_range(from, to);
+                }
+                _ => {
+                    batch.delete(&k);
+                    // A dismissed group takes all its member slots along.
+                    delete_members(batch, self.partition, key);
+                }
+            },
         }
     }
 }
@@ -371,8 +415,12 @@ impl Store {
                     state.restore_member(app, group, ordinal, user, since).map_err(|e| corrupt(&key, e))?;
                 }
                 keys::Parsed::Message { app, msg } => {
-                    let m: MessageState = decode(&key, &value)?;
-                    state.restore_message(app, msg, m);
+                    let (m, pages) = decode_message(&key, &value)?;
+                    state.restore_message(app, msg, m, pages);
+                }
+                // After every message (`p` sorts after `m`), in order.
+                keys::Parsed::ReaderPage { app, msg, page } => {
+                    state.restore_reader_page(app, msg, page, &value).map_err(|e| corrupt(&key, e))?;
                 }
                 keys::Parsed::Mark { app, reader, peer } => {
                     let t: u64 = decode(&key, &value)?;
@@ -563,10 +611,24 @@ mod tests {
         v
     }
 
+    /// Group `g` of app `a` with `members`.
+    fn snapshot_of_g(members: Vec<Id>) -> Event {
+        let (app_id, group_id) = ("a".into(), "g".into());
+        Event::GroupMembers(GroupMembers {
+            app_id,
+            group_id,
+            op: MembersOp::Snapshot,
+            group_type: None,
+            members,
+            at: 0,
+        })
+    }
+
     /// A message's stored bytes, pinned: a change to how messages are held
     /// in memory must not change them (a store of the same format would be
-    /// misread). One group message read in public, in private and after a
-    /// revoke of another, and one C2C message read.
+    /// misread), and a message without reader pages is stored in format 3
+    /// as format 2 stored it. One group message read in public, in private
+    /// and after a revoke of another, and one C2C message read.
     #[test]
     fn a_message_is_stored_as_format_2_stores_it() {
         use receiptd_wire::{Conversation, MessageRead, MessageRevoked, MessageSent};
@@ -597,14 +659,7 @@ mod tests {
         fold(
             &mut state,
             &[
-                Event::GroupMembers(GroupMembers {
-                    app_id: "a".into(),
-                    group_id: "g".into(),
-                    op: MembersOp::Snapshot,
-                    group_type: None,
-                    members,
-                    at: 0,
-                }),
+                snapshot_of_g(members),
                 sent("m1", &group),
                 read("bob", "m1", &group, false),
                 read("carol", "m1", &group, true),
@@ -639,18 +694,151 @@ mod tests {
             let now = hex(&encode(&*m));
             let expected = if msg_id == "m2" { before.replace("0501fd", "0500fd") } else { before.to_owned() };
             assert_eq!(now, expected, "{msg_id} is stored as before");
-            let read_back: receiptd_core::MessageState = decode(msg_id.as_bytes(), &unhex(before)).unwrap();
+            let (read_back, pages) = decode_message(msg_id.as_bytes(), &unhex(before)).unwrap();
+            assert_eq!(pages, 0);
             assert_eq!(hex(&encode(&read_back)), expected, "{msg_id} stored before reads back as it is now");
             assert_eq!(read_back.version(), m.version());
         }
         assert_eq!(state.message("a", "m1").unwrap().version(), 2, "two revealed reads, one private");
-        // m1 with 3 revealed reads counted (its last three bytes are that
-        // count and its receipt's): refused, not folded on.
         let m1 = stored_before[0].1;
+        for (trailing, problem) in [("00", "not its reader pages' count"), ("0100", "not its reader pages' count")] {
+            let err = decode_message(b"m1", &unhex(&format!("{m1}{trailing}"))).unwrap_err();
+            assert!(err.to_string().contains(problem), "{err}");
+        }
+        // m1 with 3 revealed reads counted (its last three bytes are that
+        // count and its receipt's): refused at restore, not folded on.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut batch = BatchBuffer::default();
+        store.stage(&mut batch, 0, &mut state, &SettingsTable::default(), &mut DeltaBuffer::new(), 1);
+        store.write(batch).unwrap();
+        assert_eq!(counts(&store.load_partition(0).unwrap().0), counts(&state));
         let miscounted = format!("{}03{}", &m1[..m1.len() - 6], &m1[m1.len() - 4..]);
-        let err = decode::<receiptd_core::MessageState>(b"m1", &unhex(&miscounted)).unwrap_err();
+        let key = keys::entity(0, &DirtyKey::Message { app: "a".into(), msg_id: "m1".into() });
+        store.db.put(&key, unhex(&miscounted)).unwrap();
+        let err = store.load_partition(0).err().expect("a miscounted message is refused");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("3 revealed reads counted for a reader list with 2"), "{err}");
+    }
+
+    /// Folds `reads` of message `m` of the 6,000-member group of
+    /// [`paged_message_state`], one read an event, from reader `from` on.
+    fn read_paged_message(state: &mut PartitionState, from: usize, reads: usize) {
+        use receiptd_wire::{Conversation, MessageRead};
+        let events: Vec<Event> = (from..from + reads)
+            .map(|i| {
+                Event::MessageRead(MessageRead {
+                    app_id: "a".into(),
+                    reader: format!("u{}", (i * 7_919) % 5_999 + 1).into(),
+                    conversation: Conversation::Group { group_id: "g".into() },
+                    msg_ids: vec!["m".into()],
+                    read_at: 1_732_200_000_000 + 1_000 * i as u64,
+                    private: i % 10 == 3,
+                })
+            })
+            .collect();
+        fold(state, &events);
+    }
+
+    /// A 6,000-member group and its message `m`, unread.
+    fn paged_message_state() -> PartitionState {
+        use receiptd_wire::{Conversation, MessageSent};
+        let mut state = PartitionState::new();
+        let members = (0..6_000).map(|i| Id::from(format!("u{i}"))).collect();
+        let sent = MessageSent {
+            app_id: "a".into(),
+            msg_id: "m".into(),
+            sender: "u0".into(),
+            conversation: Conversation::Group { group_id: "g".into() },
+            need_read_receipt: true,
+            sent_at: 1_732_200_000_000,
+        };
+        fold(&mut state, &[snapshot_of_g(members), Event::MessageSent(sent)]);
+        state
+    }
+
+    /// The bytes of the flush's write batch, written.
+    fn flush(store: &Store, state: &mut PartitionState, offset: i64) -> usize {
+        let mut batch = BatchBuffer::default();
+        store.stage(&mut batch, 0, state, &SettingsTable::default(), &mut DeltaBuffer::new(), offset);
+        let bytes = batch.size_in_bytes();
+        store.write(batch).unwrap();
+        bytes
+    }
+
+    /// A message read by thousands has its readers written a page at a time,
+    /// never all again at each flush; restored, it is what was folded, with
+    /// its pages and the readers since the last; folded on and restored
+    /// again, the same; revoked, its pages are gone.
+    #[test]
+    fn a_message_read_by_thousands_is_written_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut state = paged_message_state();
+        flush(&store, &mut state, 1);
+        let (mut read, mut largest) = (0, 0);
+        let page_count = |store: &Store| {
+            let (from, to) = keys::reader_page_range(0, "a", "m");
+            let pages = store.db.iterator(rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward));
+            pages.map(|kv| kv.unwrap()).take_while(|(k, _)| **k < *to).count()
+        };
+        let lists = |state: &PartitionState| state.group_lists(&SettingsTable::default(), "a", "m").unwrap();
+        // 5,000 readers, 250 a flush: pages sealed at 1,000 + 250 = 1,250
+        // readers, then every 1,250 more (1,024 since the last, rounded up
+        // to the flush).
+        for offset in 2..22 {
+            read_paged_message(&mut state, read, 250);
+            read += 250;
+            largest = largest.max(flush(&store, &mut state, offset));
+            if offset == 12 {
+                let (loaded, _) = store.load_partition(0).unwrap();
+                assert_eq!(counts(&loaded), counts(&state));
+                assert_eq!(lists(&loaded), lists(&state));
+                let (live, restored) = (state.message("a", "m").unwrap(), loaded.message("a", "m").unwrap());
+                assert_eq!(restored.readers, live.readers);
+                drop((live, restored));
+                // Folding on from the restored partition stores the same.
+                state = loaded;
+            }
+        }
+        assert_eq!(page_count(&store), 4, "pages sealed at 1,250, 2,500, 3,750 and 5,000 readers");
+        // All 5,000 readers would be about 5 bytes each: a flush writes
+        // about a page at most.
+        assert!(largest < 1_300 * 5, "{largest} bytes in one flush");
+        let (loaded, _) = store.load_partition(0).unwrap();
+        assert_eq!(counts(&loaded), counts(&state));
+        assert_eq!(lists(&loaded), lists(&state));
+        assert_eq!(loaded.message("a", "m").unwrap().readers.len(), 5_000);
+
+        // A page missing, or one too many: refused at restore.
+        let page = |n: u32| {
+            let mut k = Vec::new();
+            keys::reader_page_into(0, "a", "m", n, &mut k);
+            k
+        };
+        let second = store.db.get(page(1)).unwrap().unwrap();
+        store.db.delete(page(1)).unwrap();
+        let err = store.load_partition(0).err().expect("a missing page is refused");
+        assert!(err.to_string().contains("reader page 2 where page 1 of 4 was due"), "{err}");
+        store.db.put(page(1), &second).unwrap();
+        store.db.put(page(4), &second).unwrap();
+        let err = store.load_partition(0).err().expect("a page too many is refused");
+        assert!(err.to_string().contains("reader page 4 where page 4 of 4 was due"), "{err}");
+        store.db.delete(page(4)).unwrap();
+
+        // Revoked: the pages go with its readers.
+        let revoke = receiptd_wire::MessageRevoked {
+            app_id: "a".into(),
+            msg_id: "m".into(),
+            sender: "u0".into(),
+            conversation: receiptd_wire::Conversation::Group { group_id: "g".into() },
+            at: 1_732_300_000_000,
+        };
+        fold(&mut state, &[Event::MessageRevoked(revoke)]);
+        flush(&store, &mut state, 30);
+        assert_eq!(page_count(&store), 0);
+        let (loaded, _) = store.load_partition(0).unwrap();
+        assert_eq!(loaded.message("a", "m").unwrap().readers.len(), 0);
     }
 
     #[test]
@@ -959,7 +1147,11 @@ mod tests {
         store.stage(&mut batch, 0, &mut state, &SettingsTable::default(), &mut DeltaBuffer::new(), 1);
         store.write(batch).unwrap();
         let key = keys::entity(0, &DirtyKey::Message { app: "a1".into(), msg_id: "m".into() });
-        let persisted = store.db.get(&key).unwrap().unwrap().len();
+        let (from, to) = keys::reader_page_range(0, "a1", "m");
+        let pages = store.db.iterator(rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward));
+        let page_bytes: usize =
+            pages.map(|kv| kv.unwrap()).take_while(|(k, _)| **k < *to).map(|(_, value)| value.len()).sum();
+        let persisted = store.db.get(&key).unwrap().unwrap().len() + page_bytes;
         let m = state.message("a1", "m").unwrap();
         let in_memory = std::mem::size_of::<MessageState>() + m.readers.heap_bytes() + m.sender.len();
         (persisted, in_memory)

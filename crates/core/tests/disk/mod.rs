@@ -78,7 +78,7 @@ impl Disk {
                 }
                 (DirtyKey::Message { app, msg_id }, Stored::Message(m)) => {
                     let m: MessageState = serde_json::from_slice(&m).expect("and reads back");
-                    restored.restore_message(app, msg_id, m)
+                    restored.restore_message(app, msg_id, m, 0)
                 }
                 (DirtyKey::Mark { app, reader, peer }, Stored::Mark(t)) => restored.restore_mark(app, reader, peer, t),
                 (DirtyKey::Held { app, msg_id }, Stored::Held(r)) => restored.restore_held(app, msg_id, r),
