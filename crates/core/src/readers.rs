@@ -555,12 +555,14 @@ impl Readers {
         std::iter::from_fn(move || reads.next_compact())
     }
 
+    #[inline]
     fn pages(&self) -> Option<&Pages> {
         self.side.as_deref()?.pages.as_deref()
     }
 
     /// Pages the readers are stored in besides the message (0: none, all
     /// are stored with it).
+    #[inline]
     pub(crate) fn sealed_pages(&self) -> u32 {
         self.pages().map_or(0, |p| p.sealed)
     }
@@ -603,8 +605,13 @@ impl Readers {
 
     /// The page the staging in progress sealed, if any: its readers
     /// appended to `out` as a reader list, and its number.
+    #[inline]
     pub(crate) fn encode_sealed_page(&self, sent_at: u64, out: &mut Vec<u8>) -> Option<u32> {
-        let pages = self.pages()?;
+        self.encode_page(self.pages()?, sent_at, out)
+    }
+
+    #[inline(never)]
+    fn encode_page(&self, pages: &Pages, sent_at: u64, out: &mut Vec<u8>) -> Option<u32> {
         match (pages.sealing_all, pages.sealing.is_empty()) {
             // Nothing is read between a seal and its page's encoding.
             (true, _) => self.encode_into(out),
@@ -760,7 +767,9 @@ impl<I: Iterator> Iterator for ExactLen<I> {
 impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
 
 /// Appends a reader list in the persisted form: the compact readers,
-/// sorted by ordinal, then the outliers, sorted by ordinal.
+/// sorted by ordinal, then the outliers, sorted by ordinal. Inline: each
+/// caller's iterator then loops as a hand-written one.
+#[inline(always)]
 fn encode_list(compact: impl ExactSizeIterator<Item = Compact>, outliers: &[ReadMark], out: &mut Vec<u8>) {
     out.reserve(2 + 3 * compact.len() + 12 * outliers.len());
     put_varint(out, compact.len() as u64);

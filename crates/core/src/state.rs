@@ -335,6 +335,7 @@ impl MessageState {
 
     /// Pages of its readers stored apart from it (see
     /// [`crate::PAGE_READERS`]; 0 for most messages).
+    #[inline]
     pub fn reader_pages(&self) -> u32 {
         self.readers.sealed_pages()
     }

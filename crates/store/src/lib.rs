@@ -289,10 +289,8 @@ impl<'a> EntityWriter<'a> {
                 v.clear();
                 m.encode_stored(v);
                 batch.put(&k, &v);
-                v.clear();
-                if let (Some(page), DirtyKey::Message { app, msg_id }) = (m.encode_sealed_page(v), key) {
-                    keys::reader_page_into(self.partition, app, msg_id, page, k);
-                    batch.put(&k, &v);
+                if m.reader_pages() > 0 {
+                    stage_sealed_page(batch, self.partition, key, m, k, v);
                 }
             }
             Entity::Mark(t) => batch.put(&k, encode_into(&t, v)),
@@ -309,6 +307,27 @@ impl<'a> EntityWriter<'a> {
                 }
             },
         }
+    }
+}
+
+/// Puts the page of readers the staging of message `m` (under `key`)
+/// sealed, if any. Out of line: few messages have pages, and fewer seal
+/// one in a given flush.
+#[cold]
+#[inline(never)]
+fn stage_sealed_page(
+    batch: &mut BatchBuffer,
+    partition: i32,
+    key: &DirtyKey,
+    m: &MessageState,
+    k: &mut Vec<u8>,
+    v: &mut Vec<u8>,
+) {
+    v.clear();
+    if let (Some(page), DirtyKey::Message { app, msg_id }) = (m.encode_sealed_page(v), key) {
+        keys::reader_page_into(partition, app, msg_id, page, k);
+        // As slices: the put of `&&mut Vec`s staging inlines stays its own.
+        batch.put(k.as_slice(), v.as_slice());
     }
 }
 
