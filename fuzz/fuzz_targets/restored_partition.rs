@@ -1,6 +1,7 @@
 //! A partition restored from any stored entities, as the store restores
-//! one at start-up: group headers, member slots, messages, read marks,
-//! held reads and the watermark, each value decoded as the store decodes
+//! one at start-up: group headers, member slots, messages (some with
+//! pages of readers stored apart), the pages, read marks, held reads and
+//! the watermark, each value decoded as the store decodes
 //! it, in the order of the store's keys (a key written twice keeps its last
 //! value), under keys drawn from a few ids so that entities meet.
 //! Restoring must either refuse the entities (a corrupt store is an error
@@ -13,8 +14,11 @@
 //! one that was live: a restart at a flush restores what was folded.
 //!
 //! Input: records (a kind byte, key bytes, the value's bincode bytes),
-//! ended by a kind byte past the six kinds or by the input's end; then
-//! four bytes per event folded into the restored partition.
+//! ended by a kind byte past the eight kinds or by the input's end; then
+//! four bytes per event folded into the restored partition. Kind 6 is a
+//! page of readers (message, page number, its bytes as a bincode byte
+//! string); kind 7 a message with pages (message, their count, the
+//! message).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -75,14 +79,15 @@ fn msg(b: u8) -> String {
 }
 
 /// A stored entity's key, ordered as the store's keys are: by kind
-/// (`g`roup < `h`eld < mar`k` < `m`essage < member `u`), then by ids, a
-/// member slot by its ordinal.
+/// (`g`roup < `h`eld < mar`k` < `m`essage < reader `p`age < member `u`),
+/// then by ids, a member slot by its ordinal, a page by its number.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
     Group(String),
     Held(String),
     Mark(String, String),
     Message(String),
+    ReaderPage(String, u32),
     Member(String, u32),
 }
 
@@ -100,6 +105,21 @@ fn bincode_of<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn decoded<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
     bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard()).ok().map(|(v, _)| v)
+}
+
+/// A stored message and the count of its reader pages, as the store
+/// decodes them: the count follows the message when it is not 0.
+fn decoded_message(bytes: &[u8]) -> Option<(MessageState, u32)> {
+    let config = bincode::config::standard();
+    let (message, used) = bincode::serde::borrow_decode_from_slice(bytes, config).ok()?;
+    let pages = match &bytes[used..] {
+        [] => 0,
+        rest => match bincode::decode_from_slice::<u32, _>(rest, config).ok()? {
+            (pages, read) if read == rest.len() && pages > 0 => pages,
+            _ => return None,
+        },
+    };
+    Some((message, pages))
 }
 
 impl Disk {
@@ -120,6 +140,20 @@ impl Disk {
                     (Key::Member(g, u32::from(ordinal)), input.value_bytes::<(&str, u32)>()?)
                 }
                 2 => (Key::Message(msg(input.byte()?)), input.value_bytes::<MessageState>()?),
+                6 => {
+                    let (m, page) = (msg(input.byte()?), u32::from(input.byte()? % 4));
+                    (Key::ReaderPage(m, page), input.value::<&[u8]>()?)
+                }
+                7 => {
+                    let (m, pages) = (msg(input.byte()?), input.byte()? % 4);
+                    let mut value = input.value_bytes::<MessageState>()?.to_vec();
+                    // Format 3: the count after the message, when not 0.
+                    if pages > 0 {
+                        value.push(pages);
+                    }
+                    disk.values.insert(Key::Message(m), value);
+                    continue;
+                }
                 3 => (Key::Mark(user(input.byte()?), user(input.byte()?)), input.value_bytes::<u64>()?),
                 4 => (Key::Held(msg(input.byte()?)), input.value_bytes::<Vec<HeldRead>>()?),
                 5 => {
@@ -150,7 +184,13 @@ impl Disk {
                     let (name, since): (&str, u32) = decoded(value).ok_or_else(undecodable)?;
                     state.restore_member(APP, g, *ordinal, name, since).map_err(|e| format!("{e:?}"))?;
                 }
-                Key::Message(m) => state.restore_message(APP, m, decoded(value).ok_or_else(undecodable)?, 0),
+                Key::Message(m) => {
+                    let (message, pages) = decoded_message(value).ok_or_else(undecodable)?;
+                    state.restore_message(APP, m, message, pages)
+                }
+                Key::ReaderPage(m, page) => {
+                    state.restore_reader_page(APP, m, *page, value).map_err(|e| format!("{e:?}"))?
+                }
                 Key::Mark(reader, peer) => {
                     state.restore_mark(APP, reader, peer, decoded(value).ok_or_else(undecodable)?)
                 }
@@ -163,12 +203,18 @@ impl Disk {
 
     /// Writes one staged entity, as the store's write batch does.
     fn stage(&mut self, key: &DirtyKey, entity: Entity<'_>) {
+        if let DirtyKey::ReaderPages { msg_id, .. } = key {
+            // Only ever deleted, all of one message's (a range delete).
+            self.values.retain(|k, _| !matches!(k, Key::ReaderPage(m, _) if *m == **msg_id));
+            return;
+        }
         let key = match key {
             DirtyKey::Group { group_id, .. } => Key::Group(group_id.to_string()),
             DirtyKey::Member { group_id, ordinal, .. } => Key::Member(group_id.to_string(), *ordinal),
             DirtyKey::Message { msg_id, .. } => Key::Message(msg_id.to_string()),
             DirtyKey::Mark { reader, peer, .. } => Key::Mark(reader.to_string(), peer.to_string()),
             DirtyKey::Held { msg_id, .. } => Key::Held(msg_id.to_string()),
+            DirtyKey::ReaderPages { .. } => unreachable!("deleted above"),
         };
         let value = match entity {
             Entity::Group(meta) => bincode_of(meta),
@@ -178,6 +224,10 @@ impl Disk {
             }
             Entity::Member(name, since) => bincode_of(&(name, since)),
             Entity::Message(m) => {
+                let mut page = Vec::new();
+                if let (Some(n), Key::Message(id)) = (m.encode_sealed_page(&mut page), &key) {
+                    self.values.insert(Key::ReaderPage(id.clone(), n), page);
+                }
                 let mut out = Vec::new();
                 m.encode_stored(&mut out);
                 out
@@ -311,6 +361,8 @@ fn assert_same(restored: &PartitionState, live: &PartitionState, settings: &Sett
             out
         };
         assert_eq!(stored(restored), stored(live), "{id} stored");
+        let pages = |state: &PartitionState| state.message(APP, id).unwrap().reader_pages();
+        assert_eq!(pages(restored), pages(live), "{id} reader pages");
         assert_eq!(restored.counts(settings, APP, id), live.counts(settings, APP, id), "{id} counts");
         assert_eq!(restored.group_lists(settings, APP, id), live.group_lists(settings, APP, id), "{id} lists");
     }

@@ -289,6 +289,9 @@ struct Pages {
     sealing_all: bool,
     /// Pages restored so far, while the message is restored.
     restored: u32,
+    /// The restored pages' readers, merged with the rest once the last
+    /// is in: one sort, where inserting each cost O(√readers) moves.
+    restoring: Vec<ReadMark>,
 }
 
 impl Default for Readers {
@@ -447,23 +450,6 @@ impl Readers {
 
     /// Adds a read; false (and nothing changes) if its ordinal has read.
     pub(crate) fn insert(&mut self, mark: ReadMark, sent_at: u64) -> bool {
-        if !self.insert_mark(mark, sent_at) {
-            return false;
-        }
-        // Most messages have no side list, and few of those that do, pages.
-        if let Some(side) = self.side.as_deref_mut() {
-            if let Some(pages) = side.pages.as_deref_mut() {
-                pages.open.push(mark.ordinal);
-            }
-        }
-        true
-    }
-
-    /// Adds a read to the list, as [`Self::insert`], not as read since
-    /// the last page (as a restored page's are). Inline: `insert` was this
-    /// alone, and a call more cost a read 19 instructions.
-    #[inline(always)]
-    fn insert_mark(&mut self, mark: ReadMark, sent_at: u64) -> bool {
         let o = mark.ordinal;
         if o < LOW_ORDINALS && self.low & (1 << o) != 0 {
             return false;
@@ -510,6 +496,12 @@ impl Readers {
             None => {
                 let side = self.side.get_or_insert_default();
                 side.outliers.insert(side.outliers.partition_point(|r| r.ordinal < o), mark);
+            }
+        }
+        // Most messages have no side list, and few of those that do, pages.
+        if let Some(side) = self.side.as_deref_mut() {
+            if let Some(pages) = side.pages.as_deref_mut() {
+                pages.open.push(o);
             }
         }
         true
@@ -652,14 +644,30 @@ impl Readers {
         if page != pages.restored || page >= pages.sealed {
             return Err(format!("reader page {page} where page {} of {} was due", pages.restored, pages.sealed));
         }
-        for mark in Readers::decode(bytes)?.iter(sent_at) {
-            if !self.insert_mark(mark, sent_at) {
-                return Err(format!("ordinal {} read twice, in reader page {page} and before", mark.ordinal));
+        let page_readers = Readers::decode(bytes)?;
+        let Some(pages) = self.side.as_deref_mut().and_then(|s| s.pages.as_deref_mut()) else { unreachable!() };
+        pages.restoring.extend(page_readers.iter(sent_at));
+        pages.restored += 1;
+        if pages.restored < pages.sealed {
+            return Ok(());
+        }
+        // The last page: every reader in one list, sorted.
+        let mut marks = std::mem::take(&mut pages.restoring);
+        marks.extend(self.iter(sent_at));
+        marks.sort_unstable_by_key(|r| r.ordinal);
+        if let Some(twice) = marks.windows(2).find(|w| w[0].ordinal == w[1].ordinal) {
+            return Err(format!("ordinal {} read twice, in a reader page and after", twice[0].ordinal));
+        }
+        let (mut compact, mut outliers) = (Vec::with_capacity(marks.len()), Vec::new());
+        for mark in marks {
+            match Compact::of(mark, sent_at) {
+                Some(c) => compact.push(c),
+                None => outliers.push(mark),
             }
         }
-        if let Some(pages) = self.side.as_deref_mut().and_then(|s| s.pages.as_deref_mut()) {
-            pages.restored += 1;
-        }
+        let pages = self.side.as_deref_mut().and_then(|s| s.pages.take());
+        *self = Readers::from_sorted(&compact, outliers);
+        self.side.get_or_insert_default().pages = pages;
         Ok(())
     }
 
@@ -882,12 +890,18 @@ impl Readers {
         if !d.bytes.is_empty() {
             return Err("bytes after the reader list");
         }
+        Ok(Readers::from_sorted(&compact, outliers))
+    }
+
+    /// The readers `compact` and `outliers`, each sorted by ordinal, no
+    /// ordinal in both.
+    fn from_sorted(compact: &[Compact], outliers: Vec<ReadMark>) -> Readers {
         // Each compact reader as a low one where it fits: the low ones'
         // words first, then the rest's, each in ordinal order.
         let low_count = compact.iter().filter(|c| c.low_word().is_some()).count();
         let (mut low, mut words) = (0u64, Words::new());
         words.reserve(low_count + 2 * (compact.len() - low_count));
-        for c in &compact {
+        for c in compact {
             if let Some(word) = c.low_word() {
                 low |= 1 << c.ordinal();
                 words.extend_from_slice(&[word]);
@@ -897,7 +911,7 @@ impl Readers {
             words.extend_from_slice(&c.words());
         }
         let side = (!outliers.is_empty()).then(|| Box::new(Side { outliers, ..Side::default() }));
-        Ok(Readers { low, words, side })
+        Readers { low, words, side }
     }
 }
 
@@ -1148,5 +1162,97 @@ mod tests {
         assert_eq!(r.tail(), 0, "merged");
         let ordinals: Vec<u32> = r.iter(SENT_AT).map(|m| m.ordinal).collect();
         assert_eq!(ordinals, (99 - limit as u32..100 + TAIL_FROM as u32).collect::<Vec<_>>());
+    }
+
+    /// What a store holds of `readers` after a staging: its value's reader
+    /// list, and a page if the staging sealed one.
+    fn stage(readers: &mut Readers) -> (Vec<u8>, Option<(u32, Vec<u8>)>) {
+        readers.seal_full_page();
+        let (mut value, mut page) = (Vec::new(), Vec::new());
+        readers.encode_stored(SENT_AT, &mut value);
+        let sealed = readers.encode_sealed_page(SENT_AT, &mut page).map(|n| (n, page));
+        (value, sealed)
+    }
+
+    proptest! {
+        /// Readers staged a flush at a time, some flushes sealing a page,
+        /// restored from the last value and the pages as a store restores
+        /// them, are the live readers; and both seal the same next page.
+        #[test]
+        fn readers_stored_in_pages_restore_to_the_same_list(
+            reads in proptest::collection::vec((0..5_000u32, any::<u16>(), any::<bool>(), 0..4u8), 0..4_000),
+            flush_every in 1..700usize,
+        ) {
+            let read_at = |t: u16, kind: u8| match kind {
+                0 => SENT_AT + u64::from(t),
+                1 => SENT_AT - u64::from(t) * 1_000,
+                // Outside a compact reader's window: kept whole.
+                2 => u64::MAX - u64::from(t),
+                _ => SENT_AT + (u64::from(t) << 20),
+            };
+            let (mut live, mut pages, mut value) = (Readers::default(), Vec::new(), Vec::new());
+            for chunk in reads.chunks(flush_every) {
+                for &(o, t, hidden, kind) in chunk {
+                    live.insert(mark(o, read_at(t, kind), hidden), SENT_AT);
+                }
+                let (staged, page) = stage(&mut live);
+                value = staged;
+                if let Some((n, page)) = page {
+                    prop_assert_eq!(n as usize, pages.len(), "pages numbered in turn");
+                    pages.push(page);
+                }
+            }
+            prop_assert_eq!(pages.len() as u32, live.sealed_pages());
+            prop_assert_eq!(pages.is_empty(), live.len() < PAGE_READERS);
+            let (mut restored, _): (Readers, usize) =
+                bincode::serde::decode_from_slice(&value, bincode::config::standard()).unwrap();
+            restored.expect_pages(pages.len() as u32);
+            for (n, page) in pages.iter().enumerate() {
+                prop_assert!(restored.check_restored().is_err(), "pages missing");
+                restored.restore_page(n as u32, page, SENT_AT).unwrap();
+            }
+            restored.check_restored().unwrap();
+            prop_assert_eq!(&restored, &live);
+            prop_assert_eq!(restored.iter(SENT_AT).collect::<Vec<_>>(), live.iter(SENT_AT).collect::<Vec<_>>());
+            // Read on by as many as fill a page: each stores the same.
+            for o in 5_000..5_000 + PAGE_READERS as u32 {
+                live.insert(mark(o, SENT_AT + u64::from(o), o % 7 == 0), SENT_AT);
+                restored.insert(mark(o, SENT_AT + u64::from(o), o % 7 == 0), SENT_AT);
+            }
+            let (live_value, live_page) = stage(&mut live);
+            let (restored_value, restored_page) = stage(&mut restored);
+            prop_assert_eq!(live_value, restored_value);
+            prop_assert_eq!(live_page.clone(), restored_page);
+            prop_assert!(live_page.is_some(), "a page's worth since the last");
+        }
+    }
+
+    #[test]
+    fn a_page_that_repeats_a_reader_or_comes_out_of_turn_is_refused() {
+        let mut live = Readers::default();
+        for o in 0..PAGE_READERS as u32 {
+            live.insert(mark(o, SENT_AT, false), SENT_AT);
+        }
+        let (_, page) = stage(&mut live);
+        let (n, page) = page.expect("a page's worth");
+        assert_eq!(n, 0);
+        let restore = |pages: u32, restored: &[(u32, &[u8])]| {
+            let mut r = Readers::default();
+            r.insert(mark(3, SENT_AT, false), SENT_AT);
+            r.expect_pages(pages);
+            restored
+                .iter()
+                .try_for_each(|&(n, bytes)| r.restore_page(n, bytes, SENT_AT))
+                .and_then(|()| r.check_restored())
+        };
+        let err = restore(1, &[(0, &page)]).unwrap_err();
+        assert!(err.contains("ordinal 3 read twice"), "{err}");
+        let err = restore(2, &[(1, &page)]).unwrap_err();
+        assert!(err.contains("reader page 1 where page 0 of 2 was due"), "{err}");
+        let err = restore(2, &[]).unwrap_err();
+        assert!(err.contains("0 of 2 reader pages stored"), "{err}");
+        let mut unpaged = Readers::default();
+        let err = unpaged.restore_page(0, &page, SENT_AT).unwrap_err();
+        assert!(err.contains("of a message stored with none"), "{err}");
     }
 }
