@@ -1190,7 +1190,9 @@ mod tests {
                 2 => u64::MAX - u64::from(t),
                 _ => SENT_AT + (u64::from(t) << 20),
             };
-            let (mut live, mut pages, mut value) = (Readers::default(), Vec::new(), Vec::new());
+            let (mut live, mut pages) = (Readers::default(), Vec::new());
+            // What a message nobody read stores, until a flush stores more.
+            let (mut value, _) = stage(&mut live);
             for chunk in reads.chunks(flush_every) {
                 for &(o, t, hidden, kind) in chunk {
                     live.insert(mark(o, read_at(t, kind), hidden), SENT_AT);

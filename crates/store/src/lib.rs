@@ -965,6 +965,17 @@ mod tests {
         };
         std::fs::write(&marker, "7\n").unwrap();
         refused(7);
+
+        // Format 2 is format 3 without reader pages: read as it is, and
+        // marked 3 once opened to write (a format 2 build then refuses it).
+        std::fs::write(&marker, "2\n").unwrap();
+        let store = Store::open_read_only(dir.path()).expect("format 2 opens read-only");
+        assert_eq!(store.checkpoint(0).unwrap(), Some(Checkpoint { next_offset: 1, watermark: 2 }));
+        drop(store);
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "2\n", "left as it was read-only");
+        drop(Store::open(dir.path(), &StoreOptions::default()).expect("format 2 opens"));
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), format!("{STORE_FORMAT}\n"), "marked 3");
+
         // State but no marker: written before markers existed.
         std::fs::remove_file(&marker).unwrap();
         refused(1);
