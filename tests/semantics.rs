@@ -185,6 +185,8 @@ fn a_100k_member_group_has_exact_counts() {
     worker.start();
     worker.wait_ready(Duration::from_secs(60));
     worker.wait_caught_up(&topics.events, Duration::from_secs(120));
+    // At least one page since the restart: 1,024 readers since the last.
+    assert!(worker.metric("receiptd_reader_pages_sealed_total") >= 1.0, "no reader page sealed");
     assert_eq!(worker.terminate(), 0);
 
     let deltas = all_deltas(&topics.deltas);

@@ -561,29 +561,32 @@ impl Readers {
 
     /// At a flush's staging: drops the page the last staging sealed (it is
     /// written), and seals the readers since the last page into one once
-    /// they fill it (the first time, all of them). Inline, out of line
-    /// past the check most messages stop at: no side list, too few words.
+    /// they fill it (the first time, all of them); whether it sealed one.
+    /// Inline, out of line past the check most messages stop at: no side
+    /// list, too few words.
     #[inline(always)]
-    pub(crate) fn seal_full_page(&mut self) {
-        if self.side.is_some() || self.words.len() >= PAGE_READERS {
-            self.seal_full_page_checked();
-        }
+    pub(crate) fn seal_full_page(&mut self) -> bool {
+        (self.side.is_some() || self.words.len() >= PAGE_READERS) && self.seal_full_page_checked()
     }
 
     #[inline(never)]
-    fn seal_full_page_checked(&mut self) {
+    fn seal_full_page_checked(&mut self) -> bool {
         if let Some(pages) = self.side.as_deref_mut().and_then(|s| s.pages.as_deref_mut()) {
             pages.sealing.clear();
             pages.sealing_all = false;
-            if pages.open.len() >= PAGE_READERS {
-                // The emptied buffer takes the next page's ordinals.
-                std::mem::swap(&mut pages.open, &mut pages.sealing);
-                pages.sealed += 1;
+            if pages.open.len() < PAGE_READERS {
+                return false;
             }
+            // The emptied buffer takes the next page's ordinals.
+            std::mem::swap(&mut pages.open, &mut pages.sealing);
+            pages.sealed += 1;
         } else if self.len() >= PAGE_READERS {
             let pages = Pages { sealed: 1, sealing_all: true, ..Pages::default() };
             self.side.get_or_insert_default().pages = Some(Box::new(pages));
+        } else {
+            return false;
         }
+        true
     }
 
     /// The readers a message's value holds, as its field: those since its

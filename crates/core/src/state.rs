@@ -879,6 +879,8 @@ pub struct PartitionState {
     /// `dirty` flag says it is listed). Messages and marks with a receipt
     /// to take are among them: a revealed change marks its entity changed.
     pub(crate) dirty: Vec<DirtyKey>,
+    /// Pages of readers sealed by stagings since [`Self::take_reader_pages_sealed`].
+    reader_pages_sealed: u64,
 }
 
 impl PartitionState {
@@ -895,6 +897,12 @@ impl PartitionState {
     /// The highest record timestamp folded so far.
     pub fn watermark(&self) -> u64 {
         self.watermark
+    }
+
+    /// Pages of messages' readers sealed by stagings since the last call
+    /// (see [`crate::PAGE_READERS`]), for the worker's metrics.
+    pub fn take_reader_pages_sealed(&mut self) -> u64 {
+        std::mem::take(&mut self.reader_pages_sealed)
     }
 
     pub(crate) fn advance_watermark(&mut self, record_time: u64) {
@@ -1105,14 +1113,16 @@ impl PartitionState {
                 unsafe { state.view.groups.update_then_peek(&**group_id, clear_group, read) };
             }
             DirtyKey::Message { msg_id, .. } => {
+                let sealed = std::cell::Cell::new(false);
                 let take = |m: &mut Box<MessageState>| {
                     if clear {
                         m.dirty = false;
-                        m.readers.seal_full_page();
+                        sealed.set(m.readers.seal_full_page());
                     }
                     crate::fold::take_message_receipt(settings, app, msg_id, m, deltas);
                 };
                 unsafe { state.view.messages.update_then_peek(&**msg_id, take, |m| hand(Entity::Message(&**m))) };
+                self.reader_pages_sealed += u64::from(sealed.get());
             }
             // Only ever deleted.
             DirtyKey::ReaderPages { .. } => {}

@@ -756,6 +756,11 @@ impl Engine {
         drop(settings);
         self.last_batch_bytes = batch.size_in_bytes();
         let m = &self.shared.metrics;
+        let sealed: u64 = self.partitions.values_mut().map(|o| o.state.take_reader_pages_sealed()).sum();
+        if sealed > 0 {
+            m.reader_pages_sealed.fetch_add(sealed, Relaxed);
+            tracing::debug!(pages = sealed, generation = self.generation, "reader pages sealed");
+        }
         m.messages_tracked.store(self.partitions.values().map(|o| o.state.message_count() as i64).sum(), Relaxed);
         m.held_reads.store(self.partitions.values().map(|o| o.state.held_count() as i64).sum(), Relaxed);
         let generation = self.generation;

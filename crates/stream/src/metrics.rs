@@ -82,6 +82,9 @@ pub struct Metrics {
     hidden_reads: AtomicU64,
     expired_messages: AtomicU64,
     dlq: [AtomicU64; 6],
+    /// Pages of messages' readers sealed, each written once (see
+    /// `receiptd_core::PAGE_READERS`).
+    pub reader_pages_sealed: AtomicU64,
     /// Records read from the events topic.
     pub records_in: AtomicU64,
     /// Records dropped because their partition was already revoked, or they
@@ -325,6 +328,12 @@ impl Metrics {
         let _ = writeln!(out, "receiptd_hidden_reads_total {}", self.hidden_reads.load(Relaxed));
         counter(&mut out, "receiptd_expired_messages_total", "Messages dropped by retention.");
         let _ = writeln!(out, "receiptd_expired_messages_total {}", self.expired_messages.load(Relaxed));
+        counter(
+            &mut out,
+            "receiptd_reader_pages_sealed_total",
+            "Pages of a message's readers sealed and written apart (a page per 1,024 readers of a message).",
+        );
+        let _ = writeln!(out, "receiptd_reader_pages_sealed_total {}", self.reader_pages_sealed.load(Relaxed));
         counter(&mut out, "receiptd_dlq_records_total", "Records sent to the DLQ, by reason.");
         for (i, reason) in DLQ_REASONS.iter().enumerate() {
             let _ = writeln!(out, "receiptd_dlq_records_total{{reason=\"{reason}\"}} {}", self.dlq[i].load(Relaxed));
