@@ -128,9 +128,7 @@ impl PartitionState {
                 while let Some((msg_id, m)) = messages.remove_by_hash(id_hash, expired) {
                     uncount_reads(groups, &m);
                     fx.stats.expired_messages += 1;
-                    if m.readers.sealed_pages() > 0 {
-                        dirty.push(DirtyKey::ReaderPages { app: id.clone(), msg_id: msg_id.clone() });
-                    }
+                    drop_reader_pages(dirty, id, &msg_id, &m);
                     dirty.push(DirtyKey::Message { app: id.clone(), msg_id });
                 }
                 messages.any_by_hash(id_hash, sent_in_second)
@@ -155,6 +153,7 @@ impl PartitionState {
             app.messages.retain(|msg_id, m| {
                 let keep = !matches!(&m.target, MessageTarget::Group { group_id: g, .. } if *g == group_id);
                 if !keep {
+                    drop_reader_pages(dirty, app_id, msg_id, m);
                     dirty.push(DirtyKey::Message { app: app_id.clone(), msg_id: msg_id.clone() });
                 }
                 keep
@@ -459,9 +458,7 @@ impl PartitionState {
         }
         m.tracking = Tracking::Revoked;
         uncount_reads(&app.view.groups, m);
-        if m.readers.sealed_pages() > 0 {
-            dirty.push(DirtyKey::ReaderPages { app: app.id.clone(), msg_id: msg_id.clone() });
-        }
+        drop_reader_pages(dirty, &app.id, msg_id, m);
         m.readers = Default::default();
         m.visible_reads = 0;
         m.counted_under = CountedUnder::default();
@@ -508,6 +505,15 @@ fn leave(group: &mut Group, ordinal: u32) {
     let departure = Departure { epoch: group.meta.epoch, since, ordinal, user: Id::from(group.users.name(ordinal)) };
     group.departures.record(departure, group.member_count);
     group.free_if_unread(ordinal);
+}
+
+/// Lists the pages of a message's readers stored apart, if it has any,
+/// to be deleted: the message is going (expired, revoked, or its group
+/// dismissed), and its pages with it.
+fn drop_reader_pages(dirty: &mut Vec<DirtyKey>, app: &Id, msg_id: &Id, m: &MessageState) {
+    if m.readers.sealed_pages() > 0 {
+        dirty.push(DirtyKey::ReaderPages { app: app.clone(), msg_id: msg_id.clone() });
+    }
 }
 
 /// Uncounts the reads of a group message gone or revoked (see

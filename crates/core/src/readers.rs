@@ -643,13 +643,13 @@ impl Readers {
 
     /// Adds the readers of stored page `page`, the next due.
     pub(crate) fn restore_page(&mut self, page: u32, bytes: &[u8], sent_at: u64) -> Result<(), String> {
-        let Some(pages) = self.pages() else { return Err(format!("reader page {page} of a message stored with none")) };
+        let Some(pages) = self.side.as_deref_mut().and_then(|s| s.pages.as_deref_mut()) else {
+            return Err(format!("reader page {page} of a message stored with none"));
+        };
         if page != pages.restored || page >= pages.sealed {
             return Err(format!("reader page {page} where page {} of {} was due", pages.restored, pages.sealed));
         }
-        let page_readers = Readers::decode(bytes)?;
-        let Some(pages) = self.side.as_deref_mut().and_then(|s| s.pages.as_deref_mut()) else { unreachable!() };
-        pages.restoring.extend(page_readers.iter(sent_at));
+        pages.restoring.extend(Readers::decode(bytes)?.iter(sent_at));
         pages.restored += 1;
         if pages.restored < pages.sealed {
             return Ok(());
@@ -659,7 +659,7 @@ impl Readers {
         marks.extend(self.iter(sent_at));
         marks.sort_unstable_by_key(|r| r.ordinal);
         if let Some(twice) = marks.windows(2).find(|w| w[0].ordinal == w[1].ordinal) {
-            return Err(format!("ordinal {} read twice, in a reader page and after", twice[0].ordinal));
+            return Err(format!("ordinal {} read twice in the message and its reader pages", twice[0].ordinal));
         }
         let (mut compact, mut outliers) = (Vec::with_capacity(marks.len()), Vec::new());
         for mark in marks {

@@ -630,17 +630,15 @@ mod tests {
         v
     }
 
-    /// Group `g` of app `a` with `members`.
-    fn snapshot_of_g(members: Vec<Id>) -> Event {
+    /// Group `g` of app `a` with `members`, as a snapshot.
+    fn group_g(members: Vec<Id>) -> GroupMembers {
         let (app_id, group_id) = ("a".into(), "g".into());
-        Event::GroupMembers(GroupMembers {
-            app_id,
-            group_id,
-            op: MembersOp::Snapshot,
-            group_type: None,
-            members,
-            at: 0,
-        })
+        GroupMembers { app_id, group_id, op: MembersOp::Snapshot, group_type: None, members, at: 0 }
+    }
+
+    /// [`group_g`] as an event.
+    fn snapshot_of_g(members: Vec<Id>) -> Event {
+        Event::GroupMembers(group_g(members))
     }
 
     /// A message's stored bytes, pinned: a change to how messages are held
@@ -858,6 +856,34 @@ mod tests {
         assert_eq!(page_count(&store), 0);
         let (loaded, _) = store.load_partition(0).unwrap();
         assert_eq!(loaded.message("a", "m").unwrap().readers.len(), 0);
+
+        // Its group dismissed, or past retention: the message goes, and
+        // its pages with it (a page left behind would fail the restore).
+        for going in ["dismissed", "expired"] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let mut state = paged_message_state();
+            read_paged_message(&mut state, 0, 2_000);
+            flush(&store, &mut state, 1);
+            assert_eq!(page_count(&store), 1, "{going}");
+            // Restored first, as after a restart: its pages known from the store.
+            let (mut state, _) = store.load_partition(0).unwrap();
+            let (settings, limits, mut fx) = (SettingsTable::default(), Limits::default(), Effects::default());
+            if going == "dismissed" {
+                let dismiss = GroupMembers { op: MembersOp::Dismiss, members: vec![], ..group_g(vec![]) };
+                state.apply(&settings, &limits, &Event::GroupMembers(dismiss), 1_732_200_000_000, &mut fx);
+            } else {
+                // A month and more later, by record time.
+                let later = 1_732_200_000_000 + 40 * 86_400_000;
+                state.apply(&settings, &limits, &snapshot_of_g(vec![]), later, &mut fx);
+                state.expire_messages(&settings, &mut fx);
+            }
+            assert_eq!(state.message_count(), 0, "{going}");
+            flush(&store, &mut state, 2);
+            assert_eq!(page_count(&store), 0, "{going}");
+            let (loaded, _) = store.load_partition(0).expect("restores without the message's pages");
+            assert_eq!(loaded.message_count(), 0, "{going}");
+        }
     }
 
     #[test]
