@@ -786,7 +786,8 @@ mod tests {
     /// A message read by thousands has its readers written a page at a time,
     /// never all again at each flush; restored, it is what was folded, with
     /// its pages and the readers since the last; folded on and restored
-    /// again, the same; revoked, its pages are gone.
+    /// again, the same; revoked, expired or its group dismissed, its pages
+    /// are gone.
     #[test]
     fn a_message_read_by_thousands_is_written_a_page_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
