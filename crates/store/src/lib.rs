@@ -17,7 +17,7 @@
 //!
 //! Strings are length-prefixed (one byte; ids are at most 128 bytes). Values
 //! are bincode (standard config), but for a reader page, a reader list as a
-//! message's value holds it. A message read by more than
+//! message's value holds it. A message read by as many as
 //! [`receiptd_core::PAGE_READERS`] has its readers in pages, written once
 //! each, so that a flush does not write all its readers again. The file
 //! [`FORMAT_FILE`] in the directory names the values' format
