@@ -628,7 +628,7 @@ impl Readers {
                 None => outliers.push(mark),
             }
         }
-        encode_list(compact.into_iter(), &outliers, out);
+        encode_list(compact.len(), compact.into_iter(), &outliers, out);
     }
 
     /// A restored message's readers, stored with it, when `pages` more
@@ -759,31 +759,13 @@ impl Iterator for ReadsFrom<'_> {
 
 use crate::stored_form::put_leb128 as put_varint;
 
-/// An iterator of a known length.
-struct ExactLen<I>(I, usize);
-
-impl<I: Iterator> Iterator for ExactLen<I> {
-    type Item = I::Item;
-
-    #[inline(always)]
-    fn next(&mut self) -> Option<I::Item> {
-        self.0.next()
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.1, Some(self.1))
-    }
-}
-
-impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
-
-/// Appends a reader list in the persisted form: the compact readers,
-/// sorted by ordinal, then the outliers, sorted by ordinal. Inline: each
-/// caller's iterator then loops as a hand-written one.
+/// Appends a reader list in the persisted form: the `compact_count`
+/// compact readers, sorted by ordinal, then the outliers, sorted by
+/// ordinal. Inline: each caller's iterator then loops as a hand-written one.
 #[inline(always)]
-fn encode_list(compact: impl ExactSizeIterator<Item = Compact>, outliers: &[ReadMark], out: &mut Vec<u8>) {
-    out.reserve(2 + 3 * compact.len() + 12 * outliers.len());
-    put_varint(out, compact.len() as u64);
+fn encode_list(compact_count: usize, compact: impl Iterator<Item = Compact>, outliers: &[ReadMark], out: &mut Vec<u8>) {
+    out.reserve(2 + 3 * compact_count + 12 * outliers.len());
+    put_varint(out, compact_count as u64);
     let (mut next_ordinal, mut last_offset) = (0u32, OFFSET_BIAS as i64);
     for c in compact {
         let gap = u64::from(c.ordinal() - next_ordinal);
@@ -852,7 +834,7 @@ impl Readers {
     /// The persisted form, appended to `out`.
     fn encode_into(&self, out: &mut Vec<u8>) {
         let compact_count = self.words.len() - self.compact_words().len() / 2;
-        encode_list(ExactLen(self.compact_in_order(), compact_count), self.outliers(), out);
+        encode_list(compact_count, self.compact_in_order(), self.outliers(), out);
     }
 
     fn decode(bytes: &[u8]) -> Result<Readers, &'static str> {

@@ -93,6 +93,11 @@ impl Harness {
         self.state.counts(&self.settings, APP, msg).expect("message known")
     }
 
+    /// The counts a message's last receipt carried, as the message keeps them.
+    fn receipt_counts(&self, msg: &str) -> (u32, u32) {
+        self.state.message(APP, msg).expect("message known").receipt_counts
+    }
+
     fn ignored(&self, reason: Ignored) -> u64 {
         self.fx.stats.ignored(reason)
     }
@@ -1029,36 +1034,35 @@ fn a_reader_who_switched_receipts_off_and_left_counts_as_neither_read_nor_unread
     receipts_switch(&mut h, "u1", false);
     // Counted again under the new switches: u1 is no longer revealed.
     h.read_group("u6", "g1", &["m1"]);
-    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (5, 58));
+    assert_eq!(h.receipt_counts("m1"), (5, 58));
     // Brought up to date by the departure, not counted again: u1 was
     // unread, and is gone.
     h.members("g1", MembersOp::Leave, &["u1"]);
     assert_eq!(h.counts("m1"), (5, 57));
     h.read_group("u7", "g1", &["m1"]);
-    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (6, 56));
+    assert_eq!(h.receipt_counts("m1"), (6, 56));
 }
 
 #[test]
 fn a_reader_who_left_and_switched_receipts_counts_as_read_or_not_but_never_as_unread() {
     let (mut h, _) = numbered_group(64);
-    let receipt_counts = |h: &Harness| h.state.message(APP, "m1").unwrap().receipt_counts;
     // m1's audience is u1 to u63; numbered_group has u1 read it.
     for reader in ["u2", "u3", "u4", "u5"] {
         h.read_group(reader, "g1", &["m1"]);
     }
     h.members("g1", MembersOp::Leave, &["u1"]);
     h.read_group("u6", "g1", &["m1"]);
-    assert_eq!(receipt_counts(&h), (6, 57), "u1's read stays a read; u1 is no longer unread");
+    assert_eq!(h.receipt_counts("m1"), (6, 57), "u1's read stays a read; u1 is no longer unread");
     // Brought up to date by the switches, not counted again: u1 is not
     // revealed while off, and counts as unread in neither case.
     receipts_switch(&mut h, "u1", false);
     assert_eq!(h.counts("m1"), (5, 57));
     h.read_group("u7", "g1", &["m1"]);
-    assert_eq!(receipt_counts(&h), (6, 56));
+    assert_eq!(h.receipt_counts("m1"), (6, 56));
     receipts_switch(&mut h, "u1", true);
     assert_eq!(h.counts("m1"), (7, 56));
     h.read_group("u8", "g1", &["m1"]);
-    assert_eq!(receipt_counts(&h), (8, 55));
+    assert_eq!(h.receipt_counts("m1"), (8, 55));
     // A member of the audience who read, switched off: unread again.
     receipts_switch(&mut h, "u2", false);
     assert_eq!(h.counts("m1"), (7, 56));
@@ -1071,14 +1075,14 @@ fn a_reader_who_switched_receipts_off_and_then_left_is_brought_up_to_date_in_tha
     for k in 2..=8 {
         h.read_group(&format!("u{k}"), "g1", &["m1"]);
     }
-    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (8, 55));
+    assert_eq!(h.receipt_counts("m1"), (8, 55));
     // u1 was revealed when counted, so was not unread: leaving takes
     // nothing off the unread count, and switching off one off the reads.
     receipts_switch(&mut h, "u1", false);
     h.members("g1", MembersOp::Leave, &["u1"]);
     assert_eq!(h.counts("m1"), (7, 55));
     h.read_group("u9", "g1", &["m1"]);
-    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (8, 54));
+    assert_eq!(h.receipt_counts("m1"), (8, 54));
 }
 
 #[test]
@@ -1089,13 +1093,13 @@ fn a_first_read_after_switching_receipts_back_on_counts_once() {
     for reader in ["u3", "u4", "u5"] {
         h.read_group(reader, "g1", &["m1"]);
     }
-    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (4, 59));
+    assert_eq!(h.receipt_counts("m1"), (4, 59));
     // Brought up to date by the switch (enough readers for that to be
     // cheaper): u2 had not read when counted, so switching on moves
     // nothing; u2's read then moves the counts by one.
     receipts_switch(&mut h, "u2", true);
     h.read_group("u2", "g1", &["m1"]);
-    assert_eq!(h.state.message(APP, "m1").unwrap().receipt_counts, (5, 58));
+    assert_eq!(h.receipt_counts("m1"), (5, 58));
     assert_eq!(h.counts("m1"), (5, 58));
 }
 
@@ -1215,7 +1219,7 @@ fn counts_kept_across_membership_changes_match_a_model() {
                         m.reads.insert(reader, hidden);
                         if !hidden {
                             // The receipt of this change carries the counts now.
-                            let kept = h.state.message(APP, &msg).unwrap().receipt_counts;
+                            let kept = h.receipt_counts(&msg);
                             prop_assert_eq!(kept, model_counts(m, &members, &off), "{}'s receipt", msg);
                         }
                     }
