@@ -398,15 +398,18 @@ fn main() {
     // CPU time, unlike throughput, hardly moves with what else the shared
     // cores run: the figure to compare builds by.
     println!(
-        "engine CPU: {:.2} us per event in the worker process, {:.2} us in its poll loop thread",
+        "engine CPU: {:.2} us per event in the worker process, {:.2} us in its poll loop thread ({:.2} us more waiting for a CPU)",
         cpu.process * 1e6 / end,
-        cpu.thread_named("receiptd-worker") * 1e6 / end
+        cpu.thread_named("receiptd-worker") * 1e6 / end,
+        cpu.waiting_for_cpu_named("receiptd-worker") * 1e6 / end
     );
     // Where the process's CPU went, without a profiler: librdkafka names
     // both clients' broker threads `rdk:broker<id>` (the events consumer's
     // fetches and the deltas producer's sends), RocksDB its memtable
     // flushes `rocksdb:high` and compactions `rocksdb:low`.
     println!("engine CPU by thread, us per event: {}", per_thread_line(&cpu.threads, end));
+    // Runnable but not running: what the shared cores took from each.
+    println!("engine threads waiting for a CPU, us per event: {}", per_thread_line(&cpu.waiting_for_cpu, end));
     // Whether the poll loop thread or the machine bounds the rate: a
     // machine with a core to spare leaves the poll loop the bound.
     println!("engine drain, CPU in cores: {}", machine_line(&cores));
@@ -457,13 +460,18 @@ fn main() {
         puts / events,
         done.duration_since(first).as_secs_f64() / syncs.max(1.0)
     );
+    // Waiting for a CPU is the machine's share of a gap; the rest off a
+    // CPU, the thread blocked.
+    let gap_sum = m("receiptd_batch_gap_seconds_sum").max(1e-9);
     println!(
-        "longest gap between busy batch completions: {:.2} ms, {:.2} ms of it on a CPU ({} gaps, mean {:.3} ms, {:.0}% on a CPU)",
+        "longest gap between busy batch completions: {:.2} ms, {:.2} ms of it on a CPU, {:.2} ms waiting for one ({} gaps, mean {:.3} ms, {:.0}% on a CPU, {:.0}% waiting for one)",
         m("receiptd_batch_gap_max_seconds") * 1e3,
         m("receiptd_batch_gap_max_on_cpu_seconds") * 1e3,
+        m("receiptd_batch_gap_max_waiting_for_cpu_seconds") * 1e3,
         m("receiptd_batch_gap_seconds_count"),
         m("receiptd_batch_gap_seconds_sum") * 1e3 / m("receiptd_batch_gap_seconds_count").max(1.0),
-        100.0 * m("receiptd_batch_gap_on_cpu_seconds_total") / m("receiptd_batch_gap_seconds_sum").max(1e-9)
+        100.0 * m("receiptd_batch_gap_on_cpu_seconds_total") / gap_sum,
+        100.0 * m("receiptd_batch_gap_waiting_for_cpu_seconds_total") / gap_sum
     );
     let phases: Vec<String> = receiptd_stream::LOOP_PHASES
         .iter()
@@ -522,6 +530,10 @@ fn main() {
     );
     println!("state restored at the restart: {restored}");
     println!("catch-up CPU by thread, us per record: {}", per_thread_line(&cpu.threads, replayed.max(1.0)));
+    println!(
+        "catch-up threads waiting for a CPU, us per record: {}",
+        per_thread_line(&cpu.waiting_for_cpu, replayed.max(1.0))
+    );
     println!("catch-up, CPU in cores: {}", machine_line(&cores));
     topics.delete(&[]);
 }

@@ -470,8 +470,10 @@ impl Worker {
             .map(|op| format!("{op} {:.1}", ms(&format!("receiptd_store_op_max_seconds{{op=\"{op}\"}}"))))
             .collect();
         format!(
-            "longest since start: poll loop gap {:.1} ms ({}), store call {} ms",
+            "longest since start: poll loop gap {:.1} ms ({:.1} on a CPU, {:.1} waiting for one; {}), store call {} ms",
             ms("receiptd_batch_gap_max_seconds"),
+            ms("receiptd_batch_gap_max_on_cpu_seconds"),
+            ms("receiptd_batch_gap_max_waiting_for_cpu_seconds"),
             phases.join(", "),
             store.join(", ")
         )
@@ -490,7 +492,13 @@ impl Worker {
                 let name = std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_owned();
                 // A thread may end between the listing and the read.
                 let seconds = stat_cpu_seconds(t.path().join("stat").to_str()?)?;
-                Some((tid, (name, seconds)))
+                // Its time runnable but waiting for a CPU, in ns (the
+                // second field), where the kernel tells it.
+                let waiting = std::fs::read_to_string(t.path().join("schedstat"))
+                    .ok()
+                    .and_then(|s| s.split_ascii_whitespace().nth(1)?.parse::<f64>().ok())
+                    .map_or(0.0, |ns| ns * 1e-9);
+                Some((tid, (name, seconds, waiting)))
             })
             .collect();
         WorkerCpu { process: process_cpu_seconds(pid).expect("read /proc/PID/stat"), threads }
@@ -524,13 +532,24 @@ impl Worker {
 /// whole process, and each live thread by id, with its name.
 pub struct WorkerCpu {
     process: f64,
-    threads: BTreeMap<u32, (String, f64)>,
+    /// By thread id: name, CPU seconds, seconds runnable but waiting for a CPU.
+    threads: BTreeMap<u32, (String, f64, f64)>,
 }
 
 impl WorkerCpu {
     /// What was used from `before` to `self`.
     pub fn since(&self, before: &WorkerCpu) -> CpuUsed {
-        CpuUsed { process: self.process - before.process, threads: thread_cpu_between(&before.threads, &self.threads) }
+        let cpu = |m: &BTreeMap<u32, (String, f64, f64)>| -> BTreeMap<u32, (String, f64)> {
+            m.iter().map(|(tid, (name, seconds, _))| (*tid, (name.clone(), *seconds))).collect()
+        };
+        let waiting = |m: &BTreeMap<u32, (String, f64, f64)>| -> BTreeMap<u32, (String, f64)> {
+            m.iter().map(|(tid, (name, _, waiting))| (*tid, (name.clone(), *waiting))).collect()
+        };
+        CpuUsed {
+            process: self.process - before.process,
+            threads: thread_cpu_between(&cpu(&before.threads), &cpu(&self.threads)),
+            waiting_for_cpu: thread_cpu_between(&waiting(&before.threads), &waiting(&self.threads)),
+        }
     }
 }
 
@@ -540,13 +559,25 @@ pub struct CpuUsed {
     pub process: f64,
     /// Each thread's, by name, largest first (see [`per_thread_line`]).
     pub threads: Vec<(String, f64)>,
+    /// Each thread's time runnable but waiting for a CPU, the same way
+    /// (0 where the kernel does not tell).
+    pub waiting_for_cpu: Vec<(String, f64)>,
 }
 
 impl CpuUsed {
     /// The threads named `name`, together.
     pub fn thread_named(&self, name: &str) -> f64 {
-        self.threads.iter().filter(|(n, _)| n == name).map(|(_, s)| s).sum()
+        named(&self.threads, name)
     }
+
+    /// The time the threads named `name` waited for a CPU, together.
+    pub fn waiting_for_cpu_named(&self, name: &str) -> f64 {
+        named(&self.waiting_for_cpu, name)
+    }
+}
+
+fn named(threads: &[(String, f64)], name: &str) -> f64 {
+    threads.iter().filter(|(n, _)| n == name).map(|(_, s)| s).sum()
 }
 
 /// Each thread's CPU seconds from `before` to `after`, by name, largest

@@ -114,6 +114,10 @@ pub struct Metrics {
     /// The loop thread's own CPU time in all gaps, and in the longest.
     gap_on_cpu_sum_us: AtomicU64,
     gap_max_on_cpu_us: AtomicU64,
+    /// The loop thread's time runnable but waiting for a CPU (preempted, or
+    /// woken and not yet run) in all gaps, and in the longest.
+    gap_waiting_for_cpu_sum_us: AtomicU64,
+    gap_max_waiting_for_cpu_us: AtomicU64,
     /// The longest gap's wall time by loop phase ([`LOOP_PHASES`]).
     gap_max_phases_us: [AtomicU64; LOOP_PHASES.len()],
     /// Microseconds spent restoring assigned partitions from the store
@@ -241,16 +245,25 @@ impl Metrics {
     /// `phases_seconds` splits the gap by the loop phase it was spent in
     /// ([`LOOP_PHASES`]), kept for the longest gap so that a stall names its
     /// cause. Called by the loop thread alone.
-    pub fn batch_gap(&self, seconds: f64, on_cpu_seconds: f64, phases_seconds: &[f64; LOOP_PHASES.len()]) {
+    pub fn batch_gap(
+        &self,
+        seconds: f64,
+        on_cpu_seconds: f64,
+        waiting_for_cpu_seconds: f64,
+        phases_seconds: &[f64; LOOP_PHASES.len()],
+    ) {
         let us = (seconds * 1e6) as u64;
         let on_cpu_us = (on_cpu_seconds * 1e6) as u64;
+        let waiting_us = (waiting_for_cpu_seconds * 1e6) as u64;
         self.gaps.fetch_add(1, Relaxed);
         self.gap_sum_us.fetch_add(us, Relaxed);
         self.gap_on_cpu_sum_us.fetch_add(on_cpu_us, Relaxed);
-        // One writer: the longest gap and its CPU time are stored together.
+        self.gap_waiting_for_cpu_sum_us.fetch_add(waiting_us, Relaxed);
+        // One writer: the longest gap and its split are stored together.
         if us > self.gap_max_us.load(Relaxed) {
             self.gap_max_us.store(us, Relaxed);
             self.gap_max_on_cpu_us.store(on_cpu_us, Relaxed);
+            self.gap_max_waiting_for_cpu_us.store(waiting_us, Relaxed);
             for (kept, phase) in self.gap_max_phases_us.iter().zip(phases_seconds) {
                 kept.store((phase * 1e6) as u64, Relaxed);
             }
@@ -305,6 +318,11 @@ impl Metrics {
         };
         let gauge = |out: &mut String, name: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        };
+        // A series kept in microseconds, shown in seconds.
+        let seconds = |out: &mut String, kind: &str, name: &str, help: &str, us: &AtomicU64| {
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", us.load(Relaxed) as f64 / 1e6);
         };
         counter(&mut out, "receiptd_events_total", "Events folded, by type and outcome.");
         for (k, kind) in EVENT_KINDS.iter().enumerate() {
@@ -419,15 +437,12 @@ impl Metrics {
             "Time spent restoring assigned partitions' state from the store, summed over assignments.",
         );
         let _ = writeln!(out, "receiptd_restore_seconds_total {}", self.restore_us.load(Relaxed) as f64 / 1e6);
-        counter(
+        seconds(
             &mut out,
+            "counter",
             "receiptd_flush_confirm_seconds_total",
             "Time from each flush's deltas taken to the broker confirming them all, summed.",
-        );
-        let _ = writeln!(
-            out,
-            "receiptd_flush_confirm_seconds_total {}",
-            self.flush_confirm_sum_us.load(Relaxed) as f64 / 1e6
+            &self.flush_confirm_sum_us,
         );
         let _ = writeln!(
             out,
@@ -471,11 +486,19 @@ impl Metrics {
         let _ = writeln!(out, "receiptd_batch_gap_seconds_count {gaps}");
         gauge(&mut out, "receiptd_batch_gap_max_seconds", "Longest gap between busy batch completions since start.");
         let _ = writeln!(out, "receiptd_batch_gap_max_seconds {}", self.gap_max_us.load(Relaxed) as f64 / 1e6);
-        gauge(&mut out, "receiptd_batch_gap_max_on_cpu_seconds", "The loop thread's CPU time during the longest gap.");
-        let _ = writeln!(
-            out,
-            "receiptd_batch_gap_max_on_cpu_seconds {}",
-            self.gap_max_on_cpu_us.load(Relaxed) as f64 / 1e6
+        seconds(
+            &mut out,
+            "gauge",
+            "receiptd_batch_gap_max_on_cpu_seconds",
+            "The loop thread's CPU time during the longest gap.",
+            &self.gap_max_on_cpu_us,
+        );
+        seconds(
+            &mut out,
+            "gauge",
+            "receiptd_batch_gap_max_waiting_for_cpu_seconds",
+            "The loop thread's time runnable but waiting for a CPU during the longest gap (0 where the kernel does not tell).",
+            &self.gap_max_waiting_for_cpu_us,
         );
         gauge(
             &mut out,
@@ -489,14 +512,19 @@ impl Metrics {
                 us.load(Relaxed) as f64 / 1e6
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP receiptd_batch_gap_on_cpu_seconds_total The loop thread's CPU time in all gaps.\n# TYPE receiptd_batch_gap_on_cpu_seconds_total counter"
+        seconds(
+            &mut out,
+            "counter",
+            "receiptd_batch_gap_on_cpu_seconds_total",
+            "The loop thread's CPU time in all gaps.",
+            &self.gap_on_cpu_sum_us,
         );
-        let _ = writeln!(
-            out,
-            "receiptd_batch_gap_on_cpu_seconds_total {}",
-            self.gap_on_cpu_sum_us.load(Relaxed) as f64 / 1e6
+        seconds(
+            &mut out,
+            "counter",
+            "receiptd_batch_gap_waiting_for_cpu_seconds_total",
+            "The loop thread's time runnable but waiting for a CPU in all gaps.",
+            &self.gap_waiting_for_cpu_sum_us,
         );
         gauge(&mut out, "receiptd_store_failed", "1 while the store refuses writes.");
         let _ = writeln!(out, "receiptd_store_failed {}", self.store_failed.load(Relaxed) as u8);

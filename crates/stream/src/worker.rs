@@ -531,7 +531,8 @@ fn run_inner(
         )),
         false => None,
     };
-    let mut last_batch_done: Option<(Instant, f64)> = None;
+    let thread_times = ThreadTimes::of_this_thread();
+    let mut last_batch_done: Option<(Instant, ThreadTime)> = None;
     let mut paused = false;
     let mut delivery_watch = DeliveryWatch::default();
     let mut phases = PhaseClock::new();
@@ -608,10 +609,15 @@ fn run_inner(
             decoded.clear();
             drop(settings_now);
             drop(guard);
-            let done = (phases.lap(LoopPhase::Fold), thread_cpu_seconds());
+            let done = (phases.lap(LoopPhase::Fold), thread_times.now());
             let spent = phases.take();
-            if let (true, Some((previous, previous_cpu))) = (input_was_waiting, last_batch_done) {
-                shared.metrics.batch_gap(done.0.duration_since(previous).as_secs_f64(), done.1 - previous_cpu, &spent);
+            if let (true, Some((previous, previous_times))) = (input_was_waiting, last_batch_done) {
+                shared.metrics.batch_gap(
+                    done.0.duration_since(previous).as_secs_f64(),
+                    done.1.on_cpu - previous_times.on_cpu,
+                    done.1.waiting_for_cpu - previous_times.waiting_for_cpu,
+                    &spent,
+                );
             }
             last_batch_done = Some(done);
         } else {
@@ -803,14 +809,49 @@ impl PhaseClock {
     }
 }
 
-/// The calling thread's CPU time, in seconds (0 if the clock is unavailable).
-fn thread_cpu_seconds() -> f64 {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `t` is a valid timespec for the call to fill in.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
-        return 0.0;
+/// The poll loop thread's time so far: on a CPU, and runnable but waiting
+/// for one. What a gap spent neither way, the thread spent blocked (a
+/// lock, a poll with nothing to read).
+struct ThreadTimes {
+    /// `/proc/thread-self/schedstat`, opened once by the thread it reads:
+    /// its second field is the time runnable and waiting for a CPU, whole
+    /// up to now when the thread reads it (a wait is added as the thread
+    /// gets its CPU). Absent off Linux, where the wait counts as 0.
+    schedstat: Option<std::fs::File>,
+}
+
+/// A reading of [`ThreadTimes`], in seconds.
+#[derive(Clone, Copy, Default)]
+struct ThreadTime {
+    on_cpu: f64,
+    waiting_for_cpu: f64,
+}
+
+impl ThreadTimes {
+    /// Opens the calling thread's counters; read them from that thread only.
+    fn of_this_thread() -> Self {
+        ThreadTimes { schedstat: std::fs::File::open("/proc/thread-self/schedstat").ok() }
     }
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+
+    fn now(&self) -> ThreadTime {
+        // The thread's clock, not schedstat's first field: that one lags
+        // the running slice by up to a scheduler tick.
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `t` is a valid timespec for the call to fill in.
+        let on_cpu = match unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } {
+            0 => t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9,
+            _ => 0.0,
+        };
+        ThreadTime { on_cpu, waiting_for_cpu: self.waiting_for_cpu_ns().unwrap_or(0) as f64 * 1e-9 }
+    }
+
+    fn waiting_for_cpu_ns(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 64];
+        let n = self.schedstat.as_ref()?.read_at(&mut buf, 0).ok()?;
+        // "on-CPU ns, waiting-for-CPU ns, timeslices"
+        std::str::from_utf8(&buf[..n]).ok()?.split_ascii_whitespace().nth(1)?.parse().ok()
+    }
 }
 
 /// Serves the consumer's own queue: rebalances (their callbacks run
@@ -889,6 +930,50 @@ mod tests {
             kafka_properties: properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ..WorkerConfig::for_tests("k1:9092")
         }
+    }
+
+    /// A thread made to share one CPU with a spinning one is seen waiting
+    /// for it, and its CPU time and wait only grow.
+    #[test]
+    fn a_thread_kept_off_its_cpu_is_seen_waiting() {
+        let one_cpu = || {
+            // SAFETY: a zeroed cpu_set_t is an empty set; CPU 0 added; the
+            // call reads it for the calling thread (pid 0).
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(0, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+            }
+        };
+        let spinning = Arc::new(AtomicBool::new(true));
+        let spinner = {
+            let spinning = spinning.clone();
+            std::thread::spawn(move || {
+                one_cpu();
+                while spinning.load(Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let (first, last) = std::thread::spawn(move || {
+            one_cpu();
+            let times = ThreadTimes::of_this_thread();
+            let first = times.now();
+            let mut last = first;
+            // Until the wait shows, or long past any scheduler slice.
+            let until = Instant::now() + Duration::from_secs(5);
+            while last.waiting_for_cpu == first.waiting_for_cpu && Instant::now() < until {
+                std::hint::spin_loop();
+                last = times.now();
+            }
+            (first, last)
+        })
+        .join()
+        .unwrap();
+        spinning.store(false, Relaxed);
+        spinner.join().unwrap();
+        assert!(last.on_cpu > first.on_cpu, "the thread's CPU time grew");
+        assert!(last.waiting_for_cpu > first.waiting_for_cpu, "the thread waited for its one CPU");
     }
 
     #[test]
