@@ -69,7 +69,7 @@
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, BatchSize, BenchmarkGroup, Criterion, Throughput};
-use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, SettingsTable, PREFETCH_AHEAD};
+use receiptd_core::{DeltaBuffer, Effects, Limits, PartitionState, ReadAhead, SettingsTable, PREFETCH_AHEAD};
 use receiptd_loadgen::{Rng, Traffic, TrafficShape};
 use receiptd_wire::{
     AppConfig, Conversation, Event, GroupMembers, GroupType, Id, MembersOp, MessageRead, MessageSent, Setting,
@@ -416,7 +416,8 @@ fn bench_folds(
 /// Folds `events`, taking receipts every 1,000 message reads (a read of
 /// several messages counts each; any other event counts one).
 /// With `prefetch`, as the worker folds a batch: [`PREFETCH_AHEAD`] events
-/// looked up (`PartitionState::prefetch`), then folded.
+/// looked up (`PartitionState::prefetch`), then folded with what that found
+/// (`PartitionState::apply_ahead`).
 #[inline(always)]
 fn fold_events(
     state: &mut PartitionState,
@@ -448,13 +449,18 @@ impl Folder {
         prefetch: bool,
     ) {
         for run in events.chunks(PREFETCH_AHEAD) {
+            let mut ahead = [ReadAhead::NONE; PREFETCH_AHEAD];
             if prefetch {
-                for e in run {
-                    state.prefetch(e);
+                for (e, ahead) in run.iter().zip(&mut ahead) {
+                    *ahead = state.prefetch(e);
                 }
             }
-            for e in run {
-                state.apply(settings, limits, e, 2, &mut self.fx);
+            for (e, ahead) in run.iter().zip(ahead) {
+                if prefetch {
+                    state.apply_ahead(settings, limits, e, ahead, 2, &mut self.fx);
+                } else {
+                    state.apply(settings, limits, e, 2, &mut self.fx);
+                }
                 self.since_flush += match e {
                     Event::MessageRead(r) => r.msg_ids.len(),
                     _ => 1,

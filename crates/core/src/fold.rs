@@ -2,6 +2,7 @@
 
 use crate::deltas::{DeltaBuffer, ReceiptChange};
 use crate::departures::Departure;
+use crate::prefetch::ReadAhead;
 use crate::state::{
     app_entry, AppState, AppView, CountedUnder, DirtyKey, Group, HeldList, HeldRead, Id, Mark, MessageState,
     MessageTarget, PartitionState, ReadMark, Slot, Tracking, LAST_EPOCH, NOT_A_MEMBER,
@@ -54,9 +55,24 @@ impl PartitionState {
         record_time: u64,
         fx: &mut Effects,
     ) {
+        self.apply_ahead(settings, limits, event, ReadAhead::NONE, record_time, fx)
+    }
+
+    /// As [`Self::apply`], with what [`Self::prefetch`] found for `event`
+    /// (see [`ReadAhead`]): the fold then does not look it up again.
+    pub fn apply_ahead(
+        &mut self,
+        settings: &SettingsTable,
+        limits: &Limits,
+        event: &Event,
+        ahead: ReadAhead,
+        record_time: u64,
+        fx: &mut Effects,
+    ) {
         self.advance_watermark(record_time);
         match event {
             Event::GroupMembers(e) => {
+                self.groups_epoch += 1;
                 let outcome = self.group_members(e, &mut fx.stats);
                 fx.stats.event(0, outcome);
             }
@@ -65,7 +81,7 @@ impl PartitionState {
                 fx.stats.event(1, outcome);
             }
             Event::MessageRead(e) => {
-                let outcome = self.message_read(settings, limits, e, record_time, &mut fx.stats);
+                let outcome = self.message_read(settings, limits, e, ahead, record_time, &mut fx.stats);
                 fx.stats.event(2, outcome);
             }
             Event::ConversationRead(e) => {
@@ -78,6 +94,8 @@ impl PartitionState {
                 fx.stats.event(3, outcome);
             }
             Event::MessageRevoked(e) => {
+                // Reads uncounted may free a departed member's ordinal.
+                self.groups_epoch += 1;
                 let outcome = self.message_revoked(&e.app_id, &e.msg_id, &e.sender, &e.conversation, &mut fx.stats);
                 fx.stats.event(4, outcome);
             }
@@ -116,6 +134,7 @@ impl PartitionState {
     /// record time), oldest first, without scanning: each app keeps its
     /// message ids in an index by send time. Storage deletes what this drops.
     pub fn expire_messages(&mut self, settings: &SettingsTable, fx: &mut Effects) {
+        self.groups_epoch += 1;
         let PartitionState { apps, watermark, dirty, .. } = self;
         for app in apps.iter_mut() {
             let retention = settings.retention_ms(&app.id);
@@ -315,6 +334,7 @@ impl PartitionState {
         settings: &SettingsTable,
         limits: &Limits,
         e: &MessageRead,
+        ahead: ReadAhead,
         record_time: u64,
         stats: &mut FoldStats,
     ) -> Outcome {
@@ -330,10 +350,12 @@ impl PartitionState {
         // depends on the other. Allocates only when there is one.
         let mut unknown = Vec::new();
         {
-            let watermark = self.watermark;
+            let (watermark, groups_epoch) = (self.watermark, self.groups_epoch);
             let PartitionState { apps, view, dirty, .. } = self;
             let app: &AppState = app_entry(apps, view, app_id);
-            let mut place = ReaderPlace::default();
+            // SAFETY: `ahead` is checked to be this event's, found in this
+            // groups epoch, so its group is where it was; see `ReadAhead`.
+            let mut place = unsafe { ahead.place_for(e, groups_epoch) };
             for msg_id in &e.msg_ids {
                 let ctx = ReadCtx { settings: app_settings, app_id: &app.id, watermark, dirty };
                 match read_one(ctx, &app.view, &mut place, reader, &e.conversation, msg_id, e.read_at, e.private) {
@@ -541,13 +563,13 @@ fn uncount_reads(groups: &ShardedMap<Id, Group>, m: &MessageState) {
 /// holds for the whole event, and queries only read. A read lock cost two
 /// atomic operations an event, and each waits for every load before it.
 #[derive(Default)]
-struct ReaderPlace<'a> {
+pub(crate) struct ReaderPlace<'a> {
     /// Whether the group was looked up (it may not exist).
-    looked_up: bool,
+    pub(crate) looked_up: bool,
     /// The group, if it exists.
-    group: Option<&'a Group>,
+    pub(crate) group: Option<&'a Group>,
     /// The reader's ordinal in it, if the reader has one.
-    ordinal: Option<u32>,
+    pub(crate) ordinal: Option<u32>,
 }
 
 impl<'a> ReaderPlace<'a> {

@@ -51,7 +51,7 @@ mod stored_form;
 
 pub use deltas::{DeltaBuffer, ReceiptChange};
 pub use fold::{Effects, Limits};
-pub use prefetch::PREFETCH_AHEAD;
+pub use prefetch::{ReadAhead, PREFETCH_AHEAD};
 pub use query::{MemberFilter, MemberPage, QueryRefusal};
 pub use readers::{Readers, PAGE_READERS};
 pub use receiptd_wire::{same_str, INLINE_BYTES};

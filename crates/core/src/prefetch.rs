@@ -15,12 +15,65 @@
 //! cache. A flush walks its changed messages the same way. Results never
 //! depend on it: looking up nothing, or the wrong thing, only costs time.
 //!
-//! Only messages: walking the reader's group and ordinal too (about 120
-//! instructions an event more) cost the drain's mix more than it saved,
-//! its groups being few and mostly in cache.
+//! A group read's walk also finds the reader's group and ordinal, and
+//! hands them to the fold of the same event ([`ReadAhead`],
+//! [`PartitionState::apply_ahead`]): the fold then does not look them up
+//! again, so the walk costs no lookups of its own. Walking them without
+//! handing them over cost about a hundred instructions an event more,
+//! which the drain's mix, its groups few and mostly in cache, did not
+//! win back.
 
-use crate::state::{DirtyKey, PartitionState};
-use receiptd_wire::Event;
+use crate::fold::ReaderPlace;
+use crate::state::{DirtyKey, Group, PartitionState};
+use receiptd_wire::{Conversation, Event, MessageRead};
+use std::ptr::NonNull;
+
+/// What [`PartitionState::prefetch`] found for a group read: the reader's
+/// group and ordinal, for [`PartitionState::apply_ahead`] of the same event
+/// to take instead of looking them up again. It holds no borrow, so a
+/// caller keeps one per event of a run between the two calls. It is taken
+/// only for the event it was found for (by address), and only while no
+/// group can have moved or an ordinal changed hands since (the state's
+/// groups epoch moves on at every membership event, revoke, expiry,
+/// staging and restore); otherwise the fold looks up as usual. Pass it
+/// only with the event it was found for: another event at the same
+/// address would take its place.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadAhead {
+    found: Option<FoundPlace>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct FoundPlace {
+    event: *const MessageRead,
+    groups_epoch: u64,
+    group: Option<NonNull<Group>>,
+    ordinal: Option<u32>,
+}
+
+impl ReadAhead {
+    /// Nothing found: the fold looks up.
+    pub const NONE: ReadAhead = ReadAhead { found: None };
+
+    /// The place found for `event` in `groups_epoch`, as the fold's
+    /// starting point; not looked up yet otherwise.
+    ///
+    /// # Safety
+    /// The caller holds `&mut PartitionState` for the returned place's
+    /// life, and `groups_epoch` is that state's now: a group found in the
+    /// same epoch has not moved (see `ShardedMap::peek` for the lock).
+    pub(crate) unsafe fn place_for<'a>(self, event: &MessageRead, groups_epoch: u64) -> ReaderPlace<'a> {
+        match self.found {
+            Some(f) if f.groups_epoch == groups_epoch && std::ptr::eq(f.event, event) => ReaderPlace {
+                looked_up: true,
+                // SAFETY: see the function's contract.
+                group: f.group.map(|g| unsafe { g.as_ref() }),
+                ordinal: f.ordinal,
+            },
+            _ => ReaderPlace::default(),
+        }
+    }
+}
 
 /// Events to look up before folding them: enough chains to keep the
 /// processor's loads busy, few enough that their lines are still in L1
@@ -59,12 +112,13 @@ fn prefetch_message(m: &crate::MessageState) {
 
 impl PartitionState {
     /// Looks up the messages folding `event` reads first (a read's messages
-    /// and their readers, a send's bucket), changing nothing. Call it for
-    /// a few events ([`PREFETCH_AHEAD`]), then fold them: see the module
-    /// docs. `&mut`: it reads the maps without their locks, which only the
-    /// fold may (see `ShardedMap::peek`).
-    pub fn prefetch(&mut self, event: &Event) {
-        let Some(app) = self.apps.get(event.app_id()) else { return };
+    /// and their readers, its reader's group and ordinal, a send's bucket),
+    /// changing nothing. Call it for a few events ([`PREFETCH_AHEAD`]), then
+    /// fold them with [`Self::apply_ahead`] and what it returned: see the
+    /// module docs. `&mut`: it reads the maps without their locks, which
+    /// only the fold may (see `ShardedMap::peek`).
+    pub fn prefetch(&mut self, event: &Event) -> ReadAhead {
+        let Some(app) = self.apps.get(event.app_id()) else { return ReadAhead::NONE };
         let view = &app.view;
         // SAFETY (each `peek`): `&mut self` holds off every change to the
         // maps while the references live; queries only read.
@@ -75,12 +129,23 @@ impl PartitionState {
                         prefetch_message(m);
                     }
                 }
+                let Conversation::Group { group_id } = &e.conversation else { return ReadAhead::NONE };
+                let group = unsafe { view.groups.peek(group_id.as_str()) };
+                ReadAhead {
+                    found: Some(FoundPlace {
+                        event: e,
+                        groups_epoch: self.groups_epoch,
+                        group: group.map(NonNull::from),
+                        ordinal: group.and_then(|g| g.ordinal(e.reader.as_str())),
+                    }),
+                }
             }
             Event::MessageSent(e) => {
                 // Its bucket, for the insert; none is there as a rule.
                 std::hint::black_box(unsafe { view.messages.peek(e.msg_id.as_str()) }.is_some());
+                ReadAhead::NONE
             }
-            Event::GroupMembers(_) | Event::ConversationRead(_) | Event::MessageRevoked(_) => {}
+            Event::GroupMembers(_) | Event::ConversationRead(_) | Event::MessageRevoked(_) => ReadAhead::NONE,
         }
     }
 

@@ -881,6 +881,9 @@ pub struct PartitionState {
     pub(crate) dirty: Vec<DirtyKey>,
     /// Pages of readers sealed by stagings since [`Self::take_reader_pages_sealed`].
     reader_pages_sealed: u64,
+    /// Moves on at every change that may move a group or change who holds
+    /// which ordinal: a [`crate::ReadAhead`] found before it is not used.
+    pub(crate) groups_epoch: u64,
 }
 
 impl PartitionState {
@@ -1000,6 +1003,7 @@ impl PartitionState {
         deltas: &mut crate::DeltaBuffer,
         stage: impl FnMut(&DirtyKey, Entity<'_>),
     ) -> usize {
+        self.groups_epoch += 1;
         self.stage_changes(usize::MAX, settings, deltas, stage)
     }
 
@@ -1017,6 +1021,7 @@ impl PartitionState {
         deltas: &mut crate::DeltaBuffer,
         mut stage: impl FnMut(&DirtyKey, Entity<'_>),
     ) -> usize {
+        self.groups_epoch += 1;
         let keys =
             if max >= self.dirty.len() { take_retaining(&mut self.dirty) } else { self.dirty.drain(..max).collect() };
         deltas.begin_pass();
@@ -1031,6 +1036,7 @@ impl PartitionState {
     /// entities stay listed as changed for the next
     /// [`Self::flush_changes`], which then takes no receipt twice.
     pub fn take_receipts(&mut self, settings: &crate::SettingsTable, deltas: &mut crate::DeltaBuffer) {
+        self.groups_epoch += 1;
         let keys = std::mem::take(&mut self.dirty);
         deltas.begin_pass();
         self.visit_in_runs(&keys, |state, key| {
@@ -1158,6 +1164,7 @@ impl PartitionState {
     /// [`Self::restore_member`], then [`Self::finish_restore`] rebuilds the
     /// derived indexes.
     pub fn restore_group(&mut self, app: &str, group_id: &str, meta: GroupMeta) {
+        self.groups_epoch += 1;
         let mut group = self.app_mut(app).view.groups.get_or_insert_with(Id::from(group_id), || Group::new(None));
         group.departures = crate::departures::Departures::complete_after(meta.epoch);
         group.meta = meta;
@@ -1176,6 +1183,7 @@ impl PartitionState {
         user: &str,
         since: u32,
     ) -> Result<(), RestoreError> {
+        self.groups_epoch += 1;
         let view = &self.app_mut(app).view;
         let key = || DirtyKey::Member { app: Id::from(app), group_id: Id::from(group_id), ordinal };
         let Some(mut g) = view.groups.get_mut(group_id) else {
@@ -1253,6 +1261,7 @@ impl PartitionState {
     /// ordinals it handed out, never by its sender; a C2C message read only
     /// by its peer.
     pub fn finish_restore(&mut self) -> Result<(), RestoreError> {
+        self.groups_epoch += 1;
         for app in self.apps.iter() {
             check_restored(app)?;
             app.view.groups.for_each_mut(|_, g| {

@@ -13,7 +13,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use receiptd_core::{DeltaBuffer, Effects, PartitionState, SettingsTable};
+use receiptd_core::{DeltaBuffer, Effects, PartitionState, ReadAhead, SettingsTable};
 use receiptd_store::Store;
 use receiptd_wire::{decode_event, ContentType, DecodeError, Event, CONTENT_TYPE_HEADER};
 use std::collections::{BTreeMap, VecDeque};
@@ -557,15 +557,25 @@ impl Engine {
     }
 
     /// Looks up the state that folding `event` (record `m`'s) will read,
-    /// changing nothing: see [`receiptd_core::PREFETCH_AHEAD`].
-    pub(crate) fn prefetch<M: Message>(&mut self, m: &M, event: &Event) {
-        if let Some(owned) = self.partitions.get_mut(&m.partition()) {
-            owned.state.prefetch(event);
+    /// changing nothing, and returns what the fold of it may take instead
+    /// of looking up again: see [`receiptd_core::PREFETCH_AHEAD`].
+    pub(crate) fn prefetch<M: Message>(&mut self, m: &M, event: &Event) -> ReadAhead {
+        match self.partitions.get_mut(&m.partition()) {
+            Some(owned) => owned.state.prefetch(event),
+            None => ReadAhead::NONE,
         }
     }
 
-    /// Folds one record of the events topic, decoded by [`decode`].
-    pub(crate) fn ingest<M: Message>(&mut self, m: &M, decoded: &Result<Event, DecodeError>, settings: &SettingsTable) {
+    /// Folds one record of the events topic, decoded by [`decode`], with
+    /// what [`Self::prefetch`] returned for it ([`ReadAhead::NONE`] if not
+    /// looked up).
+    pub(crate) fn ingest<M: Message>(
+        &mut self,
+        m: &M,
+        decoded: &Result<Event, DecodeError>,
+        ahead: ReadAhead,
+        settings: &SettingsTable,
+    ) {
         self.shared.metrics.records_in.fetch_add(1, Relaxed);
         let partition = m.partition();
         let offset = m.offset();
@@ -585,7 +595,7 @@ impl Engine {
         match decoded {
             Ok(event) => {
                 let record_time = m.timestamp().to_millis().unwrap_or(0).max(0) as u64;
-                owned.state.apply(settings, &self.config.limits, event, record_time, &mut self.fx);
+                owned.state.apply_ahead(settings, &self.config.limits, event, ahead, record_time, &mut self.fx);
             }
             Err(e) => self.dead_letter(m, e),
         }
@@ -1046,7 +1056,7 @@ mod tests {
             offset,
             None,
         );
-        engine.ingest(&record, &Ok(event), &SettingsTable::default());
+        engine.ingest(&record, &Ok(event), ReadAhead::NONE, &SettingsTable::default());
     }
 
     #[test]

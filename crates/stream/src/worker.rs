@@ -16,7 +16,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
-use receiptd_core::{Limits, PartitionView, SettingsTable, PREFETCH_AHEAD};
+use receiptd_core::{Limits, PartitionView, ReadAhead, SettingsTable, PREFETCH_AHEAD};
 use receiptd_store::Store;
 use receiptd_wire::{DecodeError, Event};
 use std::collections::BTreeMap;
@@ -590,14 +590,15 @@ fn run_inner(
             // A few events' state looked up, then those events folded: the
             // lookups' cache misses overlap (see receiptd_core::PREFETCH_AHEAD).
             for (records, run) in batch.chunks(PREFETCH_AHEAD).zip(decoded.chunks(PREFETCH_AHEAD)) {
-                for (record, decoded) in records.iter().zip(run) {
+                let mut ahead = [ReadAhead::NONE; PREFETCH_AHEAD];
+                for ((record, decoded), ahead) in records.iter().zip(run).zip(&mut ahead) {
                     if let Ok(Ok(event)) = decoded {
-                        e.prefetch(record, event);
+                        *ahead = e.prefetch(record, event);
                     }
                 }
-                for (record, decoded) in records.iter().zip(run) {
+                for ((record, decoded), ahead) in records.iter().zip(run).zip(ahead) {
                     match decoded {
-                        Ok(decoded) => e.ingest(record, decoded, &settings_now),
+                        Ok(decoded) => e.ingest(record, decoded, ahead, &settings_now),
                         Err(err) => tracing::warn!(error = %err, "consumer error"),
                     }
                 }
@@ -872,7 +873,7 @@ fn serve_consumer_queue(
             Some(Ok(record)) => {
                 let decoded = decode(&record);
                 if let Some(e) = engine.lock().as_mut() {
-                    e.ingest(&record, &decoded, &shared.settings.read());
+                    e.ingest(&record, &decoded, ReadAhead::NONE, &shared.settings.read());
                 }
             }
         }
