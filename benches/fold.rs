@@ -456,11 +456,7 @@ impl Folder {
                 }
             }
             for (e, ahead) in run.iter().zip(ahead) {
-                if prefetch {
-                    state.apply_ahead(settings, limits, e, ahead, 2, &mut self.fx);
-                } else {
-                    state.apply(settings, limits, e, 2, &mut self.fx);
-                }
+                state.apply_ahead(settings, limits, e, ahead, 2, &mut self.fx);
                 self.since_flush += match e {
                     Event::MessageRead(r) => r.msg_ids.len(),
                     _ => 1,
