@@ -539,17 +539,15 @@ pub struct WorkerCpu {
 impl WorkerCpu {
     /// What was used from `before` to `self`.
     pub fn since(&self, before: &WorkerCpu) -> CpuUsed {
-        let cpu = |m: &BTreeMap<u32, (String, f64, f64)>| -> BTreeMap<u32, (String, f64)> {
-            m.iter().map(|(tid, (name, seconds, _))| (*tid, (name.clone(), *seconds))).collect()
+        // Each thread's name and one of its two times.
+        type Times = BTreeMap<u32, (String, f64, f64)>;
+        let column = |m: &Times, waiting: bool| -> BTreeMap<u32, (String, f64)> {
+            m.iter()
+                .map(|(tid, (name, cpu, wait))| (*tid, (name.clone(), if waiting { *wait } else { *cpu })))
+                .collect()
         };
-        let waiting = |m: &BTreeMap<u32, (String, f64, f64)>| -> BTreeMap<u32, (String, f64)> {
-            m.iter().map(|(tid, (name, _, waiting))| (*tid, (name.clone(), *waiting))).collect()
-        };
-        CpuUsed {
-            process: self.process - before.process,
-            threads: thread_cpu_between(&cpu(&before.threads), &cpu(&self.threads)),
-            waiting_for_cpu: thread_cpu_between(&waiting(&before.threads), &waiting(&self.threads)),
-        }
+        let between = |waiting| thread_cpu_between(&column(&before.threads, waiting), &column(&self.threads, waiting));
+        CpuUsed { process: self.process - before.process, threads: between(false), waiting_for_cpu: between(true) }
     }
 }
 
