@@ -1003,7 +1003,6 @@ impl PartitionState {
         deltas: &mut crate::DeltaBuffer,
         stage: impl FnMut(&DirtyKey, Entity<'_>),
     ) -> usize {
-        self.groups_epoch += 1;
         self.stage_changes(usize::MAX, settings, deltas, stage)
     }
 
@@ -1036,7 +1035,6 @@ impl PartitionState {
     /// entities stay listed as changed for the next
     /// [`Self::flush_changes`], which then takes no receipt twice.
     pub fn take_receipts(&mut self, settings: &crate::SettingsTable, deltas: &mut crate::DeltaBuffer) {
-        self.groups_epoch += 1;
         let keys = std::mem::take(&mut self.dirty);
         deltas.begin_pass();
         self.visit_in_runs(&keys, |state, key| {

@@ -431,12 +431,13 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{op=\"{op}\"}} {}", us.load(Relaxed) as f64 / 1e6);
             }
         }
-        counter(
+        seconds(
             &mut out,
+            "counter",
             "receiptd_restore_seconds_total",
             "Time spent restoring assigned partitions' state from the store, summed over assignments.",
+            &self.restore_us,
         );
-        let _ = writeln!(out, "receiptd_restore_seconds_total {}", self.restore_us.load(Relaxed) as f64 / 1e6);
         seconds(
             &mut out,
             "counter",
@@ -484,8 +485,13 @@ impl Metrics {
         let _ = writeln!(out, "receiptd_batch_gap_seconds_bucket{{le=\"+Inf\"}} {gaps}");
         let _ = writeln!(out, "receiptd_batch_gap_seconds_sum {}", self.gap_sum_us.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "receiptd_batch_gap_seconds_count {gaps}");
-        gauge(&mut out, "receiptd_batch_gap_max_seconds", "Longest gap between busy batch completions since start.");
-        let _ = writeln!(out, "receiptd_batch_gap_max_seconds {}", self.gap_max_us.load(Relaxed) as f64 / 1e6);
+        seconds(
+            &mut out,
+            "gauge",
+            "receiptd_batch_gap_max_seconds",
+            "Longest gap between busy batch completions since start.",
+            &self.gap_max_us,
+        );
         seconds(
             &mut out,
             "gauge",
