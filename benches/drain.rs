@@ -478,7 +478,8 @@ fn main() {
         .map(|p| format!("{p} {:.2}", m(&format!("receiptd_batch_gap_max_phase_seconds{{phase=\"{p}\"}}")) * 1e3))
         .collect();
     println!("longest gap by loop phase, ms: {}", phases.join(", "));
-    // A confirm phase's stall is the poll loop waiting for the store writer.
+    // A confirmed flush the store writer had no room for waited in flight
+    // (the poll loop does not wait for the writer).
     let ops: Vec<String> = [("write", writes), ("sync", syncs)]
         .iter()
         .map(|(op, calls)| {
@@ -489,7 +490,11 @@ fn main() {
             )
         })
         .collect();
-    println!("store writer's calls into RocksDB: {}", ops.join("; "));
+    println!(
+        "store writer's calls into RocksDB: {}; its queue found full {:.0} times",
+        ops.join("; "),
+        m("receiptd_store_writer_full_total")
+    );
     println!(
         "gaps over 10 ms: {:.0}; over 20 ms: {:.0}",
         m("receiptd_batch_gap_seconds_count") - m("receiptd_batch_gap_seconds_bucket{le=\"0.01\"}"),

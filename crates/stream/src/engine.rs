@@ -132,6 +132,9 @@ pub(crate) struct StagedFlush {
     puts: u64,
     /// Loop turns its staging took.
     slices: u32,
+    /// The broker's confirmation was counted: a confirmed flush may wait in
+    /// flight for room in the store writer's queue, and is counted once.
+    confirmed: bool,
 }
 
 impl StagedFlush {
@@ -250,9 +253,23 @@ impl Drop for StoreSyncer {
     }
 }
 
-/// Most confirmed flushes waiting for the store writer; past it the poll loop
-/// waits, so a slow disk slows the fold instead of filling memory.
+/// Most confirmed flushes waiting for the store writer. Past it a confirmed
+/// flush stays in flight, so no new flush begins and the fold runs on up to
+/// the pending limit, where fetching pauses: a slow disk slows the fold
+/// instead of filling memory, without stalling the poll loop.
 const WRITER_QUEUE: usize = 2;
+
+/// What [`Engine::write_confirmed`] did with the flushes in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handover {
+    /// Handed at least one over to the store writer.
+    HandedOver,
+    /// Handed none over: the oldest is confirmed, but the store writer's
+    /// queue is full. It waits for the disk, not for the broker.
+    WriterFull,
+    /// Handed none over: the oldest flush, if any, waits for the broker.
+    AwaitingBroker,
+}
 
 /// Writes confirmed flushes to RocksDB on a thread of its own, in the order
 /// they were confirmed, so that neither the memtable insert of a large batch
@@ -268,6 +285,18 @@ pub(crate) struct StoreWriter {
     thread: Option<std::thread::JoinHandle<()>>,
     written: std::sync::mpsc::Receiver<Vec<(i32, i64)>>,
     queue: Arc<(Mutex<WriterQueue>, std::sync::Condvar)>,
+    /// Tests hold the thread before each write, as a slow disk would.
+    #[cfg(test)]
+    held: Arc<(Mutex<WriterHold>, std::sync::Condvar)>,
+}
+
+#[cfg(test)]
+#[derive(Default)]
+struct WriterHold {
+    /// The thread is to wait before its next write.
+    hold: bool,
+    /// The thread is waiting, a flush in its hand.
+    holding: bool,
 }
 
 #[derive(Default)]
@@ -285,8 +314,25 @@ impl StoreWriter {
         let queue: Arc<(Mutex<WriterQueue>, std::sync::Condvar)> = Arc::default();
         let state = queue.clone();
         let syncer = StoreSyncer::start(store.clone(), shared.clone())?;
+        #[cfg(test)]
+        let (held, hold) = {
+            let held: Arc<(Mutex<WriterHold>, std::sync::Condvar)> = Arc::default();
+            (held.clone(), held)
+        };
         let thread = std::thread::Builder::new().name("receiptd-store".into()).spawn(move || {
             while let Ok(staged) = incoming.recv() {
+                // At most 10 s, so that a test of code that waits for the
+                // writer fails instead of hanging.
+                #[cfg(test)]
+                {
+                    let (lock, released) = &*hold;
+                    let mut held = lock.lock().expect("hold lock");
+                    held.holding = held.hold;
+                    let (mut held, _) = released
+                        .wait_timeout_while(held, Duration::from_secs(10), |held| held.hold)
+                        .expect("hold lock");
+                    held.holding = false;
+                }
                 // A failed sync stops the writing too.
                 let result = if shared.metrics.store_failed.load(Relaxed) {
                     Err(StreamError::StoreFailed)
@@ -310,12 +356,22 @@ impl StoreWriter {
                 }
             }
         })?;
-        Ok(StoreWriter { jobs: Some(jobs), written, queue, thread: Some(thread) })
+        Ok(StoreWriter {
+            jobs: Some(jobs),
+            written,
+            queue,
+            thread: Some(thread),
+            #[cfg(test)]
+            held,
+        })
     }
 
-    /// Hands a confirmed flush over; waits while the queue is full.
-    pub(crate) fn submit(&self, staged: StagedFlush) -> Result<(), StreamError> {
+    /// Hands a confirmed flush over, or gives it back at once if the queue
+    /// is full.
+    pub(crate) fn try_submit(&self, staged: StagedFlush) -> Result<Option<StagedFlush>, StreamError> {
         let (lock, _) = &*self.queue;
+        // Counted before it is sent, so that the thread never counts below
+        // zero; only the poll loop's thread submits.
         {
             let mut q = lock.lock().expect("writer queue lock");
             if q.failed {
@@ -324,7 +380,28 @@ impl StoreWriter {
             q.queued += 1;
         }
         let jobs = self.jobs.as_ref().expect("jobs is taken only on drop");
-        jobs.send(staged).map_err(|_| StreamError::StoreFailed)
+        match jobs.try_send(staged) {
+            Ok(()) => Ok(None),
+            Err(std::sync::mpsc::TrySendError::Full(staged)) => {
+                lock.lock().expect("writer queue lock").queued -= 1;
+                Ok(Some(staged))
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(StreamError::StoreFailed),
+        }
+    }
+
+    /// Holds the thread before its next write (`true`) or lets it go on.
+    #[cfg(test)]
+    fn hold(&self, hold: bool) {
+        let (lock, released) = &*self.held;
+        lock.lock().expect("hold lock").hold = hold;
+        released.notify_all();
+    }
+
+    /// Whether the thread is held with a flush in its hand.
+    #[cfg(test)]
+    fn holding(&self) -> bool {
+        self.held.0.lock().expect("hold lock").holding
     }
 
     /// Offsets of the flushes written since the last call, oldest first.
@@ -678,7 +755,9 @@ impl Engine {
                     let (unconfirmed, _) = self.producer.context().unsettled();
                     return Err(StreamError::DeliveryLost { unconfirmed });
                 }
-                self.shared.metrics.flush_confirmed(staged.started.elapsed().as_secs_f64());
+                if !staged.confirmed {
+                    self.shared.metrics.flush_confirmed(staged.started.elapsed().as_secs_f64());
+                }
                 written.extend(staged.commit(&self.store, &self.shared.metrics, None)?);
             }
         }
@@ -776,7 +855,18 @@ impl Engine {
         let generation = self.generation;
         self.generation += 1;
         let events = std::mem::take(&mut self.pending);
-        self.in_flight.push_back(StagedFlush { generation, batch, offsets, sync, started: now, events, puts, slices });
+        let confirmed = false;
+        self.in_flight.push_back(StagedFlush {
+            generation,
+            batch,
+            offsets,
+            sync,
+            started: now,
+            events,
+            puts,
+            slices,
+            confirmed,
+        });
         // A sender gone is reported by `collect_queued`, which then finds
         // this flush never queued.
         let _ = self.sender.send(DeltaBatch { generation, records: self.deltas.drain() });
@@ -818,23 +908,33 @@ impl Engine {
     /// once the broker has settled every record it depends on (its deltas
     /// and every earlier delta and DLQ record), and, for the newest, once
     /// the sender has queued all its records ([`Engine::collect_queued`],
-    /// which this also takes their receipt lists back with). Waits only
-    /// while the writer's queue is full. Returns whether it handed any over.
-    pub(crate) fn write_confirmed(&mut self) -> Result<bool, StreamError> {
+    /// which this also takes their receipt lists back with). Never waits: a
+    /// confirmed flush the writer has no room for stays in flight.
+    pub(crate) fn write_confirmed(&mut self) -> Result<Handover, StreamError> {
         self.collect_queued(false, None)?;
-        let mut handed_over = false;
-        while let Some(oldest) = self.in_flight.front() {
+        let mut handover = Handover::AwaitingBroker;
+        loop {
             // The unsent records are the newest flush's.
             let all_queued = self.unsent.is_none() || self.in_flight.len() > 1;
+            let Some(oldest) = self.in_flight.front_mut() else { break };
             if !all_queued || !self.producer.context().settled_through(oldest.generation) {
                 break;
             }
+            if !oldest.confirmed {
+                oldest.confirmed = true;
+                self.shared.metrics.flush_confirmed(oldest.started.elapsed().as_secs_f64());
+            }
             let staged = self.in_flight.pop_front().expect("checked above");
-            self.shared.metrics.flush_confirmed(staged.started.elapsed().as_secs_f64());
-            self.writer.submit(staged)?;
-            handed_over = true;
+            if let Some(staged) = self.writer.try_submit(staged)? {
+                self.in_flight.push_front(staged);
+                if handover == Handover::AwaitingBroker {
+                    handover = Handover::WriterFull;
+                }
+                break;
+            }
+            handover = Handover::HandedOver;
         }
-        Ok(handed_over)
+        Ok(handover)
     }
 
     /// Offsets the store writer has written since the last call, merged
@@ -995,6 +1095,25 @@ mod tests {
             events: 1,
             puts: 0,
             slices: 1,
+            confirmed: true,
+        }
+    }
+
+    /// Hands `staged` to `writer`, waiting for room as long as it takes.
+    fn submit(writer: &StoreWriter, mut staged: StagedFlush) -> Result<(), StreamError> {
+        while let Some(back) = writer.try_submit(staged)? {
+            staged = back;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Waits up to 10 s for `check` to hold.
+    fn until(what: &str, check: &mut dyn FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -1104,11 +1223,11 @@ mod tests {
 
         // The broker confirms the second flush first: neither is written.
         producer.context().settled(1);
-        assert!(!engine.write_confirmed().unwrap(), "the second waits for the first");
+        assert_eq!(engine.write_confirmed().unwrap(), Handover::AwaitingBroker, "the second waits for the first");
         assert_eq!(written_checkpoint(&engine, &store), None);
         // Then the first: both are written, in order.
         producer.context().settled(0);
-        assert!(engine.write_confirmed().unwrap());
+        assert_eq!(engine.write_confirmed().unwrap(), Handover::HandedOver);
         assert!(engine.in_flight.is_empty());
         assert_eq!(
             written_checkpoint(&engine, &store),
@@ -1119,8 +1238,39 @@ mod tests {
         // The third read goes out with the next flush.
         assert!(begin(&mut engine));
         producer.context().settled(2);
-        assert!(engine.write_confirmed().unwrap());
+        assert_eq!(engine.write_confirmed().unwrap(), Handover::HandedOver);
         assert_eq!(written_checkpoint(&engine, &store), Some(3));
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
+    #[test]
+    fn a_confirmed_flush_the_store_writer_has_no_room_for_stays_in_flight_and_the_loop_does_not_wait() {
+        let (_dir, store, producer, mut engine) = test_engine();
+        // A slow disk: the writer holds its next batch, and earlier batches
+        // fill its queue (one in its hand, the rest queued).
+        engine.writer.hold(true);
+        submit(&engine.writer, staged(&store, 1)).unwrap();
+        until("the writer holding the first batch", &mut || engine.writer.holding());
+        for next in 2..=WRITER_QUEUE as i64 + 1 {
+            assert!(engine.writer.try_submit(staged(&store, next)).unwrap().is_none(), "room for batch {next}");
+        }
+        assert!(engine.writer.try_submit(staged(&store, 9)).unwrap().is_some(), "no room for more");
+
+        ingest(&mut engine, conversation_read("bob", "alice"), 10);
+        assert!(engine.flush_begin(None));
+        engine.collect_queued(true, None).unwrap();
+        producer.context().settled(engine.in_flight.front().unwrap().generation);
+        // A writer that made the loop wait would write once the hold ends
+        // (10 s at most) and report the flush handed over.
+        assert_eq!(engine.write_confirmed().unwrap(), Handover::WriterFull);
+        assert_eq!(engine.write_confirmed().unwrap(), Handover::WriterFull, "asked again, still no room");
+        assert_eq!(engine.in_flight.len(), 1, "the confirmed flush stays in flight");
+        assert_eq!(checkpoint(&store), None, "nothing written while the writer is held");
+
+        engine.writer.hold(false);
+        until("the flush handed over", &mut || engine.write_confirmed().unwrap() == Handover::HandedOver);
+        assert!(engine.in_flight.is_empty());
+        assert_eq!(written_checkpoint(&engine, &store), Some(11), "written after every earlier batch");
         producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     }
 
@@ -1168,13 +1318,6 @@ mod tests {
         }
         assert!(engine.flush_begin(None), "a flush with changes starts");
         let generation = engine.in_flight.front().unwrap().generation;
-        let until = |what: &str, check: &mut dyn FnMut() -> bool| {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !check() {
-                assert!(Instant::now() < deadline, "timed out waiting for {what}");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        };
         until("the first record queued", &mut || producer.in_flight_count() == 1);
         // Every record queued so far confirmed at once (the broker outpacing
         // the sender): the flush still waits for the other two.
@@ -1182,7 +1325,11 @@ mod tests {
             while producer.context().unsettled().0 > 0 {
                 producer.context().settled(generation);
             }
-            assert!(!engine.write_confirmed().unwrap(), "confirmed with records still unqueued");
+            assert_eq!(
+                engine.write_confirmed().unwrap(),
+                Handover::AwaitingBroker,
+                "confirmed with records still unqueued"
+            );
             assert!(engine.sending());
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -1196,7 +1343,11 @@ mod tests {
         while producer.context().unsettled().0 > 0 {
             producer.context().settled(generation);
         }
-        assert!(engine.write_confirmed().unwrap(), "confirmed once every record is queued and settled");
+        assert_eq!(
+            engine.write_confirmed().unwrap(),
+            Handover::HandedOver,
+            "confirmed once every record is queued and settled"
+        );
         assert_eq!(written_checkpoint(&engine, &store), Some(3));
         producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     }
@@ -1254,7 +1405,7 @@ mod tests {
         let shared = Arc::new(Shared::default());
         let writer = StoreWriter::start(store.clone(), shared.clone()).unwrap();
         for next in 1..=20 {
-            writer.submit(staged(&store, next)).unwrap();
+            submit(&writer, staged(&store, next)).unwrap();
         }
         writer.wait_idle().unwrap();
         assert_eq!(checkpoint(&store), Some(20), "the last flush handed over is the one on disk");
@@ -1287,7 +1438,7 @@ mod tests {
         let shared = Arc::new(Shared::default());
         let writer = StoreWriter::start(store.clone(), shared.clone()).unwrap();
         // Flush 2 asks for a sync (even offsets do).
-        writer.submit(staged(&store, 2)).unwrap();
+        submit(&writer, staged(&store, 2)).unwrap();
         sync_began.recv_timeout(Duration::from_secs(60)).expect("the checkpoint's sync began");
         // More flushes than the writer's queue holds, three asking for a
         // sync: a writer that synced in line would still be in flush 2,
@@ -1295,7 +1446,8 @@ mod tests {
         let (done, all_written) = std::sync::mpsc::channel();
         let s = store.clone();
         std::thread::spawn(move || {
-            let result = (3..=8).try_for_each(|next| writer.submit(staged(&s, next))).and_then(|()| writer.wait_idle());
+            let result =
+                (3..=8).try_for_each(|next| submit(&writer, staged(&s, next))).and_then(|()| writer.wait_idle());
             let _ = done.send((result, writer));
         });
         let (result, writer) = all_written
@@ -1322,10 +1474,10 @@ mod tests {
         let writer = StoreWriter::start(store.clone(), shared.clone()).unwrap();
         for next in 1..=6 {
             // Refused once the writer has seen the failure: either is fine.
-            let _ = writer.submit(staged(&store, next));
+            let _ = submit(&writer, staged(&store, next));
         }
         assert!(matches!(writer.wait_idle(), Err(StreamError::StoreFailed)));
-        assert!(writer.submit(staged(&store, 7)).is_err(), "a failed writer takes no more work");
+        assert!(submit(&writer, staged(&store, 7)).is_err(), "a failed writer takes no more work");
         // Time for a writer that wrongly went on to write what it held.
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(checkpoint(&store), Some(2), "nothing after the failed write reached the store");

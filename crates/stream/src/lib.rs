@@ -43,14 +43,18 @@
 //!    writer, a thread of its own, which writes batches in order and fsyncs
 //!    at checkpoint boundaries (every second by default), so neither a large
 //!    memtable insert nor an fsync stalls the poll loop; after a failed
-//!    write it writes nothing more;
+//!    write it writes nothing more. The writer queues two batches at most;
+//!    a confirmed flush it has no room for stays in flight, and the loop
+//!    folds on meanwhile (so a slow disk holds back the next flush, not
+//!    the loop);
 //! 4. commits the offsets written to Kafka, only so that lag shows in tools.
 //!
 //! Up to `flush.max_in_flight` flushes (2 by default) are in flight at a
 //! time: the next is staged and queued while the broker confirms the earlier
 //! ones, so a change does not wait out the round trip of the flush before
 //! it; each is handed to the writer, in order, once its deltas and every
-//! earlier record are confirmed. If the broker stops confirming, the
+//! earlier record are confirmed. If the broker stops confirming, or the
+//! store writer falls behind, the
 //! worker folds on until twice `max_pending_records` are waiting, then
 //! pauses its partitions and keeps polling, so that it stays in the group.
 //!

@@ -141,6 +141,9 @@ pub struct Metrics {
     /// Times the delta sender found librdkafka's queue full and waited
     /// for room (10 ms, serving delivery reports) before queueing the rest.
     pub delta_queue_full: AtomicU64,
+    /// Times a confirmed flush found the store writer's queue full and
+    /// stayed in flight (the poll loop folds on meanwhile).
+    pub store_writer_full: AtomicU64,
     /// Flushes that failed and will be retried.
     pub flush_errors: AtomicU64,
     /// Settings records applied.
@@ -371,6 +374,11 @@ impl Metrics {
                 "receiptd_delta_queue_full_total",
                 "Times the delta sender found the producer's queue full and waited for room.",
                 &self.delta_queue_full,
+            ),
+            (
+                "receiptd_store_writer_full_total",
+                "Times a confirmed flush found the store writer's queue full and stayed in flight.",
+                &self.store_writer_full,
             ),
             ("receiptd_store_puts_total", "Entities written to RocksDB.", &self.store_puts),
             ("receiptd_store_writes_total", "Write batches applied to RocksDB.", &self.store_writes),

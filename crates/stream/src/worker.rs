@@ -2,7 +2,7 @@
 //! shutdown. Records come in batches from a [`FetchQueue`], rebalances from
 //! the consumer's own queue.
 
-use crate::engine::{decode, offset_list, DeliveryContext, Engine, StoreWriter};
+use crate::engine::{decode, offset_list, DeliveryContext, Engine, Handover, StoreWriter};
 use crate::fetch::{FetchQueue, FetchedRecord};
 use crate::metrics::{FlushTrigger, LOOP_PHASES};
 use crate::retire::Retirer;
@@ -535,6 +535,8 @@ fn run_inner(
     let mut last_batch_done: Option<(Instant, ThreadTime)> = None;
     let mut paused = false;
     let mut delivery_watch = DeliveryWatch::default();
+    // A confirmed flush is waiting for room in the store writer's queue.
+    let mut writer_full = false;
     let mut phases = PhaseClock::new();
     let result = loop {
         if stop.load(Relaxed) {
@@ -646,14 +648,25 @@ fn run_inner(
                 let _ = consumer.commit(&offsets, CommitMode::Async);
             }
         }
-        let handed_over = match confirmed {
-            Ok(handed_over) => handed_over,
-            Err(err) => break Err(err),
-        };
-        if let (false, Some(since)) = (handed_over, in_flight) {
-            if let Err(err) = delivery_watch.waiting(since, &producer, shared) {
-                break Err(err);
+        match confirmed {
+            Ok(Handover::AwaitingBroker) => {
+                writer_full = false;
+                if let Some(since) = in_flight {
+                    if let Err(err) = delivery_watch.waiting(since, &producer, shared) {
+                        break Err(err);
+                    }
+                }
             }
+            // The disk is slow, not the broker: the flush waits in flight
+            // while the loop folds on, and is handed over at a later turn.
+            Ok(Handover::WriterFull) => {
+                if !std::mem::replace(&mut writer_full, true) {
+                    shared.metrics.store_writer_full.fetch_add(1, Relaxed);
+                    tracing::debug!("a confirmed flush waits for room in the store writer's queue");
+                }
+            }
+            Ok(Handover::HandedOver) => writer_full = false,
+            Err(err) => break Err(err),
         }
 
         // Step 1 of the next flush: stage the batch (a slice of it per turn
