@@ -98,7 +98,7 @@ impl ProducerContext for DeliveryContext {
 }
 
 /// A store writer's call into RocksDB longer than this is logged: while it
-/// lasts, a full writer queue holds the poll loop (see `StoreWriter`).
+/// lasts, a full writer queue holds back the next flush (see `StoreWriter`).
 const SLOW_STORE_OP: Duration = Duration::from_millis(100);
 
 /// Runs `call`, counting its time under `op`, and warns when it was slow.
@@ -111,7 +111,7 @@ fn timed<T>(metrics: &Metrics, op: StoreOp, call: impl FnOnce() -> T) -> T {
         tracing::warn!(
             op = op.as_str(),
             ms = took.as_millis() as u64,
-            "slow store call; the poll loop may wait for it"
+            "slow store call; the next flush may wait for it"
         );
     }
     result
