@@ -23,7 +23,9 @@
 //! drained by a fresh worker with each, in ABBA order,
 //! `RECEIPTD_DRAIN_ROUNDS` times (default 5), and each pair's ratios are
 //! printed with their medians. Drains seconds apart, on one topic, vary
-//! far less than separate runs of this bench on these machines.
+//! far less than separate runs of this bench on these machines. Two
+//! builds compare the same way: `RECEIPTD_WORKER_BINARY=/path/to/a|...=/path/to/b`
+//! (copies of `target/release/receiptd`).
 
 #[path = "../tests/support.rs"]
 #[allow(dead_code, unused_imports)]

@@ -318,6 +318,10 @@ fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+/// A [`Worker::env`] variable naming a receiptd binary to start instead of
+/// this build's; the worker is not given it.
+pub const WORKER_BINARY_VAR: &str = "RECEIPTD_WORKER_BINARY";
+
 /// The worker binary, as a child process.
 pub struct Worker {
     pub child: Option<Child>,
@@ -366,14 +370,18 @@ impl Worker {
         }
     }
 
-    /// Starts the process (appending its stderr to `self.log`).
+    /// Starts the process (appending its stderr to `self.log`), the binary
+    /// [`WORKER_BINARY_VAR`] names if set, else this build's.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
         self.http = free_addr();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_receiptd"))
+        // A build of receiptd to run instead of this one: compares two
+        // builds in the drain bench's ABBA mode.
+        let program = self.env.iter().find(|(k, _)| k == WORKER_BINARY_VAR).map(|(_, v)| v.as_str());
+        let child = Command::new(program.unwrap_or(env!("CARGO_BIN_EXE_receiptd")))
             .arg("run")
-            .envs(self.env.iter().cloned())
+            .envs(self.env.iter().filter(|(k, _)| k != WORKER_BINARY_VAR).cloned())
             .env("RECEIPTD_HTTP__ADDR", self.http.to_string())
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
             .stdout(Stdio::null())
