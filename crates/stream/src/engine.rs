@@ -797,7 +797,6 @@ impl Engine {
             }
             self.shared.metrics.add_fold(&std::mem::take(&mut self.fx).stats);
             if self.pending == 0 && !self.partitions.values().any(|o| o.state.has_dirty()) {
-                self.producer.poll(Duration::ZERO);
                 return false;
             }
             let sync = now.duration_since(self.last_sync) >= self.config.sync_interval;

@@ -633,7 +633,7 @@ fn run_inner(
                 phases.take();
             }
         }
-        producer.poll(Duration::ZERO);
+        // The delta sender thread serves the producer's delivery reports.
 
         // Step 3 of the flush in flight, once the broker confirmed its deltas:
         // the store writer thread writes it. Offsets it has written are
