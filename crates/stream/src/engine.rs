@@ -17,7 +17,8 @@ use receiptd_core::{DeltaBuffer, Effects, PartitionState, ReadAhead, SettingsTab
 use receiptd_store::Store;
 use receiptd_wire::{decode_event, ContentType, DecodeError, Event, CONTENT_TYPE_HEADER};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,11 +31,21 @@ pub(crate) struct DeliveryContext {
     pub(crate) shared: Arc<Shared>,
     /// Records not yet confirmed, per generation.
     outstanding: Mutex<BTreeMap<u64, u64>>,
+    /// `outstanding`'s first generation (`u64::MAX` when it is empty), set
+    /// under its lock: the poll loop asks it without the lock, which the
+    /// thread serving delivery reports takes for each, and which that
+    /// thread preempted while holding it kept the loop waiting.
+    oldest_unsettled: AtomicU64,
 }
 
 impl DeliveryContext {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        DeliveryContext { shared, outstanding: Mutex::new(BTreeMap::new()) }
+        DeliveryContext { shared, outstanding: Mutex::new(BTreeMap::new()), oldest_unsettled: AtomicU64::new(u64::MAX) }
+    }
+
+    /// Notes `outstanding`'s first generation after a change to it.
+    fn note_oldest(&self, outstanding: &BTreeMap<u64, u64>) {
+        self.oldest_unsettled.store(outstanding.keys().next().copied().unwrap_or(u64::MAX), Release);
     }
 
     pub(crate) fn sent(&self, generation: u64) {
@@ -44,7 +55,9 @@ impl DeliveryContext {
     /// Counts `records` queued for `generation` at once.
     pub(crate) fn sent_many(&self, generation: u64, records: u64) {
         if records > 0 {
-            *self.outstanding.lock().expect("delivery lock").entry(generation).or_default() += records;
+            let mut outstanding = self.outstanding.lock().expect("delivery lock");
+            *outstanding.entry(generation).or_default() += records;
+            self.note_oldest(&outstanding);
         }
     }
 
@@ -66,6 +79,7 @@ impl DeliveryContext {
             *n = n.saturating_sub(records);
             if *n == 0 {
                 outstanding.remove(&generation);
+                self.note_oldest(&outstanding);
             }
         }
     }
@@ -76,9 +90,11 @@ impl DeliveryContext {
         (outstanding.values().sum(), outstanding.keys().next().copied())
     }
 
-    /// Every record of `generation` and earlier is settled.
+    /// Every record of `generation` and earlier is settled. Without the
+    /// lock: a record counted sent before this call (by this thread, or by
+    /// the sender before it said its batch was queued) is seen.
     fn settled_through(&self, generation: u64) -> bool {
-        self.outstanding.lock().expect("delivery lock").range(..=generation).next().is_none()
+        self.oldest_unsettled.load(Acquire) > generation
     }
 }
 
@@ -1240,6 +1256,27 @@ mod tests {
         assert_eq!(engine.write_confirmed().unwrap(), Handover::HandedOver);
         assert_eq!(written_checkpoint(&engine, &store), Some(3));
         producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
+    #[test]
+    fn a_generation_is_settled_through_once_it_and_every_earlier_one_has_no_record_left() {
+        let context = DeliveryContext::new(Arc::new(Shared::default()));
+        assert!(context.settled_through(u64::MAX - 1), "nothing sent, everything settled");
+        context.sent_many(3, 2);
+        context.sent_many(5, 1);
+        assert!(context.settled_through(2));
+        assert!(!context.settled_through(3) && !context.settled_through(4));
+        context.settled(3);
+        assert!(!context.settled_through(3), "one record of 3 left");
+        context.not_sent(3, 1);
+        assert!(context.settled_through(4), "the other never queued");
+        assert!(!context.settled_through(5));
+        context.sent(7);
+        context.settled(5);
+        assert!(context.settled_through(6) && !context.settled_through(7));
+        context.settled(7);
+        assert!(context.settled_through(100));
+        assert_eq!(context.unsettled(), (0, None));
     }
 
     #[test]
