@@ -17,8 +17,8 @@ use receiptd_core::{DeltaBuffer, Effects, PartitionState, ReadAhead, SettingsTab
 use receiptd_store::Store;
 use receiptd_wire::{decode_event, ContentType, DecodeError, Event, CONTENT_TYPE_HEADER};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -300,7 +300,7 @@ pub(crate) struct StoreWriter {
     /// "pthread lock: Invalid argument", seen once in CI).
     thread: Option<std::thread::JoinHandle<()>>,
     written: std::sync::mpsc::Receiver<Vec<(i32, i64)>>,
-    queue: Arc<(Mutex<WriterQueue>, std::sync::Condvar)>,
+    queue: Arc<WriterQueue>,
     /// Tests hold the thread before each write, as a slow disk would.
     #[cfg(test)]
     held: Arc<(Mutex<WriterHold>, std::sync::Condvar)>,
@@ -315,19 +315,26 @@ struct WriterHold {
     holding: bool,
 }
 
+/// The store writer's progress, shared with the poll loop. The loop hands
+/// flushes over without a lock: the writer thread, preempted while holding
+/// one the loop also takes, would keep the loop off its CPU until the
+/// scheduler ran the writer again.
 #[derive(Default)]
 struct WriterQueue {
     /// Flushes handed over and not yet written.
-    queued: usize,
+    queued: AtomicUsize,
     /// A write failed; the thread has stopped.
-    failed: bool,
+    failed: AtomicBool,
+    /// Taken only by [`StoreWriter::wait_idle`] and to wake it.
+    idle: Mutex<()>,
+    written: std::sync::Condvar,
 }
 
 impl StoreWriter {
     pub(crate) fn start(store: Arc<Store>, shared: Arc<Shared>) -> std::io::Result<StoreWriter> {
         let (jobs, incoming) = std::sync::mpsc::sync_channel::<StagedFlush>(WRITER_QUEUE);
         let (done, written) = std::sync::mpsc::channel();
-        let queue: Arc<(Mutex<WriterQueue>, std::sync::Condvar)> = Arc::default();
+        let queue: Arc<WriterQueue> = Arc::default();
         let state = queue.clone();
         let syncer = StoreSyncer::start(store.clone(), shared.clone())?;
         #[cfg(test)]
@@ -355,18 +362,23 @@ impl StoreWriter {
                 } else {
                     staged.commit(&store, &shared.metrics, Some(&syncer))
                 };
-                let (lock, changed) = &*state;
-                let mut q = lock.lock().expect("writer queue lock");
-                q.queued -= 1;
-                match result {
+                // The offsets are sent before the count falls: a wait that
+                // sees it at zero then finds every one of them.
+                let failed = match result {
                     Ok(offsets) => {
                         let _ = done.send(offsets);
+                        false
                     }
-                    Err(_) => q.failed = true,
-                }
-                let failed = q.failed;
-                drop(q);
-                changed.notify_all();
+                    Err(_) => {
+                        state.failed.store(true, Release);
+                        true
+                    }
+                };
+                state.queued.fetch_sub(1, Release);
+                // Taken between the count and the wake: a wait that saw the
+                // count before it fell is already waiting.
+                drop(state.idle.lock().expect("writer idle lock"));
+                state.written.notify_all();
                 if failed {
                     return;
                 }
@@ -385,21 +397,17 @@ impl StoreWriter {
     /// Hands a confirmed flush over, or gives it back at once if the queue
     /// is full.
     pub(crate) fn try_submit(&self, staged: StagedFlush) -> Result<Option<StagedFlush>, StreamError> {
-        let (lock, _) = &*self.queue;
+        if self.queue.failed.load(Acquire) {
+            return Err(StreamError::StoreFailed);
+        }
         // Counted before it is sent, so that the thread never counts below
         // zero; only the poll loop's thread submits.
-        {
-            let mut q = lock.lock().expect("writer queue lock");
-            if q.failed {
-                return Err(StreamError::StoreFailed);
-            }
-            q.queued += 1;
-        }
+        self.queue.queued.fetch_add(1, Relaxed);
         let jobs = self.jobs.as_ref().expect("jobs is taken only on drop");
         match jobs.try_send(staged) {
             Ok(()) => Ok(None),
             Err(std::sync::mpsc::TrySendError::Full(staged)) => {
-                lock.lock().expect("writer queue lock").queued -= 1;
+                self.queue.queued.fetch_sub(1, Relaxed);
                 Ok(Some(staged))
             }
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(StreamError::StoreFailed),
@@ -428,12 +436,13 @@ impl StoreWriter {
     /// Waits until every flush handed over is written: before anything else
     /// writes the store or reads a partition back from it.
     pub(crate) fn wait_idle(&self) -> Result<(), StreamError> {
-        let (lock, changed) = &*self.queue;
-        let mut q = lock.lock().expect("writer queue lock");
-        while q.queued > 0 && !q.failed {
-            q = changed.wait(q).expect("writer queue lock");
+        let q = &*self.queue;
+        let mut idle = q.idle.lock().expect("writer idle lock");
+        while q.queued.load(Acquire) > 0 && !q.failed.load(Acquire) {
+            idle = q.written.wait(idle).expect("writer idle lock");
         }
-        if q.failed {
+        drop(idle);
+        if q.failed.load(Acquire) {
             Err(StreamError::StoreFailed)
         } else {
             Ok(())
