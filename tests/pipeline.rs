@@ -139,3 +139,41 @@ fn a_drained_input_is_flushed_without_waiting_out_the_window() {
     assert_eq!(worker.metric("receiptd_flush_starts_total{trigger=\"window\"}"), 0.0);
     assert_eq!(worker.terminate(), 0);
 }
+
+#[test]
+fn input_held_at_the_pending_limit_is_taken_later_and_nothing_is_lost() {
+    let topics = Topics::create("held");
+    let t = now_ms();
+    let users: Vec<String> = (0..200).map(|k| format!("u{k}")).collect();
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let messages: Vec<String> = (0..10).map(|k| format!("m{k}")).collect();
+    let mut events = vec![members("g1", MembersOp::Snapshot, &names, t)];
+    events.extend(messages.iter().map(|m| sent(m, "u0", group("g1"), true, t + 1)));
+    // One read an event: 1,990 events, far past the pending limit below.
+    for reader in &names[1..] {
+        events.extend(messages.iter().map(|m| read(reader, group("g1"), &[m], t + 2)));
+    }
+    produce_events(&producer(), &topics.events, &events);
+
+    // Input is held once 10 records are pending while the one flush in
+    // flight waits for the broker: at once, with the whole input waiting.
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = Worker::new(&topics, &format!("{}-g", topics.events), &dir.path().join("state"))
+        .env("RECEIPTD_FLUSH__MAX_PENDING_RECORDS", "5")
+        .env("RECEIPTD_FLUSH__MAX_IN_FLIGHT", "1");
+    worker.start();
+    worker.wait_caught_up(&topics.events, Duration::from_secs(60));
+
+    let all_read = |records: &[DeltaRecord]| {
+        messages
+            .iter()
+            .all(|m| records.iter().flat_map(|r| &r.receipts).any(|r| r.msg_id == *m && r.read_count == Some(199)))
+    };
+    let records = read_deltas_until(&topics.deltas, Duration::from_secs(30), all_read);
+    assert!(all_read(&records), "every message read by all 199 others: {records:?}\n{}", worker.log_tail());
+    let receipts = || records.iter().flat_map(|r| &r.receipts);
+    assert_eq!(receipts().filter_map(|r| r.read_count).max(), Some(199), "no read counted twice");
+    assert!(receipts().filter(|r| r.read_count == Some(199)).all(|r| r.unread_count == Some(0)));
+    assert!(worker.metric("receiptd_input_held_total") >= 1.0, "input was never held:\n{}", worker.log_tail());
+    assert_eq!(worker.terminate(), 0);
+}

@@ -271,7 +271,7 @@ impl Drop for StoreSyncer {
 
 /// Most confirmed flushes waiting for the store writer. Past it a confirmed
 /// flush stays in flight, so no new flush begins and the fold runs on up to
-/// the pending limit, where fetching pauses: a slow disk slows the fold
+/// the pending limit, where the loop stops taking records: a slow disk slows the fold
 /// instead of filling memory, without stalling the poll loop.
 const WRITER_QUEUE: usize = 2;
 

@@ -54,9 +54,11 @@
 //! ones, so a change does not wait out the round trip of the flush before
 //! it; each is handed to the writer, in order, once its deltas and every
 //! earlier record are confirmed. If the broker stops confirming, or the
-//! store writer falls behind, the
-//! worker folds on until twice `max_pending_records` are waiting, then
-//! pauses its partitions and keeps polling, so that it stays in the group.
+//! store writer falls behind, the worker folds on until twice
+//! `max_pending_records` are waiting, then stops taking records and keeps
+//! polling, so that it stays in the group (librdkafka's fetch queue
+//! fills, and its fetcher waits; pausing the partitions would drop what
+//! was fetched ahead, to fetch it again).
 //!
 //! A crash between 2 and 3 replays the deltas with the same versions (the
 //! gateway drops them); a crash anywhere else replays nothing twice. On

@@ -141,6 +141,9 @@ pub struct Metrics {
     /// Times the delta sender found librdkafka's queue full and waited
     /// for room (10 ms, serving delivery reports) before queueing the rest.
     pub delta_queue_full: AtomicU64,
+    /// Times the poll loop held input back: the pending limit reached while
+    /// flushes waited for the broker or the store writer.
+    pub input_held: AtomicU64,
     /// Times a confirmed flush found the store writer's queue full and
     /// stayed in flight (the poll loop folds on meanwhile).
     pub store_writer_full: AtomicU64,
@@ -374,6 +377,11 @@ impl Metrics {
                 "receiptd_delta_queue_full_total",
                 "Times the delta sender found the producer's queue full and waited for room.",
                 &self.delta_queue_full,
+            ),
+            (
+                "receiptd_input_held_total",
+                "Times the poll loop stopped taking records: the pending limit reached while flushes waited.",
+                &self.input_held,
             ),
             (
                 "receiptd_store_writer_full_total",

@@ -533,7 +533,8 @@ fn run_inner(
     };
     let thread_times = ThreadTimes::of_this_thread();
     let mut last_batch_done: Option<(Instant, ThreadTime)> = None;
-    let mut paused = false;
+    // Input held back: the pending limit was reached while flushes wait.
+    let mut holding_input = false;
     let mut delivery_watch = DeliveryWatch::default();
     // A confirmed flush is waiting for room in the store writer's queue.
     let mut writer_full = false;
@@ -571,9 +572,16 @@ fn run_inner(
         // queue, and the fold skips offsets below one it has folded. While
         // waiting for records, a rebalance waits too, at most `wait`.
         let strays_left = serve_consumer_queue(&consumer, &engine, shared);
-        let taken = if strays_left { 0 } else { fetch.take(wait, MAX_BATCH, &mut batch) };
+        let taken = if strays_left {
+            0
+        } else if holding_input {
+            std::thread::sleep(wait);
+            0
+        } else {
+            fetch.take(wait, MAX_BATCH, &mut batch)
+        };
         // Fewer than a full batch: nothing more had arrived.
-        let caught_up = !strays_left && taken < MAX_BATCH;
+        let caught_up = !strays_left && !holding_input && taken < MAX_BATCH;
         if taken > 0 {
             let input_was_waiting = polling.elapsed() < Duration::from_millis(1);
             phases.lap(LoopPhase::Poll);
@@ -709,10 +717,14 @@ fn run_inner(
                 tracing::trace!(trigger = trigger.as_str(), pending, "flush started");
             }
         }
-        // Backpressure: while the broker lags behind, stop fetching (but keep
-        // polling, so the group keeps this member) once enough is pending.
-        // A flush may also complete inside a rebalance callback, so the way
-        // back (resume, ready) keys on no flush in flight, not on the commit.
+        // Backpressure: while the broker (or the disk) lags behind, stop
+        // taking records once enough is pending, but keep polling, so the
+        // group keeps this member. librdkafka's fetch queue then fills and
+        // its fetcher waits. Not `pause`: that drops every record fetched
+        // ahead (up to `queued.max.messages.kbytes`) to fetch them again,
+        // and waits for librdkafka's main thread twice. A flush may also
+        // complete inside a rebalance callback, so the way back (resume,
+        // ready) keys on no flush in flight, not on the commit.
         let e = guard.as_mut().expect("engine present while running");
         let flushing = e.in_flight_since().is_some();
         let over = flushing && e.pending() >= config.max_pending_records.saturating_mul(2);
@@ -733,17 +745,15 @@ fn run_inner(
                 tracing::info!("broker took the pending deltas; resuming");
             }
             delivery_watch.settled(shared);
-            if paused {
-                paused = false;
-                if let Ok(assignment) = consumer.assignment() {
-                    let _ = consumer.resume(&assignment);
-                }
-            }
+            holding_input = false;
         }
-        if over && !paused {
-            if let Ok(assignment) = consumer.assignment() {
-                paused = consumer.pause(&assignment).is_ok();
-            }
+        if over && !holding_input {
+            holding_input = true;
+            shared.metrics.input_held.fetch_add(1, Relaxed);
+            tracing::debug!(
+                pending = config.max_pending_records * 2,
+                "pending limit reached while flushes wait; holding input"
+            );
         }
     };
 
