@@ -493,9 +493,10 @@ fn main() {
         })
         .collect();
     println!(
-        "store writer's calls into RocksDB: {}; its queue found full {:.0} times",
+        "store writer's calls into RocksDB: {}; its queue found full {:.0} times; input held at the pending limit {:.0} times",
         ops.join("; "),
-        m("receiptd_store_writer_full_total")
+        m("receiptd_store_writer_full_total"),
+        m("receiptd_input_held_total")
     );
     println!(
         "gaps over 10 ms: {:.0}; over 20 ms: {:.0}",
