@@ -879,18 +879,9 @@ impl Engine {
         let generation = self.generation;
         self.generation += 1;
         let events = std::mem::take(&mut self.pending);
-        let confirmed = false;
-        self.in_flight.push_back(StagedFlush {
-            generation,
-            batch,
-            offsets,
-            sync,
-            started: now,
-            events,
-            puts,
-            slices,
-            confirmed,
-        });
+        let flush =
+            StagedFlush { generation, batch, offsets, sync, started: now, events, puts, slices, confirmed: false };
+        self.in_flight.push_back(flush);
         // A sender gone is reported by `collect_queued`, which then finds
         // this flush never queued.
         let _ = self.sender.send(DeltaBatch { generation, records: self.deltas.drain() });

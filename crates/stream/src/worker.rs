@@ -751,7 +751,7 @@ fn run_inner(
             holding_input = true;
             shared.metrics.input_held.fetch_add(1, Relaxed);
             tracing::debug!(
-                pending = config.max_pending_records * 2,
+                limit = config.max_pending_records.saturating_mul(2),
                 "pending limit reached while flushes wait; holding input"
             );
         }
