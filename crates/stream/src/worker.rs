@@ -722,12 +722,16 @@ fn run_inner(
         // group keeps this member. librdkafka's fetch queue then fills and
         // its fetcher waits. Not `pause`: that drops every record fetched
         // ahead (up to `queued.max.messages.kbytes`) to fetch them again,
-        // and waits for librdkafka's main thread twice. A flush may also
-        // complete inside a rebalance callback, so the way back (resume,
-        // ready) keys on no flush in flight, not on the commit.
+        // and waits for librdkafka's main thread twice. Taking resumes once
+        // a new flush has the pending records, or none is in flight. A
+        // flush may also complete inside a rebalance callback, so the way
+        // back (ready) keys on no flush in flight, not on the commit.
         let e = guard.as_mut().expect("engine present while running");
         let flushing = e.in_flight_since().is_some();
         let over = flushing && e.pending() >= config.max_pending_records.saturating_mul(2);
+        // A flush begun since took the pending records: input flows again
+        // without waiting for every flush in flight to complete.
+        let under = e.pending() < config.max_pending_records;
         drop(guard);
         phases.lap(LoopPhase::Stage);
         if now >= next_reroute {
@@ -745,6 +749,8 @@ fn run_inner(
                 tracing::info!("broker took the pending deltas; resuming");
             }
             delivery_watch.settled(shared);
+        }
+        if !flushing || under {
             holding_input = false;
         }
         if over && !holding_input {
