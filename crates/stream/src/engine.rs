@@ -154,6 +154,14 @@ pub(crate) struct StagedFlush {
 }
 
 impl StagedFlush {
+    /// Counts the broker's confirmation of this flush, once however often
+    /// it is seen.
+    fn note_confirmed(&mut self, metrics: &Metrics) {
+        if !std::mem::replace(&mut self.confirmed, true) {
+            metrics.flush_confirmed(self.started.elapsed().as_secs_f64());
+        }
+    }
+
     /// Step 3 of a flush, once the broker has every delta and DLQ record it
     /// depends on: state and offsets in one batch, fsynced at checkpoint
     /// boundaries, by `syncer` if given (the write returns without waiting
@@ -271,8 +279,8 @@ impl Drop for StoreSyncer {
 
 /// Most confirmed flushes waiting for the store writer. Past it a confirmed
 /// flush stays in flight, so no new flush begins and the fold runs on up to
-/// the pending limit, where the loop stops taking records: a slow disk slows the fold
-/// instead of filling memory, without stalling the poll loop.
+/// the pending limit, where the loop stops taking records: a slow disk
+/// slows the fold instead of filling memory, without stalling the loop.
 const WRITER_QUEUE: usize = 2;
 
 /// What [`Engine::write_confirmed`] did with the flushes in flight.
@@ -327,7 +335,7 @@ struct WriterQueue {
     failed: AtomicBool,
     /// Taken only by [`StoreWriter::wait_idle`] and to wake it.
     idle: Mutex<()>,
-    written: std::sync::Condvar,
+    one_written: std::sync::Condvar,
 }
 
 impl StoreWriter {
@@ -378,7 +386,7 @@ impl StoreWriter {
                 // Taken between the count and the wake: a wait that saw the
                 // count before it fell is already waiting.
                 drop(state.idle.lock().expect("writer idle lock"));
-                state.written.notify_all();
+                state.one_written.notify_all();
                 if failed {
                     return;
                 }
@@ -439,7 +447,7 @@ impl StoreWriter {
         let q = &*self.queue;
         let mut idle = q.idle.lock().expect("writer idle lock");
         while q.queued.load(Acquire) > 0 && !q.failed.load(Acquire) {
-            idle = q.written.wait(idle).expect("writer idle lock");
+            idle = q.one_written.wait(idle).expect("writer idle lock");
         }
         drop(idle);
         if q.failed.load(Acquire) {
@@ -772,7 +780,7 @@ impl Engine {
             // Dropped unwritten if the wait failed.
             let in_flight = std::mem::take(&mut self.in_flight);
             delivered?;
-            for staged in in_flight {
+            for mut staged in in_flight {
                 // librdkafka holds nothing now, every report served: a record
                 // of this flush still counted unconfirmed will never be
                 // confirmed, and writing would checkpoint past its delta.
@@ -780,9 +788,7 @@ impl Engine {
                     let (unconfirmed, _) = self.producer.context().unsettled();
                     return Err(StreamError::DeliveryLost { unconfirmed });
                 }
-                if !staged.confirmed {
-                    self.shared.metrics.flush_confirmed(staged.started.elapsed().as_secs_f64());
-                }
+                staged.note_confirmed(&self.shared.metrics);
                 written.extend(staged.commit(&self.store, &self.shared.metrics, None)?);
             }
         }
@@ -935,10 +941,7 @@ impl Engine {
             if !all_queued || !self.producer.context().settled_through(oldest.generation) {
                 break;
             }
-            if !oldest.confirmed {
-                oldest.confirmed = true;
-                self.shared.metrics.flush_confirmed(oldest.started.elapsed().as_secs_f64());
-            }
+            oldest.note_confirmed(&self.shared.metrics);
             let staged = self.in_flight.pop_front().expect("checked above");
             if let Some(staged) = self.writer.try_submit(staged)? {
                 self.in_flight.push_front(staged);
