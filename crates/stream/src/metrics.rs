@@ -512,7 +512,7 @@ impl Metrics {
             &mut out,
             "gauge",
             "receiptd_batch_gap_max_on_cpu_seconds",
-            "The loop thread's CPU time during the longest gap.",
+            "The loop thread's CPU time during the longest gap (as the kernel last updated it: up to a scheduler tick behind at either end).",
             &self.gap_max_on_cpu_us,
         );
         seconds(
