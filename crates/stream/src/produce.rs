@@ -21,9 +21,11 @@
 //! lock librdkafka shares with the thread queueing records and its own
 //! threads; served by the poll loop, that lock held by a thread the
 //! scheduler had just preempted put the loop to sleep (traced with
-//! `sched_switch`; the likely cause of gaps blocked 10 to 14 ms in the
-//! confirm phase). The poll loop now wakes the thread when it hands a
-//! batch over (`rd_kafka_yield`) and never serves the producer itself.
+//! `sched_switch`). The poll loop never serves the producer. The thread
+//! serves it in slices of [`SERVE_SLICE`] while records are in flight,
+//! looking for a batch between them, and otherwise waits for a batch:
+//! rdkafka's `poll` returns only once its timeout has passed, so a long
+//! poll would hold a batch (and every flush) back that long.
 
 use crate::engine::DeliveryContext;
 use crate::metrics::Metrics;
@@ -202,15 +204,20 @@ pub(crate) struct BatchQueued {
     pub(crate) lists: Vec<Vec<Receipt<Id>>>,
 }
 
-/// Longest the sender thread waits in the producer for a delivery report
-/// before it looks for a batch again; a batch handed over wakes it sooner.
-const IDLE_SERVE: Duration = Duration::from_millis(100);
+/// While no record is in flight, longest the sender thread waits for a
+/// batch before it serves the producer's queue once (logs, errors, and the
+/// delivery report of a dead-letter record the poll loop queued itself).
+const IDLE_WAIT: Duration = Duration::from_millis(10);
+
+/// While records are in flight, how long the sender thread serves their
+/// delivery reports before it looks for a batch again: rdkafka's
+/// `BaseProducer::poll` serves until its timeout has passed, whatever
+/// comes, so this is also the longest a new batch waits to be queued.
+const SERVE_SLICE: Duration = Duration::from_millis(1);
 
 /// Encodes and queues delta records on a thread of its own, and serves the
 /// producer's delivery reports while it has none to queue.
 pub(crate) struct DeltaSender {
-    /// Woken out of its wait for delivery reports when a batch comes.
-    producer: Arc<BaseProducer<DeliveryContext>>,
     batches: Option<Sender<DeltaBatch>>,
     queued: Receiver<BatchQueued>,
     stop: Arc<AtomicBool>,
@@ -224,18 +231,31 @@ impl DeltaSender {
         let (done, queued) = channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let producer = out.producer.clone();
         let thread = std::thread::Builder::new()
             .name("receiptd-deltas".into())
             .spawn(move || loop {
-                use std::sync::mpsc::TryRecvError;
-                let batch = match to_send.try_recv() {
-                    Ok(batch) => batch,
-                    Err(TryRecvError::Empty) => {
-                        out.producer.poll(IDLE_SERVE);
-                        continue;
+                use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+                // Delivery reports are served only by this thread's polls:
+                // with records in flight it polls in short slices between
+                // looks for a batch, else it waits for a batch.
+                let batch = if out.producer.in_flight_count() > 0 {
+                    match to_send.try_recv() {
+                        Ok(batch) => batch,
+                        Err(TryRecvError::Empty) => {
+                            out.producer.poll(SERVE_SLICE);
+                            continue;
+                        }
+                        Err(TryRecvError::Disconnected) => return,
                     }
-                    Err(TryRecvError::Disconnected) => return,
+                } else {
+                    match to_send.recv_timeout(IDLE_WAIT) {
+                        Ok(batch) => batch,
+                        Err(RecvTimeoutError::Timeout) => {
+                            out.producer.poll(Duration::ZERO);
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
                 };
                 let generation = batch.generation;
                 let lists = queue_batch(&mut out, batch, &shared.metrics, &stopped);
@@ -244,26 +264,15 @@ impl DeltaSender {
                 }
             })
             .map_err(StreamError::Spawn)?;
-        Ok(DeltaSender { producer, batches: Some(batches), queued, stop, thread: Some(thread) })
+        Ok(DeltaSender { batches: Some(batches), queued, stop, thread: Some(thread) })
     }
 
     /// Hands a flush's records over, to be queued after every batch before.
     pub(crate) fn send(&self, batch: DeltaBatch) -> Result<(), StreamError> {
         match &self.batches {
-            Some(batches) => {
-                batches.send(batch).map_err(|_| StreamError::SenderStopped)?;
-                self.wake();
-                Ok(())
-            }
+            Some(batches) => batches.send(batch).map_err(|_| StreamError::SenderStopped),
             None => Err(StreamError::SenderStopped),
         }
-    }
-
-    /// Ends the thread's wait for delivery reports, or the next one if it is
-    /// not waiting (librdkafka keeps the word until a wait sees it).
-    fn wake(&self) {
-        // SAFETY: a live client handle, held by `self.producer`.
-        unsafe { rdsys::rd_kafka_yield(self.producer.client().native_ptr()) };
     }
 
     /// The next batch all queued, if one is, without waiting; with `wait`,
@@ -296,8 +305,8 @@ impl Drop for DeltaSender {
         // A batch waiting for room in librdkafka's queue gives up; its
         // flush is never confirmed, and is folded again after a restart.
         self.stop.store(true, Relaxed);
+        // Its wait for a batch, or its next look for one, ends.
         self.batches.take();
-        self.wake();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
