@@ -181,8 +181,12 @@ impl StagedFlush {
                 None => sync_store(store, metrics)?,
             }
         }
+        let mut moved = false;
         for &(partition, next) in &self.offsets {
-            metrics.set_next_offset(partition, next);
+            moved |= metrics.set_next_offset(partition, next);
+        }
+        if moved {
+            metrics.checkpoint_written();
         }
         metrics.flushed_events.fetch_add(self.events, Relaxed);
         metrics.store_puts.fetch_add(self.puts, Relaxed);

@@ -167,6 +167,9 @@ pub struct Metrics {
     pub store_failed: AtomicBool,
     /// partition -> (high watermark from librdkafka statistics, next offset to fold).
     positions: Mutex<BTreeMap<i32, (i64, i64)>>,
+    /// Unix time, µs, of the latest write of state with its offsets (0
+    /// before any).
+    checkpoint_written_unix_us: AtomicU64,
 }
 
 impl Metrics {
@@ -288,12 +291,21 @@ impl Metrics {
         }
     }
 
-    /// Records the next offset the worker will fold for an owned partition.
-    pub fn set_next_offset(&self, partition: i32, next: i64) {
+    /// Records the next offset the worker will fold for an owned partition;
+    /// returns whether it moved.
+    pub fn set_next_offset(&self, partition: i32, next: i64) -> bool {
         let mut positions = self.positions.lock().expect("metrics lock");
+        let before = positions.get(&partition).map(|p| p.1);
         let p = positions.entry(partition).or_insert((next, next));
         p.1 = next;
         p.0 = p.0.max(next);
+        before != Some(next)
+    }
+
+    /// Notes that the store has just taken state with offsets that moved.
+    pub fn checkpoint_written(&self) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.checkpoint_written_unix_us.store(now.as_micros() as u64, Relaxed);
     }
 
     /// Forgets partitions no longer owned.
@@ -558,6 +570,16 @@ impl Metrics {
         for (p, (_, next)) in self.positions.lock().expect("metrics lock").iter() {
             let _ = writeln!(out, "receiptd_checkpoint_offset{{partition=\"{p}\"}} {next}");
         }
+        gauge(
+            &mut out,
+            "receiptd_checkpoint_written_timestamp_seconds",
+            "Unix time the store last took state with its offsets (0 before any): how old the point a restart resumes from is.",
+        );
+        let _ = writeln!(
+            out,
+            "receiptd_checkpoint_written_timestamp_seconds {}",
+            self.checkpoint_written_unix_us.load(Relaxed) as f64 / 1e6
+        );
         out
     }
 }
