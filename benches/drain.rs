@@ -211,10 +211,12 @@ fn drain(worker: &mut Worker, end: f64) -> Drained {
             let (_, body) = http_get(worker.http, "/metrics").expect("metrics");
             if metric_in(&body, "receiptd_checkpoint_offset") >= end {
                 // The write that reached the end, as the worker timed it:
-                // the bench polls it only every `DRAIN_POLL`.
-                let done = instant_of_unix(metric_in(&body, "receiptd_checkpoint_written_timestamp_seconds"));
+                // the bench polls it only every `DRAIN_POLL`. Builds
+                // without that gauge (a comparison's) are timed here.
+                let written = metric_in(&body, "receiptd_checkpoint_written_timestamp_seconds");
+                let done = if written > 0.0 { instant_of_unix(written).clamp(*first, now) } else { now };
                 let (cores, cpu) = CpuSnapshot::take(worker, broker).since(cpu_at_first);
-                return Drained { ready, first: *first, done: done.clamp(*first, now), cpu, cores };
+                return Drained { ready, first: *first, done, cpu, cores };
             }
         }
         assert!(worker.child.as_mut().unwrap().try_wait().unwrap().is_none(), "worker died:\n{}", worker.log_tail());
