@@ -22,10 +22,12 @@
 //! threads; served by the poll loop, that lock held by a thread the
 //! scheduler had just preempted put the loop to sleep (traced with
 //! `sched_switch`). The poll loop never serves the producer. The thread
-//! serves it in slices of [`SERVE_SLICE`] while records are in flight,
-//! looking for a batch between them, and otherwise waits for a batch:
-//! rdkafka's `poll` returns only once its timeout has passed, so a long
-//! poll would hold a batch (and every flush) back that long.
+//! serves every event waiting, then waits for a batch, at most
+//! [`SERVE_EVERY`] while records are in flight (so a delivery report waits
+//! at most that long), else [`IDLE_WAIT`]. Not in `BaseProducer::poll`:
+//! it returns only once its timeout has passed, so a long poll held every
+//! batch (and flush) back that long, and short ones spin (see
+//! [`MainQueue`]).
 
 use crate::engine::DeliveryContext;
 use crate::metrics::Metrics;
@@ -204,16 +206,15 @@ pub(crate) struct BatchQueued {
     pub(crate) lists: Vec<Vec<Receipt<Id>>>,
 }
 
-/// While no record is in flight, longest the sender thread waits for a
-/// batch before it serves the producer's queue once (logs, errors, and the
-/// delivery report of a dead-letter record the poll loop queued itself).
-const IDLE_WAIT: Duration = Duration::from_millis(10);
+/// While records are in flight, how long the sender thread waits for a
+/// batch before it serves their delivery reports again: the longest a
+/// delivery report waits to be served.
+const SERVE_EVERY: Duration = Duration::from_millis(1);
 
-/// While records are in flight, how long the sender thread serves their
-/// delivery reports before it looks for a batch again: rdkafka's
-/// `BaseProducer::poll` serves until its timeout has passed, whatever
-/// comes, so this is also the longest a new batch waits to be queued.
-const SERVE_SLICE: Duration = Duration::from_millis(1);
+/// While no record is in flight, how long the sender thread waits for a
+/// batch before it serves the producer's queue anyway (logs, errors, and
+/// the delivery report of a dead-letter record the poll loop queued).
+const IDLE_WAIT: Duration = Duration::from_millis(10);
 
 /// Encodes and queues delta records on a thread of its own, and serves the
 /// producer's delivery reports while it has none to queue.
@@ -233,34 +234,22 @@ impl DeltaSender {
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("receiptd-deltas".into())
-            .spawn(move || loop {
-                use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
-                // Delivery reports are served only by this thread's polls:
-                // with records in flight it polls in short slices between
-                // looks for a batch, else it waits for a batch.
-                let batch = if out.producer.in_flight_count() > 0 {
-                    match to_send.try_recv() {
+            .spawn(move || {
+                let events = MainQueue::of(&out.producer);
+                loop {
+                    use std::sync::mpsc::RecvTimeoutError;
+                    events.serve(&out.producer);
+                    let wait = if out.producer.in_flight_count() > 0 { SERVE_EVERY } else { IDLE_WAIT };
+                    let batch = match to_send.recv_timeout(wait) {
                         Ok(batch) => batch,
-                        Err(TryRecvError::Empty) => {
-                            out.producer.poll(SERVE_SLICE);
-                            continue;
-                        }
-                        Err(TryRecvError::Disconnected) => return,
-                    }
-                } else {
-                    match to_send.recv_timeout(IDLE_WAIT) {
-                        Ok(batch) => batch,
-                        Err(RecvTimeoutError::Timeout) => {
-                            out.producer.poll(Duration::ZERO);
-                            continue;
-                        }
+                        Err(RecvTimeoutError::Timeout) => continue,
                         Err(RecvTimeoutError::Disconnected) => return,
+                    };
+                    let generation = batch.generation;
+                    let lists = queue_batch(&mut out, batch, &shared.metrics, &stopped);
+                    if stopped.load(Relaxed) || done.send(BatchQueued { generation, lists }).is_err() {
+                        return;
                     }
-                };
-                let generation = batch.generation;
-                let lists = queue_batch(&mut out, batch, &shared.metrics, &stopped);
-                if stopped.load(Relaxed) || done.send(BatchQueued { generation, lists }).is_err() {
-                    return;
                 }
             })
             .map_err(StreamError::Spawn)?;
@@ -310,6 +299,38 @@ impl Drop for DeltaSender {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// The producer's own event queue (delivery reports, errors, logs), to
+/// serve what waits in it without waiting: rdkafka's `BaseProducer::poll`
+/// serves until its timeout has passed, and one with less than a
+/// millisecond left asks librdkafka not to wait at all, so polling in short
+/// slices spins. `poll(ZERO)` serves one event; the queue's length says
+/// how many wait.
+struct MainQueue(NonNull<rdsys::rd_kafka_queue_t>);
+
+impl MainQueue {
+    fn of(producer: &BaseProducer<DeliveryContext>) -> MainQueue {
+        // SAFETY: a live client handle; librdkafka returns a new reference
+        // to its main queue, released in `drop`.
+        let queue = unsafe { rdsys::rd_kafka_queue_get_main(producer.client().native_ptr()) };
+        MainQueue(NonNull::new(queue).expect("librdkafka returns its main queue"))
+    }
+
+    /// Serves every event waiting now (and any that came meanwhile).
+    fn serve(&self, producer: &BaseProducer<DeliveryContext>) {
+        // SAFETY: a live queue reference, held until `drop`.
+        while unsafe { rdsys::rd_kafka_queue_length(self.0.as_ptr()) } > 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+}
+
+impl Drop for MainQueue {
+    fn drop(&mut self) {
+        // SAFETY: the reference taken in `of`, released once.
+        unsafe { rdsys::rd_kafka_queue_destroy(self.0.as_ptr()) };
     }
 }
 
