@@ -230,10 +230,12 @@ fn drain(worker: &mut Worker, end: f64) -> Drained {
 /// How often [`drain`] asks the worker whether it is done, once it started.
 const DRAIN_POLL: Duration = Duration::from_millis(200);
 
-/// The [`Instant`] of a Unix time in seconds, by this machine's clocks now.
+/// The [`Instant`] of a Unix time in seconds, by this machine's clocks now
+/// (now, if it is too far back for an `Instant`).
 fn instant_of_unix(unix_seconds: f64) -> Instant {
     let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    Instant::now() - Duration::from_secs_f64((now_unix - unix_seconds).max(0.0))
+    let now = Instant::now();
+    now.checked_sub(Duration::from_secs_f64((now_unix - unix_seconds).max(0.0))).unwrap_or(now)
 }
 
 /// What the worker's log says of the partitions it restored: how many, their

@@ -167,8 +167,8 @@ pub struct Metrics {
     pub store_failed: AtomicBool,
     /// partition -> (high watermark from librdkafka statistics, next offset to fold).
     positions: Mutex<BTreeMap<i32, (i64, i64)>>,
-    /// Unix time, µs, of the latest write of state with its offsets (0
-    /// before any).
+    /// Unix time, µs, of the latest write of state with offsets that moved
+    /// (0 before any).
     checkpoint_written_unix_us: AtomicU64,
 }
 
@@ -573,7 +573,7 @@ impl Metrics {
         gauge(
             &mut out,
             "receiptd_checkpoint_written_timestamp_seconds",
-            "Unix time the store last took state with its offsets (0 before any): how old the point a restart resumes from is.",
+            "Unix time the store last took state with offsets that moved (0 before any): how old the point a restart resumes from is.",
         );
         let _ = writeln!(
             out,
