@@ -848,9 +848,9 @@ impl PhaseClock {
 /// in without a lock. Not the thread's CPU clock
 /// (`CLOCK_THREAD_CPUTIME_ID`): to count the slice running now, that call
 /// takes the thread's run queue lock, and on the benchmark's 2-vCPU VM it
-/// took over 2 ms (up to 13) 173 times in one drain. Read after a batch's end, that
-/// time counted neither on a CPU nor waiting for one: it was the time
-/// "blocked in the confirm phase" of the longest gaps. The cost: the CPU
+/// took over 2 ms (up to 13) 173 times in one drain. Read after a batch's
+/// end, that time counted neither on a CPU nor waiting for one: it was the
+/// time "blocked in the confirm phase" of the longest gaps. The cost: the CPU
 /// time counts the running slice only up to its last update (at most a
 /// scheduler tick behind), at both ends of a gap.
 struct ThreadTimes {
