@@ -202,8 +202,8 @@ fn drain(worker: &mut Worker, end: f64) -> Drained {
             ready = Some(now);
         }
         if first.is_none()
-            && http_get(worker.http, "/metrics").is_ok()
-            && worker.metric("receiptd_records_in_total") > 0.0
+            && http_get(worker.http, "/metrics")
+                .is_ok_and(|(_, body)| metric_in(&body, "receiptd_records_in_total") > 0.0)
         {
             first = Some((now, CpuSnapshot::take(worker, broker)));
         }

@@ -24,11 +24,35 @@ use std::ffi::{c_int, CStr, CString};
 use std::ptr::NonNull;
 use std::time::Duration;
 
+/// A reference to one of librdkafka's queues, released when dropped. The
+/// client must outlive it.
+pub(crate) struct QueueHandle(NonNull<rdsys::rd_kafka_queue_t>);
+
+impl QueueHandle {
+    /// Takes over `queue`, a reference librdkafka handed out (never null for
+    /// the calls that make one).
+    pub(crate) fn new(queue: *mut rdsys::rd_kafka_queue_t, made_by: &str) -> QueueHandle {
+        QueueHandle(NonNull::new(queue).unwrap_or_else(|| panic!("{made_by} returns a queue")))
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut rdsys::rd_kafka_queue_t {
+        self.0.as_ptr()
+    }
+}
+
+impl Drop for QueueHandle {
+    fn drop(&mut self) {
+        // SAFETY: the reference is ours, released once.
+        unsafe { rdsys::rd_kafka_queue_destroy(self.0.as_ptr()) }
+    }
+}
+
 /// The queue every assigned partition's fetched records are forwarded to.
 /// Public for the drain bench, which measures a consume-only loop on it
-/// beside `BaseConsumer::poll`.
+/// beside `BaseConsumer::poll`. Dropping it releases the handle; forwarded
+/// partitions keep the queue itself alive until librdkafka drops them.
 pub struct FetchQueue {
-    queue: NonNull<rdsys::rd_kafka_queue_t>,
+    queue: QueueHandle,
 }
 
 // SAFETY: librdkafka's queues lock internally; the handle may be used from
@@ -47,7 +71,7 @@ impl FetchQueue {
     pub unsafe fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Self {
         // SAFETY: the client pointer is valid while the consumer lives.
         let queue = unsafe { rdsys::rd_kafka_queue_new(consumer.client().native_ptr()) };
-        FetchQueue { queue: NonNull::new(queue).expect("rd_kafka_queue_new returns a queue") }
+        FetchQueue { queue: QueueHandle::new(queue, "rd_kafka_queue_new") }
     }
 
     /// Forwards the fetch queues of `partitions` here. Done before they are
@@ -107,14 +131,6 @@ impl FetchQueue {
         // SAFETY: librdkafka initialised the first `taken` slots.
         unsafe { out.set_len(out.len() + taken) };
         taken
-    }
-}
-
-impl Drop for FetchQueue {
-    fn drop(&mut self) {
-        // SAFETY: the handle is ours; forwarded partitions keep the queue
-        // itself alive until librdkafka drops them.
-        unsafe { rdsys::rd_kafka_queue_destroy(self.queue.as_ptr()) }
     }
 }
 

@@ -30,6 +30,7 @@
 //! [`MainQueue`]).
 
 use crate::engine::DeliveryContext;
+use crate::fetch::QueueHandle;
 use crate::metrics::Metrics;
 use crate::worker::Shared;
 use crate::StreamError;
@@ -308,29 +309,23 @@ impl Drop for DeltaSender {
 /// millisecond left asks librdkafka not to wait at all, so polling in short
 /// slices spins. `poll(ZERO)` serves one event; the queue's length says
 /// how many wait.
-struct MainQueue(NonNull<rdsys::rd_kafka_queue_t>);
+/// Drop it before the producer.
+struct MainQueue(QueueHandle);
 
 impl MainQueue {
     fn of(producer: &BaseProducer<DeliveryContext>) -> MainQueue {
         // SAFETY: a live client handle; librdkafka returns a new reference
-        // to its main queue, released in `drop`.
+        // to its main queue.
         let queue = unsafe { rdsys::rd_kafka_queue_get_main(producer.client().native_ptr()) };
-        MainQueue(NonNull::new(queue).expect("librdkafka returns its main queue"))
+        MainQueue(QueueHandle::new(queue, "rd_kafka_queue_get_main"))
     }
 
     /// Serves every event waiting now (and any that came meanwhile).
     fn serve(&self, producer: &BaseProducer<DeliveryContext>) {
-        // SAFETY: a live queue reference, held until `drop`.
+        // SAFETY: a live queue reference, held until dropped.
         while unsafe { rdsys::rd_kafka_queue_length(self.0.as_ptr()) } > 0 {
             producer.poll(Duration::ZERO);
         }
-    }
-}
-
-impl Drop for MainQueue {
-    fn drop(&mut self) {
-        // SAFETY: the reference taken in `of`, released once.
-        unsafe { rdsys::rd_kafka_queue_destroy(self.0.as_ptr()) };
     }
 }
 
