@@ -111,6 +111,77 @@ impl BatchBuffer {
         WriteBatch::from_data(&self.rep)
     }
 
+    /// [`BatchBuffer::into_write_batch`], its records in key order first.
+    ///
+    /// RocksDB's memtable is a skiplist, and a flush's keys come in the
+    /// order their entities were dirtied: each insert searched the list
+    /// from its head, missing the cache on the way down (5% of the
+    /// worker's CPU in a drain). In key order, with the insert hint
+    /// [`crate::Store::open`] sets, each insert starts from the one before.
+    /// Records of one key keep their order, and none moves across a range
+    /// deletion, so the batch applies as it would unsorted.
+    pub(crate) fn into_sorted_write_batch(self) -> WriteBatch {
+        SORTING.with(|scratch| {
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return self.into_write_batch();
+            };
+            let Sorting { records, sorted } = &mut *scratch;
+            let Some(()) = self.sort_into(records, sorted) else {
+                // Not a batch this builder wrote: written as it is, where
+                // RocksDB's own parse reports it.
+                return self.into_write_batch();
+            };
+            WriteBatch::from_data(sorted)
+        })
+    }
+
+    /// Writes the batch, header with count first, its records in key order
+    /// between range deletions, into `sorted`. `None` if a record does not
+    /// parse.
+    fn sort_into(&self, records: &mut Vec<RecordSpan>, sorted: &mut Vec<u8>) -> Option<()> {
+        records.clear();
+        let rep = self.rep.as_slice();
+        u32::try_from(rep.len()).ok()?;
+        let mut at = HEADER;
+        while at < rep.len() {
+            let start = at;
+            let kind = rep[at];
+            at += 1;
+            let key = read_slice(rep, &mut at)?;
+            match kind {
+                TYPE_VALUE | TYPE_RANGE_DELETION => {
+                    read_slice(rep, &mut at)?;
+                }
+                TYPE_DELETION => {}
+                _ => return None,
+            }
+            let span = RecordSpan {
+                start: start as u32,
+                key_start: key.start as u32,
+                key_end: key.end as u32,
+                end: at as u32,
+            };
+            if kind == TYPE_RANGE_DELETION {
+                records.extend([RecordSpan::BARRIER, span, RecordSpan::BARRIER]);
+            } else {
+                records.push(span);
+            }
+        }
+        sorted.clear();
+        sorted.reserve(rep.len());
+        sorted.extend_from_slice(&rep[..8]);
+        sorted.extend_from_slice(&self.count.to_le_bytes());
+        let key = |r: &RecordSpan| &rep[r.key_start as usize..r.key_end as usize];
+        for run in records.split_mut(|r| *r == RecordSpan::BARRIER) {
+            // Ties by place: a key's records stay in order.
+            run.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.start.cmp(&b.start)));
+            for r in run.iter() {
+                sorted.extend_from_slice(&rep[r.start as usize..r.end as usize]);
+            }
+        }
+        Some(())
+    }
+
     /// A length (LEB128 varint32, as RocksDB's `PutLengthPrefixedSlice`)
     /// and the bytes.
     #[inline]
@@ -119,6 +190,48 @@ impl BatchBuffer {
         receiptd_core::put_leb128(&mut self.rep, u64::from(len));
         self.rep.extend_from_slice(bytes);
     }
+}
+
+/// Where a record lies in a batch's bytes, and its key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct RecordSpan {
+    start: u32,
+    key_start: u32,
+    key_end: u32,
+    end: u32,
+}
+
+impl RecordSpan {
+    /// Around a range deletion: no record moves across it.
+    const BARRIER: RecordSpan = RecordSpan { start: u32::MAX, key_start: 0, key_end: 0, end: 0 };
+}
+
+/// The store writer's room for sorting, kept between batches: a flush's
+/// batch is megabytes, and fresh room each time is fresh pages.
+#[derive(Default)]
+struct Sorting {
+    records: Vec<RecordSpan>,
+    sorted: Vec<u8>,
+}
+
+thread_local! {
+    static SORTING: std::cell::RefCell<Sorting> = std::cell::RefCell::default();
+}
+
+/// The bytes of a length-prefixed slice at `at`, moving `at` past them.
+fn read_slice(rep: &[u8], at: &mut usize) -> Option<std::ops::Range<usize>> {
+    let mut len = 0usize;
+    for shift in (0..35).step_by(7) {
+        let byte = *rep.get(*at)?;
+        *at += 1;
+        len |= usize::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            let start = *at;
+            *at = start.checked_add(len).filter(|end| *end <= rep.len())?;
+            return Some(start..*at);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -146,5 +259,48 @@ mod tests {
         ours.put(b"a", b"b");
         theirs.put(b"a", b"b");
         assert_eq!(ours.into_write_batch().data(), theirs.data(), "cleared, then used again");
+    }
+
+    #[test]
+    fn sorts_by_key_between_range_deletions_keeping_each_keys_order() {
+        let mut staged = BatchBuffer::new();
+        staged.put(b"c", b"1");
+        staged.put(b"a", b"2");
+        staged.delete(b"bb");
+        staged.put(b"a", b"3");
+        staged.put(b"ab", vec![7; 300]);
+        staged.delete_range(b"a", b"b");
+        staged.put(b"b", b"4");
+        staged.delete(b"a");
+        staged.put(b"a", b"5");
+        let mut expected = BatchBuffer::new();
+        expected.put(b"a", b"2");
+        expected.put(b"a", b"3");
+        expected.put(b"ab", vec![7; 300]);
+        expected.delete(b"bb");
+        expected.put(b"c", b"1");
+        expected.delete_range(b"a", b"b");
+        expected.delete(b"a");
+        expected.put(b"a", b"5");
+        expected.put(b"b", b"4");
+        assert_eq!(staged.clone().into_sorted_write_batch().data(), expected.clone().into_write_batch().data());
+        assert_eq!(staged.into_sorted_write_batch().data(), expected.into_write_batch().data(), "its room used again");
+        let empty = BatchBuffer::new();
+        assert_eq!(empty.clone().into_sorted_write_batch().data(), empty.into_write_batch().data());
+    }
+
+    #[test]
+    fn a_batch_that_does_not_parse_is_written_as_it_is() {
+        let mut cut = BatchBuffer::new();
+        cut.put(b"b", b"1");
+        cut.put(b"a", b"2");
+        cut.rep.pop();
+        assert_eq!(cut.clone().into_sorted_write_batch().data(), cut.into_write_batch().data(), "a value cut short");
+        let mut unknown = BatchBuffer::new();
+        unknown.put(b"b", b"1");
+        unknown.rep.push(0x7e);
+        unknown.put(b"a", b"2");
+        let data = unknown.clone().into_write_batch().data().to_vec();
+        assert_eq!(unknown.into_sorted_write_batch().data(), data, "a record type it does not write");
     }
 }
