@@ -65,6 +65,7 @@ pub fn open_store(c: &Config) -> anyhow::Result<Arc<Store>> {
     let options = StoreOptions {
         block_cache_bytes: c.state.block_cache_mb << 20,
         write_buffer_bytes: c.state.write_buffer_mb << 20,
+        ..StoreOptions::default()
     };
     Ok(Arc::new(Store::open(&c.state.dir, &options).context("opening state.dir")?))
 }
