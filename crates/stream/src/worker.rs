@@ -524,7 +524,7 @@ fn run_inner(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut decoded = Vec::with_capacity(MAX_BATCH);
     // Dropped, with every record they hold, before the consumer closes.
-    let helpers = match config.poll_loop_helpers {
+    let mut helpers = match config.poll_loop_helpers {
         true => Some((
             SplitMap::start("receiptd-decode").map_err(StreamError::Spawn)?,
             Retirer::start("receiptd-retire").map_err(StreamError::Spawn)?,
@@ -613,7 +613,7 @@ fn run_inner(
                     }
                 }
             }
-            match &helpers {
+            match &mut helpers {
                 Some((_, retirer)) if batch.len() >= SPLIT_FROM => retirer.retire(&mut batch),
                 _ => batch.clear(),
             }
@@ -633,6 +633,9 @@ fn run_inner(
             last_batch_done = Some(done);
         } else {
             phases.lap(LoopPhase::Poll);
+            if let Some((_, retirer)) = &mut helpers {
+                retirer.hand_over();
+            }
             if !strays_left {
                 // Nothing came: the loop was idle, not stalled. The next
                 // batch's gap starts after it, not at the batch before
