@@ -648,13 +648,14 @@ fn run_inner(
 
         // Step 3 of the flush in flight, once the broker confirmed its deltas:
         // the store writer thread writes it. Offsets it has written are
-        // committed to the group too (for lag; the store's copy is the truth).
+        // committed to the group too, at most every second (for lag; the
+        // store's copy is the truth).
         let (confirmed, written) = {
             let mut guard = engine.lock();
             let e = guard.as_mut().expect("engine present while running");
-            (e.write_confirmed(), e.take_written())
+            (e.write_confirmed(), e.written_to_commit())
         };
-        if !written.is_empty() {
+        if let Some(written) = written {
             if let Ok(offsets) = offset_list(&config.topics.events, &written) {
                 let _ = consumer.commit(&offsets, CommitMode::Async);
             }
