@@ -5,7 +5,10 @@
 //! and against the same loop taking records in batches as the worker does
 //! (with the CPU per event of both loops: what per-record polling costs).
 //! Then a kill -9 and a restart: time to `/readyz` and the catch-up rate,
-//! against the consume-only loop over the same records.
+//! against the consume-only loop over the same records. Before anything
+//! is timed, an engine drains the topic unrecorded, to warm the broker it
+//! shares (`RECEIPTD_DRAIN_WARMUP=N` folds N records instead, 0 none; see
+//! `WARM_UP_DEFAULT`).
 //! Also reports the CPU per event of each of the worker's threads (drain
 //! and catch-up), write amplification, syncs, the longest gap between busy
 //! batches, peak RSS and persisted bytes per message.
@@ -98,6 +101,11 @@ enum Taking {
     Batched,
 }
 
+/// The broker's CPU seconds so far, if exactly one runs here.
+fn broker_cpu() -> Option<f64> {
+    broker_pid().and_then(process_cpu_seconds)
+}
+
 /// The calling thread's and the whole bench process's CPU seconds (the
 /// process runs nothing but the consume-only loop and its librdkafka
 /// threads while one runs).
@@ -113,6 +121,13 @@ struct ConsumeOnly {
     loop_cpu_us: f64,
     /// CPU µs per event of the process: the loop and librdkafka's threads.
     process_cpu_us: f64,
+    /// CPU µs per event of the broker serving it, if exactly one runs here.
+    broker_cpu_us: Option<f64>,
+}
+
+/// The broker's CPU µs per event, or why not.
+fn broker_us(us: Option<f64>) -> String {
+    us.map_or("unknown (not exactly one kafka.Kafka process)".into(), |us| format!("{us:.3}"))
 }
 
 /// The baseline: a minimal consume-only loop with the worker's fetch
@@ -150,7 +165,7 @@ fn consume_only(topic: &str, from: Option<&BTreeMap<i32, i64>>, total: u64, taki
         match taking {
             Taking::PerRecord => {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                    first.get_or_insert_with(|| (Instant::now(), thread_and_process_cpu()));
+                    first.get_or_insert_with(|| (Instant::now(), thread_and_process_cpu(), broker_cpu()));
                     checksum = touch(checksum, m.payload());
                     seen += 1;
                 }
@@ -158,7 +173,7 @@ fn consume_only(topic: &str, from: Option<&BTreeMap<i32, i64>>, total: u64, taki
             Taking::Batched => {
                 let _ = consumer.poll(Duration::ZERO);
                 if fetch.take(Duration::from_millis(100), 1024, &mut batch) > 0 {
-                    first.get_or_insert_with(|| (Instant::now(), thread_and_process_cpu()));
+                    first.get_or_insert_with(|| (Instant::now(), thread_and_process_cpu(), broker_cpu()));
                     // As `poll` above yields `Err` for them: consumer
                     // errors are not records.
                     for m in batch.drain(..).filter(|m| m.error().is_none()) {
@@ -170,13 +185,14 @@ fn consume_only(topic: &str, from: Option<&BTreeMap<i32, i64>>, total: u64, taki
         }
     }
     std::hint::black_box(checksum);
-    let (started, (thread_cpu, process_cpu)) = first.unwrap();
+    let (started, (thread_cpu, process_cpu), broker_at_first) = first.unwrap();
     let (thread_now, process_now) = thread_and_process_cpu();
     // One record's time and CPU before the clocks start: negligible.
     ConsumeOnly {
         rate: seen as f64 / started.elapsed().as_secs_f64(),
         loop_cpu_us: (thread_now - thread_cpu) * 1e6 / seen as f64,
         process_cpu_us: (process_now - process_cpu) * 1e6 / seen as f64,
+        broker_cpu_us: broker_cpu().zip(broker_at_first).map(|(now, then)| (now - then) * 1e6 / seen as f64),
     }
 }
 
@@ -225,6 +241,45 @@ fn drain(worker: &mut Worker, end: f64) -> Drained {
         // `/metrics` page, CPU the consume-only loop is not charged.
         std::thread::sleep(if first.is_some() && ready.is_some() { DRAIN_POLL } else { Duration::from_millis(10) });
     }
+}
+
+/// Why an engine drains the topic, unrecorded, before anything here is
+/// timed (`RECEIPTD_DRAIN_WARMUP=N` folds N records instead, 0 none): the
+/// bench starts its own broker, and the broker's JIT compiles what serves
+/// an engine (its deltas produced, its offsets committed) only once one
+/// runs. On a fresh broker its compiler threads took two fifths of the
+/// broker's CPU during the drain (`perf record -p` on the broker); over
+/// eight drains in a row the broker's compile time (`jstat -compiler`)
+/// grew 10 s in the first two, 4.5 s in the next two, then 1.7 and 1.6 s,
+/// and the drains ran at 743k and 767k, then 802k to 859k events/s. A
+/// broker in service runs warm.
+const WARM_UP_DEFAULT: &str = "the whole topic";
+
+/// Runs an engine over the topic, with a group of its own, until it has
+/// folded `end` records (or `RECEIPTD_DRAIN_WARMUP`), then kills it: see
+/// [`WARM_UP_DEFAULT`].
+fn warm_up_broker(topics: &Topics, end: f64) {
+    let records = std::env::var("RECEIPTD_DRAIN_WARMUP").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(end as u64);
+    if records == 0 {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = Worker::new(topics, &format!("{}-warm-up", topics.events), &dir.path().join("state"));
+    worker.start();
+    let folded = |w: &Worker| {
+        http_get(w.http, "/metrics").map_or(0.0, |(_, body)| metric_in(&body, "receiptd_records_in_total"))
+    };
+    worker.wait_until("the warm-up's first record", Duration::from_secs(120), |w| folded(w) > 0.0);
+    let (started, broker_at_start, at_start) = (Instant::now(), broker_cpu(), folded(&worker));
+    worker.wait_until("the warm-up's records", Duration::from_secs(600), |w| folded(w) >= records as f64);
+    let (seconds, done) = (started.elapsed().as_secs_f64(), folded(&worker) - at_start);
+    let broker = broker_cpu().zip(broker_at_start).map(|(now, then)| (now - then) * 1e6 / done);
+    worker.kill9();
+    println!(
+        "broker warm-up (not recorded; by default {WARM_UP_DEFAULT}): an engine folded {records} records, {:.0} records/s, the broker {} us CPU a record",
+        done / seconds,
+        broker_us(broker)
+    );
 }
 
 /// How often [`drain`] asks the worker whether it is done, once it started.
@@ -372,6 +427,8 @@ fn main() {
         println!("reads name up to {read_batch} messages: {message_reads} message reads in the prefill");
     }
 
+    warm_up_broker(&topics, end);
+
     if let Some(compare) = compare {
         compare_settings(&topics, end, &compare);
         topics.delete(&[]);
@@ -380,19 +437,23 @@ fn main() {
 
     let before = consume_only(&topics.events, None, end as u64, Taking::PerRecord);
     println!(
-        "consume-only (BaseConsumer, every payload touched): {:.0} events/s, {:.3} us CPU per event in its loop, {:.3} in the process",
-        before.rate, before.loop_cpu_us, before.process_cpu_us
+        "consume-only (BaseConsumer, every payload touched): {:.0} events/s, {:.3} us CPU per event in its loop, {:.3} in the process, {} in the broker",
+        before.rate,
+        before.loop_cpu_us,
+        before.process_cpu_us,
+        broker_us(before.broker_cpu_us)
     );
     // The same loop taking records as the worker does: what the per-record
     // calls cost, and the rate the engine could at best approach.
     let batched = consume_only(&topics.events, None, end as u64, Taking::Batched);
     println!(
         "consume-only, batched as the worker takes records: {:.0} events/s, {:.3} us CPU per event in its loop \
-         ({:.2} x the per-record loop's CPU), {:.3} in the process",
+         ({:.2} x the per-record loop's CPU), {:.3} in the process, {} in the broker",
         batched.rate,
         batched.loop_cpu_us,
         batched.loop_cpu_us / before.loop_cpu_us,
-        batched.process_cpu_us
+        batched.process_cpu_us,
+        broker_us(batched.broker_cpu_us)
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -429,7 +490,11 @@ fn main() {
     println!("engine threads waiting for a CPU, us per event: {}", per_thread_line(&cpu.waiting_for_cpu, end));
     // Whether the poll loop thread or the machine bounds the rate: a
     // machine with a core to spare leaves the poll loop the bound.
-    println!("engine drain, CPU in cores: {}", machine_line(&cores));
+    println!(
+        "engine drain, CPU in cores: {}; the broker {} us CPU per event",
+        machine_line(&cores),
+        broker_us(cores.broker.map(|b| b * 1e6 / engine))
+    );
     // The yardstick again, right after the engine: the same loop over the
     // same records swung by up to 75% between runs of this bench, and
     // within one (the broker and the shared cores), while the engine's
@@ -442,8 +507,11 @@ fn main() {
     let raw = (before.rate + after.rate) / 2.0;
     let raw_cpu = (before.process_cpu_us + after.process_cpu_us) / 2.0;
     println!(
-        "consume-only again, after the engine's drain: {:.0} events/s, {:.3} us CPU per event in its loop, {:.3} in the process",
-        after.rate, after.loop_cpu_us, after.process_cpu_us
+        "consume-only again, after the engine's drain: {:.0} events/s, {:.3} us CPU per event in its loop, {:.3} in the process, {} in the broker",
+        after.rate,
+        after.loop_cpu_us,
+        after.process_cpu_us,
+        broker_us(after.broker_cpu_us)
     );
     println!(
         "engine / consume-only: {:.3} against the mean of the runs before and after ({raw:.0} events/s); {:.3} against the run before, {:.3} against the run after (engine / batched consume-only: {:.3})",
