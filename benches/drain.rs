@@ -345,22 +345,25 @@ fn parse_side(side: &str) -> Vec<(String, String)> {
 }
 
 /// One drain of the whole topic by a fresh worker with `env`: events/s,
-/// and the poll loop's and the process's CPU per event in µs.
-fn drain_with(topics: &Topics, end: f64, env: &[(String, String)], run: usize) -> (f64, f64, f64) {
+/// and the poll loop's, the process's and the broker's CPU per event in µs
+/// (the broker's NaN if unknown).
+fn drain_with(topics: &Topics, end: f64, env: &[(String, String)], run: usize) -> [f64; 4] {
     let dir = tempfile::tempdir().unwrap();
     let mut worker = Worker::new(topics, &format!("{}-c{run}", topics.events), &dir.path().join("state"));
     for (k, v) in env {
         worker = worker.env(k, v);
     }
     worker.start();
-    let Drained { first, done, cpu, .. } = drain(&mut worker, end);
+    let Drained { first, done, cpu, cores, .. } = drain(&mut worker, end);
     println!("drain {run}: {}", worker.longest_stalls());
     worker.kill9();
-    (
-        end / done.duration_since(first).as_secs_f64(),
+    let rate = end / done.duration_since(first).as_secs_f64();
+    [
+        rate,
         cpu.thread_named("receiptd-worker") * 1e6 / end,
         cpu.process * 1e6 / end,
-    )
+        cores.broker.map_or(f64::NAN, |b| b * 1e6 / rate),
+    ]
 }
 
 /// Drains the topic with each side's settings in ABBA order, and prints
@@ -370,26 +373,28 @@ fn compare_settings(topics: &Topics, end: f64, compare: &str) {
     let (a, b) = (parse_side(a), parse_side(b));
     let rounds: usize = std::env::var("RECEIPTD_DRAIN_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     println!("comparing A ({a:?}) with B ({b:?}), {rounds} rounds of ABBA");
-    let (mut rate, mut poll_loop, mut process) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rate, mut poll_loop, mut process, mut broker) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut run = 0;
     for round in 0..rounds {
         for b_first in [false, true] {
-            let mut pair = [(0.0, 0.0, 0.0); 2];
+            let mut pair = [[0.0; 4]; 2];
             for side in if b_first { [1, 0] } else { [0, 1] } {
                 run += 1;
                 pair[side] = drain_with(topics, end, if side == 0 { &a } else { &b }, run);
             }
-            let [(ra, la, pa), (rb, lb, pb)] = pair;
+            let [[ra, la, pa, ba], [rb, lb, pb, bb]] = pair;
             println!(
-                "round {round}, {}: A {ra:.0} events/s, {la:.3} / {pa:.3} us; B {rb:.0} events/s, {lb:.3} / {pb:.3} us (poll loop / process CPU an event); B / A: rate {:.3}, poll loop CPU {:.3}, process CPU {:.3}",
+                "round {round}, {}: A {ra:.0} events/s, {la:.3} / {pa:.3} / {ba:.3} us; B {rb:.0} events/s, {lb:.3} / {pb:.3} / {bb:.3} us (poll loop / process / broker CPU an event); B / A: rate {:.3}, poll loop CPU {:.3}, process CPU {:.3}, broker CPU {:.3}",
                 if b_first { "BA" } else { "AB" },
                 rb / ra,
                 lb / la,
-                pb / pa
+                pb / pa,
+                bb / ba
             );
             rate.push(rb / ra);
             poll_loop.push(lb / la);
             process.push(pb / pa);
+            broker.push(bb / ba);
         }
     }
     let median = |v: &mut Vec<f64>| {
@@ -403,11 +408,12 @@ fn compare_settings(topics: &Topics, end: f64, compare: &str) {
     };
     let wins = rate.iter().filter(|&&r| r > 1.0).count();
     println!(
-        "B / A over {} pairs, medians: rate {:.3} (B faster in {wins}), poll loop CPU an event {:.3}, process CPU an event {:.3}",
+        "B / A over {} pairs, medians: rate {:.3} (B faster in {wins}), poll loop CPU an event {:.3}, process CPU an event {:.3}, broker CPU an event {:.3}",
         rate.len(),
         median(&mut rate),
         median(&mut poll_loop),
-        median(&mut process)
+        median(&mut process),
+        median(&mut broker)
     );
 }
 

@@ -56,8 +56,11 @@ const MAX_RECEIPTS_PER_RECORD: usize = 500;
 const PARTITION_UA: i32 = -1;
 
 /// Records queued with one call, at most: their keys and payloads sit in
-/// one buffer until then.
-const RUN: usize = 512;
+/// one buffer until then. A drain's flush (about 6,000 records) is queued
+/// in one call, after all of it is encoded. Queued 512 at a time as they
+/// were encoded, a flush took longer to queue than `linger.ms` (2 ms), so
+/// each partition's records went out in several produce requests.
+const RUN: usize = 16 * 1024;
 
 /// One topic of a producer, opened once, and the records waiting to be
 /// queued to it.
