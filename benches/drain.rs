@@ -251,7 +251,7 @@ fn drain(worker: &mut Worker, end: f64) -> Drained {
 /// broker's CPU during the drain (`perf record -p` on the broker); over
 /// eight drains in a row the broker's compile time (`jstat -compiler`)
 /// grew 10 s in the first two, 4.5 s in the next two, then 1.7 and 1.6 s,
-/// and the drains ran at 743k and 767k, then 802k to 859k events/s. A
+/// and the drains ran at 743k and 767k, then 792k to 859k events/s. A
 /// broker in service runs warm.
 const WARM_UP_DEFAULT: &str = "the whole topic";
 
