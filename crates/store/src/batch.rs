@@ -132,7 +132,13 @@ impl BatchBuffer {
                 // RocksDB's own parse reports it.
                 return self.into_write_batch();
             };
-            WriteBatch::from_data(sorted)
+            let batch = WriteBatch::from_data(sorted);
+            // One huge batch (a snapshot of a 100,000-member group) must
+            // not keep its room here for good.
+            if sorted.capacity() > KEPT_SORTING_BYTES {
+                *scratch = Sorting::default();
+            }
+            batch
         })
     }
 
@@ -215,6 +221,9 @@ struct Sorting {
     sorted: Vec<u8>,
 }
 
+/// Most bytes of sorted batch kept for the next batch.
+const KEPT_SORTING_BYTES: usize = 16 << 20;
+
 thread_local! {
     static SORTING: std::cell::RefCell<Sorting> = std::cell::RefCell::default();
 }
@@ -288,6 +297,22 @@ mod tests {
         assert_eq!(staged.into_sorted_write_batch().data(), expected.into_write_batch().data(), "its room used again");
         let empty = BatchBuffer::new();
         assert_eq!(empty.clone().into_sorted_write_batch().data(), empty.into_write_batch().data());
+    }
+
+    #[test]
+    fn a_huge_batch_does_not_keep_its_room_for_sorting() {
+        let kept = || SORTING.with(|s| s.borrow().sorted.capacity());
+        let mut small = BatchBuffer::new();
+        small.put(b"b", b"1");
+        small.put(b"a", b"2");
+        small.into_sorted_write_batch();
+        assert!(kept() > 0 && kept() <= KEPT_SORTING_BYTES, "a usual batch's room is kept: {}", kept());
+        let mut huge = BatchBuffer::new();
+        huge.put(b"b", vec![1; KEPT_SORTING_BYTES]);
+        huge.put(b"a", b"2");
+        let written = huge.into_sorted_write_batch();
+        assert_eq!(written.len(), 2);
+        assert_eq!(kept(), 0, "a huge batch's is not");
     }
 
     #[test]

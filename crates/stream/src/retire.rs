@@ -21,7 +21,7 @@ const RETIRING_BATCHES: usize = 4;
 
 /// Items gathered before they are handed over. A hand-over wakes the
 /// thread, and waking it cost the poll loop the futex call and, often, its
-/// CPU to the thread it woke (2 to 3% of the loop's samples in a drain,
+/// CPU to the thread it woke (about 2% of the loop's samples in a drain,
 /// handing over each batch of up to 1,024 records).
 const HAND_OVER_AT: usize = 8 * 1024;
 
