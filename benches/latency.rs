@@ -26,9 +26,9 @@
 //! RECEIPTD_LATENCY_LOADS pick the modes and loads (see `modes` and `loads`),
 //! RECEIPTD_LATENCY_BASE the rate the loads are shares of (see `base_rate`),
 //! RECEIPTD_LATENCY_TRACE=1 prints the worker's counters every 50 ms around
-//! each load's slowest probe (see `trace_enabled`). One unrecorded load at
-//! 50% warms the broker before the first mode's loads
-//! (RECEIPTD_LATENCY_WARMUP=0 skips it; see `warm_up`).
+//! each load's slowest probe (see `trace_enabled`). Four unrecorded loads
+//! at 50% warm the broker before the first mode's loads
+//! (RECEIPTD_LATENCY_WARMUP=N offers N, 0 none; see `warm_up_loads`).
 
 #[path = "../tests/support.rs"]
 #[allow(dead_code, unused_imports)]
@@ -484,11 +484,18 @@ fn loads() -> Vec<f64> {
 /// Probe ids of the warm-up load: past every recorded load's.
 const WARM_UP_PROBES: u64 = 1_000_000_000;
 
-/// Whether to offer one unrecorded load at 50% before the first mode's
-/// loads (`RECEIPTD_LATENCY_WARMUP=0` skips it): the broker, the load
-/// generator and the worker reach their steady state first.
-fn warm_up() -> bool {
-    std::env::var("RECEIPTD_LATENCY_WARMUP").map_or(true, |v| v.trim() != "0")
+/// How many unrecorded loads at 50% to offer before the first mode's loads:
+/// `RECEIPTD_LATENCY_WARMUP` (default 4; 0 skips them). The broker, the
+/// load generator and the worker reach their steady state first. The
+/// broker started for the run compiles its hot paths over its first
+/// minute of engine load: after one warm-up load, the broker took 0.92
+/// cores at a quarter load and the p99 over the pipe was 53.1 ms; on a
+/// broker warmed by earlier runs, 0.50 to 0.57 cores and 14.4 to 17.7 ms
+/// (BENCHMARKS.md, thirty-fourth sitting).
+fn warm_up_loads() -> u64 {
+    std::env::var("RECEIPTD_LATENCY_WARMUP").map_or(4, |v| {
+        v.trim().parse().unwrap_or_else(|_| panic!("RECEIPTD_LATENCY_WARMUP: {v:?} is not a number of loads"))
+    })
 }
 
 /// `RECEIPTD_LATENCY_BASE`, events/s: the rate the loads are shares of,
@@ -536,13 +543,15 @@ fn main() {
         let drain = end / began.elapsed().as_secs_f64();
         let base = *offered_base.get_or_insert_with(|| base_rate().unwrap_or(drain));
         println!("flush {mode}: drain rate {drain:.0} events/s; loads are shares of {base:.0}");
-        if mode_index == 0 && warm_up() {
+        for round in 0..if mode_index == 0 { warm_up_loads() } else { 0 } {
             // A broker started for this run compiles its hot paths in its
             // first minute: unwarmed, a first load's p99 over the pipe came
             // to 112 to 560 ms where the same settings' third came to 16 to 73.
-            let mut warm = run_load(&worker, &topics, &pipe, base * 0.5, &mut traffic, WARM_UP_PROBES);
+            let probe_base = WARM_UP_PROBES * (round + 1);
+            let mut warm = run_load(&worker, &topics, &pipe, base * 0.5, &mut traffic, probe_base);
             println!(
-                "flush {mode}: warm-up load at 50% (not recorded): engine p99 {:.1} ms, pipe p99 {:.1} ms",
+                "flush {mode}: warm-up load {} at 50% (not recorded): engine p99 {:.1} ms, pipe p99 {:.1} ms",
+                round + 1,
                 pct(&mut warm.engine, 0.99),
                 pct(&mut warm.pipe, 0.99)
             );
