@@ -489,9 +489,9 @@ const WARM_UP_PROBES: u64 = 1_000_000_000;
 /// load generator and the worker reach their steady state first. The
 /// broker started for the run compiles its hot paths over its first
 /// minute of engine load: after one warm-up load, the broker took 0.92
-/// cores at a quarter load and the p99 over the pipe was 53.1 ms; on a
-/// broker warmed by earlier runs, 0.50 to 0.57 cores and 14.4 to 17.7 ms
-/// (BENCHMARKS.md, thirty-fourth sitting).
+/// cores at a quarter load and the p99 difference over the pipe was
+/// 53.1 ms; on a broker warmed by earlier runs, 0.48 to 0.57 cores and
+/// 14.4 to 22.2 ms (BENCHMARKS.md, thirty-fourth sitting).
 fn warm_up_loads() -> u64 {
     std::env::var("RECEIPTD_LATENCY_WARMUP").map_or(4, |v| {
         v.trim().parse().unwrap_or_else(|_| panic!("RECEIPTD_LATENCY_WARMUP: {v:?} is not a number of loads"))
