@@ -85,7 +85,7 @@ fn machine_line(cores: &Cores) -> String {
     format!(
         "worker {:.2}, broker {}; machine busy {:.2} of {}, {:.2} stolen",
         cores.worker,
-        cores.broker_or("unknown (not exactly one kafka.Kafka process)"),
+        cores.broker_or(BROKER_UNKNOWN),
         cores.busy,
         cpus(),
         cores.stolen
@@ -127,7 +127,7 @@ struct ConsumeOnly {
 
 /// The broker's CPU µs per event, or why not.
 fn broker_us(us: Option<f64>) -> String {
-    us.map_or("unknown (not exactly one kafka.Kafka process)".into(), |us| format!("{us:.3}"))
+    us.map_or(BROKER_UNKNOWN.into(), |us| format!("{us:.3}"))
 }
 
 /// The baseline: a minimal consume-only loop with the worker's fetch

@@ -587,7 +587,7 @@ fn main() {
                 base * share,
                 cores.worker,
                 cores.bench,
-                cores.broker_or("unknown (not exactly one kafka.Kafka process)"),
+                cores.broker_or(BROKER_UNKNOWN),
                 cores.busy,
                 cpus(),
                 cores.stolen

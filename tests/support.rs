@@ -635,6 +635,10 @@ pub fn clock_cpu_seconds(clock: libc::clockid_t) -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
+/// What the benches print for the broker's CPU when [`broker_pid`] finds
+/// none to measure.
+pub const BROKER_UNKNOWN: &str = "unknown (not exactly one kafka.Kafka process)";
+
 /// The Kafka broker's process id, if exactly one broker (`kafka.Kafka`)
 /// runs on this machine.
 pub fn broker_pid() -> Option<u32> {

@@ -62,7 +62,7 @@ pub use state::{
     ReadMark, RestoreError, Tracking, LAST_EPOCH, NOT_A_MEMBER,
 };
 pub use stats::{FoldStats, Ignored, Outcome, EVENT_KINDS};
-pub use stored_form::put_leb128;
+pub use stored_form::{put_leb128, take_leb128, Leb128Error};
 
 // The in-memory store the integration tests share names the crate.
 #[cfg(test)]

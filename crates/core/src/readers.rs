@@ -757,7 +757,7 @@ impl Iterator for ReadsFrom<'_> {
 
 // ---- persisted form ----
 
-use crate::stored_form::put_leb128 as put_varint;
+use crate::stored_form::{put_leb128 as put_varint, take_leb128, Leb128Error};
 
 /// Appends a reader list in the persisted form: the `compact_count`
 /// compact readers, sorted by ordinal, then the outliers, sorted by
@@ -798,16 +798,10 @@ struct Decoder<'a> {
 
 impl Decoder<'_> {
     fn varint(&mut self) -> Result<u64, &'static str> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&b, rest) = self.bytes.split_first().ok_or("reader list ends inside a number")?;
-            self.bytes = rest;
-            v |= u64::from(b & 0x7f).checked_shl(shift).filter(|_| shift < 63 || b <= 1).ok_or("number too large")?;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err("number too large")
+        take_leb128(&mut self.bytes).map_err(|e| match e {
+            Leb128Error::Truncated => "reader list ends inside a number",
+            Leb128Error::TooLarge => "number too large",
+        })
     }
 
     fn u32(&mut self) -> Result<u32, &'static str> {

@@ -38,6 +38,31 @@ pub fn put_leb128(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// Why [`take_leb128`] found no number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leb128Error {
+    /// The bytes end inside it.
+    Truncated,
+    /// It does not fit in 64 bits.
+    TooLarge,
+}
+
+/// Reads a LEB128 varint (as [`put_leb128`] writes it) off the front of
+/// `bytes`, moving them past it.
+#[inline]
+pub fn take_leb128(bytes: &mut &[u8]) -> Result<u64, Leb128Error> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = bytes.split_first().ok_or(Leb128Error::Truncated)?;
+        *bytes = rest;
+        v |= u64::from(b & 0x7f).checked_shl(shift).filter(|_| shift < 63 || b <= 1).ok_or(Leb128Error::TooLarge)?;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(Leb128Error::TooLarge)
+}
+
 /// Appends a string (or bytes) as bincode does: its length, then the bytes.
 #[inline(always)]
 pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -68,6 +93,22 @@ mod tests {
     use super::*;
     use proptest::collection::vec;
     use proptest::prelude::*;
+
+    #[test]
+    fn leb128_reads_back_what_it_writes_and_refuses_the_rest() {
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut out = vec![];
+            put_leb128(&mut out, v);
+            out.push(9);
+            let mut rest = out.as_slice();
+            assert_eq!(take_leb128(&mut rest), Ok(v));
+            assert_eq!(rest, [9], "moved past it, and no further");
+        }
+        assert_eq!(take_leb128(&mut [0x80, 0x80].as_slice()), Err(Leb128Error::Truncated));
+        assert_eq!(take_leb128(&mut [].as_slice()), Err(Leb128Error::Truncated));
+        let past_64_bits = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert_eq!(take_leb128(&mut past_64_bits.as_slice()), Err(Leb128Error::TooLarge));
+    }
 
     fn bincode_of<T: serde::Serialize>(value: &T) -> Vec<u8> {
         bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap()

@@ -230,18 +230,11 @@ thread_local! {
 
 /// The bytes of a length-prefixed slice at `at`, moving `at` past them.
 fn read_slice(rep: &[u8], at: &mut usize) -> Option<std::ops::Range<usize>> {
-    let mut len = 0usize;
-    for shift in (0..35).step_by(7) {
-        let byte = *rep.get(*at)?;
-        *at += 1;
-        len |= usize::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            let start = *at;
-            *at = start.checked_add(len).filter(|end| *end <= rep.len())?;
-            return Some(start..*at);
-        }
-    }
-    None
+    let mut rest = rep.get(*at..)?;
+    let len = usize::try_from(receiptd_core::take_leb128(&mut rest).ok()?).ok()?;
+    let start = rep.len() - rest.len();
+    *at = start.checked_add(len).filter(|end| *end <= rep.len())?;
+    Some(start..*at)
 }
 
 #[cfg(test)]

@@ -977,9 +977,8 @@ impl Engine {
     /// given, merged (the latest per partition), for the consumer's own
     /// commit.
     pub(crate) fn take_written(&mut self) -> Vec<(i32, i64)> {
-        let mut merged = std::mem::take(&mut self.uncommitted);
-        merged.extend(self.writer.take_written().into_iter().flatten());
-        merged.into_iter().collect()
+        self.uncommitted.extend(self.writer.take_written().into_iter().flatten());
+        std::mem::take(&mut self.uncommitted).into_iter().collect()
     }
 
     /// [`Engine::take_written`] if some were written and [`COMMIT_EVERY`]
@@ -987,13 +986,16 @@ impl Engine {
     /// flush (on revoke, at shutdown) takes them all, so none is committed
     /// after a partition is given up.
     pub(crate) fn written_to_commit(&mut self) -> Option<Vec<(i32, i64)>> {
-        self.uncommitted.extend(self.writer.take_written().into_iter().flatten());
         let now = Instant::now();
-        if self.uncommitted.is_empty() || now < self.next_commit {
+        if now < self.next_commit {
+            return None;
+        }
+        let written = self.take_written();
+        if written.is_empty() {
             return None;
         }
         self.next_commit = now + COMMIT_EVERY;
-        Some(self.take_written())
+        Some(written)
     }
 
     /// When the oldest flush in flight took its deltas, if one is in flight.
