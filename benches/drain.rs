@@ -85,7 +85,7 @@ fn machine_line(cores: &Cores) -> String {
     format!(
         "worker {:.2}, broker {}; machine busy {:.2} of {}, {:.2} stolen",
         cores.worker,
-        cores.broker_or(BROKER_UNKNOWN),
+        cores.broker_and_jit_or(BROKER_UNKNOWN),
         cores.busy,
         cpus(),
         cores.stolen

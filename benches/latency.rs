@@ -3,7 +3,9 @@
 //! the deltas topic, against a bare produce→consume pipe on the same broker
 //! in the same run.
 //!
-//! First the worker's drain rate is measured on a prefilled backlog. Then the
+//! First the worker's drain rate is measured on a prefilled backlog of
+//! 3,000,000 events, from its first fold until it has caught up, as the
+//! drain bench times it. Then the
 //! bench mix is offered at 25%, 50%, 80% and 100% of that rate; one event in 100 is a
 //! probe: a read of a C2C message of its own, whose receipt is traced, and a
 //! record on a pipe topic, read back by a plain consumer. This runs with the
@@ -27,7 +29,7 @@
 //! RECEIPTD_LATENCY_BASE the rate the loads are shares of (see `base_rate`),
 //! RECEIPTD_LATENCY_TRACE=1 prints the worker's counters every 50 ms around
 //! each load's slowest probe (see `trace_enabled`). Four unrecorded loads
-//! at 50% warm the broker before the first mode's loads
+//! at 25% warm the broker before the first mode's loads
 //! (RECEIPTD_LATENCY_WARMUP=N offers N, 0 none; see `warm_up_loads`).
 
 #[path = "../tests/support.rs"]
@@ -36,7 +38,7 @@ mod support;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::BaseProducer;
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use receiptd_loadgen::{Traffic, TrafficShape};
 use receiptd_wire::{conversation_key, DeltaRecord, Event};
@@ -159,6 +161,86 @@ fn load_producer() -> BaseProducer {
     config.create().expect("load producer")
 }
 
+/// The load generator's records to one topic, queued a run at a time with
+/// `rd_kafka_produce_batch` on a topic handle opened once, as the worker
+/// queues its deltas. `BaseProducer::send` looks the topic up by name under
+/// the client's lock for every record: the load generator took 0.23 to 0.29
+/// cores at a quarter load, and at half of a drain rate the load generator,
+/// the broker and the worker needed more than the machine's two cores.
+struct RunQueue {
+    topic: std::ptr::NonNull<rdkafka::bindings::rd_kafka_topic_t>,
+    messages: Vec<rdkafka::bindings::rd_kafka_message_t>,
+}
+
+impl RunQueue {
+    fn open(producer: &BaseProducer, topic: &str) -> RunQueue {
+        use rdkafka::bindings as rdsys;
+        let name = std::ffi::CString::new(topic).expect("a topic name without NUL");
+        // SAFETY: a live client and a NUL-terminated name; a null
+        // configuration means the producer's topic defaults.
+        let handle =
+            unsafe { rdsys::rd_kafka_topic_new(producer.client().native_ptr(), name.as_ptr(), std::ptr::null_mut()) };
+        RunQueue { topic: std::ptr::NonNull::new(handle).expect("rd_kafka_topic_new"), messages: Vec::new() }
+    }
+
+    /// Queues `records` (key, payload) in order, each partitioned by its key;
+    /// while librdkafka's queue is full, serves the producer and tries the
+    /// rest again.
+    fn queue(&mut self, producer: &BaseProducer, records: &[(String, Vec<u8>)]) {
+        use rdkafka::bindings as rdsys;
+        let mut rest = records;
+        while !rest.is_empty() {
+            self.messages.clear();
+            self.messages.extend(rest.iter().map(|(key, payload)| rdsys::rd_kafka_message_t {
+                err: rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+                rkt: std::ptr::null_mut(),
+                partition: -1,
+                payload: payload.as_ptr() as *mut std::ffi::c_void,
+                len: payload.len(),
+                key: key.as_ptr() as *mut std::ffi::c_void,
+                key_len: key.len(),
+                offset: 0,
+                _private: std::ptr::null_mut(),
+            }));
+            // SAFETY: an open topic handle, and messages whose keys and
+            // payloads outlive the call, which copies them (F_COPY).
+            unsafe {
+                rdsys::rd_kafka_produce_batch(
+                    self.topic.as_ptr(),
+                    -1,
+                    rdsys::RD_KAFKA_MSG_F_COPY,
+                    self.messages.as_mut_ptr(),
+                    self.messages.len() as i32,
+                )
+            };
+            // A full queue refuses the record that found it full and all after it.
+            let refused =
+                self.messages.iter().position(|m| m.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+            match refused {
+                None => return,
+                Some(i) => {
+                    let code = self.messages[i].err;
+                    assert_eq!(
+                        code,
+                        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__QUEUE_FULL,
+                        "produce_batch refused a record"
+                    );
+                    rest = &rest[i..];
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RunQueue {
+    fn drop(&mut self) {
+        // SAFETY: the handle opened in `open`, released once; its producer
+        // is still alive (the queue is dropped within `run_load`).
+        unsafe { rdkafka::bindings::rd_kafka_topic_destroy(self.topic.as_ptr()) };
+    }
+}
+
 /// Offers the mix at `rate` for SECONDS with probes.
 fn run_load(
     worker: &Worker,
@@ -237,9 +319,16 @@ fn run_load(
     let folded_before = worker.metric("receiptd_records_in_total");
     let broker = broker_pid();
     let cpu_before = CpuSnapshot::take(worker, broker);
+    let mut events_queue = RunQueue::open(&producer, &topics.events);
     let started = Instant::now();
-    let mut load = payloads.iter();
+    let mut load = payloads.chunks(PROBE_EVERY as usize - 1);
     for n in 0..total {
+        if n % PROBE_EVERY == 0 {
+            // The records before the next probe, in one call.
+            if let Some(run) = load.next() {
+                events_queue.queue(&producer, run);
+            }
+        }
         if n % PROBE_EVERY == PROBE_EVERY - 1 {
             let p = probe_base + n / PROBE_EVERY;
             let (msg, pipe_id) = (format!("p{p}"), format!("pipe{p}"));
@@ -255,8 +344,6 @@ fn run_load(
             sent_at.lock().unwrap().extend([(msg, now), (pipe_id.clone(), now)]);
             produce_raw(&producer, &topics.events, conversation_key(&read).as_bytes(), &payload);
             produce_raw(&producer, pipe, b"pipe", pipe_id.as_bytes());
-        } else if let Some((key, payload)) = load.next() {
-            produce_raw(&producer, &topics.events, key.as_bytes(), payload);
         }
         if n % 1_000 == 999 {
             producer.poll(Duration::ZERO);
@@ -484,7 +571,17 @@ fn loads() -> Vec<f64> {
 /// Probe ids of the warm-up load: past every recorded load's.
 const WARM_UP_PROBES: u64 = 1_000_000_000;
 
-/// How many unrecorded loads at 50% to offer before the first mode's loads:
+/// Events in the backlog whose drain sets the loads' base rate. A second's
+/// drain (1,000,000) was timed in 50 ms checkpoint steps, a twentieth of it.
+const BASE_BACKLOG: usize = 3_000_000;
+
+/// The share of the base rate the warm-up loads offer. At 50% of a drain
+/// rate timed from the first fold, the load generator, the broker and the
+/// worker together needed more than the machine's two cores (324k events/s
+/// produced of 431k asked), and each warm-up load left a backlog behind.
+const WARM_UP_SHARE: f64 = 0.25;
+
+/// How many unrecorded loads at 25% to offer before the first mode's loads:
 /// `RECEIPTD_LATENCY_WARMUP` (default 4; 0 skips them). The broker, the
 /// load generator and the worker reach their steady state first. The
 /// broker started for the run compiles its hot paths over its first
@@ -521,10 +618,14 @@ fn main() {
         create_topics(&[(&pipe, 1, false)]);
         let mut traffic = Traffic::new(TrafficShape::bench());
 
-        // The drain rate of a 1,000,000-event backlog.
+        // The drain rate of a backlog, timed as the drain bench times it:
+        // from the worker's first fold (its first checkpoint, here) until
+        // it has caught up. Timed from `/readyz` over 1,000,000 events, the
+        // worker's start took a third of it: a drain bench's 953k events/s
+        // came to 512k here, and every load was a share of that.
         let producer = producer();
         let mut backlog = traffic.setup();
-        backlog.extend((0..1_000_000).map(|_| traffic.next_event()));
+        backlog.extend((0..BASE_BACKLOG).map(|_| traffic.next_event()));
         produce_events(&producer, &topics.events, &backlog);
         let end: f64 = end_offsets(&topics.events).values().sum::<i64>() as f64;
         let dir = tempfile::tempdir().unwrap();
@@ -536,22 +637,42 @@ fn main() {
         }
         worker.start();
         worker.wait_ready(Duration::from_secs(120));
-        let began = Instant::now();
-        while worker.metric("receiptd_checkpoint_offset") < end {
+        let ready = Instant::now();
+        let (mut first, mut quarter) = (None, None);
+        loop {
+            let checkpoint = worker.metric("receiptd_checkpoint_offset");
+            let now = Instant::now();
+            if checkpoint > 0.0 {
+                first.get_or_insert((now, checkpoint));
+            }
+            if checkpoint >= end / 4.0 {
+                quarter.get_or_insert((now, checkpoint));
+            }
+            if checkpoint >= end {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let drain = end / began.elapsed().as_secs_f64();
+        let done = Instant::now();
+        let rate_since = |(at, checkpoint): (Instant, f64)| (end - checkpoint) / done.duration_since(at).as_secs_f64();
+        let drain = rate_since(first.expect("a checkpoint before the end"));
         let base = *offered_base.get_or_insert_with(|| base_rate().unwrap_or(drain));
-        println!("flush {mode}: drain rate {drain:.0} events/s; loads are shares of {base:.0}");
+        println!(
+            "flush {mode}: drain rate {drain:.0} events/s from the first checkpoint ({:.2} s after /readyz), {:.0} over the last three quarters, {:.0} from /readyz; loads are shares of {base:.0}",
+            first.unwrap().0.duration_since(ready).as_secs_f64(),
+            rate_since(quarter.unwrap()),
+            end / done.duration_since(ready).as_secs_f64(),
+        );
         for round in 0..if mode_index == 0 { warm_up_loads() } else { 0 } {
             // A broker started for this run compiles its hot paths in its
             // first minute: unwarmed, a first load's p99 over the pipe came
             // to 112 to 560 ms where the same settings' third came to 16 to 73.
             let probe_base = WARM_UP_PROBES * (round + 1);
-            let mut warm = run_load(&worker, &topics, &pipe, base * 0.5, &mut traffic, probe_base);
+            let mut warm = run_load(&worker, &topics, &pipe, base * WARM_UP_SHARE, &mut traffic, probe_base);
             println!(
-                "flush {mode}: warm-up load {} at 50% (not recorded): engine p99 {:.1} ms, pipe p99 {:.1} ms",
+                "flush {mode}: warm-up load {} at {:.0}% (not recorded): engine p99 {:.1} ms, pipe p99 {:.1} ms",
                 round + 1,
+                WARM_UP_SHARE * 100.0,
                 pct(&mut warm.engine, 0.99),
                 pct(&mut warm.pipe, 0.99)
             );
@@ -587,7 +708,7 @@ fn main() {
                 base * share,
                 cores.worker,
                 cores.bench,
-                cores.broker_or(BROKER_UNKNOWN),
+                cores.broker_and_jit_or(BROKER_UNKNOWN),
                 cores.busy,
                 cpus(),
                 cores.stolen

@@ -683,6 +683,22 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// The user and system CPU seconds in a `/proc/.../stat` file.
+/// CPU seconds so far of a JVM's JIT compiler threads (HotSpot names them
+/// `C1 CompilerThread<n>` and `C2 CompilerThread<n>`, cut to 15 bytes).
+pub fn jit_cpu_seconds(pid: u32) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.starts_with("C1 Compiler") || comm.starts_with("C2 Compiler"))
+            })
+            .filter_map(|task| stat_cpu_seconds(task.path().join("stat").to_str()?))
+            .sum(),
+    )
+}
+
 fn stat_cpu_seconds(path: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(path).ok()?;
     // utime and stime: fields 14 and 15, counted after the `(comm)`.
@@ -842,6 +858,9 @@ pub struct Cores {
     pub bench: f64,
     /// The broker, if exactly one runs here.
     pub broker: Option<f64>,
+    /// The broker's JIT compiler threads, of `broker`: a broker started
+    /// for the run still compiles while it is measured.
+    pub broker_jit: Option<f64>,
     /// The whole machine, busy.
     pub busy: f64,
     /// Taken by the hypervisor for other guests.
@@ -853,6 +872,14 @@ impl Cores {
     pub fn broker_or(&self, missing: &str) -> String {
         self.broker.map_or(missing.to_owned(), |b| format!("{b:.2}"))
     }
+
+    /// The broker's cores and its JIT compilers' share of them, or `missing`.
+    pub fn broker_and_jit_or(&self, missing: &str) -> String {
+        match (self.broker, self.broker_jit) {
+            (Some(b), Some(jit)) => format!("{b:.2} ({jit:.2} of them its JIT compilers)"),
+            _ => self.broker_or(missing),
+        }
+    }
 }
 
 /// Cumulative CPU seconds at one moment (see [`Cores`]).
@@ -861,6 +888,7 @@ pub struct CpuSnapshot {
     worker: WorkerCpu,
     bench: f64,
     broker: Option<f64>,
+    broker_jit: Option<f64>,
     idle: f64,
     stolen: f64,
 }
@@ -873,6 +901,7 @@ impl CpuSnapshot {
             worker: worker.cpu(),
             bench: clock_cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID),
             broker: broker.and_then(process_cpu_seconds),
+            broker_jit: broker.and_then(jit_cpu_seconds),
             idle,
             stolen,
         }
@@ -887,6 +916,7 @@ impl CpuSnapshot {
             worker: worker.process / wall,
             bench: (self.bench - before.bench) / wall,
             broker: self.broker.zip(before.broker).map(|(a, b)| (a - b) / wall),
+            broker_jit: self.broker_jit.zip(before.broker_jit).map(|(a, b)| (a - b) / wall),
             // What was neither idle nor stolen: the kernel measures idle
             // time exactly, where it samples busy time at each tick.
             busy: cpus() as f64 - (self.idle - before.idle + self.stolen - before.stolen) / wall,
