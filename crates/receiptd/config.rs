@@ -213,8 +213,8 @@ impl Default for FlushConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PollLoopConfig {
-    /// Give the poll loop two helper threads: one decodes each batch of
-    /// 128 records or more, chunk by chunk, ahead of the fold, and the other destroys
+    /// Give the poll loop two helper threads: with one it decodes each
+    /// batch of 128 records or more, chunk by chunk, and the other destroys
     /// the batch's records once folded. The poll loop never waits for a
     /// chunk the helper has not started, nor for the records to be
     /// destroyed, so a helper without a core to run on costs it only a

@@ -9,10 +9,9 @@
 //! owned partitions' [`receiptd_core::PartitionState`]s. The drain is
 //! bound by the poll loop thread while the second core has time to spare,
 //! so two helper threads take work off it (`poll_loop.helper_threads`): a
-//! batch of 128 records or more is decoded chunk by chunk by one helper
-//! while the poll loop folds the chunks before (the loop decodes a chunk
-//! only when the helper has not started it), and once folded its records
-//! are destroyed by the other. A record's `content-type` header is
+//! batch of 128 records or more is decoded by the poll loop and one helper
+//! together, chunk by chunk, and once folded its records are destroyed by
+//! the other. A record's `content-type` header is
 //! looked for only when it has headers: for the librdkafka version it was
 //! written against, the worker tells a headerless record in place
 //! ([`FetchedRecord::surely_has_no_headers`]) instead of having librdkafka

@@ -585,38 +585,32 @@ fn run_inner(
         if taken > 0 {
             let input_was_waiting = polling.elapsed() < Duration::from_millis(1);
             phases.lap(LoopPhase::Poll);
+            match &helpers {
+                Some((split, _)) => split.map(&batch, &decode_record, &mut decoded),
+                None => {
+                    decoded.clear();
+                    decoded.extend(batch.iter().map(decode_record));
+                }
+            }
+            phases.lap(LoopPhase::Decode);
             let mut guard = engine.lock();
             let e = guard.as_mut().expect("engine present while running");
             // Read-locked once per batch: only this thread writes it.
             let settings_now = shared.settings.read();
             // A few events' state looked up, then those events folded: the
             // lookups' cache misses overlap (see receiptd_core::PREFETCH_AHEAD).
-            let mut fold_run = |start: usize, decoded: &[_]| {
-                let records = &batch[start..start + decoded.len()];
-                for (records, run) in records.chunks(PREFETCH_AHEAD).zip(decoded.chunks(PREFETCH_AHEAD)) {
-                    let mut ahead = [ReadAhead::NONE; PREFETCH_AHEAD];
-                    for ((record, decoded), ahead) in records.iter().zip(run).zip(&mut ahead) {
-                        if let Ok(Ok(event)) = decoded {
-                            *ahead = e.prefetch(record, event);
-                        }
-                    }
-                    for ((record, decoded), ahead) in records.iter().zip(run).zip(ahead) {
-                        match decoded {
-                            Ok(decoded) => e.ingest(record, decoded, ahead, &settings_now),
-                            Err(err) => tracing::warn!(error = %err, "consumer error"),
-                        }
+            for (records, run) in batch.chunks(PREFETCH_AHEAD).zip(decoded.chunks(PREFETCH_AHEAD)) {
+                let mut ahead = [ReadAhead::NONE; PREFETCH_AHEAD];
+                for ((record, decoded), ahead) in records.iter().zip(run).zip(&mut ahead) {
+                    if let Ok(Ok(event)) = decoded {
+                        *ahead = e.prefetch(record, event);
                     }
                 }
-            };
-            // Decoded as the fold goes: the helper decodes the chunks ahead
-            // of the one being folded.
-            match &helpers {
-                Some((split, _)) => split.map_each(&batch, &decode_record, &mut decoded, fold_run),
-                None => {
-                    decoded.clear();
-                    decoded.extend(batch.iter().map(decode_record));
-                    phases.lap(LoopPhase::Decode);
-                    fold_run(0, &decoded);
+                for ((record, decoded), ahead) in records.iter().zip(run).zip(ahead) {
+                    match decoded {
+                        Ok(decoded) => e.ingest(record, decoded, ahead, &settings_now),
+                        Err(err) => tracing::warn!(error = %err, "consumer error"),
+                    }
                 }
             }
             match &mut helpers {
@@ -813,8 +807,6 @@ fn run_inner(
 #[derive(Clone, Copy)]
 enum LoopPhase {
     Poll,
-    /// A batch decoded, without helper threads. With them, the fold takes
-    /// each chunk as the helper decodes the next: both count as `Fold`.
     Decode,
     Fold,
     Confirm,
