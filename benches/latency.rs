@@ -164,9 +164,11 @@ fn load_producer() -> BaseProducer {
 /// The load generator's records to one topic, queued a run at a time with
 /// `rd_kafka_produce_batch` on a topic handle opened once, as the worker
 /// queues its deltas. `BaseProducer::send` looks the topic up by name under
-/// the client's lock for every record: the load generator took 0.23 to 0.29
-/// cores at a quarter load, and at half of a drain rate the load generator,
-/// the broker and the worker needed more than the machine's two cores.
+/// the client's lock for every record: with it, the load generator and its
+/// tails took 0.27 to 0.28 cores at a quarter load (1.15 to 1.30 µs an
+/// event), with runs 0.22 (1.09 µs); at half of a drain rate the load
+/// generator, the broker and the worker need more than the machine's two
+/// cores either way.
 struct RunQueue {
     topic: std::ptr::NonNull<rdkafka::bindings::rd_kafka_topic_t>,
     messages: Vec<rdkafka::bindings::rd_kafka_message_t>,

@@ -682,7 +682,6 @@ fn clock_ticks_per_second() -> f64 {
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
-/// The user and system CPU seconds in a `/proc/.../stat` file.
 /// CPU seconds so far of a JVM's JIT compiler threads (HotSpot names them
 /// `C1 CompilerThread<n>` and `C2 CompilerThread<n>`, cut to 15 bytes).
 pub fn jit_cpu_seconds(pid: u32) -> Option<f64> {
@@ -699,6 +698,7 @@ pub fn jit_cpu_seconds(pid: u32) -> Option<f64> {
     )
 }
 
+/// The user and system CPU seconds in a `/proc/.../stat` file.
 fn stat_cpu_seconds(path: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(path).ok()?;
     // utime and stime: fields 14 and 15, counted after the `(comm)`.
