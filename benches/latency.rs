@@ -165,10 +165,10 @@ fn load_producer() -> BaseProducer {
 /// `rd_kafka_produce_batch` on a topic handle opened once, as the worker
 /// queues its deltas. `BaseProducer::send` looks the topic up by name under
 /// the client's lock for every record: with it, the load generator and its
-/// tails took 0.27 to 0.28 cores at a quarter load (1.15 to 1.30 µs an
-/// event), with runs 0.22 (1.09 µs); at half of a drain rate the load
-/// generator, the broker and the worker need more than the machine's two
-/// cores either way.
+/// tails took 1.15 and 1.30 µs of CPU an event at a quarter load with the
+/// 5 ms window, with runs 1.00 and 1.09 (BENCHMARKS.md, thirty-fifth
+/// sitting). At half of a drain rate the load generator, the broker and
+/// the worker need more than the machine's two cores either way.
 struct RunQueue {
     topic: std::ptr::NonNull<rdkafka::bindings::rd_kafka_topic_t>,
     messages: Vec<rdkafka::bindings::rd_kafka_message_t>,
