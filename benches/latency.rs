@@ -647,7 +647,9 @@ fn main() {
             if checkpoint > 0.0 {
                 first.get_or_insert((now, checkpoint));
             }
-            if checkpoint >= end / 4.0 {
+            // Not at the end: a checkpoint straight past both leaves no
+            // span to time.
+            if checkpoint >= end / 4.0 && checkpoint < end {
                 quarter.get_or_insert((now, checkpoint));
             }
             if checkpoint >= end {
@@ -657,13 +659,16 @@ fn main() {
         }
         let done = Instant::now();
         let rate_since = |(at, checkpoint): (Instant, f64)| (end - checkpoint) / done.duration_since(at).as_secs_f64();
-        let drain = rate_since(first.expect("a checkpoint before the end"));
+        let from_ready = end / done.duration_since(ready).as_secs_f64();
+        // The first checkpoint seen was the end only if the drain took less
+        // than this loop's 20 ms: then only the time from /readyz says much.
+        let drain = first.filter(|&(_, c)| c < end).map_or(from_ready, rate_since);
         let base = *offered_base.get_or_insert_with(|| base_rate().unwrap_or(drain));
         println!(
-            "flush {mode}: drain rate {drain:.0} events/s from the first checkpoint ({:.2} s after /readyz), {:.0} over the last three quarters, {:.0} from /readyz; loads are shares of {base:.0}",
+            "flush {mode}: drain rate {drain:.0} events/s from the first checkpoint ({:.2} s after /readyz), {} over the last three quarters, {:.0} from /readyz; loads are shares of {base:.0}",
             first.unwrap().0.duration_since(ready).as_secs_f64(),
-            rate_since(quarter.unwrap()),
-            end / done.duration_since(ready).as_secs_f64(),
+            quarter.map_or("(no checkpoint between)".into(), |q| format!("{:.0}", rate_since(q))),
+            from_ready,
         );
         for round in 0..if mode_index == 0 { warm_up_loads() } else { 0 } {
             // A broker started for this run compiles its hot paths in its
