@@ -1,5 +1,6 @@
 //! Coalescing receipts into delta records: one record per recipient per flush.
 
+use crate::prefetch::prefetch_line;
 use crate::state::Id;
 use hashbrown::HashTable;
 use receiptd_wire::{DeltaRecord, Receipt};
@@ -90,6 +91,22 @@ fn same_receipt(a: &Receipt<Id>, b: &Receipt<Id>) -> bool {
     a.msg_id == b.msg_id && (!a.msg_id.is_empty() || a.user_id == b.user_id)
 }
 
+/// Asks for the start of the receipt list the next new record will take,
+/// to write its first receipt into. Spare lists come back a flush's worth
+/// at a time (thousands of lists, megabytes), so the one on top is out of
+/// the caches by the time it is taken: asked for a recipient ahead, the
+/// staging of a 50,000-event window took 11% less time (`cargo bench
+/// --bench fold -- stage/`, thirty-sixth sitting). The record's own slot,
+/// asked for the same way, gained 2% more, within the noise.
+#[inline(always)]
+fn prefetch_next_list(spare: &[Vec<Receipt<Id>>]) {
+    if let Some(list) = spare.last() {
+        let list: *const u8 = list.as_ptr().cast();
+        prefetch_line(list);
+        prefetch_line(list.wrapping_add(64));
+    }
+}
+
 impl DeltaBuffer {
     /// An empty buffer.
     pub fn new() -> Self {
@@ -160,6 +177,7 @@ impl DeltaBuffer {
                     index.insert_unique(hash, i, |&j| recipient_hash(&records[j].to));
                     let receipts = spare.pop().inspect(|list| *spare_room -= list.capacity()).unwrap_or_default();
                     records.push(DeltaRecord { app_id: app, to, receipts });
+                    prefetch_next_list(spare);
                     i
                 }
             };

@@ -89,7 +89,7 @@ const PREFETCH_IDS: usize = 4;
 /// Asks for the cache line at `p` without waiting for it. Never faults:
 /// a stale or dangling address only costs the request.
 #[inline(always)]
-fn prefetch_line<T>(p: *const T) {
+pub(crate) fn prefetch_line<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch has no architectural effect and cannot fault,
     // whatever the address.
