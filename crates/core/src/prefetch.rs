@@ -100,6 +100,25 @@ pub(crate) fn prefetch_line<T>(p: *const T) {
     let _ = p;
 }
 
+/// Where a hashbrown table's buckets end (and its control bytes begin),
+/// from an entry in bucket `index`: bucket `i` sits at
+/// `end - (i + 1) * size_of::<T>()`, below the control bytes.
+#[inline(always)]
+pub(crate) fn buckets_end<T>(entry: &T, index: usize) -> usize {
+    (entry as *const T as usize).wrapping_add((index + 1) * std::mem::size_of::<T>())
+}
+
+/// The address of the bucket where a probe for `hash` starts, in a
+/// hashbrown table of `buckets` buckets (a power of two) that end at
+/// `end` ([`buckets_end`]): hashbrown starts at `hash & (buckets - 1)`.
+/// An entry goes into the first free bucket from there, most often that
+/// one or one of the next few, at lower addresses.
+#[inline(always)]
+pub(crate) fn probe_start<T>(end: usize, buckets: usize, hash: u64) -> usize {
+    let start = (hash as usize) & buckets.wrapping_sub(1);
+    end.wrapping_sub((start + 1) * std::mem::size_of::<T>())
+}
+
 /// Asks for both lines of a message's state (128 bytes) and the first of
 /// its readers.
 #[inline(always)]
@@ -141,8 +160,11 @@ impl PartitionState {
                 }
             }
             Event::MessageSent(e) => {
-                // Its bucket, for the insert; none is there as a rule.
-                std::hint::black_box(unsafe { view.messages.peek(e.msg_id.as_str()) }.is_some());
+                // Its bucket, for the insert; none is there as a rule. Then
+                // the buckets the insert will write, which no lookup reads.
+                if unsafe { view.messages.peek(e.msg_id.as_str()) }.is_none() {
+                    unsafe { view.messages.prefetch_insert(e.msg_id.as_str()) };
+                }
                 ReadAhead::NONE
             }
             Event::GroupMembers(_) | Event::ConversationRead(_) | Event::MessageRevoked(_) => ReadAhead::NONE,
