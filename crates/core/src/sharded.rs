@@ -163,13 +163,14 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
     }
 
     /// Asks for the buckets an insert of `key` will most likely write: the
-    /// bucket where its probe starts and the line after it (see
-    /// [`probe_start`]). No lookup reads an empty bucket first, so
-    /// otherwise the insert's write waits for the line, and the shard's
-    /// lock, released just after, waits for that write (a locked
-    /// instruction drains the store buffer): 4% of the poll loop in a
-    /// drain, nearly all of `insert_if_absent`'s time (perf, thirty-sixth
-    /// sitting). Neither waits for the lines nor reads the table.
+    /// line of the bucket where its probe starts, and the line below it,
+    /// where the probe's next buckets are (see [`probe_start`]). No lookup
+    /// reads an empty bucket first, so otherwise the insert's write waits
+    /// for the line, and so does the next locked instruction (the count's
+    /// increment, which waits for every store before it): two thirds of
+    /// `insert_if_absent`'s time, 4% of the poll loop in a drain (perf,
+    /// thirty-sixth sitting). Neither waits for the lines nor reads the
+    /// table.
     ///
     /// # Safety
     ///
@@ -436,8 +437,8 @@ mod tests {
 
     /// The guess `prefetch_insert` asks for holds hashbrown's layout and
     /// probe: most entries land in the guessed bucket's line or the line
-    /// after it. If hashbrown changes either, this fails, and the prefetch
-    /// would only ask for lines nobody writes.
+    /// below it (66% of these). If hashbrown changes either, this fails,
+    /// and the prefetch would only ask for lines nobody writes.
     #[test]
     fn inserts_land_where_the_prefetch_guesses() {
         let m: ShardedMap<Id, u64> = ShardedMap::default();
