@@ -160,11 +160,9 @@ impl PartitionState {
                 }
             }
             Event::MessageSent(e) => {
-                // Its bucket, for the insert; none is there as a rule. Then
+                // Its bucket, for the insert (none is there as a rule), and
                 // the buckets the insert will write, which no lookup reads.
-                if unsafe { view.messages.peek(e.msg_id.as_str()) }.is_none() {
-                    unsafe { view.messages.prefetch_insert(e.msg_id.as_str()) };
-                }
+                unsafe { view.messages.prefetch_insert(e.msg_id.as_str()) };
                 ReadAhead::NONE
             }
             Event::GroupMembers(_) | Event::ConversationRead(_) | Event::MessageRevoked(_) => ReadAhead::NONE,

@@ -162,41 +162,42 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
         table.find(hash, |(k, _)| k.borrow().key_eq(key)).map(|(_, v)| v)
     }
 
-    /// Asks for the buckets an insert of `key` will most likely write: the
-    /// line of the bucket where its probe starts, and the line below it,
-    /// where the probe's next buckets are (see [`probe_start`]). No lookup
-    /// reads an empty bucket first, so otherwise the insert's write waits
-    /// for the line, and so does the next locked instruction (the count's
-    /// increment, which waits for every store before it): two thirds of
-    /// `insert_if_absent`'s time, 4% of the poll loop in a drain (perf,
-    /// thirty-sixth sitting). Neither waits for the lines nor reads the
-    /// table.
+    /// Looks `key` up as [`Self::peek`] does and, if it is absent, asks for
+    /// the buckets an insert of it will most likely write: the line of the
+    /// bucket where its probe starts, and the line below it, where the
+    /// probe's next buckets are (see [`probe_start`]). One hash for both.
+    /// No lookup reads an empty bucket first, so otherwise the insert's
+    /// write waits for the line, and so does the next locked instruction
+    /// (the count's increment, which waits for every store before it): two
+    /// thirds of `insert_if_absent`'s time, 4% of the poll loop in a drain
+    /// (perf, thirty-sixth sitting). It does not wait for those lines.
     ///
     /// # Safety
     ///
-    /// As [`Self::peek`]: it reads the table's size without the lock.
+    /// As [`Self::peek`].
     #[inline]
     pub(crate) unsafe fn prefetch_insert<Q>(&self, key: &Q)
     where
         K: Borrow<Q>,
-        Q: Hash + ?Sized,
+        Q: Hash + KeyEq + ?Sized,
     {
-        if let Some(bucket) = unsafe { self.insert_guess(key) } {
+        let hash = hash_of(key);
+        // SAFETY: as in `peek`.
+        let table = unsafe { &*self.shards[shard_of(hash)].data_ptr() };
+        if table.find(hash, |(k, _)| k.borrow().key_eq(key)).is_some() {
+            return;
+        }
+        if let Some(bucket) = unsafe { self.insert_guess(hash) } {
             prefetch_line(bucket as *const u8);
             prefetch_line(bucket.wrapping_sub(64) as *const u8);
         }
     }
 
-    /// Where [`Self::prefetch_insert`] guesses an insert of `key` goes:
-    /// the address of the bucket its probe starts at, if the shard has
-    /// had an insert. Safety as [`Self::peek`].
+    /// Where [`Self::prefetch_insert`] guesses an insert of a key of hash
+    /// `hash` goes: the address of the bucket its probe starts at, if the
+    /// shard has had an insert. Safety as [`Self::peek`].
     #[inline(always)]
-    unsafe fn insert_guess<Q>(&self, key: &Q) -> Option<usize>
-    where
-        K: Borrow<Q>,
-        Q: Hash + ?Sized,
-    {
-        let hash = hash_of(key);
+    unsafe fn insert_guess(&self, hash: u64) -> Option<usize> {
         let shard = shard_of(hash);
         let end = self.buckets_ends[shard].load(Relaxed);
         // SAFETY: as in `peek`.
@@ -446,7 +447,7 @@ mod tests {
         for i in 0..200_000u64 {
             let key = format!("msg-{i}");
             // SAFETY: this thread is the map's only user.
-            let guess = unsafe { m.insert_guess(key.as_str()) };
+            let guess = unsafe { m.insert_guess(hash_of(key.as_str())) };
             assert!(m.insert_if_absent(key.as_str(), || Some((Id::from(key.as_str()), i))).is_some());
             let Some(guess) = guess else { continue };
             guessed += 1;
