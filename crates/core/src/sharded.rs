@@ -181,10 +181,22 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + KeyEq + ?Sized,
     {
-        let hash = hash_of(key);
+        // SAFETY: the caller's contract.
+        unsafe { self.prefetch_insert_by(hash_of(key), |k| k.borrow().key_eq(key)) }
+    }
+
+    /// [`Self::prefetch_insert`] of the key of hash `hash` that `is_key`
+    /// tells: for a key the caller has in pieces (a pair of ids as two
+    /// strings), which it would otherwise build to look it up.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::peek`].
+    #[inline]
+    pub(crate) unsafe fn prefetch_insert_by(&self, hash: u64, is_key: impl Fn(&K) -> bool) {
         // SAFETY: as in `peek`.
         let table = unsafe { &*self.shards[shard_of(hash)].data_ptr() };
-        if table.find(hash, |(k, _)| k.borrow().key_eq(key)).is_some() {
+        if table.find(hash, |(k, _)| is_key(k)).is_some() {
             return;
         }
         if let Some(bucket) = unsafe { self.insert_guess(hash) } {
@@ -408,6 +420,16 @@ impl<K: Hash + KeyEq + Clone, V> ShardedMap<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The walk ahead of a conversation read hashes a mark's key from its
+    /// two strings, without building the pair of ids the map holds.
+    #[test]
+    fn a_pair_of_ids_hashes_as_its_two_strings() {
+        let long = "x".repeat(receiptd_wire::INLINE_BYTES + 1);
+        for (a, b) in [("u1", "u2"), ("", "u2"), (long.as_str(), "u2"), ("u1", long.as_str())] {
+            assert_eq!(hash_of(&(Id::from(a), Id::from(b))), hash_of(&(a, b)), "{a:?}, {b:?}");
+        }
+    }
 
     #[test]
     fn behaves_like_a_map_and_spreads_over_shards() {
