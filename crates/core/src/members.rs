@@ -228,6 +228,38 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Against a list of owned names: names short and long, with zero
+        /// bytes, pushed and renamed (most cases compact the buffer), each
+        /// found by its ordinal and its ordinal by it; a name given up is
+        /// no one's.
+        #[test]
+        fn ordinals_and_names_match_a_plain_list(
+            ops in proptest::collection::vec((0u8..4, 0u32..64, "[a-c\\x00é]{0,24}"), 1..2000)
+        ) {
+            let mut m = MemberNames::default();
+            let mut model: Vec<String> = Vec::new();
+            for (op, which, name) in ops {
+                if model.contains(&name) {
+                    continue;
+                }
+                if op == 0 || model.is_empty() {
+                    proptest::prop_assert_eq!(m.push(&name), model.len() as u32);
+                    model.push(name);
+                } else {
+                    let ordinal = which % model.len() as u32;
+                    m.rename(ordinal, &name);
+                    model[ordinal as usize] = name;
+                }
+            }
+            for (ordinal, name) in model.iter().enumerate() {
+                proptest::prop_assert_eq!(m.name(ordinal as u32), name.as_str());
+                proptest::prop_assert_eq!(m.ordinal(name), Some(ordinal as u32));
+            }
+            for probe in ["", "a", "abcabcabcab", "abcabcabcabc", "é"] {
+                proptest::prop_assert_eq!(m.ordinal(probe), model.iter().position(|n| n == probe).map(|o| o as u32));
+            }
+        }
+
         /// Against a `BTreeSet`: the same ordinals, the lowest taken first.
         #[test]
         fn free_ordinals_are_a_set_taken_lowest_first(ops in proptest::collection::vec((0u8..3, 0u32..300), 0..300)) {
