@@ -120,6 +120,14 @@ pub(crate) fn probe_start<T>(end: usize, buckets: usize, hash: u64) -> usize {
     end.wrapping_sub((start + 1) * std::mem::size_of::<T>())
 }
 
+/// Where a hashbrown table of `buckets` buckets that end at `end` keeps the
+/// control bytes a probe for `hash` reads first: they start at `end`, one
+/// byte a bucket.
+#[inline(always)]
+pub(crate) fn control_bytes(end: usize, buckets: usize, hash: u64) -> usize {
+    end.wrapping_add((hash as usize) & buckets.wrapping_sub(1))
+}
+
 /// Asks for both lines of a message's state (128 bytes) and the first of
 /// its readers.
 #[inline(always)]
@@ -145,19 +153,27 @@ impl PartitionState {
         // maps while the references live; queries only read.
         match event {
             Event::MessageRead(e) => {
+                // The reader's group first (few, mostly in cache), and the
+                // first two lines its ordinal's lookup waits for asked for:
+                // they come in while the messages' lookups wait for theirs.
+                let group = match &e.conversation {
+                    Conversation::Group { group_id } => unsafe { view.groups.peek(group_id.as_str()) }
+                        .map(|g| (g, hash_of(e.reader.as_str())))
+                        .inspect(|(g, reader)| g.users.prefetch_ordinal(*reader)),
+                    Conversation::C2c { .. } => None,
+                };
                 for msg_id in e.msg_ids.iter().take(PREFETCH_IDS) {
                     if let Some(m) = unsafe { view.messages.peek(msg_id.as_str()) } {
                         prefetch_message(m);
                     }
                 }
-                let Conversation::Group { group_id } = &e.conversation else { return ReadAhead::NONE };
-                let group = unsafe { view.groups.peek(group_id.as_str()) };
+                let Conversation::Group { .. } = &e.conversation else { return ReadAhead::NONE };
                 ReadAhead {
                     found: Some(FoundPlace {
                         event: e,
                         groups_epoch: self.groups_epoch,
-                        group: group.map(NonNull::from),
-                        ordinal: group.and_then(|g| g.ordinal(e.reader.as_str())),
+                        group: group.map(|(g, _)| NonNull::from(g)),
+                        ordinal: group.and_then(|(g, reader)| g.users.ordinal_hashed(reader, e.reader.as_str())),
                     }),
                 }
             }
