@@ -156,10 +156,13 @@ impl PartitionState {
                 // The reader's group first (few, mostly in cache), and the
                 // first two lines its ordinal's lookup waits for asked for:
                 // they come in while the messages' lookups wait for theirs.
+                // `None` for a C2C read; `Some(None)` for an unknown group.
                 let group = match &e.conversation {
-                    Conversation::Group { group_id } => unsafe { view.groups.peek(group_id.as_str()) }
-                        .map(|g| (g, hash_of(e.reader.as_str())))
-                        .inspect(|(g, reader)| g.users.prefetch_ordinal(*reader)),
+                    Conversation::Group { group_id } => Some(
+                        unsafe { view.groups.peek(group_id.as_str()) }
+                            .map(|g| (g, hash_of(e.reader.as_str())))
+                            .inspect(|(g, reader)| g.users.prefetch_ordinal(*reader)),
+                    ),
                     Conversation::C2c { .. } => None,
                 };
                 for msg_id in e.msg_ids.iter().take(PREFETCH_IDS) {
@@ -167,7 +170,7 @@ impl PartitionState {
                         prefetch_message(m);
                     }
                 }
-                let Conversation::Group { .. } = &e.conversation else { return ReadAhead::NONE };
+                let Some(group) = group else { return ReadAhead::NONE };
                 ReadAhead {
                     found: Some(FoundPlace {
                         event: e,
