@@ -610,6 +610,7 @@ fn main() {
     let Drained { ready, first, done, cpu, cores } = drain(&mut worker, end2);
     let restored = restore_summary(worker.log_text().get(log_before..).unwrap_or_default());
     let replayed = worker.metric("receiptd_records_in_total");
+    let store_open = worker.metric("receiptd_store_open_seconds");
     let catch_up = replayed / done.duration_since(first).as_secs_f64();
     assert_eq!(worker.terminate(), 0);
     // The yardstick for the catch-up: the same loop over the same records
@@ -625,7 +626,7 @@ fn main() {
         same.process_cpu_us,
         same.process_cpu_us / catch_up_cpu
     );
-    println!("state restored at the restart: {restored}");
+    println!("state restored at the restart: {restored}; the store opened first, in {:.0} ms", store_open * 1e3);
     println!("catch-up CPU by thread, us per record: {}", per_thread_line(&cpu.threads, replayed.max(1.0)));
     println!(
         "catch-up threads waiting for a CPU, us per record: {}",

@@ -233,6 +233,7 @@ fn query_api_auth_access_bad_input_paging_and_ops() {
     ] {
         assert!(metrics.contains(series), "{series} missing from /metrics");
     }
+    assert!(metric_in(&metrics, "receiptd_store_open_seconds") > 0.0, "the store's open time is recorded");
     let (s, doc) = http_get(addr, "/openapi.json").unwrap();
     assert_eq!(s, 200);
     let doc: Value = serde_json::from_str(&doc).unwrap();

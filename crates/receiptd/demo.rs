@@ -123,8 +123,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("receiptd demo: prefilled {sent} events in {:.1}s; starting the worker", t.elapsed().as_secs_f64());
     }
 
-    let store = open_store(&config)?;
-    let worker = spawn_worker(worker_config(&config), store)?;
+    let opened = open_store(&config)?;
+    let worker = spawn_worker(worker_config(&config), opened)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     match runtime.block_on(tokio::net::TcpListener::bind(args.http_addr)) {

@@ -7,7 +7,7 @@ use receiptd_store::{Store, StoreOptions};
 use receiptd_stream::{Shared, Topics, WorkerConfig};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Installs the global tracing subscriber (`RUST_LOG` wins over config).
 pub fn init_logging(log: &LogConfig) {
@@ -59,15 +59,25 @@ pub fn worker_config(c: &Config) -> WorkerConfig {
     }
 }
 
+/// The store, opened, and how long that took.
+pub struct OpenedStore {
+    pub store: Arc<Store>,
+    pub took: Duration,
+}
+
 /// Opens the store configured.
-pub fn open_store(c: &Config) -> anyhow::Result<Arc<Store>> {
+pub fn open_store(c: &Config) -> anyhow::Result<OpenedStore> {
     std::fs::create_dir_all(&c.state.dir).with_context(|| format!("creating state.dir {}", c.state.dir.display()))?;
     let options = StoreOptions {
         block_cache_bytes: c.state.block_cache_mb << 20,
         write_buffer_bytes: c.state.write_buffer_mb << 20,
         ..StoreOptions::default()
     };
-    Ok(Arc::new(Store::open(&c.state.dir, &options).context("opening state.dir")?))
+    let started = Instant::now();
+    let store = Arc::new(Store::open(&c.state.dir, &options).context("opening state.dir")?);
+    let took = started.elapsed();
+    tracing::info!(took_ms = took.as_millis() as u64, state_dir = %c.state.dir.display(), "state store opened");
+    Ok(OpenedStore { store, took })
 }
 
 /// The worker's live state, as the HTTP server sees it.
@@ -99,8 +109,10 @@ pub struct RunningWorker {
 }
 
 /// Starts the worker on its own thread (never on the async runtime).
-pub fn spawn_worker(config: WorkerConfig, store: Arc<Store>) -> anyhow::Result<RunningWorker> {
+pub fn spawn_worker(config: WorkerConfig, opened: OpenedStore) -> anyhow::Result<RunningWorker> {
+    let OpenedStore { store, took } = opened;
     let shared = Arc::new(Shared::default());
+    shared.metrics.store_open_us.store(took.as_micros() as u64, Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     let (s, st) = (shared.clone(), stop.clone());
     let handle = std::thread::Builder::new()
@@ -119,14 +131,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         receiptd_alloc::purge_lazily();
         tracing::info!("freed memory goes back to the OS with MADV_FREE (state.unmap_freed_memory = false)");
     }
-    let store = open_store(&config)?;
+    let opened = open_store(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .thread_name("receiptd-http")
         .build()
         .context("starting the async runtime")?;
-    let worker = spawn_worker(worker_config(&config), store)?;
+    let worker = spawn_worker(worker_config(&config), opened)?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(config.http.addr))
         .with_context(|| format!("binding http.addr {}", config.http.addr))?;

@@ -120,6 +120,9 @@ pub struct Metrics {
     gap_max_waiting_for_cpu_us: AtomicU64,
     /// The longest gap's wall time by loop phase ([`LOOP_PHASES`]).
     gap_max_phases_us: [AtomicU64; LOOP_PHASES.len()],
+    /// Microseconds the store took to open at start-up, its write-ahead
+    /// log replayed: with the restores, what a restart waits for.
+    pub store_open_us: AtomicU64,
     /// Microseconds spent restoring assigned partitions from the store
     /// (wall time of each assignment's loads, which run side by side).
     pub restore_us: AtomicU64,
@@ -459,6 +462,13 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{op=\"{op}\"}} {}", us.load(Relaxed) as f64 / 1e6);
             }
         }
+        seconds(
+            &mut out,
+            "gauge",
+            "receiptd_store_open_seconds",
+            "Time the state store took to open at start-up, its write-ahead log replayed.",
+            &self.store_open_us,
+        );
         seconds(
             &mut out,
             "counter",
