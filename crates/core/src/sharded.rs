@@ -325,6 +325,24 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
         self.shards[shard_of(hash)].read().find(hash, |(k, _)| k.borrow().key_eq(key)).is_some()
     }
 
+    /// Grows each shard's table once for the keys whose hashes are given,
+    /// about to go in, with a quarter more room. A restore puts a
+    /// partition's messages in at once: growing step by step rehashed each
+    /// entry about once more, into fresh memory, and a table restored just
+    /// full doubled at its next few inserts, in the poll loop (a third of
+    /// the shards, after a kill -9 at 10 M events).
+    pub fn reserve_for_hashes(&self, hashes: impl IntoIterator<Item = u64>) {
+        let mut counts = vec![0usize; SHARDS];
+        for hash in hashes {
+            counts[shard_of(hash)] += 1;
+        }
+        for (shard, count) in self.shards.iter().zip(counts) {
+            if count > 0 {
+                shard.write().reserve(count + count / 4, rehash);
+            }
+        }
+    }
+
     /// Inserts, returning the value replaced.
     pub fn insert(&self, key: K, value: V) -> Option<V> {
         let hash = hash_of(&key);
@@ -420,6 +438,29 @@ impl<K: Hash + KeyEq + Clone, V> ShardedMap<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restore's bulk insert grows each table once: room for each
+    /// shard's share of the entries and a quarter more, and the entries go
+    /// in without any table growing again.
+    #[test]
+    fn tables_reserved_for_a_restore_hold_it_and_a_quarter_more() {
+        let m: ShardedMap<Id, u32> = ShardedMap::default();
+        let keys: Vec<Id> = (0..20_000).map(|i| Id::from(format!("m{i}").as_str())).collect();
+        let mut counts = vec![0; SHARDS];
+        keys.iter().for_each(|k| counts[shard_of(hash_of(k))] += 1);
+        m.reserve_for_hashes(keys.iter().map(hash_of));
+        let capacities = || m.shards.iter().map(|s| s.read().capacity()).collect::<Vec<_>>();
+        let reserved = capacities();
+        for (shard, (&room, &count)) in reserved.iter().zip(&counts).enumerate() {
+            assert!(room >= count + count / 4, "shard {shard}: room for {room}, {count} entries to restore");
+        }
+        for (i, key) in keys.iter().enumerate() {
+            m.insert(key.clone(), i as u32);
+        }
+        assert_eq!(capacities(), reserved, "no table grew while the entries went in");
+        assert_eq!(m.len(), keys.len());
+        assert!(keys.iter().enumerate().all(|(i, k)| m.get(k).is_some_and(|v| *v == i as u32)));
+    }
 
     /// The walk ahead of a conversation read hashes a mark's key from its
     /// two strings, without building the pair of ids the map holds.

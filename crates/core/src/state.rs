@@ -557,6 +557,9 @@ pub(crate) struct AppState {
     /// Senders and C2C peers too long to sit inline, shared by the messages
     /// that name them.
     pub(crate) users: UserIds,
+    /// Messages restored and not yet in `view.messages`, with their ids'
+    /// hashes: they go in together (see [`PartitionState::insert_restored_messages`]).
+    restored: Vec<(u64, Id, Box<MessageState>)>,
 }
 
 /// Messages by send time, in one-second buckets. A push moves at most one
@@ -1200,7 +1203,9 @@ impl PartitionState {
     }
 
     /// Restores a message, with `pages` pages of its readers stored apart
-    /// to restore next ([`Self::restore_reader_page`]).
+    /// to restore next ([`Self::restore_reader_page`]). It joins its app's
+    /// map with the other messages, at the first reader page or
+    /// [`Self::finish_restore`].
     pub fn restore_message(&mut self, app: &str, msg_id: &str, mut message: MessageState, pages: u32) {
         message.readers.expect_pages(pages);
         let app = self.app_mut(app);
@@ -1208,8 +1213,23 @@ impl PartitionState {
         if let MessageTarget::C2c { peer } = &mut message.target {
             *peer = app.users.intern(peer);
         }
-        app.by_sent_at.push(message.sent_at, hash_of(msg_id));
-        app.view.messages.insert(Id::from(msg_id), Box::new(message));
+        let hash = hash_of(msg_id);
+        app.by_sent_at.push(message.sent_at, hash);
+        app.restored.push((hash, Id::from(msg_id), Box::new(message)));
+    }
+
+    /// Puts the messages restored so far into their apps' maps, each
+    /// shard's table grown once for its share of them (see
+    /// [`ShardedMap::reserve_for_hashes`]). Reader pages, which come after
+    /// every message, and the checks at the end look messages up.
+    fn insert_restored_messages(&mut self) {
+        for app in self.apps.iter_mut().filter(|app| !app.restored.is_empty()) {
+            let restored = std::mem::take(&mut app.restored);
+            app.view.messages.reserve_for_hashes(restored.iter().map(|(hash, ..)| *hash));
+            for (_, msg_id, message) in restored {
+                app.view.messages.insert(msg_id, message);
+            }
+        }
     }
 
     /// Restores page `page` of a message's readers (see
@@ -1223,6 +1243,7 @@ impl PartitionState {
         bytes: &[u8],
     ) -> Result<(), RestoreError> {
         let key = || DirtyKey::Message { app: Id::from(app), msg_id: Id::from(msg_id) };
+        self.insert_restored_messages();
         let restored = self.apps.get_mut(app).and_then(|a| a.view.messages.get_mut(msg_id));
         let Some(mut m) = restored else {
             return Err(RestoreError::new(key(), format!("reader page {page} of a message not stored")));
@@ -1259,6 +1280,7 @@ impl PartitionState {
     /// ordinals it handed out, never by its sender; a C2C message read only
     /// by its peer.
     pub fn finish_restore(&mut self) -> Result<(), RestoreError> {
+        self.insert_restored_messages();
         self.groups_epoch += 1;
         for app in self.apps.iter() {
             check_restored(app)?;
@@ -1300,6 +1322,7 @@ pub(crate) fn app_entry<'a>(apps: &'a mut Apps, view: &PartitionView, app: &str)
             held: Default::default(),
             by_sent_at: Default::default(),
             users: Default::default(),
+            restored: Vec::new(),
         };
         view.apps.write().insert(app.to_owned(), state.view.clone());
         state
