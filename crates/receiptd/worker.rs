@@ -61,7 +61,10 @@ pub fn worker_config(c: &Config) -> WorkerConfig {
 
 /// The store, opened, and how long that took.
 pub struct OpenedStore {
+    /// The store.
     pub store: Arc<Store>,
+    /// Its open's wall time, the write-ahead log replayed
+    /// (`receiptd_store_open_seconds`).
     pub took: Duration,
 }
 
