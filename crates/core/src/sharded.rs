@@ -345,7 +345,13 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
 
     /// Inserts, returning the value replaced.
     pub fn insert(&self, key: K, value: V) -> Option<V> {
-        let hash = hash_of(&key);
+        self.insert_hashed(hash_of(&key), key, value)
+    }
+
+    /// [`Self::insert`] for a caller that has hashed the key already (a
+    /// restore, which indexed the message by its hash first).
+    pub(crate) fn insert_hashed(&self, hash: u64, key: K, value: V) -> Option<V> {
+        debug_assert_eq!(hash, hash_of(&key), "the hash given is the key's");
         let shard = shard_of(hash);
         let mut table = self.shards[shard].write();
         match table.entry(hash, |(k, _)| k.key_eq(&key), rehash) {

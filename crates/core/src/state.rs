@@ -1226,8 +1226,8 @@ impl PartitionState {
         for app in self.apps.iter_mut().filter(|app| !app.restored.is_empty()) {
             let restored = std::mem::take(&mut app.restored);
             app.view.messages.reserve_for_hashes(restored.iter().map(|(hash, ..)| *hash));
-            for (_, msg_id, message) in restored {
-                app.view.messages.insert(msg_id, message);
+            for (hash, msg_id, message) in restored {
+                app.view.messages.insert_hashed(hash, msg_id, message);
             }
         }
     }
