@@ -569,6 +569,11 @@ fn main() {
         .map(|p| format!("{p} {:.2}", m(&format!("receiptd_batch_gap_max_phase_seconds{{phase=\"{p}\"}}")) * 1e3))
         .collect();
     println!("longest gap by loop phase, ms: {}", phases.join(", "));
+    // The engine's own share: a gap spent waiting for a CPU is the machine's.
+    println!(
+        "the most CPU the poll loop took in any one gap: {:.2} ms",
+        m("receiptd_batch_gap_most_cpu_seconds") * 1e3
+    );
     // A confirmed flush the store writer had no room for waited in flight
     // (the poll loop does not wait for the writer).
     let ops: Vec<String> = [("write", writes), ("sync", syncs)]

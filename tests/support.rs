@@ -478,11 +478,12 @@ impl Worker {
             .map(|op| format!("{op} {:.1}", ms(&format!("receiptd_store_op_max_seconds{{op=\"{op}\"}}"))))
             .collect();
         format!(
-            "longest since start: poll loop gap {:.1} ms ({:.1} on a CPU, {:.1} waiting for one; {}), store call {} ms",
+            "longest since start: poll loop gap {:.1} ms ({:.1} on a CPU, {:.1} waiting for one; {}; the most CPU in any gap {:.1}), store call {} ms",
             ms("receiptd_batch_gap_max_seconds"),
             ms("receiptd_batch_gap_max_on_cpu_seconds"),
             ms("receiptd_batch_gap_max_waiting_for_cpu_seconds"),
             phases.join(", "),
+            ms("receiptd_batch_gap_most_cpu_seconds"),
             store.join(", ")
         )
     }

@@ -20,11 +20,13 @@ const FLUSH_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.
 const GAP_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0];
 
 /// The parts of the poll loop a gap between batches is made of
-/// (`receiptd_batch_gap_max_phase_seconds`): polling, decoding and folding
-/// a batch, then a flush's steps (confirming one, staging the next), and
-/// the rest of a turn. (Sending deltas was a phase of its own until the
+/// (`receiptd_batch_gap_max_phase_seconds`): polling and decoding a batch,
+/// waiting for the engine's lock (a query's or a rebalance's), folding the
+/// batch, letting its records go (their memory is librdkafka's), then a
+/// flush's steps (confirming one, staging the next), and the rest of a
+/// turn. (Sending deltas was a phase of its own until the
 /// delta sender thread took it over.)
-pub const LOOP_PHASES: [&str; 6] = ["poll", "decode", "fold", "confirm", "stage", "other"];
+pub const LOOP_PHASES: [&str; 8] = ["poll", "decode", "lock", "fold", "retire", "confirm", "stage", "other"];
 
 /// What started a flush (`receiptd_flush_starts_total`): the window ran out,
 /// `max_pending_records` were waiting, or the input was drained
@@ -114,6 +116,10 @@ pub struct Metrics {
     /// The loop thread's own CPU time in all gaps, and in the longest.
     gap_on_cpu_sum_us: AtomicU64,
     gap_max_on_cpu_us: AtomicU64,
+    /// The most CPU time the loop thread took in any one gap: the longest
+    /// the engine's own work held a batch back, whatever else the machine
+    /// ran meanwhile.
+    gap_most_cpu_us: AtomicU64,
     /// The loop thread's time runnable but waiting for a CPU (preempted, or
     /// woken and not yet run) in all gaps, and in the longest.
     gap_waiting_for_cpu_sum_us: AtomicU64,
@@ -271,6 +277,7 @@ impl Metrics {
         self.gap_sum_us.fetch_add(us, Relaxed);
         self.gap_on_cpu_sum_us.fetch_add(on_cpu_us, Relaxed);
         self.gap_waiting_for_cpu_sum_us.fetch_add(waiting_us, Relaxed);
+        self.gap_most_cpu_us.fetch_max(on_cpu_us, Relaxed);
         // One writer: the longest gap and its split are stored together.
         if us > self.gap_max_us.load(Relaxed) {
             self.gap_max_us.store(us, Relaxed);
@@ -540,6 +547,13 @@ impl Metrics {
         seconds(
             &mut out,
             "gauge",
+            "receiptd_batch_gap_most_cpu_seconds",
+            "The most CPU time the loop thread took in any one gap since start: the engine's own share of its stalls (on a VM, time the host held the virtual CPU counts too).",
+            &self.gap_most_cpu_us,
+        );
+        seconds(
+            &mut out,
+            "gauge",
             "receiptd_batch_gap_max_waiting_for_cpu_seconds",
             "The loop thread's time runnable but waiting for a CPU during the longest gap (0 where the kernel does not tell).",
             &self.gap_max_waiting_for_cpu_us,
@@ -591,5 +605,28 @@ impl Metrics {
             self.checkpoint_written_unix_us.load(Relaxed) as f64 / 1e6
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(body: &str, name: &str) -> f64 {
+        let line = body.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).expect(name);
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_most_cpu_in_a_gap_is_kept_apart_from_the_longest_gaps_split() {
+        let metrics = Metrics::default();
+        let phases = [0.0; LOOP_PHASES.len()];
+        // A long gap spent mostly waiting for a CPU, then a shorter one on it.
+        metrics.batch_gap(0.020, 0.002, 0.018, &phases);
+        metrics.batch_gap(0.008, 0.007, 0.001, &phases);
+        let body = metrics.render();
+        assert_eq!(value(&body, "receiptd_batch_gap_max_seconds"), 0.020);
+        assert_eq!(value(&body, "receiptd_batch_gap_max_on_cpu_seconds"), 0.002);
+        assert_eq!(value(&body, "receiptd_batch_gap_most_cpu_seconds"), 0.007);
     }
 }

@@ -539,6 +539,7 @@ fn run_inner(
     // A confirmed flush is waiting for room in the store writer's queue.
     let mut writer_full = false;
     let mut phases = PhaseClock::new();
+    let mut long_gaps = LongGapLog::default();
     let result = loop {
         if stop.load(Relaxed) {
             break Ok(());
@@ -594,6 +595,7 @@ fn run_inner(
             }
             phases.lap(LoopPhase::Decode);
             let mut guard = engine.lock();
+            phases.lap(LoopPhase::Lock);
             let e = guard.as_mut().expect("engine present while running");
             // Read-locked once per batch: only this thread writes it.
             let settings_now = shared.settings.read();
@@ -613,22 +615,27 @@ fn run_inner(
                     }
                 }
             }
+            drop(settings_now);
+            drop(guard);
+            phases.lap(LoopPhase::Fold);
+            let records = batch.len();
             match &mut helpers {
-                Some((_, retirer)) if batch.len() >= SPLIT_FROM => retirer.retire(&mut batch),
+                Some((_, retirer)) if records >= SPLIT_FROM => retirer.retire(&mut batch),
                 _ => batch.clear(),
             }
             decoded.clear();
-            drop(settings_now);
-            drop(guard);
-            let done = (phases.lap(LoopPhase::Fold), thread_times.now());
+            let done = (phases.lap(LoopPhase::Retire), thread_times.now());
             let spent = phases.take();
             if let (true, Some((previous, previous_times))) = (input_was_waiting, last_batch_done) {
-                shared.metrics.batch_gap(
-                    done.0.duration_since(previous).as_secs_f64(),
-                    done.1.on_cpu - previous_times.on_cpu,
-                    done.1.waiting_for_cpu - previous_times.waiting_for_cpu,
-                    &spent,
-                );
+                let gap = Gap {
+                    seconds: done.0.duration_since(previous).as_secs_f64(),
+                    on_cpu: done.1.on_cpu - previous_times.on_cpu,
+                    waiting_for_cpu: done.1.waiting_for_cpu - previous_times.waiting_for_cpu,
+                    phases: spent,
+                    records,
+                };
+                shared.metrics.batch_gap(gap.seconds, gap.on_cpu, gap.waiting_for_cpu, &gap.phases);
+                long_gaps.note(&gap, done.0);
             }
             last_batch_done = Some(done);
         } else {
@@ -808,7 +815,9 @@ fn run_inner(
 enum LoopPhase {
     Poll,
     Decode,
+    Lock,
     Fold,
+    Retire,
     Confirm,
     Stage,
     Other,
@@ -840,6 +849,75 @@ impl PhaseClock {
     /// The time by phase since the last call.
     fn take(&mut self) -> [f64; LOOP_PHASES.len()] {
         std::mem::replace(&mut self.spent, [0.0; LOOP_PHASES.len()])
+    }
+}
+
+/// The time between two batch completions while input was waiting.
+struct Gap {
+    seconds: f64,
+    on_cpu: f64,
+    waiting_for_cpu: f64,
+    /// Wall time by loop phase ([`LOOP_PHASES`]).
+    phases: [f64; LOOP_PHASES.len()],
+    /// Records in the batch that ended it.
+    records: usize,
+}
+
+/// A gap at least this long is logged (`receiptd_batch_gap_seconds` counts
+/// them all): issue 5's bound on a stall of the poll loop.
+const LONG_GAP_SECONDS: f64 = 0.010;
+
+/// Logs long gaps, at most one a second (a loaded machine may have many),
+/// each line counting those not logged since the last.
+#[derive(Default)]
+struct LongGapLog {
+    last_logged: Option<Instant>,
+    not_logged: u64,
+}
+
+impl LongGapLog {
+    /// Logs `gap` if it is long and no long gap was logged in the second
+    /// before `now`; returns whether it did.
+    fn note(&mut self, gap: &Gap, now: Instant) -> bool {
+        if gap.seconds < LONG_GAP_SECONDS {
+            return false;
+        }
+        if self.last_logged.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+            self.not_logged += 1;
+            return false;
+        }
+        // Taken here, not in the macro: its fields are not evaluated when
+        // nothing listens at this level.
+        let not_logged = std::mem::take(&mut self.not_logged);
+        let ms = |s: f64| (s * 1e4).round() / 10.0;
+        let phases: Vec<String> =
+            LOOP_PHASES.iter().zip(&gap.phases).map(|(name, s)| format!("{name}={}", ms(*s))).collect();
+        tracing::info!(
+            gap_ms = ms(gap.seconds),
+            on_cpu_ms = ms(gap.on_cpu),
+            waiting_for_cpu_ms = ms(gap.waiting_for_cpu),
+            phases_ms = %phases.join(" "),
+            records = gap.records,
+            // To find the gap in a profile taken with `perf record -k CLOCK_MONOTONIC`.
+            ended_at_monotonic_s = monotonic_seconds(),
+            long_gaps_not_logged = not_logged,
+            "long gap between batches of the poll loop"
+        );
+        self.last_logged = Some(now);
+        true
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, in seconds: what perf stamps samples with when
+/// asked to (Rust's `Instant` hides it).
+fn monotonic_seconds() -> f64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    if rc == 0 {
+        now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
+    } else {
+        0.0
     }
 }
 
@@ -1081,5 +1159,31 @@ mod tests {
         watch.settled(&shared);
         assert_eq!(shared.metrics.deltas_unconfirmed.load(Relaxed), 0);
         producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
+    fn gap_of(seconds: f64) -> Gap {
+        Gap { seconds, on_cpu: seconds, waiting_for_cpu: 0.0, phases: [0.0; LOOP_PHASES.len()], records: 1024 }
+    }
+
+    #[test]
+    fn long_gaps_are_logged_at_most_once_a_second_and_counted_between() {
+        let mut log = LongGapLog::default();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert!(!log.note(&gap_of(0.009), at(0)), "a gap under 10 ms is not long");
+        assert!(log.note(&gap_of(0.012), at(0)));
+        assert!(!log.note(&gap_of(0.030), at(500)), "a second has not passed");
+        assert!(!log.note(&gap_of(0.011), at(999)));
+        assert_eq!(log.not_logged, 2);
+        assert!(!log.note(&gap_of(0.005), at(1_500)), "short gaps are not counted");
+        assert_eq!(log.not_logged, 2);
+        assert!(log.note(&gap_of(0.010), at(1_500)));
+        assert_eq!(log.not_logged, 0, "the logged line carries the count");
+    }
+
+    #[test]
+    fn the_monotonic_clock_is_read() {
+        let (a, b) = (monotonic_seconds(), monotonic_seconds());
+        assert!(a > 0.0 && b >= a);
     }
 }
