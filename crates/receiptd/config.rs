@@ -121,14 +121,19 @@ pub struct StateConfig {
     /// huge page zeroes 2 MiB at once (on a VM the host may have to back it
     /// then too), which stalls the poll loop for milliseconds; see BENCHMARKS.md.
     pub transparent_huge_pages: bool,
-    /// Have the allocator unmap the memory it gives back to the OS
-    /// (`MADV_DONTNEED`, mimalloc's own default). Default `false`: it gives
-    /// it back with `MADV_FREE`, which the kernel takes only when it runs
-    /// short (a container's memory limit included), so a page used again
-    /// before then is neither faulted in nor zeroed. Unmapped, the memory
-    /// each flush frees and allocates again was faulted in and zeroed anew:
-    /// runs of 2 to 4 ms in the poll loop; see BENCHMARKS.md.
-    pub unmap_freed_memory: bool,
+    /// What the allocator does with memory the worker frees: `keep` it for
+    /// reuse, handing none back to the OS, so the RSS stays at its high
+    /// point; give it back a second later with `MADV_FREE` (`lazy`: the
+    /// kernel takes such pages only when it runs short, a container's
+    /// memory limit included, and they count in the RSS until then); or
+    /// `unmap` it then (`MADV_DONTNEED`, mimalloc's own default). Default
+    /// `keep`: giving memory back runs on whichever thread frees or
+    /// allocates when the second is up, the poll loop too, and each call
+    /// waits for the other CPUs to drop the pages from their TLBs: 10 to
+    /// 16 ms of the poll loop's CPU in a drain's longest stall, against 6
+    /// kept. Unmapped, the memory each flush frees and allocates again is
+    /// faulted in and zeroed anew: runs of 2 to 4 ms. See BENCHMARKS.md.
+    pub freed_memory: FreedMemory,
 }
 
 impl Default for StateConfig {
@@ -139,7 +144,7 @@ impl Default for StateConfig {
             write_buffer_mb: 128,
             sync_interval_ms: 1000,
             transparent_huge_pages: false,
-            unmap_freed_memory: false,
+            freed_memory: FreedMemory::Keep,
         }
     }
 }
@@ -272,6 +277,18 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { level: "info".into(), format: LogFormat::Text }
     }
+}
+
+/// What the allocator does with freed memory (`state.freed_memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreedMemory {
+    /// Kept for reuse; none handed back to the OS.
+    Keep,
+    /// Handed back a second after it is freed, with `MADV_FREE`.
+    Lazy,
+    /// Handed back a second after it is freed, with `MADV_DONTNEED`.
+    Unmap,
 }
 
 /// Log line format.
@@ -531,6 +548,15 @@ mod tests {
     }
 
     #[test]
+    fn freed_memory_is_kept_unless_configured_otherwise() {
+        assert_eq!(Config::load_from(None, env(&[])).unwrap().state.freed_memory, FreedMemory::Keep);
+        for (value, mode) in [("keep", FreedMemory::Keep), ("lazy", FreedMemory::Lazy), ("unmap", FreedMemory::Unmap)] {
+            let c = Config::load_from(None, env(&[("RECEIPTD_STATE__FREED_MEMORY", value)])).unwrap();
+            assert_eq!(c.state.freed_memory, mode);
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_name_themselves() {
         let err = |pairs: &[(&str, &str)]| Config::load_from(None, env(pairs)).unwrap_err().to_string();
         let e = err(&[("RECEIPTD_KAFKA__BROKERZ", "x")]);
@@ -548,6 +574,8 @@ mod tests {
         }
         let e = err(&[("RECEIPTD_HTTP__ADDR", "not-an-address")]);
         assert!(e.contains("http.addr"), "{e}");
+        let e = err(&[("RECEIPTD_STATE__FREED_MEMORY", "hoard")]);
+        assert!(e.contains("state.freed_memory") && e.contains("keep"), "{e}");
         let e = err(&[("RECEIPTD_APPS__a1__TOKEN", "short")]);
         assert!(e.contains("apps.a1.token"), "{e}");
         let dir = tempfile::tempdir().unwrap();

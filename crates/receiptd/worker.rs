@@ -1,6 +1,6 @@
 //! `receiptd run`: wires config, store, worker thread, HTTP and signals.
 
-use crate::config::{Config, LogConfig, LogFormat};
+use crate::config::{Config, FreedMemory, LogConfig, LogFormat};
 use anyhow::Context;
 use receiptd_core::Limits;
 use receiptd_store::{Store, StoreOptions};
@@ -130,9 +130,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if !config.state.transparent_huge_pages {
         disable_transparent_huge_pages();
     }
-    if !config.state.unmap_freed_memory {
-        receiptd_alloc::purge_lazily();
-        tracing::info!("freed memory goes back to the OS with MADV_FREE (state.unmap_freed_memory = false)");
+    match config.state.freed_memory {
+        FreedMemory::Keep => {
+            receiptd_alloc::keep_freed_memory();
+            tracing::info!("freed memory is kept for reuse, none handed back to the OS (state.freed_memory = keep)");
+        }
+        FreedMemory::Lazy => {
+            receiptd_alloc::purge_lazily();
+            tracing::info!("freed memory goes back to the OS with MADV_FREE (state.freed_memory = lazy)");
+        }
+        FreedMemory::Unmap => {
+            tracing::info!("freed memory goes back to the OS with MADV_DONTNEED (state.freed_memory = unmap)")
+        }
     }
     let opened = open_store(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -16,15 +16,19 @@
 //! static ALLOCATOR: receiptd_alloc::Allocator = receiptd_alloc::Allocator;
 //! ```
 //!
-//! The worker also calls [`purge_lazily`] (unless configured not to):
+//! By default the worker calls [`keep_freed_memory`]: no memory goes back
+//! to the OS, so no thread pays for handing it back (`madvise` and the TLB
+//! flush it waits for on every other CPU). Configured to give it back, it
+//! calls [`purge_lazily`] (unless configured to unmap):
 //! mimalloc hands freed memory back to the OS a second after it was freed,
 //! by default with `MADV_DONTNEED`, which unmaps it. Each flush frees and
 //! allocates again megabytes (delta records, write batches), so under load
 //! the fold and the flush kept faulting in and zeroing pages that had just
 //! been given back: runs of 2 to 4 ms in the poll loop (perf:
 //! `clear_page_erms` under page faults), and a fifth of its page faults in
-//! the drain bench. The `madvise` call itself (2 to 3 ms, walking the range
-//! and shooting down TLB entries) remains.
+//! the drain bench. With `MADV_FREE` the `madvise` call itself (2 to 3 ms,
+//! walking the range and shooting down TLB entries; more when the other
+//! CPU is slow to answer) remains, hence the default.
 
 #![no_std]
 #![deny(missing_docs)]
@@ -42,6 +46,9 @@ pub struct Allocator;
 /// `mi_option_purge_decommits` in the vendored mimalloc's `mi_option_t`
 /// (libmimalloc-sys names no constant for it); a test checks the index.
 const PURGE_DECOMMITS: c_int = 5;
+
+/// `mi_option_purge_delay`, likewise.
+const PURGE_DELAY: c_int = 15;
 
 // mimalloc's option calls: libmimalloc-sys declares them only with its
 // `extended` feature, which needs a crate (`cty`) this build does without.
@@ -73,6 +80,17 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
 pub fn purge_lazily() {
     // SAFETY: sets an option in range; mimalloc reads it at each purge.
     unsafe { mi_option_set(PURGE_DECOMMITS, 0) }
+}
+
+/// Has mimalloc keep the memory it frees for reuse and hand none back to
+/// the OS (`purge_delay` -1): the process's RSS stays at its high point.
+/// mimalloc purges from whichever thread frees or allocates once the delay
+/// is up, and each `madvise` waits for every other CPU to flush its TLB
+/// (an IPI): in the drain bench, 10 to 16 ms of the poll loop's CPU in its
+/// longest stall. May be called at any time.
+pub fn keep_freed_memory() {
+    // SAFETY: sets an option in range; mimalloc reads it at each purge.
+    unsafe { mi_option_set(PURGE_DELAY, -1) }
 }
 
 // SAFETY: every method forwards to mimalloc, which returns null on failure
@@ -120,23 +138,27 @@ mod tests {
     use std::vec::Vec;
 
     /// mimalloc reads its options from the environment when the process
-    /// loads, so a child with `MIMALLOC_PURGE_DECOMMITS` set shows which
-    /// index the option has.
+    /// loads, so a child with `MIMALLOC_PURGE_DECOMMITS` and
+    /// `MIMALLOC_PURGE_DELAY` set shows which index each option has.
     #[test]
-    fn purge_decommits_is_the_option_at_its_index() {
+    fn purge_options_are_the_options_at_their_indexes() {
         const CHILD: &str = "RECEIPTD_ALLOC_TEST_CHILD";
         // SAFETY: reads an option in range.
-        let value = || unsafe { mi_option_get(PURGE_DECOMMITS) };
+        let value = |option| unsafe { mi_option_get(option) };
         if std::env::var_os(CHILD).is_some() {
-            assert_eq!(value(), 7, "the option set in the environment");
+            assert_eq!(value(PURGE_DECOMMITS), 7, "the option set in the environment");
             purge_lazily();
-            assert_eq!(value(), 0, "purge_lazily sets it");
+            assert_eq!(value(PURGE_DECOMMITS), 0, "purge_lazily sets it");
+            assert_eq!(value(PURGE_DELAY), 1234, "the option set in the environment");
+            keep_freed_memory();
+            assert_eq!(value(PURGE_DELAY), -1, "keep_freed_memory sets it");
             return;
         }
         let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "tests::purge_decommits_is_the_option_at_its_index", "--nocapture"])
+            .args(["--exact", "tests::purge_options_are_the_options_at_their_indexes", "--nocapture"])
             .env(CHILD, "1")
             .env("MIMALLOC_PURGE_DECOMMITS", "7")
+            .env("MIMALLOC_PURGE_DELAY", "1234")
             // Its own test summary would read as another run's; a panic
             // still shows (stderr).
             .stdout(std::process::Stdio::null())
