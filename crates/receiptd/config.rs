@@ -129,9 +129,9 @@ pub struct StateConfig {
     /// `unmap` it then (`MADV_DONTNEED`, mimalloc's own default). Default
     /// `keep`: giving memory back runs on whichever thread frees or
     /// allocates when the second is up, the poll loop too, and each call
-    /// waits for the other CPUs to drop the pages from their TLBs: 10 to
-    /// 16 ms of the poll loop's CPU in a drain's longest stall, against 6
-    /// kept. Unmapped, the memory each flush frees and allocates again is
+    /// waits for the other CPUs to drop the pages from their TLBs. In the
+    /// drain bench the most CPU the poll loop took in one gap was 10 to 16
+    /// ms giving memory back, 6 to 8 keeping it. Unmapped, the memory each flush frees and allocates again is
     /// faulted in and zeroed anew: runs of 2 to 4 ms. See BENCHMARKS.md.
     pub freed_memory: FreedMemory,
 }
