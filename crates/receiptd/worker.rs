@@ -56,6 +56,7 @@ pub fn worker_config(c: &Config) -> WorkerConfig {
         limits: Limits { hold_window_ms: c.hold.window_ms, max_held_reads: c.hold.max_reads },
         kafka_properties: c.kafka.properties.clone(),
         poll_loop_helpers: c.poll_loop.helper_threads,
+        poll_loop_nice: c.poll_loop.nice,
     }
 }
 

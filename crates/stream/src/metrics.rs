@@ -172,6 +172,8 @@ pub struct Metrics {
     pub partitions_assigned: AtomicI64,
     /// RocksDB size estimate, bytes.
     pub store_bytes: AtomicI64,
+    /// The poll loop thread's nice value, as in effect once it started.
+    pub poll_loop_nice: AtomicI64,
     /// Set while the store refuses writes; the worker stops advancing.
     pub store_failed: AtomicBool,
     /// partition -> (high watermark from librdkafka statistics, next offset to fold).
@@ -514,6 +516,11 @@ impl Metrics {
             ),
             ("receiptd_partitions_assigned", "Partitions this worker owns.", &self.partitions_assigned),
             ("receiptd_store_bytes", "RocksDB size estimate (SST files plus memtables).", &self.store_bytes),
+            (
+                "receiptd_poll_loop_nice",
+                "The poll loop thread's nice value in effect (poll_loop.nice, unless the system refused it).",
+                &self.poll_loop_nice,
+            ),
         ] {
             gauge(&mut out, name, help);
             let _ = writeln!(out, "{name} {}", g.load(Relaxed));

@@ -173,6 +173,9 @@ pub struct WorkerConfig {
     /// with it ([`SplitMap`]), the other destroys their records once
     /// folded ([`Retirer`]).
     pub poll_loop_helpers: bool,
+    /// The poll loop thread's nice value (0: as the process has it); see
+    /// [`set_poll_loop_nice`].
+    pub poll_loop_nice: i32,
 }
 
 #[cfg(test)]
@@ -200,6 +203,7 @@ impl WorkerConfig {
             limits: Default::default(),
             kafka_properties: Default::default(),
             poll_loop_helpers: true,
+            poll_loop_nice: 0,
         }
     }
 }
@@ -476,6 +480,37 @@ pub fn run(
     result
 }
 
+/// Sets the calling thread's nice value to `nice` (0 leaves it) and
+/// returns the value in effect. On cores shared with the broker and the
+/// worker's other threads, the poll loop, which bounds the drain, waited
+/// for a CPU about a quarter of its time; it alone is raised. Refused (no
+/// `CAP_SYS_NICE`, a low `RLIMIT_NICE`), the thread keeps its value, and
+/// the refusal is logged: the worker runs as before.
+pub(crate) fn set_poll_loop_nice(nice: i32) -> i32 {
+    // SAFETY: gettid takes nothing and cannot fail.
+    let tid = unsafe { libc::gettid() } as libc::id_t;
+    // SAFETY: getpriority reads a value; -1 is a value too, hence errno
+    // is not checked (a thread's own is always readable).
+    let current = || unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+    if nice == 0 {
+        return current();
+    }
+    let before = current();
+    // SAFETY: setpriority takes no pointers.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0 {
+        tracing::info!(nice, before, "poll loop priority set");
+    } else {
+        let error = std::io::Error::last_os_error();
+        tracing::info!(
+            nice,
+            kept = before,
+            %error,
+            "poll loop priority kept: a nice value below the process's needs CAP_SYS_NICE or an RLIMIT_NICE of 20 minus it"
+        );
+    }
+    current()
+}
+
 /// A record decoded, or the consumer error it stands for.
 fn decode_record(r: &FetchedRecord) -> Result<Result<Event, DecodeError>, KafkaError> {
     match r.error() {
@@ -531,6 +566,10 @@ fn run_inner(
         )),
         false => None,
     };
+    // Only once every thread of the worker's has started: a thread takes
+    // its nice value from the thread that starts it.
+    let nice = set_poll_loop_nice(config.poll_loop_nice);
+    shared.metrics.poll_loop_nice.store(i64::from(nice), Relaxed);
     let thread_times = ThreadTimes::of_this_thread();
     let mut last_batch_done: Option<(Instant, ThreadTime)> = None;
     // Input held back: the pending limit was reached while flushes wait.
@@ -1024,6 +1063,25 @@ mod tests {
     use super::*;
     use crate::engine::unreachable_producer;
     use rdkafka::producer::BaseRecord;
+
+    /// The nice value is the calling thread's alone; a lower priority is
+    /// always granted, and a higher one either granted or refused and the
+    /// value kept, never an error.
+    #[test]
+    fn the_poll_loop_nice_value_is_its_threads_alone() {
+        let process = set_poll_loop_nice(0);
+        let (lowered, raised, then) = std::thread::spawn(move || {
+            let lowered = set_poll_loop_nice((process + 5).min(19));
+            let raised = set_poll_loop_nice(lowered - 2);
+            (lowered, raised, set_poll_loop_nice(0))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, (process + 5).min(19));
+        assert!(raised == lowered - 2 || raised == lowered, "granted or kept: {raised}");
+        assert_eq!(then, raised, "0 leaves the value and reads it");
+        assert_eq!(set_poll_loop_nice(0), process, "another thread's change stays its own");
+    }
 
     fn watch_for(watch: &mut DeliveryWatch, producer: &BaseProducer<DeliveryContext>, shared: &Shared) -> bool {
         let since = Instant::now() - BLOCKED_AFTER;
