@@ -233,8 +233,10 @@ pub struct PollLoopConfig {
     /// with the broker and with the worker's own threads it waited for a
     /// CPU about a quarter of its time: at nice -10 a backlog drained 12%
     /// faster (1.05 to 1.17 in six ABBA pairs, for no more CPU an event;
-    /// BENCHMARKS.md). Only the poll loop's thread: its helpers, the store
-    /// writer, the delta sender and librdkafka's threads keep their own.
+    /// BENCHMARKS.md). Only the poll loop's thread, and the threads it
+    /// starts to restore partitions when they are assigned: its helpers,
+    /// the store writer, the delta sender, RocksDB's and librdkafka's
+    /// threads keep their own.
     /// Raising a priority needs `CAP_SYS_NICE`, or an `RLIMIT_NICE` of at
     /// least 20 minus the value (`ulimit -e`); refused, the worker logs
     /// it and runs at its own (`receiptd_poll_loop_nice` shows the value

@@ -483,7 +483,8 @@ pub fn run(
 /// Sets the calling thread's nice value to `nice` (0 leaves it) and
 /// returns the value in effect. On cores shared with the broker and the
 /// worker's other threads, the poll loop, which bounds the drain, waited
-/// for a CPU about a quarter of its time; it alone is raised. Refused (no
+/// for a CPU about a quarter of its time; it alone is raised (with the
+/// threads it starts later, which restore assigned partitions). Refused (no
 /// `CAP_SYS_NICE`, a low `RLIMIT_NICE`), the thread keeps its value, and
 /// the refusal is logged: the worker runs as before.
 pub(crate) fn set_poll_loop_nice(nice: i32) -> i32 {
