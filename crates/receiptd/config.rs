@@ -231,9 +231,9 @@ pub struct PollLoopConfig {
     /// The poll loop thread's nice value, -20 to 19; 0 leaves it as the
     /// process has it. The poll loop bounds the drain, and on cores shared
     /// with the broker and with the worker's own threads it waited for a
-    /// CPU about a quarter of its time: at nice -10 a backlog drained 12%
-    /// faster (1.05 to 1.17 in six ABBA pairs, for no more CPU an event;
-    /// BENCHMARKS.md). Only the poll loop's thread, and the threads it
+    /// CPU about a quarter of its time: at nice -10 a backlog drained 12
+    /// to 14% faster (the medians of two sets of six ABBA pairs, every
+    /// pair faster, for no more CPU an event; BENCHMARKS.md). Only the poll loop's thread, and the threads it
     /// starts to restore partitions when they are assigned: its helpers,
     /// the store writer, the delta sender, RocksDB's and librdkafka's
     /// threads keep their own.
