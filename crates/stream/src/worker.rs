@@ -492,24 +492,23 @@ pub(crate) fn set_poll_loop_nice(nice: i32) -> i32 {
     let tid = unsafe { libc::gettid() } as libc::id_t;
     // SAFETY: getpriority reads a value; -1 is a value too, hence errno
     // is not checked (a thread's own is always readable).
-    let current = || unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+    let before = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
     if nice == 0 {
-        return current();
+        return before;
     }
-    let before = current();
     // SAFETY: setpriority takes no pointers.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0 {
         tracing::info!(nice, before, "poll loop priority set");
-    } else {
-        let error = std::io::Error::last_os_error();
-        tracing::info!(
-            nice,
-            kept = before,
-            %error,
-            "poll loop priority kept: a nice value below the process's needs CAP_SYS_NICE or an RLIMIT_NICE of 20 minus it"
-        );
+        return nice;
     }
-    current()
+    let error = std::io::Error::last_os_error();
+    tracing::info!(
+        nice,
+        kept = before,
+        %error,
+        "poll loop priority kept: a nice value below the process's needs CAP_SYS_NICE or an RLIMIT_NICE of 20 minus it"
+    );
+    before
 }
 
 /// A record decoded, or the consumer error it stands for.
