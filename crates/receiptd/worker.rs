@@ -75,6 +75,7 @@ pub fn open_store(c: &Config) -> anyhow::Result<OpenedStore> {
     let options = StoreOptions {
         block_cache_bytes: c.state.block_cache_mb << 20,
         write_buffer_bytes: c.state.write_buffer_mb << 20,
+        level0_compaction_trigger: c.state.level0_compaction_trigger as i32,
         ..StoreOptions::default()
     };
     let started = Instant::now();

@@ -180,11 +180,22 @@ pub struct StoreOptions {
     /// true). False writes batches as staged, as before: for the
     /// `store_write` bench, which compares the two.
     pub sorted_writes: bool,
+    /// Level-0 table files that start a compaction into the levels below
+    /// (RocksDB's `level0_file_num_compaction_trigger`). Default 8, twice
+    /// RocksDB's: each flush's file spans every partition, so every
+    /// compaction rewrites the level below whole, and fewer of them cost
+    /// less (the worker's `state.level0_compaction_trigger`).
+    pub level0_compaction_trigger: i32,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { block_cache_bytes: 128 << 20, write_buffer_bytes: 128 << 20, sorted_writes: true }
+        StoreOptions {
+            block_cache_bytes: 128 << 20,
+            write_buffer_bytes: 128 << 20,
+            sorted_writes: true,
+            level0_compaction_trigger: 8,
+        }
     }
 }
 
@@ -373,6 +384,7 @@ impl Store {
         opts.set_write_buffer_manager(&wbm);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
+        opts.set_level_zero_file_num_compaction_trigger(options.level0_compaction_trigger);
         let db = DB::open(&opts, dir).map_err(|source| StoreError::Rocks { path: dir.to_owned(), source })?;
         check_format(&db, dir, true)?;
         let fail_after = std::env::var(FAILPOINT_WRITES_ENV).ok().and_then(|v| v.trim().parse().ok());
@@ -661,6 +673,31 @@ mod tests {
     /// [`group_g`] as an event.
     fn snapshot_of_g(members: Vec<Id>) -> Event {
         Event::GroupMembers(group_g(members))
+    }
+
+    /// The level-0 compaction trigger reaches RocksDB: the options file it
+    /// writes at open names the value asked for.
+    #[test]
+    fn the_level0_compaction_trigger_is_rocksdbs() {
+        let written = |options: &StoreOptions| {
+            let dir = tempfile::tempdir().unwrap();
+            drop(Store::open(dir.path(), options).unwrap());
+            let mut found = Vec::new();
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let path = entry.unwrap().path();
+                if path.file_name().unwrap().to_string_lossy().starts_with("OPTIONS-") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    found.extend(
+                        text.lines()
+                            .filter_map(|l| l.trim().strip_prefix("level0_file_num_compaction_trigger="))
+                            .map(|v| v.parse::<i32>().unwrap()),
+                    );
+                }
+            }
+            found
+        };
+        assert_eq!(written(&StoreOptions { level0_compaction_trigger: 3, ..StoreOptions::default() }), vec![3]);
+        assert_eq!(written(&StoreOptions::default()), vec![8]);
     }
 
     /// A message's stored bytes, pinned: a change to how messages are held
