@@ -227,6 +227,7 @@ fn query_api_auth_access_bad_input_paging_and_ops() {
         "receiptd_flush_duration_seconds_bucket",
         "receiptd_flush_confirm_seconds_total",
         "receiptd_restore_seconds_total",
+        "receiptd_decode_helper_wait_seconds_total",
         "receiptd_consumer_lag",
         "receiptd_delta_bytes_total",
         "receiptd_store_bytes",

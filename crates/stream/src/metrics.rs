@@ -132,6 +132,9 @@ pub struct Metrics {
     /// Microseconds spent restoring assigned partitions from the store
     /// (wall time of each assignment's loads, which run side by side).
     pub restore_us: AtomicU64,
+    /// Microseconds the poll loop waited for the decode helper to finish
+    /// the last chunk of a batch it had taken, summed.
+    pub decode_helper_wait_us: AtomicU64,
     /// Entities written to RocksDB.
     pub store_puts: AtomicU64,
     /// Write batches applied to RocksDB.
@@ -484,6 +487,13 @@ impl Metrics {
             "receiptd_restore_seconds_total",
             "Time spent restoring assigned partitions' state from the store, summed over assignments.",
             &self.restore_us,
+        );
+        seconds(
+            &mut out,
+            "counter",
+            "receiptd_decode_helper_wait_seconds_total",
+            "Time the poll loop waited for the decode helper to finish a batch's last chunk, summed.",
+            &self.decode_helper_wait_us,
         );
         seconds(
             &mut out,

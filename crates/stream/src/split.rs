@@ -7,14 +7,20 @@
 //! claim the next chunk until none is left. The poll loop never waits for
 //! a chunk nobody has started: if the helper is asleep or descheduled, the
 //! poll loop decodes the whole batch itself, as before. It waits only for
-//! a chunk the helper is decoding, a few microseconds. The results keep
-//! the batch's order, so the fold sees exactly what it saw before.
+//! a chunk the helper is decoding, usually a few microseconds. It spins
+//! that long, then sleeps until the helper wakes it: a helper preempted
+//! inside its chunk waits for a CPU, and a poll loop spinning (or
+//! yielding, which keeps its CPU busy too) meanwhile held its own CPU for
+//! up to 30 ms, where sleeping leaves it to the threads the helper waits
+//! behind. The results keep the batch's order, so the fold sees exactly
+//! what it saw before.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
 /// Items a chunk holds: about 10 to 20 µs of decoding, so that the two
 /// threads come out even and the poll loop's wait for the helper's last
@@ -24,6 +30,11 @@ pub(crate) const CHUNK: usize = 64;
 /// Batches this long or longer are shared; shorter ones, as a live load's
 /// usually are, are mapped on the calling thread alone.
 pub(crate) const SPLIT_FROM: usize = 2 * CHUNK;
+
+/// Spins the calling thread makes for the helper's last chunk before it
+/// sleeps until the helper wakes it: some tens of microseconds, more
+/// than a chunk's decoding takes.
+const SPINS_BEFORE_SLEEP: u32 = 1_000;
 
 /// Maps batches on the calling thread and a helper thread of its own.
 pub(crate) struct SplitMap {
@@ -49,6 +60,10 @@ struct Job {
     next: AtomicUsize,
     done: AtomicUsize,
     panicked: AtomicBool,
+    /// The calling thread, and whether it sleeps waiting for the last
+    /// chunk: whoever finishes that chunk then wakes it.
+    caller: Thread,
+    caller_asleep: AtomicBool,
 }
 
 // SAFETY: `context` is only dereferenced for a claimed chunk, while the
@@ -73,8 +88,36 @@ impl Job {
             if mapped.is_err() {
                 self.panicked.store(true, Relaxed);
             }
-            self.done.fetch_add(1, AcqRel);
+            // SeqCst with the caller's store of `caller_asleep` then load of
+            // `done`: either it sees this chunk done, or this sees it asleep.
+            if self.done.fetch_add(1, SeqCst) + 1 == self.chunks && self.caller_asleep.load(SeqCst) {
+                self.caller.unpark();
+            }
         }
+    }
+
+    /// Waits until every chunk is done: spins, then sleeps until woken.
+    /// Returns how long it waited.
+    fn wait_done(&self) -> Duration {
+        if self.done.load(Acquire) >= self.chunks {
+            return Duration::ZERO;
+        }
+        let started = Instant::now();
+        let mut spins = 0u32;
+        while self.done.load(Acquire) < self.chunks {
+            // The helper is inside its last chunk.
+            if spins < SPINS_BEFORE_SLEEP {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                self.caller_asleep.store(true, SeqCst);
+                if self.done.load(SeqCst) < self.chunks {
+                    // Returns at the unpark, or spuriously: the loop checks again.
+                    std::thread::park();
+                }
+            }
+        }
+        started.elapsed()
     }
 }
 
@@ -112,11 +155,17 @@ impl SplitMap {
     /// done with.
     ///
     /// Each item is handed to one thread only (hence `T: Send`, not `Sync`).
-    pub(crate) fn map<T: Send, R: Send, F: Fn(&T) -> R + Sync>(&self, input: &[T], map: &F, output: &mut Vec<R>) {
+    /// Returns how long this thread waited for the helper's last chunk.
+    pub(crate) fn map<T: Send, R: Send, F: Fn(&T) -> R + Sync>(
+        &self,
+        input: &[T],
+        map: &F,
+        output: &mut Vec<R>,
+    ) -> Duration {
         output.clear();
         if input.len() < SPLIT_FROM {
             output.extend(input.iter().map(map));
-            return;
+            return Duration::ZERO;
         }
         output.reserve(input.len());
         let context = Context { input, output: output.as_mut_ptr(), map };
@@ -128,26 +177,20 @@ impl SplitMap {
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
+            caller: std::thread::current(),
+            caller_asleep: AtomicBool::new(false),
         });
         *self.inner.offered.lock().expect("split lock") = Some(job.clone());
         self.inner.wake.notify_one();
         job.work();
         // Every chunk is claimed: a helper waking now finds nothing to do.
         self.inner.offered.lock().expect("split lock").take();
-        let mut spins = 0u32;
-        while job.done.load(Acquire) < job.chunks {
-            // The helper is inside its last chunk.
-            spins += 1;
-            if spins < 1_000 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        let waited = job.wait_done();
         assert!(!job.panicked.load(Relaxed), "mapping a batch panicked");
         // SAFETY: every slot below `len` was written, each once, and the
-        // Acquire above orders the helper's writes before this.
+        // Acquire in `wait_done` orders the helper's writes before this.
         unsafe { output.set_len(input.len()) };
+        waited
     }
 }
 
@@ -208,12 +251,15 @@ mod tests {
         }
     }
 
+    /// A helper, the calling thread's id, and a batch of sixteen chunks.
+    fn sixteen_chunks() -> (SplitMap, std::thread::ThreadId, Vec<u64>) {
+        (SplitMap::start("test-split").unwrap(), std::thread::current().id(), (0..CHUNK as u64 * 16).collect())
+    }
+
     /// With work to share, the helper takes some of it.
     #[test]
     fn the_helper_takes_chunks() {
-        let split = SplitMap::start("test-split").unwrap();
-        let here = std::thread::current().id();
-        let input: Vec<u64> = (0..CHUNK as u64 * 16).collect();
+        let (split, here, input) = sixteen_chunks();
         let mut out = Vec::new();
         let mut helped = false;
         for _ in 0..200 {
@@ -221,7 +267,7 @@ mod tests {
                 &input,
                 &|x: &u64| {
                     // Slow enough that the helper wakes before the batch is done.
-                    std::thread::sleep(std::time::Duration::from_micros(20));
+                    std::thread::sleep(Duration::from_micros(20));
                     (*x, std::thread::current().id() != here)
                 },
                 &mut out,
@@ -233,6 +279,47 @@ mod tests {
             }
         }
         assert!(helped, "the helper thread never took a chunk");
+    }
+
+    /// A helper held up inside its chunk (as when it is preempted) until
+    /// the calling thread has mapped every other chunk and gone on
+    /// waiting: the caller sleeps until the helper finishes and wakes it,
+    /// then has every item in order, and says how long it waited.
+    #[test]
+    fn a_helper_held_up_in_its_chunk_wakes_the_caller() {
+        let (split, here, input) = sixteen_chunks();
+        let mut out = Vec::new();
+        let mut waited_for_the_helper = None;
+        for _ in 0..200 {
+            let (held, mapped_here) = (AtomicBool::new(false), AtomicUsize::new(0));
+            let waited = split.map(
+                &input,
+                &|x: &u64| {
+                    if std::thread::current().id() == here {
+                        // Slow enough that the helper wakes before the batch is done.
+                        std::thread::sleep(Duration::from_micros(20));
+                        mapped_here.fetch_add(1, Relaxed);
+                    } else if !held.swap(true, Relaxed) {
+                        while mapped_here.load(Relaxed) < input.len() - CHUNK {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    *x
+                },
+                &mut out,
+            );
+            assert_eq!(out, input);
+            if held.load(Relaxed) {
+                waited_for_the_helper = Some(waited);
+                break;
+            }
+        }
+        let waited = waited_for_the_helper.expect("the helper thread never took a chunk");
+        assert!(waited >= Duration::from_millis(15), "returned before the helper's chunk was done: {waited:?}");
+        // The next batch is mapped whole, the wake-up's token notwithstanding.
+        split.map(&input, &|x: &u64| *x * 2, &mut out);
+        assert_eq!(out, input.iter().map(|x| x * 2).collect::<Vec<_>>());
     }
 
     /// A panic on either thread comes out of `map`; the helper lives on.

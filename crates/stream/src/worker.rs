@@ -626,7 +626,12 @@ fn run_inner(
             let input_was_waiting = polling.elapsed() < Duration::from_millis(1);
             phases.lap(LoopPhase::Poll);
             match &helpers {
-                Some((split, _)) => split.map(&batch, &decode_record, &mut decoded),
+                Some((split, _)) => {
+                    let waited = split.map(&batch, &decode_record, &mut decoded);
+                    if !waited.is_zero() {
+                        shared.metrics.decode_helper_wait_us.fetch_add(waited.as_micros() as u64, Relaxed);
+                    }
+                }
                 None => {
                     decoded.clear();
                     decoded.extend(batch.iter().map(decode_record));
