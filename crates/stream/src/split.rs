@@ -9,11 +9,11 @@
 //! poll loop decodes the whole batch itself, as before. It waits only for
 //! a chunk the helper is decoding, usually a few microseconds. It spins
 //! that long, then sleeps until the helper wakes it: a helper preempted
-//! inside its chunk waits for a CPU, and a poll loop spinning (or
-//! yielding, which keeps its CPU busy too) meanwhile held its own CPU for
-//! up to 30 ms, where sleeping leaves it to the threads the helper waits
-//! behind. The results keep the batch's order, so the fold sees exactly
-//! what it saw before.
+//! inside its chunk waits for a CPU, for milliseconds on a busy machine,
+//! and a poll loop spinning (or yielding, which keeps its CPU busy too)
+//! would hold its own CPU all that time, where sleeping leaves it to the
+//! threads the helper waits behind. The results keep the batch's order,
+//! so the fold sees exactly what it saw before.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
