@@ -477,7 +477,7 @@ impl Worker {
             .iter()
             .map(|op| format!("{op} {:.1}", ms(&format!("receiptd_store_op_max_seconds{{op=\"{op}\"}}"))))
             .collect();
-        let gaps = |name: &str| metric_in(&body, name);
+        let value = |name: &str| metric_in(&body, name);
         format!(
             "longest since start: poll loop gap {:.1} ms ({:.1} on a CPU, {:.1} waiting for one; {}; the most CPU in any gap {:.1}), store call {} ms; {:.0} gaps over 10 ms; the poll loop waited {:.1} ms in all for the decode helper's last chunks",
             ms("receiptd_batch_gap_max_seconds"),
@@ -486,7 +486,7 @@ impl Worker {
             phases.join(", "),
             ms("receiptd_batch_gap_most_cpu_seconds"),
             store.join(", "),
-            gaps("receiptd_batch_gap_seconds_count") - gaps("receiptd_batch_gap_seconds_bucket{le=\"0.01\"}"),
+            value("receiptd_batch_gap_seconds_count") - value("receiptd_batch_gap_seconds_bucket{le=\"0.01\"}"),
             ms("receiptd_decode_helper_wait_seconds_total"),
         )
     }

@@ -154,7 +154,8 @@ impl Default for StateConfig {
             block_cache_mb: 128,
             write_buffer_mb: 128,
             sync_interval_ms: 1000,
-            level0_compaction_trigger: 8,
+            // The store's own default, so that the two cannot drift apart.
+            level0_compaction_trigger: receiptd_store::StoreOptions::default().level0_compaction_trigger as u32,
             transparent_huge_pages: false,
             freed_memory: FreedMemory::Keep,
         }
