@@ -235,11 +235,14 @@ pub struct PollLoopConfig {
     /// batch of 128 records or more, chunk by chunk, and the other destroys
     /// the batch's records once folded. The poll loop never waits for a
     /// chunk the helper has not started, nor for the records to be
-    /// destroyed, so a helper without a core to run on costs it only a
-    /// wake per batch. On 2 cores shared with the broker, a backlog drained
-    /// about 3% faster with them (2 to 6% in two sets of 36 pairs), for 2
-    /// to 4% more CPU (BENCHMARKS.md); smaller batches, as a live load's
-    /// usually are, stay on the poll loop. Default true.
+    /// destroyed. They pay when the poll loop alone bounds the drain and a
+    /// core has time to spare: there a backlog drained about 3% faster
+    /// with them, for 2 to 4% more CPU. On 2 cores kept full by the
+    /// broker and the worker, the CPU is the bound: a backlog drained 7%
+    /// faster without them (six ABBA pairs, every one faster, 8% less CPU
+    /// an event; BENCHMARKS.md, forty-second sitting). Smaller batches, as
+    /// a live load's usually are, stay on the poll loop either way.
+    /// Default false.
     pub helper_threads: bool,
     /// The poll loop thread's nice value, -20 to 19; 0 leaves it as the
     /// process has it. The poll loop bounds the drain, and on cores shared
@@ -259,7 +262,7 @@ pub struct PollLoopConfig {
 
 impl Default for PollLoopConfig {
     fn default() -> Self {
-        PollLoopConfig { helper_threads: true, nice: -10 }
+        PollLoopConfig { helper_threads: false, nice: -10 }
     }
 }
 
@@ -535,7 +538,7 @@ mod tests {
         assert_eq!(c.flush.interval_ms, 50);
         assert!(c.flush.when_caught_up);
         assert_eq!(c.flush.max_in_flight, 2);
-        assert!(c.poll_loop.helper_threads);
+        assert!(!c.poll_loop.helper_threads);
         assert_eq!(c.poll_loop.nice, -10);
         assert_eq!(c.state.level0_compaction_trigger, 8);
         assert!(c.apps.is_empty());
@@ -543,16 +546,16 @@ mod tests {
 
     /// The example file the README points to names only settings that
     /// exist, and says the helper threads' and the poll loop's nice
-    /// value's defaults; the helpers can be turned off.
+    /// value's defaults; the helpers can be turned on.
     #[test]
     fn the_example_config_loads() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/receiptd.example.toml");
         let c = Config::load_from(Some(&example), env(&[])).unwrap();
         assert_eq!(c.poll_loop.helper_threads, PollLoopConfig::default().helper_threads);
         assert_eq!(c.poll_loop.nice, PollLoopConfig::default().nice);
-        let off = Config::load_from(Some(&example), env(&[("RECEIPTD_POLL_LOOP__HELPER_THREADS", "false")])).unwrap();
-        assert!(!off.poll_loop.helper_threads);
-        assert!(!crate::worker::worker_config(&off).poll_loop_helpers);
+        let on = Config::load_from(Some(&example), env(&[("RECEIPTD_POLL_LOOP__HELPER_THREADS", "true")])).unwrap();
+        assert!(on.poll_loop.helper_threads);
+        assert!(crate::worker::worker_config(&on).poll_loop_helpers);
     }
 
     #[test]

@@ -6,12 +6,13 @@
 //! queue (rebalances, errors, statistics), takes up to 1,024 records in one
 //! call from a fetch queue that every assigned partition is forwarded to
 //! (not one `poll` per record), decodes them, and folds them into the
-//! owned partitions' [`receiptd_core::PartitionState`]s. The drain is
-//! bound by the poll loop thread while the second core has time to spare,
-//! so two helper threads take work off it (`poll_loop.helper_threads`): a
-//! batch of 128 records or more is decoded by the poll loop and one helper
-//! together, chunk by chunk, and once folded its records are destroyed by
-//! the other. A record's `content-type` header is
+//! owned partitions' [`receiptd_core::PartitionState`]s. Where the drain
+//! is bound by the poll loop thread while another core has time to spare,
+//! two helper threads can take work off it (`poll_loop.helper_threads`,
+//! off by default: on 2 cores kept full by the broker and the worker, the
+//! hand-offs cost more CPU than they save): a batch of 128 records or more
+//! is decoded by the poll loop and one helper together, chunk by chunk,
+//! and once folded its records are destroyed by the other. A record's `content-type` header is
 //! looked for only when it has headers: for the librdkafka version it was
 //! written against, the worker tells a headerless record in place
 //! ([`FetchedRecord::surely_has_no_headers`]) instead of having librdkafka
