@@ -76,7 +76,11 @@ fn kill_9_mid_stream_loses_no_read_and_counts_none_twice() {
         .env("RECEIPTD_FLUSH__INTERVAL_MS", "20")
         // Flushes staged in slices of a few entities, so that kills land
         // between slices too; the uninterrupted run stages in one step.
-        .env("RECEIPTD_FLUSH__STAGE_SLICE_ENTITIES", "16");
+        .env("RECEIPTD_FLUSH__STAGE_SLICE_ENTITIES", "16")
+        // The poll loop's helper threads, off by default, decode and
+        // destroy this run's large batches, killed or not: the
+        // uninterrupted run, without them, is the reference.
+        .env("RECEIPTD_POLL_LOOP__HELPER_THREADS", "true");
     crashing.start();
     crashing.wait_ready(Duration::from_secs(60));
     let mut rng = Rng::new(std::process::id() as u64);

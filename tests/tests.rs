@@ -9,7 +9,9 @@
 //! - `crash`: the worker, a real child process, is killed with SIGKILL
 //!   mid-stream ten times and stopped with SIGTERM under load once; its final
 //!   state equals an independent oracle (`oracle`) and, with the last deltas,
-//!   an uninterrupted run. The DLQ holds exactly the poison records.
+//!   an uninterrupted run (the killed worker with the poll loop's helper
+//!   threads on, the other with the default, off). The DLQ holds exactly
+//!   the poison records.
 //! - `dlq`: poison and key-mismatched records land in the DLQ with their
 //!   reason; everything after them is processed.
 //! - `fetch`: records taken as the worker takes them carry exactly the

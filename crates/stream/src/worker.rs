@@ -202,9 +202,7 @@ impl WorkerConfig {
             session_timeout: Duration::from_secs(10),
             limits: Default::default(),
             kafka_properties: Default::default(),
-            // Off by default in the binary, whose end-to-end tests run
-            // without them; the loop's tests here keep their path covered.
-            poll_loop_helpers: true,
+            poll_loop_helpers: false,
             poll_loop_nice: 0,
         }
     }
