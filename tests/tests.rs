@@ -21,6 +21,8 @@
 //! - `api`: the query API over real HTTP: auth, sender-only access, bad input,
 //!   paging a 10,000-member list while reads arrive, operations endpoints.
 //! - `config`: bad settings stop start-up, naming the key.
+//! - `demo`: `receiptd demo` folds its own traffic on its in-process Kafka
+//!   and exits cleanly (no broker needed).
 //! - `outage`: the test's own broker stops for 30 s mid-load; the worker
 //!   reports unready, recovers in the same process, and loses nothing.
 //! - `flood`: reads for messages that never arrive stay within the hold cap;
@@ -41,6 +43,7 @@ mod api;
 
 mod config;
 mod crash;
+mod demo;
 mod dlq;
 mod fetch;
 mod flood;

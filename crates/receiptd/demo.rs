@@ -6,9 +6,10 @@
 use crate::config::Config;
 use crate::worker::{init_logging, open_store, spawn_worker, worker_config};
 use anyhow::Context;
+use rdkafka::bindings as rdsys;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::ClientConfig;
 use receiptd_loadgen::{Traffic, TrafficShape};
 use receiptd_wire::{conversation_key, encode_event_bincode, Event, BINCODE_CONTENT_TYPE, CONTENT_TYPE_HEADER};
@@ -37,6 +38,36 @@ pub struct DemoArgs {
 }
 
 const PARTITIONS: i32 = 4;
+
+/// The in-process Kafka: librdkafka's mock cluster, held by a client of its
+/// own, which librdkafka gives one for `test.mock.num.brokers`.
+struct InProcessKafka {
+    client: BaseProducer,
+}
+
+impl InProcessKafka {
+    fn start() -> anyhow::Result<Self> {
+        let client: BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", "1")
+            .create()
+            .context("starting the in-process Kafka (librdkafka's mock cluster)")?;
+        // SAFETY: a live client; the cluster it returns lives as long.
+        let cluster = unsafe { rdsys::rd_kafka_handle_mock_cluster(client.client().native_ptr()) };
+        anyhow::ensure!(!cluster.is_null(), "the in-process Kafka did not start");
+        // As a broker's `group.initial.rebalance.delay.ms` (3 s in the mock
+        // too): a new group waits that long for more members before its
+        // first assignment. The demo's one worker would fold nothing for
+        // its first 3 s.
+        // SAFETY: the cluster checked above, alive while `client` is.
+        unsafe { rdsys::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0) };
+        Ok(InProcessKafka { client })
+    }
+
+    /// The cluster, to create topics on and to ask its address.
+    fn cluster(&self) -> anyhow::Result<MockCluster<'_, DefaultProducerContext>> {
+        self.client.client().mock_cluster().context("the in-process Kafka is gone")
+    }
+}
 
 fn produce(producer: &BaseProducer, topic: &str, event: &Event, bincode: bool) {
     let key = conversation_key(event);
@@ -82,7 +113,8 @@ fn offer(producer: &BaseProducer, topic: &str, traffic: &mut Traffic, sent: &mut
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut config = Config::default();
     init_logging(&config.log);
-    let cluster = MockCluster::new(1).context("starting the in-process Kafka (MockCluster)")?;
+    let kafka = InProcessKafka::start()?;
+    let cluster = kafka.cluster()?;
     for (topic, partitions) in [
         (config.topics.events.as_str(), PARTITIONS),
         (config.topics.deltas.as_str(), PARTITIONS),
@@ -207,5 +239,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(cluster);
+    drop(kafka);
     result.context("worker failed")
 }
