@@ -18,14 +18,14 @@ fn number_after(line: &str, word: &str) -> u64 {
 #[test]
 fn the_demo_folds_its_traffic_and_exits_cleanly() {
     let out = Command::new(env!("CARGO_BIN_EXE_receiptd"))
-        .args(["demo", "--seconds", "4", "--rate", "20000"])
+        .args(["demo", "--seconds", "8", "--rate", "20000"])
         .output()
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the demo failed:\n{stdout}\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let seconds: Vec<&str> = stdout.lines().filter(|l| l.starts_with("t=")).collect();
-    assert!(seconds.len() >= 4, "one line a second:\n{stdout}");
+    assert!(seconds.len() >= 4, "a line a second:\n{stdout}");
     assert!(seconds.iter().any(|l| l.ends_with("ready=true")), "never ready:\n{stdout}");
     let summary = stdout.lines().find(|l| l.starts_with("receiptd demo: generated")).expect("a summary line");
     assert!(number_after(summary, "folded") > 0, "{summary}");

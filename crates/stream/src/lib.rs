@@ -12,7 +12,8 @@
 //! off by default: on 2 cores kept full by the broker and the worker, the
 //! hand-offs cost more CPU than they save): a batch of 128 records or more
 //! is decoded by the poll loop and one helper together, chunk by chunk,
-//! and once folded its records are destroyed by the other. A record's `content-type` header is
+//! and once folded its records are destroyed by the other. A record's
+//! `content-type` header is
 //! looked for only when it has headers: for the librdkafka version it was
 //! written against, the worker tells a headerless record in place
 //! ([`FetchedRecord::surely_has_no_headers`]) instead of having librdkafka
