@@ -23,7 +23,8 @@ INSTRUCTION = re.compile(r"^\s+(\d+\.\d+)\s+:\s+[0-9a-f]+:\s+(.*)$")
 
 
 def atomic(instruction):
-    return instruction.startswith("lock") or instruction.startswith("xchg")
+    # `xchg` locks only with a memory operand; `xchg %ax,%ax` is padding.
+    return instruction.startswith("lock") or (instruction.startswith("xchg") and "(" in instruction)
 
 
 def main():
