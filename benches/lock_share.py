@@ -10,8 +10,9 @@ the samples on both, from `perf annotate --stdio` output:
     perf annotate -i loop.data --stdio > loop.annotate.txt
     benches/lock_share.py loop.annotate.txt [top N]
 
-It prints the share of all annotated samples, then the functions with
-the most, each as a share of all samples. BENCHMARKS.md, forty-third
+It prints that share of the annotated samples (perf annotates the
+functions it can disassemble: nearly all of a Rust or C thread's), then
+the functions with the most, each as a share of the same. BENCHMARKS.md, forty-third
 sitting, "The fold without its shards' locks, tried".
 """
 import re
