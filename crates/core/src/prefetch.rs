@@ -26,7 +26,7 @@
 use crate::fold::ReaderPlace;
 use crate::sharded::hash_of;
 use crate::state::{DirtyKey, Group, PartitionState};
-use receiptd_wire::{same_str, Conversation, Event, MessageRead};
+use receiptd_wire::{Conversation, Event, MessageRead};
 use std::ptr::NonNull;
 
 /// What [`PartitionState::prefetch`] found for a group read: the reader's
@@ -181,9 +181,9 @@ impl PartitionState {
                 }
             }
             Event::MessageSent(e) => {
-                // Its bucket, for the insert (none is there as a rule), and
-                // the buckets the insert will write, which no lookup reads.
-                unsafe { view.messages.prefetch_insert(e.msg_id.as_str()) };
+                // Its probe's lines, for the insert: none is there as a
+                // rule, so they are cold.
+                unsafe { view.messages.prefetch_probe(hash_of(e.msg_id.as_str())) };
                 // A group send reads its group's epoch and type under the
                 // message's shard lock, which takes the misses one at a
                 // time (`get_entry`, 3% of the poll loop in a drain).
@@ -197,13 +197,8 @@ impl PartitionState {
             Event::ConversationRead(e) => {
                 // The pair's mark, most often new: as a send's bucket.
                 if let Conversation::C2c { peer } = &e.conversation {
-                    let (reader, peer) = (e.reader.as_str(), peer.as_str());
                     // SAFETY: as `peek`'s above.
-                    unsafe {
-                        view.marks.prefetch_insert_by(hash_of(&(reader, peer)), |(r, p)| {
-                            same_str(r, reader) && same_str(p, peer)
-                        })
-                    };
+                    unsafe { view.marks.prefetch_probe(hash_of(&(e.reader.as_str(), peer.as_str()))) };
                 }
                 ReadAhead::NONE
             }
@@ -211,8 +206,21 @@ impl PartitionState {
         }
     }
 
+    /// Asks for the lines where a lookup of the changed message `key`
+    /// names starts (its probe's control bytes and first buckets), and
+    /// waits for none of them: a run ahead of [`Self::prefetch_changed`]
+    /// of the same key, which then finds them in cache.
+    pub(crate) fn probe_changed(&mut self, key: &DirtyKey) {
+        if let DirtyKey::Message { app, msg_id } = key {
+            let Some(app) = self.apps.get(app.as_str()) else { return };
+            // SAFETY: as in `prefetch`.
+            unsafe { app.view.messages.prefetch_probe(hash_of(msg_id.as_str())) };
+        }
+    }
+
     /// Looks up the changed entity `key` names, as a flush will (the
-    /// messages, most of a flush and cold by then), changing nothing.
+    /// messages, most of a flush and cold by then), and asks for its
+    /// state, changing nothing.
     pub(crate) fn prefetch_changed(&mut self, key: &DirtyKey) {
         if let DirtyKey::Message { app, msg_id } = key {
             let Some(app) = self.apps.get(app.as_str()) else { return };

@@ -11,7 +11,7 @@
 //! Guards must not nest within one map: a thread that holds a shard and asks
 //! for it again (even to read) can deadlock. Take a value, use it, drop it.
 
-use crate::prefetch::{buckets_end, prefetch_line, probe_start};
+use crate::prefetch::{buckets_end, control_bytes, prefetch_line, probe_start};
 use hashbrown::hash_table::{Entry, HashTable};
 use parking_lot::{MappedRwLockReadGuard, MappedRwLockWriteGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use receiptd_wire::{same_str, Id};
@@ -31,7 +31,7 @@ pub struct ShardedMap<K, V> {
     /// summing the shards took 256 locks, at every flush for a gauge.
     len: AtomicUsize,
     /// Where each shard's table keeps its buckets, as the last insert left
-    /// them (0: none yet), for [`Self::prefetch_insert`]. Only a lookup
+    /// them (0: none yet), for [`Self::prefetch_probe`]. Only a lookup
     /// for an insert moves a table's buckets (growing it), and each insert
     /// records where they are. One that grew the table but inserted
     /// nothing leaves a stale address, which only makes a prefetch useless.
@@ -162,63 +162,48 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
         table.find(hash, |(k, _)| k.borrow().key_eq(key)).map(|(_, v)| v)
     }
 
-    /// Looks `key` up as [`Self::peek`] does and, if it is absent, asks for
-    /// the buckets an insert of it will most likely write: the line of the
-    /// bucket where its probe starts, and the line below it, where the
-    /// probe's next buckets are (see [`probe_start`]). One hash for both.
-    /// No lookup reads an empty bucket first, so otherwise the insert's
-    /// write waits for the line, and so does the next locked instruction
-    /// (the count's increment, which waits for every store before it): two
-    /// thirds of `insert_if_absent`'s time, 4% of the poll loop in a drain
-    /// (perf, thirty-sixth sitting). It does not wait for those lines.
+    /// Asks for the lines a lookup or an insert of a key of hash `hash`
+    /// reads or writes first, and waits for none of them: the control
+    /// bytes where its probe starts, the bucket there, and the line below
+    /// it, where the probe's next buckets are (see [`probe_start`]). For a
+    /// key most often new (a send's message, a conversation's first mark),
+    /// whose lines are cold: a lookup there (as [`Self::peek`]) waited for
+    /// the control bytes, and the walk ahead with it (4% of the poll loop
+    /// in a drain, perf, forty-fourth sitting). No lookup reads an empty
+    /// bucket first, so the insert's write would wait for its line, and
+    /// so would the next locked instruction (the count's increment, which
+    /// waits for every store before it). Asks for nothing before the
+    /// shard's first insert.
     ///
     /// # Safety
     ///
     /// As [`Self::peek`].
     #[inline]
-    pub(crate) unsafe fn prefetch_insert<Q>(&self, key: &Q)
-    where
-        K: Borrow<Q>,
-        Q: Hash + KeyEq + ?Sized,
-    {
+    pub(crate) unsafe fn prefetch_probe(&self, hash: u64) {
         // SAFETY: the caller's contract.
-        unsafe { self.prefetch_insert_by(hash_of(key), |k| k.borrow().key_eq(key)) }
-    }
-
-    /// [`Self::prefetch_insert`] of the key of hash `hash` that `is_key`
-    /// tells: for a key the caller has in pieces (a pair of ids as two
-    /// strings), which it would otherwise build to look it up.
-    ///
-    /// # Safety
-    ///
-    /// As [`Self::peek`].
-    #[inline]
-    pub(crate) unsafe fn prefetch_insert_by(&self, hash: u64, is_key: impl Fn(&K) -> bool) {
-        // SAFETY: as in `peek`.
-        let table = unsafe { &*self.shards[shard_of(hash)].data_ptr() };
-        if table.find(hash, |(k, _)| is_key(k)).is_some() {
-            return;
-        }
-        if let Some(bucket) = unsafe { self.insert_guess(hash) } {
+        if let Some((control, bucket)) = unsafe { self.probe_guess(hash) } {
+            prefetch_line(control as *const u8);
             prefetch_line(bucket as *const u8);
             prefetch_line(bucket.wrapping_sub(64) as *const u8);
         }
     }
 
-    /// Where [`Self::prefetch_insert`] guesses an insert of a key of hash
-    /// `hash` goes: the address of the bucket its probe starts at, if the
-    /// shard has had an insert. Safety as [`Self::peek`].
+    /// Where a probe for a key of hash `hash` starts, as
+    /// [`Self::prefetch_probe`] guesses it from where the shard's last
+    /// insert left its buckets: the address of its first control bytes and
+    /// of its first bucket, where an insert of the key most likely goes.
+    /// `None` before the shard's first insert. Safety as [`Self::peek`].
     #[inline(always)]
-    unsafe fn insert_guess(&self, hash: u64) -> Option<usize> {
+    unsafe fn probe_guess(&self, hash: u64) -> Option<(usize, usize)> {
         let shard = shard_of(hash);
         let end = self.buckets_ends[shard].load(Relaxed);
         // SAFETY: as in `peek`.
         let buckets = unsafe { &*self.shards[shard].data_ptr() }.num_buckets();
-        (end != 0).then(|| probe_start::<(K, V)>(end, buckets, hash))
+        (end != 0).then(|| (control_bytes(end, buckets, hash), probe_start::<(K, V)>(end, buckets, hash)))
     }
 
     /// Records where shard `shard`'s buckets are, from the entry just put
-    /// in, for [`Self::prefetch_insert`].
+    /// in, for [`Self::prefetch_probe`].
     #[inline(always)]
     fn remember_buckets(&self, shard: usize, entry: &hashbrown::hash_table::OccupiedEntry<'_, (K, V)>) {
         self.buckets_ends[shard].store(buckets_end(entry.get(), entry.bucket_index()), Relaxed);
@@ -505,7 +490,7 @@ mod tests {
         assert!(busiest < 5_000 / SHARDS * 2, "keys spread over the shards: busiest {busiest}");
     }
 
-    /// The guess `prefetch_insert` asks for holds hashbrown's layout and
+    /// The guess `prefetch_probe` asks for holds hashbrown's layout and
     /// probe: most entries land in the guessed bucket's line or the line
     /// below it (66% of these). If hashbrown changes either, this fails,
     /// and the prefetch would only ask for lines nobody writes.
@@ -516,7 +501,7 @@ mod tests {
         for i in 0..200_000u64 {
             let key = format!("msg-{i}");
             // SAFETY: this thread is the map's only user.
-            let guess = unsafe { m.insert_guess(hash_of(key.as_str())) };
+            let guess = unsafe { m.probe_guess(hash_of(key.as_str())) }.map(|(_, bucket)| bucket);
             assert!(m.insert_if_absent(key.as_str(), || Some((Id::from(key.as_str()), i))).is_some());
             let Some(guess) = guess else { continue };
             guessed += 1;

@@ -1049,12 +1049,26 @@ impl PartitionState {
     }
 
     /// Hands each of `keys` to `visit` in runs of [`crate::PREFETCH_AHEAD`],
-    /// each run's messages looked up first (see `prefetch`): a flush's
-    /// changed messages are cold again by then.
+    /// each run's lines asked for in two steps ahead of its visits (see
+    /// `prefetch`): a flush's changed messages are cold again by then.
+    /// While a run is visited, the next run's messages have been looked up
+    /// and their state asked for, and the run after that has had its
+    /// probes' lines asked for. Looked up just before their visits, with
+    /// no lines asked for, the lookups waited for their control bytes
+    /// (3.5% of the poll loop in a drain; perf, forty-fourth sitting).
     fn visit_in_runs(&mut self, keys: &[DirtyKey], mut visit: impl FnMut(&mut Self, &DirtyKey)) {
-        for run in keys.chunks(crate::PREFETCH_AHEAD) {
-            run.iter().for_each(|key| self.prefetch_changed(key));
-            run.iter().for_each(|key| visit(self, key));
+        let mut runs = keys.chunks(crate::PREFETCH_AHEAD);
+        let (mut run, mut next) = (runs.next(), runs.next());
+        for key in run.into_iter().chain(next).flatten() {
+            self.probe_changed(key);
+        }
+        run.into_iter().flatten().for_each(|key| self.prefetch_changed(key));
+        while let Some(keys) = run {
+            let after = runs.next();
+            after.into_iter().flatten().for_each(|key| self.probe_changed(key));
+            next.into_iter().flatten().for_each(|key| self.prefetch_changed(key));
+            keys.iter().for_each(|key| visit(self, key));
+            (run, next) = (next, after);
         }
     }
 
