@@ -168,12 +168,12 @@ impl<K: Hash + KeyEq, V> ShardedMap<K, V> {
     /// it, where the probe's next buckets are (see [`probe_start`]). For a
     /// key most often new (a send's message, a conversation's first mark),
     /// whose lines are cold: a lookup there (as [`Self::peek`]) waited for
-    /// the control bytes, and the walk ahead with it (4% of the poll loop
-    /// in a drain, perf, forty-fourth sitting). No lookup reads an empty
-    /// bucket first, so the insert's write would wait for its line, and
-    /// so would the next locked instruction (the count's increment, which
-    /// waits for every store before it). Asks for nothing before the
-    /// shard's first insert.
+    /// the control bytes, and the walk ahead with it (3.8% of the poll
+    /// loop in a drain, in the forty-second sitting's profile). No lookup
+    /// reads an empty bucket first, so the insert's write would wait for
+    /// its line, and so would the next locked instruction (the count's
+    /// increment, which waits for every store before it). Asks for
+    /// nothing before the shard's first insert.
     ///
     /// # Safety
     ///
@@ -492,18 +492,21 @@ mod tests {
 
     /// The guess `prefetch_probe` asks for holds hashbrown's layout and
     /// probe: most entries land in the guessed bucket's line or the line
-    /// below it (66% of these). If hashbrown changes either, this fails,
-    /// and the prefetch would only ask for lines nobody writes.
+    /// below it (66% of these), and their control byte in the first group
+    /// of control bytes from the guessed one, which a lookup reads first
+    /// (91% of these). If hashbrown changes either, this fails, and the
+    /// prefetch would only ask for lines nobody reads or writes.
     #[test]
     fn inserts_land_where_the_prefetch_guesses() {
         let m: ShardedMap<Id, u64> = ShardedMap::default();
-        let (mut guessed, mut near) = (0, 0);
+        let (mut guessed, mut near, mut in_group) = (0, 0, 0);
         for i in 0..200_000u64 {
             let key = format!("msg-{i}");
+            let hash = hash_of(key.as_str());
             // SAFETY: this thread is the map's only user.
-            let guess = unsafe { m.probe_guess(hash_of(key.as_str())) }.map(|(_, bucket)| bucket);
+            let guess = unsafe { m.probe_guess(hash) };
             assert!(m.insert_if_absent(key.as_str(), || Some((Id::from(key.as_str()), i))).is_some());
-            let Some(guess) = guess else { continue };
+            let Some((control_guess, guess)) = guess else { continue };
             guessed += 1;
             // SAFETY: as above.
             let at = unsafe { m.peek(key.as_str()) }.map(|v| v as *const u64 as usize).expect("just inserted");
@@ -511,10 +514,16 @@ mod tests {
             // The guessed line, or the one below it (further buckets).
             let (line, guess_line) = (entry / 64, guess / 64);
             near += usize::from(line == guess_line || line + 1 == guess_line);
+            // Bucket `index` has its control byte at `end + index`.
+            let end = m.buckets_ends[shard_of(hash)].load(Relaxed);
+            let control = end + (end - entry) / std::mem::size_of::<(Id, u64)>() - 1;
+            in_group += usize::from((control_guess..control_guess + 16).contains(&control));
         }
         assert!(guessed > 190_000, "every shard has had an insert: {guessed}");
         let share = near as f64 / guessed as f64;
         assert!(share > 0.6, "inserts near the guess: {share:.3}");
+        let share = in_group as f64 / guessed as f64;
+        assert!(share > 0.8, "control bytes in the guessed group: {share:.3}");
     }
 
     /// One change to a map, on a key of a small space so that changes hit
