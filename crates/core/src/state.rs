@@ -1055,7 +1055,8 @@ impl PartitionState {
     /// and their state asked for, and the run after that has had its
     /// probes' lines asked for. Looked up just before their visits, with
     /// no lines asked for, the lookups waited for their control bytes
-    /// (3.5% of the poll loop in a drain; perf, forty-fourth sitting).
+    /// (3.5% of the poll loop in a drain, in the forty-second sitting's
+    /// profile).
     fn visit_in_runs(&mut self, keys: &[DirtyKey], mut visit: impl FnMut(&mut Self, &DirtyKey)) {
         let mut runs = keys.chunks(crate::PREFETCH_AHEAD);
         let (mut run, mut next) = (runs.next(), runs.next());
