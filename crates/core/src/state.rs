@@ -1058,18 +1058,12 @@ impl PartitionState {
     /// (3.5% of the poll loop in a drain, in the forty-second sitting's
     /// profile).
     fn visit_in_runs(&mut self, keys: &[DirtyKey], mut visit: impl FnMut(&mut Self, &DirtyKey)) {
-        let mut runs = keys.chunks(crate::PREFETCH_AHEAD);
-        let (mut run, mut next) = (runs.next(), runs.next());
-        for key in run.into_iter().chain(next).flatten() {
-            self.probe_changed(key);
-        }
-        run.into_iter().flatten().for_each(|key| self.prefetch_changed(key));
-        while let Some(keys) = run {
-            let after = runs.next();
-            after.into_iter().flatten().for_each(|key| self.probe_changed(key));
-            next.into_iter().flatten().for_each(|key| self.prefetch_changed(key));
-            keys.iter().for_each(|key| visit(self, key));
-            (run, next) = (next, after);
+        // Run `i`, empty past the last (and before the first).
+        let run = |i: Option<usize>| i.and_then(|i| keys.chunks(crate::PREFETCH_AHEAD).nth(i)).unwrap_or_default();
+        for i in 0..keys.len().div_ceil(crate::PREFETCH_AHEAD) + 2 {
+            run(Some(i)).iter().for_each(|key| self.probe_changed(key));
+            run(i.checked_sub(1)).iter().for_each(|key| self.prefetch_changed(key));
+            run(i.checked_sub(2)).iter().for_each(|key| visit(self, key));
         }
     }
 
