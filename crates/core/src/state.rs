@@ -12,17 +12,11 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-/// Most entries of spare capacity a list taken once per flush keeps.
-pub(crate) const RETAINED_ENTRIES: usize = 1024;
-
-/// Takes a list filled once per flush (the dirty keys), leaving room for a
-/// usual flush's entries so that the next flush seldom grows it (each
-/// growth copies every entry), but never more than [`RETAINED_ENTRIES`]:
-/// one huge flush must not pin memory.
-pub(crate) fn take_retaining<T>(list: &mut Vec<T>) -> Vec<T> {
-    let next = Vec::with_capacity(list.len().min(RETAINED_ENTRIES));
-    std::mem::replace(list, next)
-}
+/// Most changed keys' room the list of them keeps once a flush has staged
+/// them all (about 600 KiB): a usual flush's keys, so that the next flush
+/// seldom grows the list (each growth copies every key), but one huge
+/// flush does not pin its memory.
+pub(crate) const RETAINED_KEYS: usize = 8 * 1024;
 
 pub use receiptd_wire::Id;
 
@@ -882,6 +876,11 @@ pub struct PartitionState {
     /// `dirty` flag says it is listed). Messages and marks with a receipt
     /// to take are among them: a revealed change marks its entity changed.
     pub(crate) dirty: Vec<DirtyKey>,
+    /// How many of `dirty`'s first keys the flush in progress has staged;
+    /// the rest wait for its next slice. Kept in the list, not drained
+    /// from it, until the last slice: draining a slice moved every key
+    /// after it, and a list taken whole started the next flush small.
+    staged: usize,
     /// Pages of readers sealed by stagings since [`Self::take_reader_pages_sealed`].
     reader_pages_sealed: u64,
     /// Moves on at every change that may move a group or change who holds
@@ -925,12 +924,12 @@ impl PartitionState {
 
     /// Whether any entity changed since it was last staged.
     pub fn has_dirty(&self) -> bool {
-        !self.dirty.is_empty()
+        self.dirty.len() > self.staged
     }
 
     /// Entities changed and not staged yet.
     pub fn changed_count(&self) -> usize {
-        self.dirty.len()
+        self.dirty.len() - self.staged
     }
 
     /// Reads waiting for their message.
@@ -1024,13 +1023,28 @@ impl PartitionState {
         mut stage: impl FnMut(&DirtyKey, Entity<'_>),
     ) -> usize {
         self.groups_epoch += 1;
-        let keys =
-            if max >= self.dirty.len() { take_retaining(&mut self.dirty) } else { self.dirty.drain(..max).collect() };
+        let (from, keys) = (self.staged, std::mem::take(&mut self.dirty));
+        let to = from + max.min(keys.len() - from);
         deltas.begin_pass();
-        self.visit_in_runs(&keys, |state, key| {
+        self.visit_in_runs(&keys[from..to], |state, key| {
             state.visit_changed(key, true, settings, deltas, |entity| stage(key, entity))
         });
-        keys.len()
+        self.restore_dirty(keys);
+        if to == self.dirty.len() {
+            self.dirty.clear();
+            self.dirty.shrink_to(RETAINED_KEYS);
+            self.staged = 0;
+        } else {
+            self.staged = to;
+        }
+        to - from
+    }
+
+    /// Puts the list of changed keys taken for a visit back, with any key
+    /// listed meanwhile after them (a visit lists none).
+    fn restore_dirty(&mut self, keys: Vec<DirtyKey>) {
+        let listed_meanwhile = std::mem::replace(&mut self.dirty, keys);
+        self.dirty.extend(listed_meanwhile);
     }
 
     /// Takes the receipts of every message and read mark whose revealed
@@ -1040,12 +1054,12 @@ impl PartitionState {
     pub fn take_receipts(&mut self, settings: &crate::SettingsTable, deltas: &mut crate::DeltaBuffer) {
         let keys = std::mem::take(&mut self.dirty);
         deltas.begin_pass();
-        self.visit_in_runs(&keys, |state, key| {
+        self.visit_in_runs(&keys[self.staged..], |state, key| {
             if matches!(key, DirtyKey::Message { .. } | DirtyKey::Mark { .. }) {
                 state.visit_changed(key, false, settings, deltas, |_| {});
             }
         });
-        self.dirty = keys;
+        self.restore_dirty(keys);
     }
 
     /// Hands each of `keys` to `visit` in runs of [`crate::PREFETCH_AHEAD`],

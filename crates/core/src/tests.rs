@@ -675,6 +675,29 @@ fn restoring_refuses_what_no_fold_could_have_written() {
 }
 
 #[test]
+fn the_list_of_changed_keys_keeps_a_usual_flush_s_room_and_no_more() {
+    let mut h = Harness::new();
+    h.members("g1", MembersOp::Snapshot, &["alice", "bob"]);
+    let staged_in_slices = |h: &mut Harness, messages: usize| {
+        for i in 0..messages {
+            h.send_group(&format!("m{messages}-{i}"), "alice", "g1");
+        }
+        let (mut staged, mut deltas) = (0, DeltaBuffer::new());
+        while h.state.has_dirty() {
+            staged += h.state.stage_changes(7, &h.settings, &mut deltas, |_, _| {});
+        }
+        assert!(staged >= messages, "every message staged once, in slices of 7: {staged} of {messages}");
+        assert!(h.state.dirty.is_empty());
+        h.state.dirty.capacity()
+    };
+    // Taken a slice at a time, the keys stayed listed until the last: the
+    // next flush starts with their room instead of growing into it.
+    assert!(staged_in_slices(&mut h, 100) >= 100);
+    // One huge flush keeps no more than a usual one's.
+    assert!(staged_in_slices(&mut h, crate::state::RETAINED_KEYS + 100) <= crate::state::RETAINED_KEYS);
+}
+
+#[test]
 fn a_flush_staged_in_slices_persists_every_change_and_takes_one_receipt_per_message() {
     let mut h = Harness::new();
     let mut disk = Disk::default();
