@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-/// Most changed keys' room the list of them keeps once a flush has staged
-/// them all (about 600 KiB): a usual flush's keys, so that the next flush
-/// seldom grows the list (each growth copies every key), but one huge
-/// flush does not pin its memory.
+/// How many keys' room the list of changed keys keeps once a flush has
+/// staged them all (about 600 KiB): enough for a usual flush, so the next
+/// one seldom grows the list (each growth copies every key), but not what
+/// one huge flush needed.
 pub(crate) const RETAINED_KEYS: usize = 8 * 1024;
 
 pub use receiptd_wire::Id;
