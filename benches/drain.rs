@@ -1,6 +1,7 @@
 //! End-to-end drain on a real Kafka broker: the engine's rate (consume,
 //! decode, fold, persist, produce deltas, checkpoint) against a minimal
-//! consume-only `BaseConsumer` loop over the same topic, in the same run,
+//! consume-only `BaseConsumer` loop over the same topic, in the same run
+//! and on the worker's allocator (mimalloc, librdkafka's malloc too),
 //! once before the engine and once after it (the ratio is to their mean),
 //! and against the same loop taking records in batches as the worker does
 //! (with the CPU per event of both loops: what per-record polling costs).
@@ -43,6 +44,15 @@ use receiptd_stream::FetchQueue;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::*;
+
+// The worker's allocator, with its default setting (freed memory kept),
+// so that the consume-only loops run on the same malloc as the worker's
+// librdkafka: each record is allocated by librdkafka's fetch thread and
+// freed by the loop, and with glibc's malloc that hand-off alone held the
+// per-record loop to about two thirds of its rate (BENCHMARKS.md,
+// forty-sixth sitting).
+#[global_allocator]
+static ALLOCATOR: receiptd_alloc::Allocator = receiptd_alloc::Allocator;
 
 const PARTITIONS: i32 = 4;
 
@@ -418,6 +428,7 @@ fn compare_settings(topics: &Topics, end: f64, compare: &str) {
 }
 
 fn main() {
+    receiptd_alloc::keep_freed_memory();
     let _broker = BenchBroker::ensure();
     let n: u64 = std::env::var("RECEIPTD_DRAIN_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
     let topics = Topics::create("drain");
