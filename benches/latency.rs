@@ -53,7 +53,8 @@ use support::{ev::*, *};
 // the pipe's producer and consumer then run on the same malloc as the
 // worker's librdkafka, and the load generator takes less of the 2 cores
 // it shares with the broker and the worker. With glibc's malloc,
-// librdkafka's mallocs and frees took a quarter of this process's CPU.
+// librdkafka's mallocs and frees took a fifth of this process's CPU at a
+// 25% load (BENCHMARKS.md, forty-sixth sitting).
 #[global_allocator]
 static ALLOCATOR: receiptd_alloc::Allocator = receiptd_alloc::Allocator;
 
